@@ -1,0 +1,1 @@
+"""rosbag2 (MCAP) writing, replay and evaluation reports."""

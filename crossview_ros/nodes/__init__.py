@@ -1,0 +1,1 @@
+"""rclpy nodes: thin wrappers that convert messages and call the Localizer."""

@@ -1,0 +1,1 @@
+"""Synthetic data: geo-referenced test orthophotos now, the synthetic city later."""
