@@ -22,6 +22,8 @@ runtime_requires = [
     "tqdm>=4.60",
     "PyYAML>=6",
     "faiss-cpu>=1.7.4",
+    "numba>=0.59",
+    "rosbags>=0.10",
 ]
 
 extras = {
@@ -71,6 +73,7 @@ setup(
     entry_points={
         "console_scripts": [
             "crossview-tiles = crossview_ros.tiles_cli:main",
+            "crossview-sim = crossview_ros.sim.cli:main",
         ],
     },
 )

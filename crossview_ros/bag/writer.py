@@ -1,0 +1,426 @@
+"""Write a simulated drive as a rosbag2 (MCAP) that the node and replay read like a real one.
+
+The bag goes through the `rosbags` library (no ROS install needed) with the newest ROS 2 message
+definitions it ships that match our target distribution (Kilted, else Jazzy; the message layouts
+used here are the same in both). It is written inside a hidden temporary directory next to the
+target and renamed into place, so a crash never leaves a half-written bag that later opens.
+
+Topics (header stamp = bag log time = Unix time of the sample):
+
+| topic                  | type                            | frame_id (child)     | rate           |
+|------------------------|---------------------------------|----------------------|----------------|
+| `/crossview/datum`     | std_msgs/msg/String             | -                    | once, first    |
+| `/panorama/compressed` | sensor_msgs/msg/CompressedImage | `camera`             | drive rate_hz  |
+| `/gnss/fix`            | sensor_msgs/msg/NavSatFix       | `gnss`               | GNSS rate_hz   |
+| `/odom`                | nav_msgs/msg/Odometry           | `odom` (`base_link`) | odometry rate  |
+| `/ground_truth/pose`   | geometry_msgs/msg/PoseStamped   | `utm`                | drive rate_hz  |
+| `/ground_truth/fix`    | sensor_msgs/msg/NavSatFix       | `base_link`          | drive rate_hz  |
+
+- `/crossview/datum`: JSON with datum_lat_deg, datum_lon_deg, seed, utm_zone, the caller's other
+  keys, and a `bag` block (format, version, topics, frames, drive config, GNSS model).
+- `/panorama/compressed`: format "jpeg", equirectangular, column 0 = camera forward.
+- `/gnss/fix`: the simulated fix, status FIX, covariance DIAGONAL_KNOWN from the reported sigma
+  (east, north, up). Dropouts: no message, or, when the GNSS model publishes them,
+  STATUS_NO_FIX with NaN latitude/longitude/altitude and covariance type UNKNOWN.
+- `/odom`: dead-reckoned pose of base_link in odom, twist in base_link, covariances.
+- `/ground_truth/pose`: x = UTM easting, y = northing in the datum's zone, z = 0, yaw against
+  the UTM grid.
+- `/ground_truth/fix`: true latitude/longitude, status FIX, covariance type UNKNOWN (exact).
+
+Frames: the camera, the GNSS antenna and base_link coincide in the horizontal plane (no lever
+arms; no /tf is written). `utm` is the UTM grid of the zone in the datum message; its yaw
+differs from ENU yaw by the grid convergence (geo.yaw_enu_to_utm). Odometry variances of what
+a planar odometry does not observe (z, roll, pitch and their rates) are UNOBSERVED_VARIANCE.
+The datum message is offered with transient-local durability so that `ros2 bag play` latches it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from rosbags.interfaces import (
+    Qos,
+    QosDurability,
+    QosHistory,
+    QosLiveliness,
+    QosReliability,
+    QosTime,
+)
+from rosbags.rosbag2 import StoragePlugin, Writer
+from rosbags.typesys import Stores, get_typestore
+
+from crossview_ros.geo import matrix_to_navsat_cov, yaw_enu_to_utm
+
+if TYPE_CHECKING:
+    from crossview_ros.sim.drive import Drive, Odometry
+    from crossview_ros.sim.gnss import GnssTrack
+
+FORMAT = "crossview_ros.drive_bag"
+FORMAT_VERSION = 1
+
+TOPIC_DATUM = "/crossview/datum"
+TOPIC_PANORAMA = "/panorama/compressed"
+TOPIC_GNSS = "/gnss/fix"
+TOPIC_ODOM = "/odom"
+TOPIC_GT_POSE = "/ground_truth/pose"
+TOPIC_GT_FIX = "/ground_truth/fix"
+
+MSG_STRING = "std_msgs/msg/String"
+MSG_COMPRESSED = "sensor_msgs/msg/CompressedImage"
+MSG_NAVSAT = "sensor_msgs/msg/NavSatFix"
+MSG_ODOM = "nav_msgs/msg/Odometry"
+MSG_POSE = "geometry_msgs/msg/PoseStamped"
+
+TOPICS: dict[str, str] = {
+    TOPIC_DATUM: MSG_STRING,
+    TOPIC_PANORAMA: MSG_COMPRESSED,
+    TOPIC_GNSS: MSG_NAVSAT,
+    TOPIC_ODOM: MSG_ODOM,
+    TOPIC_GT_POSE: MSG_POSE,
+    TOPIC_GT_FIX: MSG_NAVSAT,
+}
+
+FRAME_CAMERA = "camera"
+FRAME_GNSS = "gnss"
+FRAME_ODOM = "odom"
+FRAME_BASE = "base_link"
+FRAME_UTM = "utm"
+
+UNOBSERVED_VARIANCE = 1e6  # variance of odometry dimensions a planar odometry does not measure
+LATERAL_SPEED_VARIANCE = 1e-4  # m^2/s^2: wheels do not slide sideways (non-holonomic constraint)
+REQUIRED_DATUM_KEYS = ("datum_lat_deg", "datum_lon_deg", "seed")
+
+_ZERO = QosTime(0, 0)  # rmw "unspecified" = the default
+QOS_SENSOR = Qos(
+    QosHistory.KEEP_LAST,
+    10,
+    QosReliability.RELIABLE,
+    QosDurability.VOLATILE,
+    _ZERO,
+    _ZERO,
+    QosLiveliness.AUTOMATIC,
+    _ZERO,
+    False,
+)
+QOS_LATCHED = Qos(
+    QosHistory.KEEP_LAST,
+    1,
+    QosReliability.RELIABLE,
+    QosDurability.TRANSIENT_LOCAL,
+    _ZERO,
+    _ZERO,
+    QosLiveliness.AUTOMATIC,
+    _ZERO,
+    False,
+)
+
+
+@lru_cache(maxsize=1)
+def typestore() -> Any:
+    """The rosbags typestore used for writing: ROS 2 Kilted if this rosbags has it, else Jazzy."""
+    store = getattr(Stores, "ROS2_KILTED", None) or Stores.ROS2_JAZZY
+    return get_typestore(store)
+
+
+def stamp_ns(stamp_s: float) -> int:
+    """Unix seconds (float64) -> integer nanoseconds, exact to the float's resolution."""
+    sec = math.floor(stamp_s)
+    nsec = int(round((stamp_s - sec) * 1e9))
+    return int(sec) * 1_000_000_000 + nsec
+
+
+def _check_datum(datum: dict, zone: str) -> dict:
+    """The datum document: the caller's keys plus flat datum_lat_deg/datum_lon_deg and utm_zone.
+
+    City.city_json() nests the datum as {"datum": {"lat_deg", "lon_deg"}}; that form is
+    accepted and flattened."""
+    doc = dict(datum)
+    nested = doc.get("datum")
+    if isinstance(nested, dict):
+        doc.setdefault("datum_lat_deg", nested.get("lat_deg"))
+        doc.setdefault("datum_lon_deg", nested.get("lon_deg"))
+    missing = [k for k in REQUIRED_DATUM_KEYS if doc.get(k) is None]
+    if missing:
+        raise ValueError(
+            f"datum is missing {missing}; it needs {list(REQUIRED_DATUM_KEYS)} "
+            "(or City.city_json()'s datum block) and may hold more"
+        )
+    if "utm_zone" in doc and str(doc["utm_zone"]) != zone:
+        raise ValueError(
+            f"datum utm_zone {doc['utm_zone']!r} differs from the drive's zone {zone}; "
+            "plan the drive in the city's zone"
+        )
+    doc["utm_zone"] = zone
+    return doc
+
+
+def write_drive_bag(
+    path: str | Path,
+    drive: Drive,
+    gnss: GnssTrack,
+    odometry: Odometry,
+    panoramas: Iterable[bytes],
+    datum: dict,
+    *,
+    overwrite: bool = False,
+) -> Path:
+    """Write one simulated drive with its GNSS fixes and odometry as an MCAP bag.
+
+    `panoramas` yields one encoded JPEG per drive stamp, in order (it may be a generator, so
+    panoramas are rendered while the bag is written). `datum` needs datum_lat_deg,
+    datum_lon_deg and seed, or is City.city_json(); utm_zone is added from the drive.
+    Returns the bag directory (`<path>/<name>.mcap` + metadata.yaml)."""
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} exists; pass overwrite=True or choose another path")
+    if str(gnss.zone) != str(drive.zone):
+        raise ValueError(f"GNSS track zone {gnss.zone} differs from the drive's zone {drive.zone}")
+    datum_doc = _check_datum(datum, str(drive.zone))
+    datum_doc["bag"] = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "topics": TOPICS,
+        "frames": {"ground_truth_pose": FRAME_UTM, "odom": FRAME_ODOM, "base": FRAME_BASE},
+        "drive": drive.config.to_dict(),
+        "gnss_model": gnss.model,
+        "gnss_publish_no_fix": bool(gnss.publish_no_fix),
+    }
+    datum_json = json.dumps(datum_doc, sort_keys=True, allow_nan=False)
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent))
+    try:
+        bag = work / path.name  # the MCAP file inside is named after this directory
+        _write(bag, drive, gnss, odometry, panoramas, datum_json)
+        if path.exists():
+            os.replace(path, work / "replaced")
+        os.replace(bag, path)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return path
+
+
+def _events(drive: Drive, gnss: GnssTrack, odometry: Odometry) -> list[tuple[int, int, int]]:
+    """(stamp_ns, kind, row) of every message, in the order they are written; kind 1 = the
+    panorama with its ground truth, 2 = GNSS epoch, 3 = odometry."""
+    events = [(stamp_ns(t), 1, i) for i, t in enumerate(np.asarray(drive.stamp_s).tolist())]
+    events += [
+        (stamp_ns(float(gnss.stamp_s[r])), 2, int(r))
+        for r in np.flatnonzero(np.asarray(gnss.published))
+    ]
+    events += [(stamp_ns(t), 3, i) for i, t in enumerate(np.asarray(odometry.stamp_s).tolist())]
+    events.sort()
+    return events
+
+
+class _Messages:
+    """Builds the ROS messages of one drive from the simulator's arrays."""
+
+    def __init__(self, drive: Drive, gnss: GnssTrack, odometry: Odometry) -> None:
+        self.ts = typestore()
+        self.t = self.ts.types
+        self.drive, self.gnss, self.odo = drive, gnss, odometry
+        self.yaw_grid = np.asarray(
+            yaw_enu_to_utm(drive.yaw_enu_rad, drive.lat_deg, drive.lon_deg, drive.zone)
+        )
+        self.fix_cls = self.t[MSG_NAVSAT]
+        self.status_cls = self.t["sensor_msgs/msg/NavSatStatus"]
+
+    def header(self, t_ns: int, frame_id: str) -> Any:
+        stamp = self.t["builtin_interfaces/msg/Time"](
+            sec=t_ns // 1_000_000_000, nanosec=t_ns % 1_000_000_000
+        )
+        return self.t["std_msgs/msg/Header"](stamp=stamp, frame_id=frame_id)
+
+    def pose(self, x: float, y: float, yaw_rad: float) -> Any:
+        half = 0.5 * yaw_rad
+        return self.t["geometry_msgs/msg/Pose"](
+            position=self.t["geometry_msgs/msg/Point"](x=float(x), y=float(y), z=0.0),
+            orientation=self.t["geometry_msgs/msg/Quaternion"](
+                x=0.0, y=0.0, z=math.sin(half), w=math.cos(half)
+            ),
+        )
+
+    def navsat(self, t_ns: int, frame_id: str, lat_lon_alt: tuple, status: int, cov: Any) -> Any:
+        """NavSatFix; cov None = covariance type UNKNOWN (zeros), else 3 variances (E, N, U)."""
+        known = cov is not None
+        return self.fix_cls(
+            header=self.header(t_ns, frame_id),
+            status=self.status_cls(status=status, service=self.status_cls.SERVICE_GPS),
+            latitude=float(lat_lon_alt[0]),
+            longitude=float(lat_lon_alt[1]),
+            altitude=float(lat_lon_alt[2]),
+            position_covariance=np.asarray(
+                matrix_to_navsat_cov(np.diag(cov)) if known else [0.0] * 9, dtype=np.float64
+            ),
+            position_covariance_type=(
+                self.fix_cls.COVARIANCE_TYPE_DIAGONAL_KNOWN
+                if known
+                else self.fix_cls.COVARIANCE_TYPE_UNKNOWN
+            ),
+        )
+
+    def panorama(self, t_ns: int, i: int, jpeg: bytes) -> dict[str, Any]:
+        """The panorama of drive row i and its ground truth, by topic."""
+        d = self.drive
+        return {
+            TOPIC_PANORAMA: self.t[MSG_COMPRESSED](
+                header=self.header(t_ns, FRAME_CAMERA),
+                format="jpeg",
+                data=np.frombuffer(jpeg, dtype=np.uint8),
+            ),
+            TOPIC_GT_POSE: self.t[MSG_POSE](
+                header=self.header(t_ns, FRAME_UTM),
+                pose=self.pose(d.easting_m[i], d.northing_m[i], float(self.yaw_grid[i])),
+            ),
+            TOPIC_GT_FIX: self.navsat(
+                t_ns,
+                FRAME_BASE,
+                (d.lat_deg[i], d.lon_deg[i], 0.0),
+                self.status_cls.STATUS_FIX,
+                None,
+            ),
+        }
+
+    def fix(self, t_ns: int, i: int) -> Any:
+        g = self.gnss
+        if not g.valid[i]:
+            return self.navsat(
+                t_ns, FRAME_GNSS, (math.nan,) * 3, self.status_cls.STATUS_NO_FIX, None
+            )
+        variances = [g.sigma_e_m[i] ** 2, g.sigma_n_m[i] ** 2, g.sigma_u_m[i] ** 2]
+        lat_lon_alt = (g.lat_deg[i], g.lon_deg[i], g.altitude_m[i])
+        return self.navsat(t_ns, FRAME_GNSS, lat_lon_alt, self.status_cls.STATUS_FIX, variances)
+
+    def odometry(self, t_ns: int, i: int) -> Any:
+        o = self.odo
+        pose_cov = np.diag([0.0, 0.0] + [UNOBSERVED_VARIANCE] * 3 + [0.0])
+        pose_cov[np.ix_([0, 1, 5], [0, 1, 5])] = o.pose_cov[i]
+        twist_var = [o.twist_var[i, 0], LATERAL_SPEED_VARIANCE] + [UNOBSERVED_VARIANCE] * 3
+        twist_cov = np.diag(twist_var + [o.twist_var[i, 1]])
+        vec = self.t["geometry_msgs/msg/Vector3"]
+        twist = self.t["geometry_msgs/msg/Twist"](
+            linear=vec(x=float(o.speed_mps[i]), y=0.0, z=0.0),
+            angular=vec(x=0.0, y=0.0, z=float(o.yaw_rate_radps[i])),
+        )
+        return self.t[MSG_ODOM](
+            header=self.header(t_ns, FRAME_ODOM),
+            child_frame_id=FRAME_BASE,
+            pose=self.t["geometry_msgs/msg/PoseWithCovariance"](
+                pose=self.pose(o.x_m[i], o.y_m[i], float(o.yaw_rad[i])),
+                covariance=pose_cov.ravel(),
+            ),
+            twist=self.t["geometry_msgs/msg/TwistWithCovariance"](
+                twist=twist, covariance=twist_cov.ravel()
+            ),
+        )
+
+
+def _write(
+    bag: Path,
+    drive: Drive,
+    gnss: GnssTrack,
+    odometry: Odometry,
+    panoramas: Iterable[bytes],
+    datum_json: str,
+) -> None:
+    build = _Messages(drive, gnss, odometry)
+    ts = build.ts
+    t_start = min(stamp_ns(float(x.stamp_s[0])) for x in (drive, gnss, odometry))
+    images = iter(panoramas)
+    with Writer(bag, version=Writer.VERSION_LATEST, storage_plugin=StoragePlugin.MCAP) as writer:
+        conns = {
+            topic: writer.add_connection(
+                topic,
+                msgtype,
+                typestore=ts,
+                offered_qos_profiles=[QOS_LATCHED if topic == TOPIC_DATUM else QOS_SENSOR],
+            )
+            for topic, msgtype in TOPICS.items()
+        }
+
+        def put(topic: str, t_ns: int, msg: Any) -> None:
+            writer.write(conns[topic], t_ns, ts.serialize_cdr(msg, TOPICS[topic]))
+
+        put(TOPIC_DATUM, t_start, ts.types[MSG_STRING](data=datum_json))
+        for t_ns, kind, i in _events(drive, gnss, odometry):
+            if kind == 1:
+                jpeg = next(images, None)
+                if jpeg is None:
+                    raise ValueError(
+                        f"panoramas ran out after {i} images; "
+                        f"the drive has {len(drive.stamp_s)} stamps"
+                    )
+                jpeg = bytes(jpeg)
+                if jpeg[:2] != b"\xff\xd8":
+                    raise ValueError(
+                        f"panorama {i} is not a JPEG (it must be encoded bytes starting with FF D8)"
+                    )
+                for topic, msg in build.panorama(t_ns, i, jpeg).items():
+                    put(topic, t_ns, msg)
+            elif kind == 2:
+                put(TOPIC_GNSS, t_ns, build.fix(t_ns, i))
+            else:
+                put(TOPIC_ODOM, t_ns, build.odometry(t_ns, i))
+        if next(images, None) is not None:
+            raise ValueError(f"more panoramas than drive stamps ({len(drive.stamp_s)})")
+
+
+# --------------------------------------------------------------------------- reading back
+
+
+@dataclass
+class TopicSummary:
+    msgtype: str
+    count: int
+    stamp_ns: np.ndarray  # (count,) int64 header stamps, in bag order
+    log_time_ns: np.ndarray  # (count,) int64 bag log times, in bag order
+
+
+@dataclass
+class DriveBagSummary:
+    topics: dict[str, TopicSummary]
+    datum: dict  # the parsed /crossview/datum JSON (empty if the topic is missing)
+
+
+def read_drive_bag(path: str | Path) -> DriveBagSummary:
+    """Counts, types and stamps per topic of a bag, and its datum (for tests and replay checks)."""
+    from rosbags.highlevel import AnyReader
+
+    collected: dict[str, tuple[str, list[int], list[int]]] = {}
+    datum: dict = {}
+    with AnyReader([Path(path)], default_typestore=typestore()) as reader:
+        for conn, log_ns, raw in reader.messages():
+            msg = reader.deserialize(raw, conn.msgtype)
+            entry = collected.setdefault(conn.topic, (conn.msgtype, [], []))
+            header = getattr(msg, "header", None)
+            entry[1].append(
+                log_ns
+                if header is None
+                else header.stamp.sec * 1_000_000_000 + header.stamp.nanosec
+            )
+            entry[2].append(log_ns)
+            if conn.topic == TOPIC_DATUM and not datum:
+                datum = json.loads(msg.data)
+    return DriveBagSummary(
+        topics={
+            topic: TopicSummary(
+                msgtype,
+                len(stamps),
+                np.asarray(stamps, dtype=np.int64),
+                np.asarray(logs, dtype=np.int64),
+            )
+            for topic, (msgtype, stamps, logs) in collected.items()
+        },
+        datum=datum,
+    )
