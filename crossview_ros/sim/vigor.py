@@ -1,0 +1,395 @@
+"""Write synthetic cities in VIGOR's on-disk layout, so one loader reads VIGOR and our data.
+
+Layout (Zhu et al., VIGOR, CVPR 2021; file names and split files as in the released data):
+
+    <root>/<City>/panorama/<prefix>,<lat>,<lon>,.jpg     equirectangular, north in the middle column
+    <root>/<City>/satellite/satellite_<lat>_<lon>.png    sat_px x sat_px, north-up
+    <root>/<City>/city.json                              our provenance (VIGOR's readers ignore it)
+    <root>/<City>/orthophoto.tif                         the aerial survey the tiles were cut from
+    <root>/splits/<City>/satellite_list.txt
+    <root>/splits/<City>/pano_label_balanced.txt         every panorama (cross-area uses these)
+    <root>/splits/<City>/same_area_balanced_train.txt    same-area halves
+    <root>/splits/<City>/same_area_balanced_test.txt
+    <root>/dataset.json                                  cities, cross-area roles, conventions
+
+A label line is `pano sat0 d0a d0b sat1 d1a d1b sat2 d2a d2b sat3 d3a d3b`: the positive tile
+(the one whose central quarter holds the panorama) then the three semi-positives by decreasing
+IoU. Each delta pair is the panorama's pixel offset as VIGOR's evaluation code reads it:
+`(da, db) = ((N_tile - N_pano), (E_tile - E_pano)) / gsd`, i.e. the panorama sits at image row
+`sat_px/2 + da` and column `sat_px/2 - db` of that tile. Tiles are square on the UTM grid (grid
+north up), so the deltas are exact in pixels: our `gsd` is the tile's true ground sampling
+distance (the issue SliceMatch's corrected labels fix for the real data does not arise).
+
+The satellite images are cut by tiles.build_tile_set from the written orthophoto, the same code
+that cuts the runtime tile set, so training and run time see the same tiles.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from crossview_ros import geo
+from crossview_ros.sim.appearance import apply_appearance, sample_appearance
+from crossview_ros.sim.city import City, CityConfig, generate_city
+from crossview_ros.sim.ortho import render_orthophoto, write_orthophoto
+from crossview_ros.sim.render import CameraConfig, Occluder, render_panorama
+from crossview_ros.sim.scene import Material, Sun
+from crossview_ros.tiles import TileSet, TilingConfig, build_tile_set
+
+log = logging.getLogger(__name__)
+
+FORMAT = "crossview_ros.vigor_synthetic"
+FORMAT_VERSION = 1
+
+# VIGOR's cross-area protocol: these cities train, the others test (design.md).
+VIGOR_CROSS_AREA_TRAIN = ("NewYork", "Seattle")
+VIGOR_CROSS_AREA_TEST = ("Chicago", "SanFrancisco")
+
+# Real city centres, so synthetic cities sit where VIGOR's do (and in different UTM zones).
+CITY_DATUMS: dict[str, tuple[float, float]] = {
+    "NewYork": (40.7580, -73.9855),
+    "Seattle": (47.6062, -122.3321),
+    "Chicago": (41.8781, -87.6298),
+    "SanFrancisco": (37.7749, -122.4194),
+}
+
+
+@dataclass
+class VigorConfig:
+    """How panoramas and tiles of one synthetic city are produced (seeded, resumable)."""
+
+    panoramas: int = 400  # panoramas per city
+    pano_height_px: int = 1024  # panorama height; width = 2 x height (VIGOR: 2048 x 1024)
+    sat_px: int = 640  # satellite image side, pixels (VIGOR: 640)
+    tile_size_m: float = 72.96  # satellite image side, metres (VIGOR: 640 px x 0.114 m)
+    max_positives_per_tile: int = 2  # VIGOR's balancing: at most 2 panoramas per positive tile
+    same_area_train_fraction: float = 0.5  # share of a city's panoramas in same_area_balanced_train
+    jpeg_quality: int = 90  # panorama JPEG quality
+    time_gap: bool = True  # panoramas show a later epoch (cars moved, trees changed)
+    appearance_gap: bool = True  # different colour response, exposure, noise, blur per view
+    occluders_max: int = 3  # pedestrians/vehicles close to the camera, 0..n per panorama
+    camera_height_m: tuple[float, float] = (1.6, 2.4)  # uniform range of the camera height
+    attitude_jitter_deg: float = 1.5  # std of camera pitch and roll
+    aerial_sun: tuple[float, float] = (150.0, 55.0)  # (azimuth bearing, elevation) deg of the survey
+    seed: int = 0  # seeds positions, cameras and appearance (the city has its own seed)
+
+    def validate(self) -> None:
+        if self.panoramas < 1:
+            raise ValueError(f"panoramas must be >= 1, got {self.panoramas}")
+        if self.pano_height_px < 16 or self.pano_height_px % 2:
+            raise ValueError(f"pano_height_px must be an even number >= 16, got {self.pano_height_px}")
+        if self.sat_px < 16:
+            raise ValueError(f"sat_px must be >= 16, got {self.sat_px}")
+        if not self.tile_size_m > 0:
+            raise ValueError(f"tile_size_m must be > 0, got {self.tile_size_m}")
+        if self.max_positives_per_tile < 1:
+            raise ValueError(f"max_positives_per_tile must be >= 1, got {self.max_positives_per_tile}")
+        if not 0.0 < self.same_area_train_fraction < 1.0:
+            raise ValueError(f"same_area_train_fraction must be in (0, 1), got {self.same_area_train_fraction}")
+        lo, hi = self.camera_height_m
+        if not 0.0 < lo <= hi:
+            raise ValueError(f"camera_height_m must be a range 0 < lo <= hi, got {self.camera_height_m}")
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> VigorConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown VigorConfig keys {unknown}; valid keys: {sorted(known)}")
+        values = dict(values)
+        for key in ("camera_height_m", "aerial_sun"):
+            if key in values:
+                values[key] = tuple(values[key])
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class PanoramaLabel:
+    """One panorama and its four covering tiles (positive first), as written to the splits."""
+
+    name: str  # panorama file name
+    easting_m: float
+    northing_m: float
+    tiles: tuple[int, ...]  # tile ids, positive first
+    deltas_px: tuple[tuple[float, float], ...]  # VIGOR (da, db) per tile
+    iou: tuple[float, ...] = field(default=())
+
+    def line(self, sat_names: Sequence[str]) -> str:
+        parts = [self.name]
+        for tile_id, (da, db) in zip(self.tiles, self.deltas_px):
+            parts += [sat_names[tile_id], f"{da:.6f}", f"{db:.6f}"]
+        return " ".join(parts)
+
+
+def satellite_name(lat_deg: float, lon_deg: float) -> str:
+    return f"satellite_{lat_deg:.9f}_{lon_deg:.9f}.png"
+
+
+def panorama_name(prefix: str, lat_deg: float, lon_deg: float) -> str:
+    return f"{prefix},{lat_deg:.9f},{lon_deg:.9f},.jpg"
+
+
+def vigor_deltas_px(
+    tile_e_m: float, tile_n_m: float, pano_e_m: float, pano_n_m: float, gsd_m: float
+) -> tuple[float, float]:
+    """VIGOR's (da, db) pixel offset of a panorama relative to a tile centre (module docstring)."""
+    return (tile_n_m - pano_n_m) / gsd_m, (tile_e_m - pano_e_m) / gsd_m
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def _sample_positions(
+    city: City, tile_set: TileSet, config: VigorConfig, rng: np.random.Generator
+) -> list[tuple[float, float, list]]:
+    """Camera positions on streets and sidewalks, each inside four tiles, balanced per tile.
+
+    Positions are drawn along street edges (weighted by length) with a lateral offset across the
+    carriageway and sidewalks; cells covered by cars, trees or buildings in either epoch are
+    rejected, as are points not covered by four tiles and tiles that already hold
+    max_positives_per_tile panoramas.
+    """
+    streets = city.streets
+    p0 = streets.nodes_en[streets.edges[:, 0]]
+    p1 = streets.nodes_en[streets.edges[:, 1]]
+    length = np.linalg.norm(p1 - p0, axis=1)
+    usable = length > 1e-6
+    if not usable.any():
+        raise ValueError("the city has no streets to place panoramas on")
+    weights = np.where(usable, length, 0.0)
+    weights /= weights.sum()
+    half_width = streets.width_m / 2.0 + streets.sidewalk_m
+    scenes = [city.scene(0), city.scene(1) if config.time_gap else city.scene(0)]
+    positives: dict[int, int] = {}
+    chosen: list[tuple[float, float, list]] = []
+    attempts = 0
+    max_attempts = 200 * config.panoramas
+    while len(chosen) < config.panoramas and attempts < max_attempts:
+        attempts += 1
+        k = int(rng.choice(len(weights), p=weights))
+        t = rng.uniform(0.0, 1.0)
+        direction = (p1[k] - p0[k]) / length[k]
+        normal = np.array([-direction[1], direction[0]])
+        lateral = rng.uniform(-half_width[k], half_width[k])
+        e, n = p0[k] + t * (p1[k] - p0[k]) + lateral * normal
+        blocked = False
+        for scene in scenes:
+            if not bool(scene.contains(e, n)):
+                blocked = True
+                break
+            r, c = scene.cell_of(e, n)
+            if scene.height_m[r, c] > 0.3 or scene.material[r, c] == Material.BUILDING:
+                blocked = True
+                break
+        if blocked:
+            continue
+        coverage = tile_set.tiles_covering_utm(e, n)
+        if len(coverage) != 4:
+            continue
+        positive = coverage[0].tile_id
+        if positives.get(positive, 0) >= config.max_positives_per_tile:
+            continue
+        positives[positive] = positives.get(positive, 0) + 1
+        chosen.append((float(e), float(n), coverage))
+    if len(chosen) < config.panoramas:
+        log.warning(
+            "placed %d of %d panoramas: the city has too few street positions with four covering "
+            "tiles and at most %d panoramas per positive tile; use a larger city or fewer panoramas",
+            len(chosen), config.panoramas, config.max_positives_per_tile,
+        )
+    return chosen
+
+
+def _occluders(rng: np.random.Generator, e: float, n: float, count: int) -> list[Occluder]:
+    out = []
+    for _ in range(count):
+        person = rng.random() < 0.7
+        distance = rng.uniform(1.5, 6.0)
+        bearing = rng.uniform(0.0, 2 * math.pi)
+        radius = rng.uniform(0.2, 0.3) if person else rng.uniform(0.9, 1.2)
+        height = rng.uniform(1.55, 1.9) if person else rng.uniform(1.4, 2.2)
+        rgb = tuple(int(v) for v in rng.integers(20, 230, 3))
+        out.append(Occluder(e + distance * math.sin(bearing), n + distance * math.cos(bearing), radius, height, rgb))
+    return out
+
+
+def write_vigor_city(
+    root: str | os.PathLike, city_name: str, city: City, config: VigorConfig | None = None,
+    *, progress: bool = True,
+) -> list[PanoramaLabel]:
+    """Write one city's orthophoto, satellite images, panoramas and split files.
+
+    Resumable: the orthophoto, the tiles and every panorama already on disk (and matching the
+    same city and config, checked through city.json) are kept; split files are rewritten at the
+    end, atomically. Returns the labels written.
+    """
+    config = config or VigorConfig()
+    config.validate()
+    if not city_name or any(ch in city_name for ch in "/\\,"):
+        raise ValueError(f"city name {city_name!r} must be non-empty without '/', '\\' or ','")
+    root = Path(root)
+    city_dir = root / city_name
+    split_dir = root / "splits" / city_name
+    # Through JSON once, so that tuples compare equal to the lists read back.
+    stamp = json.loads(json.dumps({
+        "format": FORMAT, "format_version": FORMAT_VERSION, "city": city.city_json(),
+        "vigor": asdict(config),
+    }))
+    city_json = city_dir / "city.json"
+    if city_json.exists():
+        previous = json.loads(city_json.read_text())
+        if {k: previous.get(k) for k in stamp} != stamp:
+            raise ValueError(
+                f"{city_dir} holds a different city or settings (city.json differs); "
+                "write to another root or delete that folder"
+            )
+    city_dir.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng([config.seed, city.config.seed, 0x716])
+
+    ortho_path = city_dir / "orthophoto.tif"
+    aerial_appearance = sample_appearance(rng, "aerial") if config.appearance_gap else None
+    aerial_rng = np.random.default_rng([config.seed, city.config.seed, 1])
+    if not ortho_path.exists():
+        log.info("rendering the orthophoto of %s", city_name)
+        sun = Sun(*config.aerial_sun)
+        image = render_orthophoto(city.scene(0), sun, aerial_appearance, aerial_rng)
+        write_orthophoto(ortho_path, image, city.scene(0))
+        del image
+    _atomic_write_text(city_json, json.dumps(stamp, indent=2, sort_keys=True))
+
+    tiles_dir = city_dir / ".tiles"
+    if not (tiles_dir / "meta.json").exists():
+        tiling = TilingConfig(tile_size_m=config.tile_size_m, tile_px=config.sat_px, image_format="png")
+        build_tile_set([ortho_path], tiles_dir, tiling, overwrite=False, progress=progress)
+    tile_set = TileSet.open(tiles_dir)
+    sat_dir = city_dir / "satellite"
+    sat_dir.mkdir(exist_ok=True)
+    sat_names = [satellite_name(tile_set.lat_deg[i], tile_set.lon_deg[i]) for i in range(len(tile_set))]
+    for i, name in enumerate(sat_names):
+        target = sat_dir / name
+        if not target.exists():
+            tmp = sat_dir / f".{name}.tmp"
+            shutil.copyfile(tile_set.image_path(i), tmp)
+            os.replace(tmp, target)
+
+    positions = _sample_positions(city, tile_set, config, rng)
+    pano_dir = city_dir / "panorama"
+    pano_dir.mkdir(exist_ok=True)
+    gsd = config.tile_size_m / config.sat_px
+    ground_scene = city.scene(1 if config.time_gap else 0)
+    labels: list[PanoramaLabel] = []
+    bar = tqdm(positions, desc=f"{city_name} panoramas", unit="pano", disable=not progress)
+    for index, (e, n, coverage) in enumerate(bar):
+        # One generator per panorama, so a resumed run draws the same camera for each index.
+        prng = np.random.default_rng([config.seed, city.config.seed, 2, index])
+        lat, lon = geo.utm_to_latlon(e, n, city.zone)
+        name = panorama_name(f"{city_name}{index:06d}", lat, lon)
+        path = pano_dir / name
+        if not path.exists():
+            camera = CameraConfig(
+                height_m=float(prng.uniform(*config.camera_height_m)),
+                pitch_rad=math.radians(prng.normal(0.0, config.attitude_jitter_deg)),
+                roll_rad=math.radians(prng.normal(0.0, config.attitude_jitter_deg)),
+            )
+            sun = Sun(float(prng.uniform(0.0, 360.0)), float(prng.uniform(20.0, 70.0)))
+            occluders = _occluders(prng, e, n, int(prng.integers(0, config.occluders_max + 1)))
+            # Forward = true south puts true north in the middle column, as in VIGOR.
+            image = render_panorama(
+                ground_scene, e, n, -math.pi / 2, height_px=config.pano_height_px,
+                camera=camera, sun=sun, occluders=occluders,
+            )
+            if config.appearance_gap:
+                image = apply_appearance(image, sample_appearance(prng, "ground"), prng)
+            ok, jpeg = cv2.imencode(".jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR),
+                                    [cv2.IMWRITE_JPEG_QUALITY, config.jpeg_quality])
+            if not ok:
+                raise RuntimeError(f"JPEG encoding of {name} failed")
+            _atomic_write_bytes(path, jpeg.tobytes())
+        tiles = tuple(c.tile_id for c in coverage)
+        deltas = tuple(
+            vigor_deltas_px(tile_set.easting_m[t], tile_set.northing_m[t], e, n, gsd) for t in tiles
+        )
+        labels.append(PanoramaLabel(name, e, n, tiles, deltas, tuple(c.iou for c in coverage)))
+
+    lines = [label.line(sat_names) for label in labels]
+    order = np.random.default_rng([config.seed, city.config.seed, 3]).permutation(len(lines))
+    n_train = int(round(config.same_area_train_fraction * len(lines)))
+    train = sorted(order[:n_train])
+    test = sorted(order[n_train:])
+    _atomic_write_text(split_dir / "satellite_list.txt", "\n".join(sat_names) + "\n")
+    _atomic_write_text(split_dir / "pano_label_balanced.txt", "\n".join(lines) + "\n")
+    _atomic_write_text(split_dir / "same_area_balanced_train.txt", "".join(lines[i] + "\n" for i in train))
+    _atomic_write_text(split_dir / "same_area_balanced_test.txt", "".join(lines[i] + "\n" for i in test))
+    return labels
+
+
+def write_vigor_dataset(
+    root: str | os.PathLike, cities: dict[str, CityConfig], config: VigorConfig | None = None,
+    *, cross_area_train: Sequence[str] | None = None, progress: bool = True,
+) -> Path:
+    """Write several cities and `dataset.json` naming which ones train in the cross-area split.
+
+    cross_area_train defaults to VIGOR's (NewYork, Seattle) among the given cities, else the
+    first half of them.
+    """
+    if len(cities) < 2:
+        raise ValueError("a dataset needs at least two differently seeded cities (same- and cross-area splits)")
+    seeds = [c.seed for c in cities.values()]
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"cities must be seeded differently, got seeds {seeds}")
+    names = list(cities)
+    if cross_area_train is None:
+        cross_area_train = [c for c in names if c in VIGOR_CROSS_AREA_TRAIN] or names[: len(names) // 2]
+    unknown = sorted(set(cross_area_train) - set(names))
+    if unknown or not 0 < len(cross_area_train) < len(names):
+        raise ValueError(f"cross_area_train {list(cross_area_train)} must be a proper subset of {names}")
+    root = Path(root)
+    for name, city_config in cities.items():
+        write_vigor_city(root, name, generate_city(city_config), config, progress=progress)
+    manifest = {
+        "format": FORMAT, "format_version": FORMAT_VERSION,
+        "cities": names,
+        "cross_area": {"train": list(cross_area_train), "test": [c for c in names if c not in cross_area_train]},
+        "conventions": {
+            "delta": "(da, db) = ((N_tile - N_pano), (E_tile - E_pano)) / gsd; row = sat_px/2 + da, col = sat_px/2 - db",
+            "panorama": "equirectangular, north in the middle column, azimuth increasing to the right",
+            "satellite": "north-up on the UTM grid of the city's zone",
+        },
+        "vigor_config": asdict(config or VigorConfig()),
+    }
+    _atomic_write_text(root / "dataset.json", json.dumps(manifest, indent=2))
+    return root
+
+
+def default_cities(count: int = 2, *, size_m: float = 1000.0, gsd_m: float = 0.15, seed: int = 0) -> dict[str, CityConfig]:
+    """`count` (2..4) differently seeded cities at VIGOR's city centres, cross-area roles as VIGOR."""
+    order = ["NewYork", "Chicago", "Seattle", "SanFrancisco"]
+    if not 2 <= count <= 4:
+        raise ValueError(f"count must be 2..4, got {count}")
+    out = {}
+    for i, name in enumerate(order[:count]):
+        lat, lon = CITY_DATUMS[name]
+        out[name] = CityConfig(datum_lat_deg=lat, datum_lon_deg=lon, size_m=size_m, gsd_m=gsd_m, seed=seed * 10 + i + 1)
+    return out
