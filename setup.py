@@ -74,6 +74,9 @@ setup(
         "console_scripts": [
             "crossview-tiles = crossview_ros.tiles_cli:main",
             "crossview-sim = crossview_ros.sim.cli:main",
+            "crossview-train = crossview_training.train:main",
+            "crossview-eval = crossview_training.evaluate:main",
+            "crossview-export = crossview_training.export:main",
         ],
     },
 )

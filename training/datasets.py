@@ -1,0 +1,424 @@
+"""Datasets: VIGOR's on-disk layout (real VIGOR and our synthetic cities alike) and CVUSA.
+
+VIGOR (Zhu et al., CVPR 2021, section 3): every panorama lies inside four aerial images (50 %
+overlap); the one whose central quarter holds it is the positive, the other three are
+semi-positives. A label line is `pano sat0 d0a d0b ... sat3 d3a d3b`, the deltas being the
+panorama's pixel offset from each tile centre as VIGOR's code reads them: the panorama sits at
+row `S/2 + da` and column `S/2 - db` of an S x S tile (see crossview_ros/sim/vigor.py).
+
+Splits (VIGOR section 3 and its released loader):
+- same-area: every city; panoramas from `same_area_balanced_{train,test}.txt`;
+- cross-area: training cities (NewYork, Seattle in VIGOR; `dataset.json` names ours) with all
+  their panoramas (`pano_label_balanced.txt`), testing on the other cities.
+Aerial images are the union of every city's `satellite_list.txt` in the split's cities.
+
+Images are decoded once into pre-resized uint8 caches (`.crossview_cache/` under the root,
+memory-mapped .npy, written atomically) so that data loading never starves the model.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from crossview_ros import geo
+
+log = logging.getLogger(__name__)
+
+VIGOR_CITIES = ("NewYork", "Seattle", "SanFrancisco", "Chicago")
+VIGOR_CROSS_TRAIN = ("NewYork", "Seattle")
+VIGOR_SAT_PX = 640  # raw VIGOR aerial image side
+VIGOR_GSD_M = 0.114  # VIGOR's stated ground resolution (the corrected labels refine it per city)
+SPLITS = ("same_train", "same_test", "cross_train", "cross_test")
+
+
+def tile_iou(da_px: np.ndarray, db_px: np.ndarray, size_px: float) -> np.ndarray:
+    """IoU of a tile with the tile of the same size centred on the panorama (VIGOR section 3)."""
+    ox = np.clip(size_px - np.abs(np.asarray(db_px, np.float64)), 0.0, None)
+    oy = np.clip(size_px - np.abs(np.asarray(da_px, np.float64)), 0.0, None)
+    inter = ox * oy
+    return inter / (2.0 * size_px * size_px - inter)
+
+
+def parse_pano_name(name: str) -> tuple[float, float]:
+    """(lat, lon) from `<prefix>,<lat>,<lon>,.jpg`."""
+    parts = name.split(",")
+    if len(parts) < 3:
+        raise ValueError(f"panorama name {name!r} is not '<prefix>,<lat>,<lon>,.jpg'")
+    return float(parts[1]), float(parts[2])
+
+
+def parse_sat_name(name: str) -> tuple[float, float]:
+    """(lat, lon) from `satellite_<lat>_<lon>.png`."""
+    stem = name.rsplit(".", 1)[0]
+    parts = stem.split("_")
+    if len(parts) != 3 or parts[0] != "satellite":
+        raise ValueError(f"satellite name {name!r} is not 'satellite_<lat>_<lon>.png'")
+    return float(parts[1]), float(parts[2])
+
+
+@dataclass
+class VigorSplit:
+    """One split, flattened: panoramas with their four tiles, and the aerial gallery."""
+
+    root: Path
+    split: str
+    cities: tuple[str, ...]
+    pano_paths: list[Path]  # (N,)
+    pano_city: np.ndarray  # (N,) int index into cities
+    pano_latlon: np.ndarray  # (N, 2)
+    labels: np.ndarray  # (N, 4) int gallery indices, positive first
+    deltas_px: np.ndarray  # (N, 4, 2) VIGOR (da, db)
+    sat_paths: list[Path]  # (M,)
+    sat_city: np.ndarray  # (M,) int
+    sat_latlon: np.ndarray  # (M, 2)
+    sat_px: int  # raw aerial image side
+
+    def __len__(self) -> int:
+        return len(self.pano_paths)
+
+    @property
+    def iou(self) -> np.ndarray:
+        """(N, 4) IoU of each of the four tiles with the panorama-centred tile."""
+        return tile_iou(self.deltas_px[..., 0], self.deltas_px[..., 1], self.sat_px)
+
+    def metric_positions(self) -> tuple[np.ndarray, np.ndarray]:
+        """UTM (E, N) of panoramas and tiles, each city in its own zone, (N, 2) and (M, 2)."""
+        pano = np.zeros((len(self), 2))
+        sat = np.zeros((len(self.sat_paths), 2))
+        for c in range(len(self.cities)):
+            pm, sm = self.pano_city == c, self.sat_city == c
+            if not sm.any():
+                continue
+            lat0, lon0 = self.sat_latlon[sm].mean(axis=0)
+            zone = geo.utm_zone(float(lat0), float(lon0))
+            if pm.any():
+                e, n, _ = geo.latlon_to_utm(self.pano_latlon[pm, 0], self.pano_latlon[pm, 1], zone)
+                pano[pm] = np.stack([e, n], axis=1)
+            e, n, _ = geo.latlon_to_utm(self.sat_latlon[sm, 0], self.sat_latlon[sm, 1], zone)
+            sat[sm] = np.stack([e, n], axis=1)
+        return pano, sat
+
+
+def _manifest(root: Path) -> dict:
+    path = root / "dataset.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def available_cities(root: Path) -> list[str]:
+    return sorted(p.name for p in (root / "splits").iterdir() if (p / "satellite_list.txt").exists())
+
+
+def cross_area_cities(root: Path) -> tuple[list[str], list[str]]:
+    """(train, test) cities: dataset.json's roles for our data, VIGOR's for VIGOR."""
+    cities = available_cities(root)
+    roles = _manifest(root).get("cross_area")
+    if roles:
+        return list(roles["train"]), list(roles["test"])
+    train = [c for c in cities if c in VIGOR_CROSS_TRAIN]
+    if not train or len(train) == len(cities):
+        raise ValueError(f"cannot tell cross-area train/test cities in {root} (cities {cities}); "
+                         "add dataset.json with {'cross_area': {'train': [...], 'test': [...]}}")
+    return train, [c for c in cities if c not in train]
+
+
+def load_vigor_split(root: str | os.PathLike, split: str, cities: Sequence[str] | None = None) -> VigorSplit:
+    """Read one split of a VIGOR-layout root ("same_train", "same_test", "cross_train", "cross_test")."""
+    root = Path(root)
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    if not (root / "splits").is_dir():
+        raise FileNotFoundError(f"{root} has no splits/ folder; is it a VIGOR-layout dataset root?")
+    if cities is None:
+        if split.startswith("same"):
+            cities = available_cities(root)
+        else:
+            train, test = cross_area_cities(root)
+            cities = train if split == "cross_train" else test
+    cities = tuple(cities)
+    label_file = {"same_train": "same_area_balanced_train.txt", "same_test": "same_area_balanced_test.txt",
+                  "cross_train": "pano_label_balanced.txt", "cross_test": "pano_label_balanced.txt"}[split]
+    sat_paths: list[Path] = []
+    sat_city: list[int] = []
+    sat_index: dict[tuple[str, str], int] = {}
+    pano_paths: list[Path] = []
+    pano_city: list[int] = []
+    labels: list[list[int]] = []
+    deltas: list[list[tuple[float, float]]] = []
+    for ci, city in enumerate(cities):
+        listing = root / "splits" / city / "satellite_list.txt"
+        if not listing.exists():
+            raise FileNotFoundError(f"{listing} is missing; city {city!r} is not in this dataset")
+        for name in listing.read_text().split():
+            sat_index[(city, name)] = len(sat_paths)
+            sat_paths.append(root / city / "satellite" / name)
+            sat_city.append(ci)
+        for number, line in enumerate((root / "splits" / city / label_file).read_text().splitlines(), 1):
+            parts = line.split()
+            if not parts:
+                continue
+            if len(parts) != 13:
+                raise ValueError(f"{city}/{label_file} line {number}: expected 13 fields, got {len(parts)}")
+            try:
+                labels.append([sat_index[(city, parts[i])] for i in (1, 4, 7, 10)])
+            except KeyError as exc:
+                raise ValueError(f"{city}/{label_file} line {number}: tile {exc.args[0][1]} is not in "
+                                 "satellite_list.txt") from None
+            deltas.append([(float(parts[i]), float(parts[i + 1])) for i in (2, 5, 8, 11)])
+            pano_paths.append(root / city / "panorama" / parts[0])
+            pano_city.append(ci)
+    if not pano_paths:
+        raise ValueError(f"split {split} of {root} has no panoramas (cities {cities})")
+    sat_px = VIGOR_SAT_PX
+    first = cv2.imread(str(sat_paths[0]), cv2.IMREAD_UNCHANGED)
+    if first is None:
+        raise FileNotFoundError(f"cannot read aerial image {sat_paths[0]}")
+    sat_px = int(first.shape[0])
+    return VigorSplit(
+        root=root, split=split, cities=cities, pano_paths=pano_paths, pano_city=np.array(pano_city),
+        pano_latlon=np.array([parse_pano_name(p.name) for p in pano_paths]),
+        labels=np.array(labels, dtype=np.int64), deltas_px=np.array(deltas, dtype=np.float64),
+        sat_paths=sat_paths, sat_city=np.array(sat_city),
+        sat_latlon=np.array([parse_sat_name(p.name) for p in sat_paths]), sat_px=sat_px,
+    )
+
+
+def _decode(path: Path, size_hw: tuple[int, int]) -> np.ndarray:
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if image is None:
+        raise ValueError(f"cannot decode image {path} (missing or corrupt)")
+    image = cv2.resize(image, (size_hw[1], size_hw[0]), interpolation=cv2.INTER_AREA)
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def image_cache(paths: Sequence[Path], size_hw: tuple[int, int], cache_file: Path, *, progress: bool = True) -> np.ndarray:
+    """(N, H, W, 3) uint8 of `paths` resized, from a memory-mapped cache built once (atomically).
+
+    The cache is keyed by the file list and size (a sidecar JSON); a different list rebuilds it.
+    """
+    key = {"size_hw": list(size_hw), "files": [str(p) for p in paths]}
+    sidecar = cache_file.with_suffix(".json")
+    if cache_file.exists() and sidecar.exists() and json.loads(sidecar.read_text()) == key:
+        return np.load(cache_file, mmap_mode="r")
+    cache_file.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache_file.with_name(f".{cache_file.name}.{os.getpid()}.tmp.npy")
+    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(paths), *size_hw, 3))
+    try:
+        for i, path in enumerate(tqdm(paths, desc=f"cache {cache_file.stem}", unit="img", disable=not progress)):
+            out[i] = _decode(path, size_hw)
+        out.flush()
+    except BaseException:
+        del out
+        tmp.unlink(missing_ok=True)
+        raise
+    del out
+    # The old key must not outlive the old data (a crash before the new key is written rebuilds).
+    sidecar.unlink(missing_ok=True)
+    os.replace(tmp, cache_file)
+    # pid in the name: DDP ranks may build the same cache at once.
+    tmp_side = sidecar.with_name(f".{sidecar.name}.{os.getpid()}.tmp")
+    tmp_side.write_text(json.dumps(key))
+    os.replace(tmp_side, sidecar)
+    return np.load(cache_file, mmap_mode="r")
+
+
+def cached_images(split: VigorSplit, ground_hw: tuple[int, int], aerial_hw: tuple[int, int],
+                  *, progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Pre-resized panoramas and aerial images of a split, (N, Hg, Wg, 3) and (M, Ha, Wa, 3)."""
+    cache = split.root / ".crossview_cache"
+    tag = f"{split.split}_{'-'.join(split.cities)}"
+    panos = image_cache(split.pano_paths, ground_hw, cache / f"{tag}_pano_{ground_hw[0]}x{ground_hw[1]}.npy",
+                        progress=progress)
+    sats = image_cache(split.sat_paths, aerial_hw, cache / f"{tag}_sat_{aerial_hw[0]}x{aerial_hw[1]}.npy",
+                       progress=progress)
+    return panos, sats
+
+
+def load_cvusa_pairs(root: str | os.PathLike, split: str = "train") -> list[tuple[Path, Path]]:
+    """CVUSA's aligned (aerial, ground) pairs from `splits/train-19zl.csv` / `val-19zl.csv`.
+
+    Each CSV line is `bingmap/19/xxx.jpg,streetview/panos/xxx.jpg,annotations/...`: the aerial
+    image is centred on the panorama and the panorama's middle column faces north.
+    """
+    root = Path(root)
+    name = {"train": "train-19zl.csv", "val": "val-19zl.csv"}.get(split)
+    if name is None:
+        raise ValueError(f"CVUSA split must be 'train' or 'val', got {split!r}")
+    path = root / "splits" / name
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found; is {root} a CVUSA root?")
+    pairs = []
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        parts = [p.strip() for p in line.split(",")]
+        if len(parts) < 2 or not parts[0]:
+            if line.strip():
+                raise ValueError(f"{path} line {number}: expected 'aerial,ground,...'")
+            continue
+        pairs.append((root / parts[0], root / parts[1]))
+    return pairs
+
+
+# --------------------------------------------------------------------------- augmentation
+
+
+def roll_panorama(pano: np.ndarray, shift_px: int) -> np.ndarray:
+    """Turn the camera: roll columns by shift_px (> 0 moves content right = camera turned left)."""
+    return np.roll(pano, shift_px, axis=1)
+
+
+def rotate_aerial(sat: np.ndarray, angle_deg: float) -> np.ndarray:
+    """Rotate an aerial image about its centre, counter-clockwise by angle_deg, reflecting borders."""
+    h, w = sat.shape[:2]
+    m = cv2.getRotationMatrix2D((w / 2 - 0.5, h / 2 - 0.5), angle_deg, 1.0)
+    return cv2.warpAffine(sat, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
+
+
+def photometric(image: np.ndarray, rng: np.random.Generator, strength: float = 0.3) -> np.ndarray:
+    """Brightness, contrast, per-channel gain and saturation jitter (uint8 in, uint8 out)."""
+    x = image.astype(np.float32)
+    gain = 1.0 + rng.uniform(-strength, strength) + rng.uniform(-strength / 3, strength / 3, 3)
+    bias = rng.uniform(-strength, strength) * 40.0
+    mean = x.mean()
+    contrast = 1.0 + rng.uniform(-strength, strength)
+    x = (x - mean) * contrast + mean
+    grey = x.mean(axis=2, keepdims=True)
+    sat = 1.0 + rng.uniform(-strength, strength)
+    x = grey + (x - grey) * sat
+    x = x * gain + bias
+    return np.clip(x, 0, 255).astype(np.uint8)
+
+
+def pano_rotation_px(width: int, angle_deg: float) -> int:
+    """Column shift that turns a panorama by angle_deg (camera turned clockwise by that angle)."""
+    return -int(round(angle_deg / 360.0 * width))
+
+
+def offset_target(deltas_px: np.ndarray, sat_px: int) -> np.ndarray:
+    """(dE, dN) / L of the camera relative to a tile centre, from VIGOR deltas (offset head target)."""
+    deltas_px = np.asarray(deltas_px, np.float64)
+    return np.stack([-deltas_px[..., 1], -deltas_px[..., 0]], axis=-1) / float(sat_px)
+
+
+# --------------------------------------------------------------------------- torch datasets
+
+
+class VigorPairs:
+    """torch Dataset of (panorama, aerial tile) training pairs from pre-resized caches.
+
+    Each item takes the panorama and, with probability `semi_positive_prob`, one of its
+    semi-positives instead of the positive (VIGOR trains on both). Returns a dict of
+    ground (3, Hg, Wg) and aerial (3, Ha, Wa) float32 normalised with mean/std, `pano` index,
+    `tile` gallery index, `offset` (2,) = (dE, dN)/L of the camera from that tile's centre,
+    `iou` with the panorama-centred tile, and `positive` (bool).
+    """
+
+    def __init__(self, split: VigorSplit, panos: np.ndarray, sats: np.ndarray, *,
+                 mean: Sequence[float], std: Sequence[float], semi_positive_prob: float = 0.0,
+                 rotation_deg: float = 0.0, photometric_strength: float = 0.0, seed: int = 0) -> None:
+        if len(panos) != len(split) or len(sats) != len(split.sat_paths):
+            raise ValueError("image caches do not match the split (rebuild them with cached_images)")
+        self.split, self.panos, self.sats = split, panos, sats
+        self.mean = np.asarray(mean, np.float32).reshape(3, 1, 1)
+        self.std = np.asarray(std, np.float32).reshape(3, 1, 1)
+        self.semi_positive_prob = float(semi_positive_prob)
+        self.rotation_deg = float(rotation_deg)
+        self.photometric_strength = float(photometric_strength)
+        self.seed = int(seed)
+        self.epoch = 0
+        self._iou = split.iou
+
+    def set_epoch(self, epoch: int) -> None:
+        """Augmentation draws depend on (seed, epoch, index): reproducible and resumable."""
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def _tensor(self, image: np.ndarray):
+        import torch
+
+        x = image.astype(np.float32).transpose(2, 0, 1) / 255.0
+        return torch.from_numpy((x - self.mean) / self.std)
+
+    def __getitem__(self, index: int) -> dict:
+        import torch
+
+        rng = np.random.default_rng([self.seed, self.epoch, int(index)])
+        k = 0
+        if self.semi_positive_prob > 0 and rng.random() < self.semi_positive_prob:
+            k = int(rng.integers(1, 4))
+        tile = int(self.split.labels[index, k])
+        pano = np.asarray(self.panos[index])
+        sat = np.asarray(self.sats[tile])
+        if self.rotation_deg > 0:
+            pano = roll_panorama(pano, pano_rotation_px(pano.shape[1], rng.uniform(-self.rotation_deg,
+                                                                                    self.rotation_deg)))
+        if self.photometric_strength > 0:
+            pano = photometric(pano, rng, self.photometric_strength)
+            sat = photometric(sat, rng, self.photometric_strength)
+        return {
+            "ground": self._tensor(pano), "aerial": self._tensor(sat),
+            "pano": torch.tensor(index), "tile": torch.tensor(tile),
+            "offset": torch.from_numpy(offset_target(self.split.deltas_px[index, k], self.split.sat_px).astype(np.float32)),
+            "iou": torch.tensor(float(self._iou[index, k])), "positive": torch.tensor(k == 0),
+        }
+
+
+def neighbour_batches(split: VigorSplit, batch_size: int, *, seed: int, epoch: int,
+                      neighbours: int = 64) -> list[list[int]]:
+    """Batches of geographically close panoramas with no tile shared inside a batch.
+
+    In-batch negatives then come from the same neighbourhood, which is what the runtime must
+    tell apart inside its GNSS scope (Sample4Geo's GPS-sampled hard negatives); no two panoramas
+    of a batch share any of their four tiles, so none is a false negative for another.
+    Deterministic in (seed, epoch); every panorama appears at most once per epoch.
+    """
+    from scipy.spatial import cKDTree
+
+    rng = np.random.default_rng([seed, epoch, 0xBA7C])
+    pos, _ = split.metric_positions()
+    # Cities are far apart in UTM terms only within a zone; offset each city so trees never mix.
+    pos = pos + split.pano_city[:, None] * 1e7
+    tree = cKDTree(pos)
+    unused = np.ones(len(split), bool)
+    order = rng.permutation(len(split))
+    batches = []
+    for seed_index in order:
+        if not unused[seed_index]:
+            continue
+        _, near = tree.query(pos[seed_index], k=min(neighbours, len(split)))
+        near = np.atleast_1d(near)
+        batch, tiles = [], set()
+        for j in near[rng.permutation(len(near))] if len(near) > 1 else near:
+            if not unused[j]:
+                continue
+            own = set(split.labels[j].tolist())
+            if own & tiles:
+                continue
+            batch.append(int(j))
+            tiles |= own
+            unused[j] = False
+            if len(batch) == batch_size:
+                break
+        if batch:
+            batches.append(batch)
+    rng.shuffle(batches)
+    return batches
+
+
+def subset(split: VigorSplit, indices: Sequence[int], name: str) -> VigorSplit:
+    """The same split restricted to some panoramas (the aerial gallery is kept whole)."""
+    import dataclasses
+
+    idx = np.asarray(indices, dtype=np.int64)
+    return dataclasses.replace(
+        split, split=name, pano_paths=[split.pano_paths[i] for i in idx], pano_city=split.pano_city[idx],
+        pano_latlon=split.pano_latlon[idx], labels=split.labels[idx], deltas_px=split.deltas_px[idx])
