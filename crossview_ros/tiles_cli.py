@@ -1,24 +1,42 @@
-"""crossview-tiles: build, inspect and query tile sets from the shell (thin front to tiles.py)."""
+"""crossview-tiles: build, inspect, query and encode tile sets from the shell.
+
+build/info/query are thin fronts to tiles.py. encode is the descriptor precomputation step
+(`encode_tile_set`, callable from Python too): an exported model's aerial graph over every tile
+image, through engines.py, stored with TileSet.write_descriptors.
+"""
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import logging
 import math
+import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from crossview_ros import geo
+from crossview_ros.engines import (
+    ENGINE_KINDS, Engine, EngineError, ModelMeta, create_engine, load_model_meta, preprocess_aerial,
+)
 from crossview_ros.tiles import (
     IMAGE_FORMATS, RESAMPLING_NAMES, TileSet, TileSetError, TilingConfig, build_tile_set,
 )
 
+log = logging.getLogger(__name__)
+
 PROG = "crossview-tiles"
 _DEFAULTS = TilingConfig()
+PARTIAL_DESCRIPTORS = "descriptors.partial.npy"  # (N, D) float32 rows encoded so far, inside the set
+PARTIAL_STATE = "descriptors.partial.json"  # model hash, dim, count and rows done; renamed into place
+PARTIAL_FORMAT = "crossview_ros.partial_descriptors"
+DEFAULT_BATCH_SIZE = 32
+DEFAULT_SAVE_EVERY = 10  # batches between progress saves of an encode run
 
 
 class _UserError(Exception):
@@ -43,7 +61,7 @@ def _build_parser() -> argparse.ArgumentParser:
         description="Build, inspect and query tile sets: north-up aerial tiles cut from "
                     "geo-referenced orthophotos with VIGOR's 50 %% overlap.",
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{build,info,query}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{build,info,query,encode}")
 
     b = sub.add_parser(
         "build", help="cut orthophotos into a tile set",
@@ -85,6 +103,29 @@ def _build_parser() -> argparse.ArgumentParser:
     q.add_argument("--radius-m", type=float, default=200.0, help="scope radius in metres (default 200)")
     q.add_argument("--covering", action="store_true", help="list tiles containing the fix, by IoU, instead")
     q.add_argument("--json", action="store_true", help="print JSON instead of text")
+
+    e = sub.add_parser(
+        "encode", help="fill a tile set's descriptors with an exported model",
+        description="Encode every tile image with the model's aerial graph and store the L2-normalised "
+                    "descriptors (float16) in the set, stamped with the model hash. Resumable: progress is "
+                    f"saved to DIR/{PARTIAL_DESCRIPTORS} every --save-every batches and a rerun with the same "
+                    "model continues from there.",
+    )
+    e.add_argument("dir", metavar="DIR", help="tile set directory (built with images)")
+    e.add_argument("--model", required=True, metavar="MODEL_DIR", help="folder written by crossview-export onnx")
+    e.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
+                   help=f"tiles per inference (default {DEFAULT_BATCH_SIZE})")
+    e.add_argument("--engine", choices=ENGINE_KINDS, default="auto",
+                   help="runtime: auto (TensorRT with a GPU, else ONNX Runtime), onnxruntime or tensorrt "
+                        "(default auto)")
+    e.add_argument("--threads", type=int, default=0,
+                   help="ONNX Runtime intra-op threads, 0 = one per physical core (default 0)")
+    e.add_argument("--save-every", type=int, default=DEFAULT_SAVE_EVERY,
+                   help=f"batches between progress saves (default {DEFAULT_SAVE_EVERY})")
+    e.add_argument("--overwrite", action="store_true",
+                   help="replace descriptors of another model, or re-encode with the same one (default: refuse "
+                        "another model's, skip when this model's are present)")
+    e.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return parser
 
 
@@ -205,6 +246,167 @@ def _cmd_query(args: argparse.Namespace) -> int:
     return 0
 
 
+def _utc_now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _write_json_atomic(path: Path, obj: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            json.dump(obj, fh, indent=2)
+            fh.write("\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _remove_partial(ts: TileSet) -> None:
+    for name in (PARTIAL_STATE, PARTIAL_DESCRIPTORS):
+        (ts.path / name).unlink(missing_ok=True)
+
+
+def _open_partial(ts: TileSet, meta: ModelMeta) -> tuple[np.ndarray, int]:
+    """(float32 (N, D) rows memory-mapped for writing, rows already done) for an encode run.
+
+    The state json is the commit record: rows below its `done` were flushed before it was renamed
+    into place, so a crash at any point leaves a consistent (if older) resume point. A partial
+    from another model, dimension or build of the set is discarded.
+    """
+    count, dim = len(ts), meta.descriptor_dim
+    state_path, data_path = ts.path / PARTIAL_STATE, ts.path / PARTIAL_DESCRIPTORS
+    done = 0
+    if state_path.exists():
+        why = None
+        try:
+            state = json.loads(state_path.read_text(encoding="utf-8"))
+            if not isinstance(state, dict):
+                raise ValueError("not a JSON object")
+            data = np.load(data_path, mmap_mode="r+")
+        except (OSError, ValueError) as exc:
+            state, data, why = {}, None, f"it is unreadable ({exc})"
+        if why is None:
+            expected = {"format": PARTIAL_FORMAT, "model_hash": meta.model_hash, "dim": dim, "count": count,
+                        "tile_set_created_utc": ts.meta.get("created_utc")}
+            diff = [k for k, v in expected.items() if state.get(k) != v]
+            if diff:
+                why = f"it differs in {', '.join(diff)} (made by model {state.get('model_hash')!r})"
+            elif data.shape != (count, dim) or data.dtype != np.float32:
+                why = f"its array is {data.dtype} {data.shape}, expected float32 {(count, dim)}"
+            elif not (isinstance(state.get("done"), int) and 0 <= state["done"] <= count):
+                why = f"its row count done={state.get('done')!r} is invalid"
+        if why is None:
+            done = int(state["done"])
+            log.info("resuming the encoding of %s at tile %d of %d (model %s)", ts.path, done, count,
+                     meta.model_hash)
+            return data, done
+        log.warning("discarding the partial descriptors in %s: %s; starting over", ts.path, why)
+        del data
+        _remove_partial(ts)
+    data = np.lib.format.open_memmap(data_path, mode="w+", dtype=np.float32, shape=(count, dim))
+    _save_partial(ts, meta, data, 0)
+    return data, done
+
+
+def _save_partial(ts: TileSet, meta: ModelMeta, data: np.ndarray, done: int) -> None:
+    data.flush()
+    _write_json_atomic(ts.path / PARTIAL_STATE, {
+        "format": PARTIAL_FORMAT, "model_hash": meta.model_hash, "dim": meta.descriptor_dim, "count": len(ts),
+        "done": done, "tile_set_created_utc": ts.meta.get("created_utc"), "updated_utc": _utc_now(),
+    })
+
+
+def encode_tile_set(tile_dir: str | os.PathLike, model: str | os.PathLike | Engine, *, engine: str = "auto",
+                    batch_size: int = DEFAULT_BATCH_SIZE, overwrite: bool = False, progress: bool = True,
+                    save_every: int = DEFAULT_SAVE_EVERY, threads: int = 0) -> Path:
+    """Encode every tile image of a set with the model's aerial graph and store the descriptors; returns the set.
+
+    model: an export folder (an engine of kind `engine` is created, `threads` for ONNX Runtime) or
+    a ready Engine. Descriptors go through TileSet.write_descriptors (atomic, stamped with the
+    model hash). Work already done is kept: a set holding this model's descriptors is skipped
+    unless overwrite; an interrupted run resumes from the last progress save (every save_every
+    batches, and on an exception). Another model's descriptors are replaced only with overwrite.
+    """
+    from tqdm import tqdm
+
+    if not (isinstance(batch_size, int) and batch_size >= 1):
+        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    if not (isinstance(save_every, int) and save_every >= 1):
+        raise ValueError(f"save_every must be an integer >= 1, got {save_every!r}")
+    ts = TileSet.open(tile_dir)
+    if ts.image_format is None:
+        raise TileSetError(f"{ts.path} has no tile images (built without images), so there is nothing to encode; "
+                           "build the set from orthophotos with crossview-tiles build ORTHO... --out DIR")
+    meta = model.meta if isinstance(model, Engine) else load_model_meta(model)
+    old = ts.model_hash
+    if old is not None and not overwrite:
+        if old == meta.model_hash:  # TileSet.open checked the stored rows against meta.json
+            log.info("%s already holds descriptors of model %s; nothing to do (pass --overwrite to re-encode)",
+                     ts.path, old)
+            return ts.path
+        raise EngineError(f"{ts.path} holds descriptors of another model ({old}, dim "
+                          f"{ts.meta['descriptors']['dim']}); this model is {meta.model_hash} (dim "
+                          f"{meta.descriptor_dim}); pass --overwrite to replace them")
+    if meta.tile_size_m is not None and abs(meta.tile_size_m - ts.tile_size_m) > 1e-6 * meta.tile_size_m:
+        log.warning("model %s was exported for %g m tiles, %s has %g m tiles", meta.name, meta.tile_size_m,
+                    ts.path, ts.tile_size_m)
+    options = {"threads": threads} if threads else {}
+    runner = model if isinstance(model, Engine) else create_engine(model, engine, **options)
+    data, done = _open_partial(ts, meta)
+    count = len(ts)
+    batches = 0
+    try:
+        with tqdm(total=count, initial=done, unit="tile", disable=not progress, desc="encode") as bar:
+            for start in range(done, count, batch_size):
+                stop = min(count, start + batch_size)
+                images = np.concatenate([preprocess_aerial(meta, ts.image(i)) for i in range(start, stop)])
+                desc, _ = runner.encode_aerial(images)
+                bad = ~np.all(np.isfinite(desc), axis=1) | ~np.any(desc != 0, axis=1)
+                if bad.any():
+                    raise EngineError(f"{runner.name} gave a non-finite or all-zero descriptor for tile "
+                                      f"{start + int(np.argmax(bad))} of {ts.path}; check that image and the model")
+                data[start:stop] = desc
+                done = stop
+                batches += 1
+                bar.update(stop - start)
+                if batches % save_every == 0:
+                    _save_partial(ts, meta, data, done)
+    except BaseException:
+        _save_partial(ts, meta, data, done)  # rows below done are complete: the rerun continues there
+        log.info("saved the encoding progress of %s at tile %d of %d; rerun to continue", ts.path, done, count)
+        raise
+    finally:
+        if runner is not model:
+            runner.close()
+    _save_partial(ts, meta, data, done)  # should the final write fail, a rerun goes straight to it
+    ts.write_descriptors(data, meta.model_hash)
+    del data
+    _remove_partial(ts)
+    log.info("encoded %d tiles of %s with model %s (%s, dim %d) on %s", count, ts.path, meta.name, meta.model_hash,
+             meta.descriptor_dim, runner.name)
+    return ts.path
+
+
+def _cmd_encode(args: argparse.Namespace) -> int:
+    if args.batch_size < 1:
+        raise _UserError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.save_every < 1:
+        raise _UserError(f"--save-every must be >= 1, got {args.save_every}")
+    if args.threads < 0:
+        raise _UserError(f"--threads must be >= 0, got {args.threads}")
+    if args.threads and args.engine == "tensorrt":
+        raise _UserError("--threads sets ONNX Runtime's threads; it does not apply to --engine tensorrt")
+    out = encode_tile_set(args.dir, args.model, engine=args.engine, batch_size=args.batch_size,
+                          overwrite=args.overwrite, progress=not args.no_progress, save_every=args.save_every,
+                          threads=args.threads)
+    ts = TileSet.open(out)
+    desc = ts.meta["descriptors"]
+    print(f"{len(ts)} tiles of {out} hold {desc['dim']}-D descriptors of model {desc['model_hash']}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of crossview-tiles; returns the exit code (2 for bad input)."""
     argv = _join_negative_fix(list(sys.argv[1:] if argv is None else argv))
@@ -214,10 +416,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # --help (0) or a usage error (2), already printed by argparse
         return int(exc.code or 0) if not isinstance(exc.code, str) else 2
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    handlers = {"build": _cmd_build, "info": _cmd_info, "query": _cmd_query}
+    handlers = {"build": _cmd_build, "info": _cmd_info, "query": _cmd_query, "encode": _cmd_encode}
     try:
         return handlers[args.command](args)
-    except (TileSetError, geo.GeoError, _UserError) as exc:
+    except (TileSetError, geo.GeoError, _UserError, EngineError) as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
 

@@ -18,7 +18,7 @@ GROUND = (64, 128)
 AERIAL = (64, 64)
 # Independent expectations per backbone: channels of the last conv map and its stride
 # (VGG16: conv5_3 at stride 16; the others: last stage at stride 32).
-CHANNELS_STRIDE = {"mobilenetv3_large_100": (960, 32), "vgg16": (512, 16), "resnet50": (2048, 32),
+CHANNELS_STRIDE = {"mobilenetv3_large_100": (960, 32), "mobilenetv3_small_100": (576, 32), "vgg16": (512, 16), "resnet50": (2048, 32),
                    "convnext_tiny": (768, 32)}
 
 torch.set_num_threads(1)
@@ -117,7 +117,7 @@ def test_gem_fc_head_is_shared(small):
 
 @pytest.mark.parametrize("aggregator", ["netvlad", "safa"])
 def test_netvlad_and_safa_are_per_view(aggregator):
-    model = tiny("small", aggregator=aggregator, dim=64, netvlad_clusters=4, safa_blocks=2)
+    model = tiny("small", backbone="mobilenetv3_large_100", aggregator=aggregator, dim=64, netvlad_clusters=4, safa_blocks=2)
     pano, sat = inputs()
     first = next(model.aerial_pool.parameters())
     with torch.no_grad():
@@ -196,13 +196,13 @@ def test_random_init_is_logged(caplog):
 
 def test_pretrained_weights_load_strictly(tmp_path):
     torch.manual_seed(5)
-    imagenet = timm.create_model("mobilenetv3_large_100", pretrained=False)
+    imagenet = timm.create_model(M.MODELS["small"]["backbone"], pretrained=False)
     path = tmp_path / "mobilenetv3_imagenet.pth"
     torch.save(imagenet.state_dict(), path)
     model = tiny(pretrained_path=path)
     for backbone in (model.ground_backbone, model.aerial_backbone):
         assert torch.equal(backbone.model.conv_stem.weight, imagenet.conv_stem.weight)
-        assert torch.equal(backbone.model.blocks[6][0].bn1.running_var, imagenet.blocks[6][0].bn1.running_var)
+        assert torch.equal(backbone.model.blocks[-1][0].bn1.running_var, imagenet.blocks[-1][0].bn1.running_var)
 
     own = tmp_path / "backbone.pt"  # a backbone's own state_dict (keys under `model.`) loads too
     torch.save(model.ground_backbone.state_dict(), own)
@@ -225,7 +225,7 @@ def test_pretrained_weights_load_strictly(tmp_path):
 
 def test_pretrained_weights_from_safetensors(tmp_path):
     safetensors_torch = pytest.importorskip("safetensors.torch")
-    imagenet = timm.create_model("mobilenetv3_large_100", pretrained=False)
+    imagenet = timm.create_model(M.MODELS["small"]["backbone"], pretrained=False)
     path = tmp_path / "model.safetensors"
     safetensors_torch.save_file(imagenet.state_dict(), str(path))
     model = tiny(pretrained_path=path)

@@ -373,31 +373,31 @@ class VigorPairs:
 
 
 def neighbour_batches(split: VigorSplit, batch_size: int, *, seed: int, epoch: int,
-                      neighbours: int = 64) -> list[list[int]]:
+                      neighbours: int | None = None) -> list[list[int]]:
     """Batches of geographically close panoramas with no tile shared inside a batch.
 
     In-batch negatives then come from the same neighbourhood, which is what the runtime must
     tell apart inside its GNSS scope (Sample4Geo's GPS-sampled hard negatives); no two panoramas
-    of a batch share any of their four tiles, so none is a false negative for another.
-    Deterministic in (seed, epoch); every panorama appears at most once per epoch.
+    of a batch share any of their four tiles, so none is a false negative for another. Each
+    batch grows from a random seed panorama through its nearest unused neighbours (closest
+    first, `neighbours` = 8 x batch_size by default, i.e. a few hundred metres); what is left
+    at the end is packed into batches the same way with no distance limit. Deterministic in
+    (seed, epoch); every panorama appears exactly once per epoch.
     """
     from scipy.spatial import cKDTree
 
     rng = np.random.default_rng([seed, epoch, 0xBA7C])
     pos, _ = split.metric_positions()
-    # Cities are far apart in UTM terms only within a zone; offset each city so trees never mix.
+    # Cities live in different UTM zones; push them far apart so that no batch mixes cities.
     pos = pos + split.pano_city[:, None] * 1e7
     tree = cKDTree(pos)
+    k = min(len(split), neighbours or 8 * batch_size)
     unused = np.ones(len(split), bool)
-    order = rng.permutation(len(split))
-    batches = []
-    for seed_index in order:
-        if not unused[seed_index]:
-            continue
-        _, near = tree.query(pos[seed_index], k=min(neighbours, len(split)))
-        near = np.atleast_1d(near)
+    batches: list[list[int]] = []
+
+    def grow(candidates: np.ndarray) -> list[int]:
         batch, tiles = [], set()
-        for j in near[rng.permutation(len(near))] if len(near) > 1 else near:
+        for j in candidates:
             if not unused[j]:
                 continue
             own = set(split.labels[j].tolist())
@@ -408,10 +408,25 @@ def neighbour_batches(split: VigorSplit, batch_size: int, *, seed: int, epoch: i
             unused[j] = False
             if len(batch) == batch_size:
                 break
-        if batch:
-            batches.append(batch)
-    rng.shuffle(batches)
-    return batches
+        return batch
+
+    tried = np.zeros(len(split), bool)
+    for start in rng.permutation(len(split)):
+        if not unused[start] or tried[start]:
+            continue
+        _, near = tree.query(pos[start], k=k)
+        batch = grow(np.atleast_1d(near))
+        if len(batch) < batch_size // 2:  # a sparse corner: leave it to the final packing
+            unused[batch] = True
+            tried[batch] = True
+            continue
+        batches.append(batch)
+    rest = np.flatnonzero(unused)
+    rest = rest[rng.permutation(len(rest))]
+    while unused.any():
+        batches.append(grow(rest))
+    order = rng.permutation(len(batches))
+    return [batches[i] for i in order]
 
 
 def subset(split: VigorSplit, indices: Sequence[int], name: str) -> VigorSplit:

@@ -219,15 +219,17 @@ def model_descriptors(model, split: VigorSplit, *, batch_size: int = 32, progres
     import torch
 
     cfg = model.config
+    device = next(model.parameters()).device
     panos, sats = cached_images(split, tuple(cfg.ground_size), tuple(cfg.aerial_size), progress=progress)
-    mean = torch.tensor(cfg.mean).view(1, 3, 1, 1)
-    std = torch.tensor(cfg.std).view(1, 3, 1, 1)
+    mean = torch.tensor(cfg.mean, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(cfg.std, device=device).view(1, 3, 1, 1)
 
     def encode(images: np.ndarray, fn, desc: str) -> np.ndarray:
         out = []
         for s in tqdm(range(0, len(images), batch_size), desc=desc, unit="batch", disable=not progress):
-            x = torch.from_numpy(np.asarray(images[s:s + batch_size])).permute(0, 3, 1, 2).float() / 255.0
-            out.append(fn((x - mean) / std))
+            # np.array: a writable copy of the read-only memmap rows (torch warns on read-only arrays)
+            x = torch.from_numpy(np.array(images[s:s + batch_size])).to(device).permute(0, 3, 1, 2).float() / 255.0
+            out.append(fn((x - mean) / std).cpu())
         return torch.cat(out).numpy()
 
     model.eval()
@@ -237,7 +239,7 @@ def model_descriptors(model, split: VigorSplit, *, batch_size: int = 32, progres
 
     def offset_fn(gi: np.ndarray, ti: np.ndarray) -> np.ndarray:
         with torch.no_grad():
-            return model.offset(torch.from_numpy(g[gi]), torch.from_numpy(a[ti])).numpy()
+            return model.offset(torch.from_numpy(g[gi]).to(device), torch.from_numpy(a[ti]).to(device)).cpu().numpy()
 
     return Descriptors(g, a, offset_fn if use_offset else None)
 

@@ -11,9 +11,13 @@ steps) and best.pt. Re-running the same command resumes from last.pt and reaches
 as an uninterrupted run: batches, augmentations and mining draws depend only on (seed, epoch,
 step), and the optimiser, scheduler and loss state travel in the checkpoint.
 
-Distributed (torchrun, gloo on CPU, NCCL on GPU): each rank encodes its share of every batch, the
-embeddings are all-gathered with their gradients before the loss, so the loss is the one of the
-combined batch and the averaged gradients equal a single process's on that batch.
+Distributed (torchrun; gloo on the CPU, NCCL on CUDA): each rank encodes its share of
+every batch, the embeddings are all-gathered with their gradients before the loss, so the loss is
+the one of the combined batch and the averaged gradients equal a single process's on that batch.
+Two limits: a batch is cut to a multiple of the world size, and on the CPU BatchNorm layers
+normalise with each rank's share only (SyncBatchNorm refuses CPU tensors; on CUDA it is used), so
+there the equality holds for models without BatchNorm (ConvNeXt's LayerNorm, VGG16); a warning
+says so otherwise.
 """
 
 from __future__ import annotations
@@ -78,8 +82,20 @@ class TrainConfig:
     checkpoint_every: int = 200  # steps between mid-epoch checkpoints
     val_panoramas: int = 200  # training-city panoramas held out of training and evaluated per epoch (picks best.pt)
     threads: int = 0  # torch CPU threads; 0 = torch's default
+    device: str = "auto"  # auto (cuda when available, one GPU per torchrun rank) | cpu | cuda
 
     def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            kind = type(f.default)
+            if kind in (int, float):
+                value = getattr(self, f.name)
+                try:  # YAML 1.1 (PyYAML) reads 1e-3, with no dot, as a string
+                    number = float(value)
+                except (TypeError, ValueError):
+                    raise ValueError(f"{f.name} must be a number, got {value!r}") from None
+                if kind is int and not number.is_integer():
+                    raise ValueError(f"{f.name} must be an integer, got {value!r}")
+                setattr(self, f.name, kind(number))
         self.ground_size = tuple(int(v) for v in self.ground_size)
         self.aerial_size = tuple(int(v) for v in self.aerial_size)
         if self.area not in ("cross", "same"):
@@ -230,16 +246,23 @@ def _rank_world() -> tuple[int, int]:
     return 0, 1
 
 
+def train_device(config: TrainConfig) -> torch.device:
+    """The device a rank trains on: its own GPU under torchrun (LOCAL_RANK), else cuda:0, else CPU."""
+    if config.device == "cpu" or (config.device == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise ValueError("device=cuda but torch sees no CUDA GPU; use device=cpu")
+    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+
+
 def train(config: TrainConfig, out: str | os.PathLike, *, progress: bool = True, stop_after_steps: int | None = None) -> Path:
     """Train (or resume) into `out`; returns the path of last.pt. stop_after_steps: for tests."""
     out = Path(out)
     rank, world = _rank_world()
+    device = train_device(config)
     if config.threads:
         torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
-    if rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
     full = load_vigor_split(config.data, f"{config.area}_train")
     order = np.random.default_rng([config.seed, 0x7A1]).permutation(len(full))
     n_val = min(config.val_panoramas, len(full) // 5)
@@ -253,19 +276,30 @@ def train(config: TrainConfig, out: str | os.PathLike, *, progress: bool = True,
                        semi_positive_prob=config.semi_positive_prob if config.loss != "hybrid" else 0.0,
                        rotation_deg=config.rotation_deg, photometric_strength=config.photometric, seed=config.seed)
     dataset = _WithCovers(pairs, with_semi=config.loss == "hybrid")
-    criterion = SymmetricInfoNCE() if config.loss == "infonce" else None
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+        if world > 1:
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    model.to(device)
+    criterion = SymmetricInfoNCE().to(device) if config.loss == "infonce" else None
     params = list(model.parameters()) + (list(criterion.parameters()) if criterion is not None else [])
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     if world > 1:  # identical start on every rank; gradients are averaged by hand below
         for t in model.state_dict().values():
             dist.broadcast(t, 0)
+        if device.type == "cpu" and any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+            log.warning("distributed training of a model with BatchNorm: each rank normalises with its share of "
+                        "the batch (SyncBatchNorm needs GPU tensors), so the result differs from one process on "
+                        "the combined batch")
     steps_per_epoch = len(epoch_batches(split, config, 0))
     total_steps = steps_per_epoch * config.epochs
 
     epoch, step_in_epoch, global_step, best = 0, 0, 0, -1.0
+    losses: list[float] = []  # this epoch's step losses so far (a resumed epoch logs the same mean)
     last = out / "last.pt"
     if last.exists():
         ckpt = read_checkpoint(last)
+        ckpt["state_dict"] = {k: v.to(device) for k, v in ckpt["state_dict"].items()}
         if ckpt.get("train_config") != config.to_dict():
             raise ValueError(f"{last} was written with another config; use a new --out or the same settings")
         model.load_state_dict(ckpt["state_dict"])
@@ -274,8 +308,12 @@ def train(config: TrainConfig, out: str | os.PathLike, *, progress: bool = True,
             criterion.load_state_dict(ckpt["criterion"])
         epoch, step_in_epoch, global_step = int(ckpt["epoch"]), int(ckpt["step_in_epoch"]), int(ckpt["global_step"])
         best = float(ckpt.get("best", -1.0))
+        losses = [float(v) for v in ckpt.get("epoch_losses", [])]
         torch.set_rng_state(ckpt["torch_rng"])
         log.info("resumed from %s at epoch %d step %d", last, epoch, step_in_epoch)
+    if rank == 0:  # written once the resume check passed: it describes last.pt
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
 
     tile_size_m = _tile_size_m(config.data)
 
@@ -286,7 +324,7 @@ def train(config: TrainConfig, out: str | os.PathLike, *, progress: bool = True,
                         criterion=criterion.state_dict() if criterion is not None else {},
                         epoch=epoch, step_in_epoch=step_in_epoch, global_step=global_step, best=best,
                         torch_rng=torch.get_rng_state(), model_hash=model_hash(model), tile_size_m=tile_size_m,
-                        **extra)
+                        epoch_losses=list(losses), **extra)
 
     started = time.monotonic()
     stopped = False
@@ -294,13 +332,12 @@ def train(config: TrainConfig, out: str | os.PathLike, *, progress: bool = True,
         pairs.set_epoch(epoch)
         batches = epoch_batches(split, config, epoch)
         model.train()
-        losses: list[float] = []
         bar = tqdm(total=len(batches), initial=step_in_epoch, desc=f"epoch {epoch}", unit="step",
                    disable=not progress or rank != 0)
         while step_in_epoch < len(batches):
             full_batch = batches[step_in_epoch]
             indices = full_batch[: len(full_batch) // world * world][rank::world]
-            batch = _collate([dataset[i] for i in indices])
+            batch = {k: v.to(device, non_blocking=True) for k, v in _collate([dataset[i] for i in indices]).items()}
             semi = batch.pop("semi", None)
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(global_step, total_steps, config)
@@ -319,6 +356,10 @@ def train(config: TrainConfig, out: str | os.PathLike, *, progress: bool = True,
             bar.update()
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
             out_of_time = config.time_budget_min > 0 and time.monotonic() - started > 60 * config.time_budget_min
+            if world > 1 and config.time_budget_min > 0:  # every rank must stop at the same step
+                flag = torch.tensor([float(out_of_time)], device=device)
+                dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+                out_of_time = bool(flag.item())
             if stop_after_steps is not None and global_step >= stop_after_steps:
                 save(last)
                 return last
@@ -340,6 +381,7 @@ def train(config: TrainConfig, out: str | os.PathLike, *, progress: bool = True,
             model.train()
         epoch += 1
         step_in_epoch = 0
+        losses = []
         if rank == 0:
             _append_metrics(out, metrics)
             log.info("epoch %d: %s", metrics["epoch"], {k: round(v, 4) for k, v in metrics.items()})
@@ -399,7 +441,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"crossview-train: error: {exc}", file=sys.stderr)
         return 2
     if "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1:
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        backend = "nccl" if train_device(config).type == "cuda" else "gloo"
+        dist.init_process_group(backend)
     try:
         path = train(config, args.out, progress=not args.no_progress)
     finally:
