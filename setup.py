@@ -24,6 +24,7 @@ runtime_requires = [
     "faiss-cpu>=1.7.4",
     "numba>=0.59",
     "rosbags>=0.10",
+    "onnxruntime>=1.16",
 ]
 
 extras = {
@@ -40,7 +41,7 @@ extras = {
     ],
     "train": [
         "torch>=2.11",
-        "torchvision",
+        "torchvision>=0.26",
         "timm>=1.0",
         "onnx>=1.15",
     ],
