@@ -78,7 +78,7 @@ def test_onnxruntime_matches_pytorch(exported, batch):
     og, ogf = run["ground.onnx"].run(None, {"image": pano.numpy()})
     oa, oaf = run["aerial.onnx"].run(None, {"image": sat.numpy()})
     (ooff,) = run["offset.onnx"].run(None, {"ground": g.numpy(), "aerial": a.numpy()})
-    assert og.shape == (batch, 256) and ogf.shape == (batch, 960, 2, 4) and ooff.shape == (batch, 2)
+    assert og.shape == (batch, 256) and ogf.shape == (batch, 576, 2, 4) and ooff.shape == (batch, 2)  # 576 = MobileNetV3-small last stage
     np.testing.assert_allclose(og, g.numpy(), atol=1e-4, rtol=0)  # the stated descriptor tolerance
     np.testing.assert_allclose(oa, a.numpy(), atol=1e-4, rtol=0)
     np.testing.assert_allclose(ogf, gf.numpy(), atol=1e-3, rtol=1e-3)
@@ -99,7 +99,7 @@ def test_metadata_round_trips_and_matches_the_files(exported):
     assert meta["inputs"]["ground"]["size"] == [64, 128] and meta["inputs"]["aerial"]["size"] == [64, 64]
     assert meta["inputs"]["ground"]["mean"] == list(M.IMAGENET_MEAN)
     assert meta["inputs"]["aerial"]["std"] == list(M.IMAGENET_STD)
-    assert meta["outputs"]["ground_features"]["shape"] == [960, 2, 4]
+    assert meta["outputs"]["ground_features"]["shape"] == [576, 2, 4]
     assert meta["outputs"]["offset"]["tile_size_m"] == 72.96
     assert meta["train_config"] == {"lr": 1e-4, "epochs": 2}
     assert meta["onnx"]["opset"] == 17
