@@ -19,7 +19,6 @@ resampling is GDAL's (rasterio.warp.reproject), one tile at a time from a window
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import datetime
 import hashlib
 import json
@@ -39,6 +38,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from scipy.spatial import cKDTree
 
+from crossview_ros.config import check_known_keys
 from crossview_ros import geo
 
 log = logging.getLogger(__name__)
@@ -131,10 +131,7 @@ class TilingConfig:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TilingConfig:
         """Strict: unknown keys raise, so a typo never silently falls back to a default."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise TileSetError(f"unknown TilingConfig keys {unknown}; valid keys: {sorted(known)}")
+        check_known_keys(cls, values, error=TileSetError)
         return cls(**values)
 
 

@@ -216,10 +216,10 @@ def image_cache(paths: Sequence[Path], size_hw: tuple[int, int], cache_file: Pat
             out[i] = _decode(path, size_hw)
         out.flush()
     except BaseException:
-        del out
         tmp.unlink(missing_ok=True)
         raise
-    del out
+    finally:
+        del out
     # The old key must not outlive the old data (a crash before the new key is written rebuilds).
     sidecar.unlink(missing_ok=True)
     os.replace(tmp, cache_file)

@@ -52,6 +52,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from crossview_ros.config import check_known_keys
+
 log = logging.getLogger(__name__)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -117,10 +119,7 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":
         """Build from a plain dict (YAML/JSON/checkpoint); unknown keys raise, naming the valid ones."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown model config key(s) {unknown}; valid keys: {sorted(known)}")
+        check_known_keys(cls, data, what="model config")
         return cls(**data)
 
     def to_dict(self) -> dict[str, Any]:

@@ -39,9 +39,9 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from tqdm import tqdm
 
+from crossview_ros.config import check_known_keys
 from crossview_training.datasets import VigorPairs, cached_images, load_vigor_split, neighbour_batches, subset
 from crossview_training.losses import SymmetricInfoNCE, binomial_loss, iou_loss, offset_loss, soft_margin_triplet
 from crossview_training.mining import batch_similarities, exhaustive_in_batch, hardest_in_batch, negative_mask
@@ -109,10 +109,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown train config keys {unknown}; valid keys: {sorted(known)}")
+        check_known_keys(cls, values, what="train config")
         return cls(**values)
 
     def to_dict(self) -> dict[str, Any]:

@@ -14,10 +14,12 @@ deterministic given its rng (only the noise draws from it).
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
+
+from crossview_ros.config import check_known_keys
 
 PARTS = ("tone", "white_balance", "exposure", "saturation", "noise", "blur", "jpeg")
 _GAMMA_LINEAR = 2.2  # sRGB-like encoding assumed for the renderers' uint8 output
@@ -51,10 +53,7 @@ class Appearance:
 
     @classmethod
     def from_dict(cls, values: dict) -> Appearance:
-        known = {f.name for f in fields(cls)}
-        unknown = set(values) - known
-        if unknown:
-            raise ValueError(f"unknown Appearance keys {sorted(unknown)}; valid keys: {sorted(known)}")
+        check_known_keys(cls, values)
         return cls(**values)
 
 

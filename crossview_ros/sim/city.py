@@ -35,6 +35,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from crossview_ros.config import check_known_keys
 from crossview_ros import geo
 from crossview_ros.sim.scene import Buildings, Material, Scene
 
@@ -155,10 +156,7 @@ class CityConfig:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> CityConfig:
         """Strict: unknown keys raise, so that a typo never falls back to a default silently."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown CityConfig keys {unknown}; valid keys: {sorted(known)}")
+        check_known_keys(cls, values)
         return cls(**values)
 
 

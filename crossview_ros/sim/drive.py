@@ -36,6 +36,7 @@ import numpy as np
 from scipy.ndimage import gaussian_filter1d, maximum_filter1d
 from scipy.spatial import cKDTree
 
+from crossview_ros.config import check_known_keys
 from crossview_ros.geo import UTMZone, utm_to_latlon, wrap_angle_rad, yaw_utm_to_enu
 
 MODES = ("walk", "drive")
@@ -118,10 +119,7 @@ class DriveConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> DriveConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown DriveConfig keys {unknown}; valid keys: {sorted(known)}")
+        check_known_keys(cls, values)
         values = dict(values)
         if isinstance(values.get("limits"), dict):
             limits = dict(values["limits"])
@@ -460,10 +458,7 @@ class OdometryConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> OdometryConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown OdometryConfig keys {unknown}; valid keys: {sorted(known)}")
+        check_known_keys(cls, values)
         return cls(**values)
 
 

@@ -42,6 +42,7 @@ from typing import Any
 
 import numpy as np
 
+from crossview_ros.config import check_known_keys
 from crossview_ros.geo import UTMZone, grid_convergence_rad, utm_to_latlon
 from crossview_ros.sim.drive import Drive
 
@@ -51,10 +52,7 @@ CanyonDepth = Callable[
 
 
 def _from_dict(cls: type, values: dict[str, Any]) -> Any:
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ValueError(f"unknown {cls.__name__} keys {unknown}; valid keys: {sorted(known)}")
+    check_known_keys(cls, values)
     return cls(**values)
 
 

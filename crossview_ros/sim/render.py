@@ -46,7 +46,7 @@ import math
 import os
 import weakref
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
@@ -54,6 +54,7 @@ import numba
 from numba import njit, prange
 
 from crossview_ros import geo
+from crossview_ros.config import check_known_keys
 from crossview_ros.sim.scene import Material, Scene, Sun
 
 # numba's default OpenMP layer spins when the two cores are shared (with torch, with other
@@ -91,10 +92,7 @@ class CameraConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> CameraConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = set(values) - known
-        if unknown:
-            raise ValueError(f"unknown CameraConfig keys {sorted(unknown)}; valid keys: {sorted(known)}")
+        check_known_keys(cls, values)
         return cls(**values)
 
 

@@ -32,7 +32,7 @@ import math
 import os
 import shutil
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from crossview_ros.config import check_known_keys
 from crossview_ros import geo
 from crossview_ros.sim.appearance import apply_appearance, sample_appearance
 from crossview_ros.sim.city import City, CityConfig, generate_city
@@ -104,10 +105,7 @@ class VigorConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> VigorConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown VigorConfig keys {unknown}; valid keys: {sorted(known)}")
+        check_known_keys(cls, values)
         values = dict(values)
         for key in ("camera_height_m", "aerial_sun"):
             if key in values:
