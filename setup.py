@@ -74,6 +74,7 @@ setup(
     entry_points={
         "console_scripts": [
             "crossview-tiles = crossview_ros.tiles_cli:main",
+            "crossview-localize = crossview_ros.localize_cli:main",
             "crossview-sim = crossview_ros.sim.cli:main",
             "crossview-train = crossview_training.train:main",
             "crossview-eval = crossview_training.evaluate:main",

@@ -1,0 +1,595 @@
+"""Localizer: the (panorama, fix, stamp) -> Estimate pipeline on a tiny exported model and tile set,
+the scope formula, every bad input's reason code, gating, covariance calibration and the CLI."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from crossview_ros import engines as E
+from crossview_ros import geo, localize_cli, tiles_cli
+from crossview_ros.localizer import (
+    CHI2_1DOF_95, CHI2_2DOF_95, CovarianceModel, Estimate, Fix, Localizer, LocalizerConfig, LocalizerError, Reason,
+    Truth, calibrate, load_covariance, save_covariance, scope_radius_m,
+)
+from crossview_ros.sim.coord_ortho import write_coordinate_geotiff
+from crossview_ros.tiles import TileSet, TilingConfig, build_tile_set, write_tile_set
+
+TILE_M = 40.0
+NOW = 1_700_000_000.0  # the clock of these tests: every localize() gets now_s=NOW
+
+
+def tiny_export(tmp_path_factory, seed: int) -> Path:
+    """The small preset at test size, exported once per session (test_engines.py makes the same)."""
+    out = tmp_path_factory.getbasetemp() / f"tiny-export-seed{seed}"
+    if not (out / "model.json").is_file():
+        torch = pytest.importorskip("torch")
+        from crossview_training.export import export_onnx
+        from crossview_training.models import create_model
+
+        torch.set_num_threads(1)
+        torch.manual_seed(seed)
+        model = create_model("small", ground_size=(64, 128), aerial_size=(64, 64), dim=32).eval()
+        export_onnx(model, out, tile_size_m=TILE_M)
+    return out
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    return tiny_export(tmp_path_factory, 0)
+
+
+@pytest.fixture(scope="module")
+def tile_dir(model_dir, tmp_path_factory) -> Path:
+    """25 JPEG tiles of 40 m at 64 px (50 % overlap) cut from a 140 m RGB GeoTIFF, encoded by the model."""
+    root = tmp_path_factory.mktemp("localizer")
+    tif = write_coordinate_geotiff(root / "ortho.tif", crs="EPSG:3857", gsd_m=1.0, centre_lat_deg=48.2,
+                                   centre_lon_deg=16.37, size_m=140.0, kind="rgb")
+    out = build_tile_set([tif], root / "set", TilingConfig(tile_size_m=TILE_M, tile_px=64), progress=False)
+    tiles_cli.encode_tile_set(out, model_dir, engine="onnxruntime", threads=1, progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiles(tile_dir) -> TileSet:
+    return TileSet.open(tile_dir)
+
+
+@pytest.fixture(scope="module")
+def engine(model_dir) -> E.OnnxEngine:
+    return E.OnnxEngine(model_dir, threads=1)
+
+
+def make_config(tile_dir, model_dir, **overrides) -> LocalizerConfig:
+    return LocalizerConfig(tile_set=str(tile_dir), model=str(model_dir), engine="onnxruntime", engine_threads=1,
+                           **overrides)
+
+
+@pytest.fixture(scope="module")
+def localizer(tile_dir, model_dir, engine) -> Localizer:
+    return Localizer(make_config(tile_dir, model_dir, max_mahalanobis=1e6, log_throttle_s=0.0), engine=engine)
+
+
+def panorama(seed: int = 0, height: int = 128) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return cv2.GaussianBlur(rng.integers(0, 256, (height, 2 * height, 3), dtype=np.uint8), (7, 7), 2)
+
+
+def jpeg(rgb: np.ndarray) -> bytes:
+    ok, buf = cv2.imencode(".jpg", rgb[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, 95])
+    assert ok
+    return buf.tobytes()
+
+
+def centre_fix(tiles: TileSet, stamp_s: float = NOW, **kw) -> Fix:
+    lat, lon = geo.utm_to_latlon(float(tiles.easting_m.mean()), float(tiles.northing_m.mean()), tiles.zone)
+    kw.setdefault("sigma_m", 20.0)
+    return Fix(float(lat), float(lon), stamp_s, **kw)
+
+
+def assert_no_position(est: Estimate) -> None:
+    assert not est.accepted
+    assert est.message
+    for name in ("lat_deg", "lon_deg", "easting_m", "northing_m", "covariance_enu_m2", "yaw_enu_rad", "tile_id",
+                 "score", "margin", "mahalanobis_d2"):
+        assert getattr(est, name) is None, name
+    assert not est.has_position
+
+
+# --------------------------------------------------------------------------- the pipeline
+
+
+def test_panorama_gives_an_estimate_inside_the_scope(localizer, tiles, engine):
+    rgb = panorama(1)
+    fix = centre_fix(tiles)
+    localizer.reset()
+    est = localizer.localize(jpeg(rgb), fix, NOW, now_s=NOW)
+    assert est.accepted and est.reason == Reason.OK and est.message == ""
+    assert est.scope_radius_m == pytest.approx(60.0)  # 3 x 20 m, inside [50, 200]
+
+    # Retrieval, recomputed here: the best cosine among the tiles within 60 m of the fix.
+    e_fix, n_fix, _ = geo.latlon_to_utm(fix.lat_deg, fix.lon_deg, tiles.zone)
+    scope = np.flatnonzero(np.hypot(tiles.easting_m - e_fix, tiles.northing_m - n_fix) <= 60.0)
+    assert est.tiles_in_scope == scope.size > 1
+    decoded = cv2.imdecode(np.frombuffer(jpeg(rgb), np.uint8), cv2.IMREAD_COLOR)[:, :, ::-1]
+    g, _ = engine.encode_ground(E.preprocess_ground(engine.meta, np.ascontiguousarray(decoded)))
+    desc = np.asarray(tiles.descriptors, np.float64)
+    cos = desc[scope] @ g[0] / np.linalg.norm(desc[scope], axis=1) / np.linalg.norm(g[0])
+    assert est.tile_id == scope[np.argmax(cos)]
+    assert est.score == pytest.approx(cos.max(), abs=2e-3)
+    assert est.margin == pytest.approx(np.sort(cos)[-1] - np.sort(cos)[-2], abs=2e-3)
+
+    # Offset: tile centre + clipped offset x L (fusion "best"), inside the chosen tile's footprint.
+    off = np.clip(engine.offset(g, desc[[est.tile_id]].astype(np.float32))[0], -0.5, 0.5) * TILE_M
+    assert est.easting_m == pytest.approx(tiles.easting_m[est.tile_id] + off[0], abs=0.05)
+    assert est.northing_m == pytest.approx(tiles.northing_m[est.tile_id] + off[1], abs=0.05)
+    lat, lon = geo.utm_to_latlon(est.easting_m, est.northing_m, tiles.zone)
+    assert (est.lat_deg, est.lon_deg) == (pytest.approx(lat, abs=1e-9), pytest.approx(lon, abs=1e-9))
+    assert est.utm_zone == str(tiles.zone)
+    assert geo.distance_m(fix.lat_deg, fix.lon_deg, est.lat_deg, est.lon_deg) <= 60.0 + TILE_M / math.sqrt(2)
+
+    cov = est.covariance_enu_m2
+    assert cov.shape == (2, 2) and np.allclose(cov, cov.T) and np.all(np.linalg.eigvalsh(cov) > 0)
+    # Uncalibrated default model: sigma = max(1, 25 exp(-10 margin)) (spread/offset/score terms 0).
+    sigma = max(1.0, 25.0 * math.exp(-10.0 * est.margin))
+    assert np.allclose(cov, np.eye(2) * sigma ** 2)
+    de, dn = geo.offset_enu_m(fix.lat_deg, fix.lon_deg, est.lat_deg, est.lon_deg)
+    assert est.mahalanobis_d2 == pytest.approx((de * de + dn * dn) / (sigma ** 2 + 20.0 ** 2), rel=1e-6)
+
+    lat_ms = est.latency
+    for stage in ("decode_ms", "preprocess_ms", "encode_ms", "search_ms", "offset_ms"):
+        assert getattr(lat_ms, stage) > 0, stage
+    assert lat_ms.heading_ms == 0 and est.yaw_enu_rad is None
+    assert lat_ms.total_ms >= lat_ms.decode_ms + lat_ms.preprocess_ms + lat_ms.encode_ms + lat_ms.search_ms
+    json.dumps(est.to_dict())  # JSON-ready
+
+
+def test_array_encodings_agree_with_jpeg_free_decoding(localizer, tiles):
+    rgb = panorama(2, height=64)
+    results = []
+    for k, (image, encoding) in enumerate([(rgb, "rgb8"), (np.ascontiguousarray(rgb[:, :, ::-1]), "bgr8")]):
+        localizer.reset()
+        results.append(localizer.localize(image, centre_fix(tiles), NOW, encoding=encoding, now_s=NOW))
+    assert results[0].accepted and results[1].accepted
+    assert results[0].easting_m == results[1].easting_m and results[0].score == results[1].score
+    localizer.reset()
+    mono = localizer.localize(rgb[:, :, 0], centre_fix(tiles), NOW, encoding="mono8", now_s=NOW)
+    assert mono.has_position and mono.reason in (Reason.OK, Reason.LOW_MARGIN)
+
+
+def test_weighted_fusion_averages_agreeing_candidates(tile_dir, model_dir, engine, tiles):
+    rgb = panorama(3)
+    fix = centre_fix(tiles)
+    common = dict(max_mahalanobis=1e6, top_k=25)  # the whole scope: no ranking ties to worry about
+    best = Localizer(make_config(tile_dir, model_dir, **common), engine=engine).localize(
+        jpeg(rgb), fix, NOW, now_s=NOW)
+    alone = Localizer(make_config(tile_dir, model_dir, fusion="weighted", fusion_radius_m=0.0, **common),
+                      engine=engine).localize(jpeg(rgb), fix, NOW, now_s=NOW)
+    assert alone.easting_m == pytest.approx(best.easting_m) and alone.spread_m == 0.0
+    # Everything agrees, flat weights: the plain mean of every scope tile's predicted position.
+    flat = Localizer(make_config(tile_dir, model_dir, fusion="weighted", fusion_radius_m=1e4, fusion_temperature=1e6,
+                                 **common), engine=engine).localize(jpeg(rgb), fix, NOW, now_s=NOW)
+    decoded = cv2.imdecode(np.frombuffer(jpeg(rgb), np.uint8), cv2.IMREAD_COLOR)[:, :, ::-1]
+    g, _ = engine.encode_ground(E.preprocess_ground(engine.meta, np.ascontiguousarray(decoded)))
+    e_fix, n_fix, _ = geo.latlon_to_utm(fix.lat_deg, fix.lon_deg, tiles.zone)
+    scope = np.flatnonzero(np.hypot(tiles.easting_m - e_fix, tiles.northing_m - n_fix) <= 60.0)
+    desc = np.asarray(tiles.descriptors, np.float32)
+    off = np.clip(engine.offset(np.repeat(g, scope.size, axis=0), desc[scope]), -0.5, 0.5) * TILE_M
+    pos = np.column_stack([tiles.easting_m[scope], tiles.northing_m[scope]]) + off
+    assert flat.easting_m == pytest.approx(pos[:, 0].mean(), abs=0.05)
+    assert flat.northing_m == pytest.approx(pos[:, 1].mean(), abs=0.05)
+    spread = math.sqrt(np.mean(np.sum((pos - pos.mean(axis=0)) ** 2, axis=1)))
+    assert flat.spread_m == pytest.approx(spread, abs=0.05)
+
+
+def test_scope_radius_formula_on_hand_numbers(localizer, tiles):
+    k = dict(k=3.0, min_m=50.0, max_m=200.0, max_speed_mps=15.0)
+    assert scope_radius_m(10.0, 0.0, **k) == 50.0  # 30 m clamped up
+    assert scope_radius_m(30.0, 0.0, **k) == 90.0
+    assert scope_radius_m(100.0, 0.0, **k) == 200.0  # 300 m clamped down
+    assert scope_radius_m(100.0, 2.0, **k) == 230.0  # + 2 s x 15 m/s after the clamp
+    assert scope_radius_m(10.0, -1.0, **k) == 65.0  # a fix newer than the panorama widens alike
+    # Through the localizer: the largest-axis sigma of an anisotropic covariance (20 m), fix 1 s old.
+    localizer.reset()
+    cov = np.diag([100.0, 400.0, 9.0])
+    est = localizer.localize(jpeg(panorama(4)), centre_fix(tiles, NOW - 1.0, covariance_enu_m2=cov, sigma_m=None),
+                             NOW, now_s=NOW)
+    assert est.scope_radius_m == pytest.approx(3 * 20.0 + 15.0)
+    localizer.reset()
+    unknown = localizer.localize(jpeg(panorama(4)), centre_fix(tiles, sigma_m=None), NOW, now_s=NOW)
+    assert unknown.scope_radius_m == pytest.approx(90.0)  # default_fix_sigma_m 30 m
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+def _truncated_png() -> bytes:
+    ok, buf = cv2.imencode(".png", panorama(5, 64))
+    return buf.tobytes()[: len(buf) // 2]
+
+
+BAD_IMAGES = {
+    "array without encoding": (lambda: panorama(5, 64), None),
+    "unknown encoding": (lambda: panorama(5, 64), "rgba8"),
+    "rgb8 without channels": (lambda: panorama(5, 64)[:, :, 0], "rgb8"),
+    "float image": (lambda: panorama(5, 64).astype(np.float32), "rgb8"),
+    "width != 2 height": (lambda: panorama(5, 64)[:, :100], "rgb8"),
+    "too small": (lambda: np.zeros((4, 8, 3), np.uint8), "rgb8"),
+    "truncated jpeg": (lambda: jpeg(panorama(5, 64))[:1500], None),
+    "corrupt jpeg": (lambda: b"\xff\xd8\xff" + bytes(range(256)) * 4 + b"\xff\xd9", None),
+    "truncated png": (_truncated_png, None),
+    "not an image": (lambda: b"hello world", None),
+    "empty bytes": (lambda: b"", None),
+    "jpeg of the wrong shape": (lambda: jpeg(np.zeros((64, 64, 3), np.uint8)), None),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_IMAGES))
+def test_bad_images_are_rejected_with_bad_image(localizer, tiles, case):
+    make, encoding = BAD_IMAGES[case]
+    localizer.reset()
+    before = localizer.counts[Reason.BAD_IMAGE]
+    est = localizer.localize(make(), centre_fix(tiles), NOW, encoding=encoding, now_s=NOW)
+    assert est.reason == Reason.BAD_IMAGE
+    assert_no_position(est)
+    assert localizer.counts[Reason.BAD_IMAGE] == before + 1
+
+
+@pytest.mark.parametrize("fix_args, reason", [
+    (dict(lat_deg=float("nan")), Reason.BAD_FIX),
+    (dict(lon_deg=float("inf")), Reason.BAD_FIX),
+    (dict(lat_deg=91.0), Reason.BAD_FIX),
+    (dict(lon_deg=-181.0), Reason.BAD_FIX),
+    (dict(status=7), Reason.BAD_FIX),
+    (dict(sigma_m=-1.0), Reason.BAD_FIX),
+    (dict(sigma_m=None, covariance_enu_m2=np.full((3, 3), np.nan)), Reason.BAD_FIX),
+    (dict(sigma_m=None, covariance_enu_m2=np.array([[1.0, 5.0], [5.0, 1.0]])), Reason.BAD_FIX),  # not PSD
+    (dict(stamp_s=float("nan")), Reason.BAD_FIX),
+    (dict(status=-1), Reason.NO_FIX),
+    (dict(status=-1, lat_deg=float("nan"), lon_deg=float("nan")), Reason.NO_FIX),
+    (dict(lat_deg=48.3), Reason.OUTSIDE_COVERAGE),  # 11 km north of the 140 m coverage
+    (dict(lat_deg=-33.86, lon_deg=151.21), Reason.OUTSIDE_COVERAGE),  # another continent, another zone
+    (dict(stamp_s=NOW + 10.0), Reason.FUTURE_STAMP),  # fix from the future
+    (dict(stamp_s=NOW - 5.0), Reason.STALE_STAMP),  # older than fix_max_age_s (2 s)
+])
+def test_bad_fixes_are_rejected_with_their_reason(localizer, tiles, fix_args, reason):
+    good = centre_fix(tiles)
+    fix = Fix(**{**dict(lat_deg=good.lat_deg, lon_deg=good.lon_deg, stamp_s=NOW, sigma_m=20.0), **fix_args})
+    localizer.reset()
+    est = localizer.localize(jpeg(panorama(6, 64)), fix, NOW, now_s=NOW)
+    assert est.reason == reason
+    assert_no_position(est)
+
+
+def test_bad_stamps_are_rejected(localizer, tiles):
+    image = jpeg(panorama(7, 64))
+    localizer.reset()
+    est = localizer.localize(image, centre_fix(tiles, NOW + 10.0), NOW + 10.0, now_s=NOW)
+    assert est.reason == Reason.FUTURE_STAMP
+    assert_no_position(est)
+    for stamp in (float("nan"), float("inf"), -1.0, "soon"):
+        est = localizer.localize(image, centre_fix(tiles), stamp, now_s=NOW)
+        assert est.reason == Reason.BAD_STAMP
+        assert_no_position(est)
+    assert localizer.localize(image, centre_fix(tiles), NOW, now_s=NOW).has_position
+    for stamp in (NOW, NOW - 0.5):  # a repeated stamp and an older one
+        est = localizer.localize(image, centre_fix(tiles, stamp), stamp, now_s=NOW)
+        assert est.reason == Reason.OUT_OF_ORDER
+        assert_no_position(est)
+    # A rejected (future) frame does not move the clock: the next good frame still passes.
+    assert localizer.localize(image, centre_fix(tiles, NOW + 0.2), NOW + 0.2, now_s=NOW + 0.2).has_position
+
+
+def test_rejections_log_one_throttled_line(tile_dir, model_dir, engine, tiles, caplog):
+    loc = Localizer(make_config(tile_dir, model_dir, log_throttle_s=3600.0), engine=engine)
+    with caplog.at_level(logging.WARNING, logger="crossview_ros.localizer"):
+        for k in range(3):
+            loc.localize(b"garbage", centre_fix(tiles, NOW + k), NOW + k, now_s=NOW + k)
+    lines = [r for r in caplog.records if "BAD_IMAGE" in r.getMessage()]
+    assert len(lines) == 1 and "neither JPEG nor PNG" in lines[0].getMessage()
+    assert loc.counts[Reason.BAD_IMAGE] == 3
+
+
+def test_model_that_did_not_encode_the_tiles_fails_at_construction(tile_dir, model_dir, tmp_path):
+    other = Path(shutil.copytree(model_dir, tmp_path / "other"))
+    meta = json.loads((other / "model.json").read_text())
+    meta["model_hash"] = "sha256:" + "0" * 64
+    (other / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(E.EngineError, match=r"crossview-tiles encode .*--model .*other"):
+        Localizer(make_config(tile_dir, other))
+    with pytest.raises(E.EngineError, match="does not exist"):
+        Localizer(make_config(tile_dir, tmp_path / "missing"))
+
+
+def test_tile_set_without_descriptors_or_images_fails_at_construction(tiles, model_dir, engine, tmp_path):
+    bare = write_tile_set(tmp_path / "bare", zone=tiles.zone, easting_m=tiles.easting_m, northing_m=tiles.northing_m,
+                          tile_size_m=TILE_M, tile_px=64)
+    with pytest.raises(E.EngineError, match="has no descriptors"):
+        Localizer(make_config(bare, model_dir), engine=engine)
+    TileSet.open(bare).write_descriptors(np.asarray(tiles.descriptors, np.float32), engine.meta.model_hash)
+    Localizer(make_config(bare, model_dir), engine=engine)  # retrieval works without images ...
+    with pytest.raises(LocalizerError, match="heading needs tile images"):
+        Localizer(make_config(bare, model_dir, heading=True), engine=engine)  # ... heading does not
+
+
+def test_config_is_strict_and_validated():
+    with pytest.raises(ValueError, match=r"unknown localizer config keys \['scope_k'\]"):
+        LocalizerConfig.from_dict({"scope_k": 3})
+    with pytest.raises(ValueError, match="scope_max_m"):
+        LocalizerConfig(scope_min_m=100.0, scope_max_m=50.0)
+    with pytest.raises(ValueError, match="fusion"):
+        LocalizerConfig(fusion="mean")
+    cfg = LocalizerConfig.from_dict({"top_k": 3, "fusion": "weighted"})
+    assert LocalizerConfig.from_dict(cfg.to_dict()) == cfg
+
+
+# --------------------------------------------------------------------------- gating
+
+
+def test_margin_gate_rejects_with_low_margin(tile_dir, model_dir, engine, tiles):
+    loc = Localizer(make_config(tile_dir, model_dir, min_margin=2.5, max_mahalanobis=1e6), engine=engine)
+    est = loc.localize(jpeg(panorama(8)), centre_fix(tiles), NOW, now_s=NOW)
+    assert est.reason == Reason.LOW_MARGIN and not est.accepted
+    assert 0.0 <= est.margin <= 2.0 and est.has_position  # gated estimates keep their position for diagnostics
+
+
+def test_margin_modes(tile_dir, model_dir, engine, tiles):
+    fix = centre_fix(tiles, sigma_m=100.0)  # every tile in scope
+    results = {}
+    for mode in ("top2", "distinct"):
+        loc = Localizer(make_config(tile_dir, model_dir, margin_mode=mode, top_k=36, max_mahalanobis=1e6),
+                        engine=engine)
+        results[mode] = loc.localize(jpeg(panorama(9)), fix, NOW, now_s=NOW)
+    top = results["top2"]
+    decoded = cv2.imdecode(np.frombuffer(jpeg(panorama(9)), np.uint8), cv2.IMREAD_COLOR)[:, :, ::-1]
+    g, _ = engine.encode_ground(E.preprocess_ground(engine.meta, np.ascontiguousarray(decoded)))
+    desc = np.asarray(tiles.descriptors, np.float64)
+    cos = desc @ g[0] / np.linalg.norm(desc, axis=1) / np.linalg.norm(g[0])
+    best = int(np.argmax(cos))
+    apart = np.maximum(abs(tiles.easting_m - tiles.easting_m[best]), abs(tiles.northing_m - tiles.northing_m[best]))
+    assert top.margin == pytest.approx(np.sort(cos)[-1] - np.sort(cos)[-2], abs=2e-3)
+    assert results["distinct"].margin == pytest.approx(cos[best] - cos[apart >= TILE_M].max(), abs=2e-3)
+
+
+def test_mahalanobis_gate_against_a_confident_gnss_prior(tile_dir, model_dir, engine, tiles):
+    # sigma_est = 1 m, prior sigma 0 m: d^2 is the squared distance to the fix in m^2.
+    cov = dict(cov_sigma0_m=1.0, cov_margin_coef=0.0, covariance_file="none")
+    fix = Fix(*geo.utm_to_latlon(float(tiles.easting_m.min()), float(tiles.northing_m.min()), tiles.zone), NOW,
+              sigma_m=0.0)
+    tight = Localizer(make_config(tile_dir, model_dir, max_mahalanobis=1e-6, **cov), engine=engine)
+    est = tight.localize(jpeg(panorama(10)), fix, NOW, now_s=NOW)
+    de, dn = geo.offset_enu_m(fix.lat_deg, fix.lon_deg, est.lat_deg, est.lon_deg)
+    assert math.hypot(de, dn) > 1.0
+    assert est.reason == Reason.MAHALANOBIS and not est.accepted
+    assert est.mahalanobis_d2 == pytest.approx(de * de + dn * dn, rel=1e-6)
+    loose = Localizer(make_config(tile_dir, model_dir, max_mahalanobis=1e12, **cov), engine=engine)
+    again = loose.localize(jpeg(panorama(10)), fix, NOW, now_s=NOW)
+    assert again.reason == Reason.OK and again.easting_m == est.easting_m
+
+
+# --------------------------------------------------------------------------- heading
+
+
+def test_heading_gives_a_yaw_in_enu(tile_dir, model_dir, engine, tiles):
+    from crossview_ros import heading
+
+    loc = Localizer(make_config(tile_dir, model_dir, heading=True, max_mahalanobis=1e6), engine=engine)
+    rgb = panorama(11)
+    est = loc.localize(jpeg(rgb), centre_fix(tiles), NOW, now_s=NOW)
+    assert est.accepted and -math.pi < est.yaw_enu_rad <= math.pi and est.latency.heading_ms > 0
+    decoded = cv2.imdecode(np.frombuffer(jpeg(rgb), np.uint8), cv2.IMREAD_COLOR)[:, :, ::-1]
+    _, gf = engine.encode_ground(E.preprocess_ground(engine.meta, np.ascontiguousarray(decoded)))
+    _, af = engine.encode_aerial(E.preprocess_aerial(engine.meta, tiles.image(est.tile_id)))
+    h = heading.polar_correlation_heading(gf[0], af[0], offset_m=est.offset_m, tile_size_m=TILE_M,
+                                          camera_height_m=LocalizerConfig().camera_height_m)
+    want = geo.yaw_utm_to_enu(h.yaw_enu_rad, est.lat_deg, est.lon_deg, tiles.zone)
+    assert abs(geo.wrap_angle_rad(est.yaw_enu_rad - want)) < 1e-6
+    assert est.yaw_variance_raw_rad2 == pytest.approx(h.variance_rad2)
+    assert est.yaw_variance_rad2 == pytest.approx(max(1e-4, h.variance_rad2))
+    base = Localizer(make_config(tile_dir, model_dir, heading=True, heading_method="revisiting",
+                                 max_mahalanobis=1e6), engine=engine).localize(jpeg(rgb), centre_fix(tiles), NOW,
+                                                                               now_s=NOW)
+    want = heading.revisiting_heading(gf[0], af[0], offset_m=est.offset_m, tile_size_m=TILE_M)
+    assert abs(geo.wrap_angle_rad(base.yaw_enu_rad - geo.yaw_utm_to_enu(want.yaw_enu_rad, est.lat_deg, est.lon_deg,
+                                                                         tiles.zone))) < 1e-6
+
+
+# --------------------------------------------------------------------------- calibration
+
+
+def synthetic_validation(n: int, true_scale: float, seed: int) -> tuple[list[Estimate], list[Truth]]:
+    """Estimates whose errors are Gaussian with sigma = true_scale x the default model's sigma,
+    and yaw errors with variance 3 x the raw heading variance."""
+    rng = np.random.default_rng(seed)
+    default = CovarianceModel.from_config(LocalizerConfig())
+    enu = geo.LocalENU(48.2, 16.37)
+    estimates, truths = [], []
+    for _ in range(n):
+        margin, score = rng.uniform(0.0, 0.2), rng.uniform(0.3, 0.9)
+        spread, offset = rng.uniform(0.0, 10.0), rng.uniform(0.0, 20.0)
+        sigma = true_scale * default.sigma_m(margin, score, spread, offset)
+        t_e, t_n = rng.uniform(-500, 500, 2)
+        err = rng.normal(0.0, sigma, 2)
+        t_lat, t_lon, _ = enu.inverse(t_e, t_n)
+        lat, lon, _ = geo.LocalENU(t_lat, t_lon).inverse(err[0], err[1])
+        raw = rng.uniform(0.01, 0.1)
+        yaw_true = rng.uniform(-math.pi, math.pi)
+        yaw = float(geo.wrap_angle_rad(yaw_true + rng.normal(0.0, math.sqrt(3.0 * raw))))
+        estimates.append(Estimate(stamp_s=0.0, accepted=True, reason=Reason.OK, lat_deg=lat, lon_deg=lon,
+                                  score=score, margin=margin, spread_m=spread, offset_m=(offset, 0.0),
+                                  yaw_enu_rad=yaw, yaw_variance_raw_rad2=raw))
+        truths.append(Truth(t_lat, t_lon, yaw_true))
+    return estimates, truths
+
+
+def test_calibrate_recovers_the_scale_of_the_errors():
+    estimates, truths = synthetic_validation(3000, 2.0, seed=0)
+    scale_only = calibrate(estimates, truths, fit_shape=False)
+    assert scale_only.calibrated
+    assert scale_only.sigma0_m == pytest.approx(2.0 * 25.0, rel=0.05)
+    assert scale_only.margin_coef == -10.0 and scale_only.spread_coef == 0.0
+    assert scale_only.yaw_variance_scale == pytest.approx(3.0, rel=0.1)
+    # By construction the 95 % quantile of d^2 sits on 5.99 over the calibration set.
+    assert scale_only.fit["share_d2_below_chi2"] == pytest.approx(0.95, abs=0.002)
+    assert scale_only.fit["yaw_share_below_chi2"] == pytest.approx(0.95, abs=0.002)
+
+    shaped = calibrate(estimates, truths)
+    assert shaped.margin_coef == pytest.approx(-10.0, abs=1.0)
+    for name in ("score_coef", "spread_coef", "offset_coef"):
+        assert abs(getattr(shaped, name)) < 0.15 * (1.0 if name != "offset_coef" else 0.2), name
+    # On fresh samples from the same process, ~95 % of d^2 fall below the chi-square quantile.
+    fresh, fresh_truths = synthetic_validation(3000, 2.0, seed=1)
+    d2 = []
+    for e, t in zip(fresh, fresh_truths):
+        de, dn = geo.offset_enu_m(t.lat_deg, t.lon_deg, e.lat_deg, e.lon_deg)
+        s = shaped.sigma_m(e.margin, e.score, e.spread_m, math.hypot(*e.offset_m))
+        d2.append((de * de + dn * dn) / s ** 2)
+    assert np.mean(np.array(d2) < CHI2_2DOF_95) == pytest.approx(0.95, abs=0.015)
+    assert CHI2_1DOF_95 == pytest.approx(3.841, abs=1e-3)
+
+
+def test_calibrate_refuses_too_few_samples():
+    estimates, truths = synthetic_validation(10, 1.0, seed=2)
+    with pytest.raises(ValueError, match="at least 20"):
+        calibrate(estimates, truths)
+    with pytest.raises(ValueError, match="one truth per estimate"):
+        calibrate(estimates, truths[:-1])
+
+
+def test_calibration_file_beside_the_model_is_loaded(tile_dir, model_dir, engine, tiles, tmp_path):
+    model_copy = Path(shutil.copytree(model_dir, tmp_path / "model"))
+    estimates, truths = synthetic_validation(200, 0.5, seed=3)
+    fitted = calibrate(estimates, truths, fit_shape=False)
+    path = save_covariance(fitted, model_copy, engine.meta.model_hash)
+    assert path == model_copy / "covariance.json" and not list(model_copy.glob(".covariance.json.tmp*"))
+    assert load_covariance(path, engine.meta.model_hash) == fitted
+    loc = Localizer(make_config(tile_dir, model_copy, max_mahalanobis=1e6))
+    assert loc.covariance == fitted and loc.covariance.calibrated
+    est = loc.localize(jpeg(panorama(12)), centre_fix(tiles), NOW, now_s=NOW)
+    want = fitted.sigma_m(est.margin, est.score, est.spread_m, math.hypot(*est.offset_m))
+    assert np.allclose(est.covariance_enu_m2, np.eye(2) * want ** 2)
+    assert not Localizer(make_config(tile_dir, model_copy, covariance_file="none"), engine=engine).covariance.calibrated
+    save_covariance(fitted, model_copy, "sha256:another")
+    with pytest.raises(LocalizerError, match="calibrates model 'sha256:another'"):
+        Localizer(make_config(tile_dir, model_copy), engine=engine)
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def vigor_name(city: str, k: int, lat: float, lon: float) -> str:
+    return f"{city}{k:06d},{lat:.9f},{lon:.9f},.jpg"
+
+
+def test_cli_prints_json_that_parses(tile_dir, model_dir, tiles, tmp_path, capsys):
+    pano = tmp_path / "pano.jpg"
+    pano.write_bytes(jpeg(panorama(13)))
+    fix = centre_fix(tiles)
+    args = ["--tiles", str(tile_dir), "--model", str(model_dir), str(pano), "--fix", f"{fix.lat_deg},{fix.lon_deg},20",
+            "--json", "--engine", "onnxruntime", "--threads", "1", "--set", "max_mahalanobis=1e6", "--quiet"]
+    code = localize_cli.main(args)
+    doc = json.loads(capsys.readouterr().out)
+    (est,) = doc["estimates"]
+    assert code == (0 if est["accepted"] else 1)
+    assert est["panorama"] == str(pano) and est["reason"] in {r.value for r in Reason}
+    assert est["scope_radius_m"] == pytest.approx(60.0) and len(est["covariance_enu_m2"]) == 2
+    assert doc["model_hash"] == E.load_model_meta(model_dir).model_hash
+
+    table = ["--tiles", str(tile_dir), "--model", str(model_dir), str(pano), "--fix", f"{fix.lat_deg},{fix.lon_deg}",
+             "--engine", "onnxruntime", "--quiet"]
+    assert localize_cli.main(table) in (0, 1)
+    out = capsys.readouterr().out
+    assert "pano.jpg" in out and "reason" in out
+
+
+def test_cli_evaluates_a_vigor_split_and_calibrates(tile_dir, model_dir, tiles, tmp_path, capsys):
+    root = tmp_path / "vigor"
+    model_copy = Path(shutil.copytree(model_dir, tmp_path / "model"))
+    rng = np.random.default_rng(0)
+    lines = []
+    for k in range(24):
+        e = float(tiles.easting_m.mean() + rng.uniform(-30, 30))
+        n = float(tiles.northing_m.mean() + rng.uniform(-30, 30))
+        lat, lon = geo.utm_to_latlon(e, n, tiles.zone)
+        name = vigor_name("Testville", k, lat, lon)
+        (root / "Testville" / "panorama").mkdir(parents=True, exist_ok=True)
+        (root / "Testville" / "panorama" / name).write_bytes(jpeg(panorama(100 + k, 64)))
+        lines.append(f"{name} sat 0 0 sat 0 0 sat 0 0 sat 0 0")
+    (root / "splits" / "Testville").mkdir(parents=True)
+    (root / "splits" / "Testville" / "satellite_list.txt").write_text("sat\n")
+    (root / "splits" / "Otherton").mkdir(parents=True)
+    (root / "splits" / "Otherton" / "satellite_list.txt").write_text("sat\n")
+    (root / "splits" / "Testville" / "pano_label_balanced.txt").write_text("\n".join(lines) + "\n")
+    (root / "dataset.json").write_text(json.dumps({"cross_area": {"train": ["Otherton"], "test": ["Testville"]}}))
+    args = ["--model", str(model_copy), "--tiles", str(tile_dir), "--vigor", str(root), "--split", "cross_test",
+            "--noise-m", "10", "--engine", "onnxruntime", "--threads", "1", "--calibrate", "--json", "--quiet",
+            "--set", "min_margin=-1"]
+    assert localize_cli.main(args) == 0
+    doc = json.loads(capsys.readouterr().out)
+    summary = doc["summary"]
+    assert summary["frames"] == 24 and sum(summary["reasons"].values()) == 24
+    assert summary["gnss_error_median_m"] <= 10 * math.sqrt(2)
+    assert len(doc["estimates"]) == 24 and doc["calibration"]["fit"]["samples"] == 24
+    assert load_covariance(model_copy / "covariance.json").calibrated
+
+    # The same panoramas as a folder (truth from the names), limited to 5 of them.
+    assert localize_cli.main(["--model", str(model_copy), "--tiles", str(tile_dir), "--limit", "5", "--quiet",
+                              "--engine", "onnxruntime", str(root / "Testville" / "panorama")]) == 0
+    assert "frames 5, published" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--fix", "91,16"], "latitude"),
+    (["--fix", "48.2"], "LAT,LON"),
+    (["--fix", "48.2,16.37", "--set", "fusion=mean"], "fusion"),
+    (["--fix", "48.2,16.37", "--set", "no_such_key=1"], "unknown localizer config keys"),
+    ([], "is not a VIGOR name"),
+])
+def test_cli_user_errors_exit_2_with_one_line(tile_dir, model_dir, tmp_path, capsys, extra, message):
+    pano = tmp_path / "pano.jpg"
+    pano.write_bytes(jpeg(panorama(14, 64)))
+    code = localize_cli.main(["--tiles", str(tile_dir), "--model", str(model_dir), str(pano), "--quiet", *extra])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("crossview-localize: error:") and message in err[0]
+
+
+def test_cli_refuses_missing_files_and_foreign_tile_sets(tile_dir, model_dir, tmp_path, capsys):
+    assert localize_cli.main(["--tiles", str(tile_dir), "--model", str(model_dir), str(tmp_path / "nope.jpg"),
+                              "--fix", "48.2,16.37", "--quiet"]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    other = Path(shutil.copytree(model_dir, tmp_path / "other"))
+    meta = json.loads((other / "model.json").read_text())
+    meta["model_hash"] = "sha256:" + "1" * 64
+    (other / "model.json").write_text(json.dumps(meta))
+    pano = tmp_path / "p.jpg"
+    pano.write_bytes(jpeg(panorama(15, 64)))
+    assert localize_cli.main(["--tiles", str(tile_dir), "--model", str(other), str(pano), "--fix=-33.8,151.2",
+                              "--quiet"]) == 2
+    assert "crossview-tiles encode" in capsys.readouterr().err
+
+
+def test_fix_from_navsat_fields_and_numpy_scalars(localizer, tiles):
+    good = centre_fix(tiles)
+    unknown = Fix.from_navsat(good.lat_deg, good.lon_deg, NOW, 0, [0.0] * 9, 0)
+    assert unknown.covariance_enu_m2 is None and unknown.sigma_m is None
+    known = Fix.from_navsat(good.lat_deg, good.lon_deg, NOW, 0, [4.0, 0, 0, 0, 9.0, 0, 0, 0, 16.0], 2)
+    assert np.array_equal(known.covariance_enu_m2, np.diag([4.0, 9.0, 16.0]))
+    localizer.reset()
+    fix = Fix(np.float32(good.lat_deg), np.float64(good.lon_deg), np.float64(NOW), np.int8(0), sigma_m=np.float32(30))
+    est = localizer.localize(jpeg(panorama(16, 64)), fix, np.float64(NOW), now_s=NOW)
+    assert est.has_position and est.scope_radius_m == pytest.approx(90.0)
+
+
+def test_runtime_imports_no_torch():
+    code = ("import sys, crossview_ros.localizer, crossview_ros.localize_cli; "
+            "sys.exit(1 if 'torch' in sys.modules or 'crossview_training' in sys.modules else 0)")
+    assert subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1]).returncode == 0
