@@ -6,7 +6,6 @@ machine they were measured on, so numbers from different runs can be compared ho
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import shutil
@@ -106,23 +105,6 @@ def print_table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str
     print("  ".join("-" * w for w in widths), file=file)
     for line in cells:
         print("  ".join(c.rjust(w) for c, w in zip(line, widths)), file=file)
-
-
-def write_json_atomic(path: str | os.PathLike, obj: Any) -> Path:
-    """Write obj as JSON to a temporary name beside path, then rename it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "w") as f:
-            json.dump(obj, f, indent=2, sort_keys=False)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
 
 
 def parse_count(text: str) -> int:

@@ -25,7 +25,8 @@ from pathlib import Path
 import numba
 import numpy as np
 
-from benchmarks._common import describe_machine, latency_stats_ms, machine_info, print_table, write_json_atomic
+from benchmarks._common import describe_machine, latency_stats_ms, machine_info, print_table
+from crossview_ros.atomic import write_json_atomic
 from crossview_ros.sim.city import CityConfig, generate_city
 from crossview_ros.sim.ortho import render_orthophoto, write_orthophoto
 from crossview_ros.sim.render import CameraConfig, render_panorama

@@ -37,9 +37,9 @@ from benchmarks._common import (
     parse_count,
     print_table,
     rss_mb,
-    write_json_atomic,
 )
 from crossview_ros import geo, tiles
+from crossview_ros.atomic import write_json_atomic
 from crossview_ros.index import ScopedSearch
 
 CENTRE_LAT_DEG, CENTRE_LON_DEG = 40.7505, -73.9934  # Manhattan, zone 18N

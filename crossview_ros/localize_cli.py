@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from crossview_ros import geo
+from crossview_ros.cli_args import join_negative_fix
 from crossview_ros.engines import ENGINE_KINDS, EngineError, create_engine
 from crossview_ros.index import DescriptorError
 from crossview_ros.localizer import (
@@ -101,21 +102,6 @@ def _build_parser() -> argparse.ArgumentParser:
                         "the model")
     p.add_argument("--quiet", action="store_true", help="log warnings only")
     return p
-
-
-def _join_negative_fix(argv: list[str]) -> list[str]:
-    # argparse reads "--fix -33.8,151.2" as two options; glue the value on.
-    out: list[str] = []
-    k = 0
-    while k < len(argv):
-        nxt = argv[k + 1] if k + 1 < len(argv) else ""
-        if argv[k] == "--fix" and len(nxt) > 1 and nxt[0] == "-" and (nxt[1].isdigit() or nxt[1] == "."):
-            out.append(f"--fix={nxt}")
-            k += 2
-        else:
-            out.append(argv[k])
-            k += 1
-    return out
 
 
 def _parse_fix(text: str) -> tuple[float, float, float | None]:
@@ -504,7 +490,7 @@ def _run_batch(args: argparse.Namespace, frames: list[_Frame], root: Path | None
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of crossview-localize; returns the exit code (2 for bad input)."""
-    argv = _join_negative_fix(list(sys.argv[1:] if argv is None else argv))
+    argv = join_negative_fix(list(sys.argv[1:] if argv is None else argv))
     parser = _build_parser()
     try:
         args = parser.parse_args(argv)

@@ -52,6 +52,7 @@ from typing import Any
 import numpy as np
 
 from crossview_ros import geo
+from crossview_ros.atomic import write_json_atomic
 from crossview_ros.config import check_known_keys
 from crossview_ros.engines import (
     ENGINE_KINDS, Engine, check_engine_against_tiles, create_engine, load_model_meta, preprocess_aerial,
@@ -552,17 +553,7 @@ def save_covariance(model: CovarianceModel, path: str | os.PathLike, model_hash:
         path = path / COVARIANCE_FILE
     doc = {"format": COVARIANCE_FORMAT, "format_version": COVARIANCE_FORMAT_VERSION, "model_hash": model_hash,
            "params": model.to_dict(), "fit": dict(model.fit)}
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump(doc, fh, indent=2)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return write_json_atomic(path, doc)
 
 
 def load_covariance(path: str | os.PathLike, model_hash: str | None = None) -> CovarianceModel:

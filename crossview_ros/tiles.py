@@ -38,6 +38,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from scipy.spatial import cKDTree
 
+from crossview_ros.atomic import write_bytes_atomic, write_json_atomic
 from crossview_ros.config import check_known_keys
 from crossview_ros import geo
 
@@ -189,22 +190,6 @@ def _fsync_dir(path: Path) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
-
-
-def _write_bytes_atomic(path: Path, data: bytes, *, durable: bool = True) -> None:
-    """Write to a temporary name and rename; durable=False skips the fsync (tile images, which a
-    resumed build re-verifies anyway: 2 ms each would add half an hour to a 1 M-tile build)."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        if durable:
-            f.flush()
-            os.fsync(f.fileno())
-    _replace(tmp, path)
-
-
-def _write_json_atomic(path: Path, obj: Any) -> None:
-    _write_bytes_atomic(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
 
 
 def _replace(src: Path, dst: Path) -> None:
@@ -395,7 +380,7 @@ def write_tile_set(
             raise TileSetError(f"extra_meta may not override {key!r}")
         meta[key] = value
     # meta.json last: a staging directory without it is never mistaken for a set.
-    _write_json_atomic(staging / META_FILE, meta)
+    write_json_atomic(staging / META_FILE, meta)
     _fsync_dir(staging)
     _swap_into_place(staging, out, overwrite)
     with contextlib.suppress(OSError):
@@ -723,7 +708,7 @@ def _prepare_partial(partial: Path, plan: dict[str, Any]) -> None:
         log.info("%s holds a build with another plan; starting afresh", partial)
         shutil.rmtree(partial)
     (partial / "tiles").mkdir(parents=True)
-    _write_json_atomic(plan_path, plan)
+    write_json_atomic(plan_path, plan)
 
 
 def build_tile_set(
@@ -805,7 +790,7 @@ def build_tile_set(
                 if image is None:
                     nodata_path(idx).touch()
                 else:
-                    _write_bytes_atomic(image_path(idx), _encode_image(image, config), durable=False)
+                    write_bytes_atomic(image_path(idx), _encode_image(image, config), durable=False)
                 bar.update(1)
 
         present = set(os.listdir(tiles_dir))

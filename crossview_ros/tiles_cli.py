@@ -21,6 +21,8 @@ from typing import Any
 import numpy as np
 
 from crossview_ros import geo
+from crossview_ros.atomic import write_json_atomic
+from crossview_ros.cli_args import join_negative_fix
 from crossview_ros.engines import (
     ENGINE_KINDS, Engine, EngineError, ModelMeta, create_engine, load_model_meta, preprocess_aerial,
 )
@@ -129,21 +131,6 @@ def _build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _join_negative_fix(argv: list[str]) -> list[str]:
-    # argparse reads "--fix -33.8,151.2" as two options; glue the value on.
-    out: list[str] = []
-    k = 0
-    while k < len(argv):
-        if argv[k] == "--fix" and k + 1 < len(argv) and argv[k + 1].startswith("-") and len(argv[k + 1]) > 1 \
-                and (argv[k + 1][1].isdigit() or argv[k + 1][1] == "."):
-            out.append(f"--fix={argv[k + 1]}")
-            k += 2
-        else:
-            out.append(argv[k])
-            k += 1
-    return out
-
-
 def _cmd_build(args: argparse.Namespace) -> int:
     config = TilingConfig(
         tile_size_m=args.tile_size_m, tile_px=args.tile_px, overlap=args.overlap,
@@ -250,19 +237,6 @@ def _utc_now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _write_json_atomic(path: Path, obj: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump(obj, fh, indent=2)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def _remove_partial(ts: TileSet) -> None:
     for name in (PARTIAL_STATE, PARTIAL_DESCRIPTORS):
         (ts.path / name).unlink(missing_ok=True)
@@ -312,7 +286,7 @@ def _open_partial(ts: TileSet, meta: ModelMeta) -> tuple[np.ndarray, int]:
 
 def _save_partial(ts: TileSet, meta: ModelMeta, data: np.ndarray, done: int) -> None:
     data.flush()
-    _write_json_atomic(ts.path / PARTIAL_STATE, {
+    write_json_atomic(ts.path / PARTIAL_STATE, {
         "format": PARTIAL_FORMAT, "model_hash": meta.model_hash, "dim": meta.descriptor_dim, "count": len(ts),
         "done": done, "tile_set_created_utc": ts.meta.get("created_utc"), "updated_utc": _utc_now(),
     })
@@ -409,7 +383,7 @@ def _cmd_encode(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of crossview-tiles; returns the exit code (2 for bad input)."""
-    argv = _join_negative_fix(list(sys.argv[1:] if argv is None else argv))
+    argv = join_negative_fix(list(sys.argv[1:] if argv is None else argv))
     parser = _build_parser()
     try:
         args = parser.parse_args(argv)

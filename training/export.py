@@ -39,6 +39,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from crossview_ros.atomic import write_json_atomic
 from crossview_training.models import (
     CrossViewModel, WeightsError, model_from_checkpoint, model_hash, read_checkpoint,
 )
@@ -101,21 +102,6 @@ def sha256_file(path: Path) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=2, sort_keys=True)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def read_metadata(out_dir: str | os.PathLike, *, verify_files: bool = True) -> dict[str, Any]:
@@ -374,7 +360,7 @@ def export_onnx(model: CrossViewModel, out_dir: str | os.PathLike, *, opset: int
             (out_dir / METADATA).unlink(missing_ok=True)  # no stale metadata ever describes new graphs
             for name in GRAPHS:
                 os.replace(work / name, out_dir / name)
-            _write_json_atomic(out_dir / METADATA, meta)
+            write_json_atomic(out_dir / METADATA, meta, sort_keys=True)
         finally:
             shutil.rmtree(work, ignore_errors=True)
     finally:

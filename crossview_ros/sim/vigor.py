@@ -40,6 +40,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from crossview_ros.atomic import write_bytes_atomic, write_text_atomic
 from crossview_ros.config import check_known_keys
 from crossview_ros import geo
 from crossview_ros.sim.appearance import apply_appearance, sample_appearance
@@ -144,19 +145,6 @@ def vigor_deltas_px(
 ) -> tuple[float, float]:
     """VIGOR's (da, db) pixel offset of a panorama relative to a tile centre (module docstring)."""
     return (tile_n_m - pano_n_m) / gsd_m, (tile_e_m - pano_e_m) / gsd_m
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 def _sample_positions(
@@ -275,7 +263,7 @@ def write_vigor_city(
         image = render_orthophoto(city.scene(0), sun, aerial_appearance, aerial_rng)
         write_orthophoto(ortho_path, image, city.scene(0))
         del image
-    _atomic_write_text(city_json, json.dumps(stamp, indent=2, sort_keys=True))
+    write_text_atomic(city_json, json.dumps(stamp, indent=2, sort_keys=True))
 
     tiles_dir = city_dir / ".tiles"
     if not (tiles_dir / "meta.json").exists():
@@ -324,7 +312,7 @@ def write_vigor_city(
                                     [cv2.IMWRITE_JPEG_QUALITY, config.jpeg_quality])
             if not ok:
                 raise RuntimeError(f"JPEG encoding of {name} failed")
-            _atomic_write_bytes(path, jpeg.tobytes())
+            write_bytes_atomic(path, jpeg.tobytes())
         tiles = tuple(c.tile_id for c in coverage)
         deltas = tuple(
             vigor_deltas_px(tile_set.easting_m[t], tile_set.northing_m[t], e, n, gsd) for t in tiles
@@ -336,10 +324,10 @@ def write_vigor_city(
     n_train = int(round(config.same_area_train_fraction * len(lines)))
     train = sorted(order[:n_train])
     test = sorted(order[n_train:])
-    _atomic_write_text(split_dir / "satellite_list.txt", "\n".join(sat_names) + "\n")
-    _atomic_write_text(split_dir / "pano_label_balanced.txt", "\n".join(lines) + "\n")
-    _atomic_write_text(split_dir / "same_area_balanced_train.txt", "".join(lines[i] + "\n" for i in train))
-    _atomic_write_text(split_dir / "same_area_balanced_test.txt", "".join(lines[i] + "\n" for i in test))
+    write_text_atomic(split_dir / "satellite_list.txt", "\n".join(sat_names) + "\n")
+    write_text_atomic(split_dir / "pano_label_balanced.txt", "\n".join(lines) + "\n")
+    write_text_atomic(split_dir / "same_area_balanced_train.txt", "".join(lines[i] + "\n" for i in train))
+    write_text_atomic(split_dir / "same_area_balanced_test.txt", "".join(lines[i] + "\n" for i in test))
     return labels
 
 
@@ -377,7 +365,7 @@ def write_vigor_dataset(
         },
         "vigor_config": asdict(config or VigorConfig()),
     }
-    _atomic_write_text(root / "dataset.json", json.dumps(manifest, indent=2))
+    write_text_atomic(root / "dataset.json", json.dumps(manifest, indent=2))
     return root
 
 
