@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -15,6 +14,7 @@ from rosbags.typesys import Stores, get_typestore
 
 from crossview_ros.bag.writer import read_drive_bag, write_drive_bag
 from crossview_ros.geo import latlon_to_utm, yaw_utm_to_enu
+from crossview_ros.sim.city import StreetGraph
 from crossview_ros.sim.drive import DriveConfig, OdometryConfig, plan_drive, wheel_odometry
 from crossview_ros.sim.gnss import UrbanGnss, simulate_gnss
 
@@ -24,16 +24,7 @@ PANO_H, PANO_W = 48, 96
 DATUM = {"datum_lat_deg": LAT0, "datum_lon_deg": LON0, "seed": 42, "city": "test"}
 
 
-@dataclass
-class Graph:
-    nodes_en: np.ndarray
-    edges: np.ndarray
-    width_m: np.ndarray
-    sidewalk_m: np.ndarray
-    lanes: np.ndarray
-
-
-GRAPH = Graph(
+GRAPH = StreetGraph(
     np.array([[E0, N0], [E0 + 120.0, N0], [E0 + 120.0, N0 + 100.0], [E0, N0 + 100.0]]),
     np.array([[0, 1], [1, 2], [2, 3], [3, 0], [0, 2]]),
     np.full(5, 10.0),

@@ -27,30 +27,9 @@ AERIAL = (64, 64)
 DIM = 32
 
 
-def tiny_model(seed: int):
-    """The small preset at test size; torch-seeded so the same seed gives the same weights."""
-    torch = pytest.importorskip("torch")
-    from crossview_training.models import create_model
-
-    torch.manual_seed(seed)
-    return create_model("small", ground_size=GROUND, aerial_size=AERIAL, dim=DIM).eval()
-
-
-def tiny_export(tmp_path_factory, seed: int) -> Path:
-    """Export of tiny_model(seed), made once per session (shared by the test modules through basetemp)."""
-    out = tmp_path_factory.getbasetemp() / f"tiny-export-seed{seed}"
-    if not (out / "model.json").is_file():
-        torch = pytest.importorskip("torch")
-        from crossview_training.export import export_onnx
-
-        torch.set_num_threads(1)
-        export_onnx(tiny_model(seed), out, tile_size_m=40.0)
-    return out
-
-
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> Path:
-    return tiny_export(tmp_path_factory, 0)
+def model_dir(tiny_export) -> Path:
+    return tiny_export(0)
 
 
 @pytest.fixture(scope="module")
@@ -216,7 +195,7 @@ def test_preprocess_refuses_bad_images():
 # --------------------------------------------------------------------------- ONNX Runtime
 
 
-def test_onnxruntime_matches_pytorch(engine):
+def test_onnxruntime_matches_pytorch(engine, tiny_model):
     torch = pytest.importorskip("torch")
     from crossview_training.export import TOLERANCES
     from crossview_training.models import model_hash

@@ -28,24 +28,9 @@ TILE_M = 40.0
 NOW = 1_700_000_000.0  # the clock of these tests: every localize() gets now_s=NOW
 
 
-def tiny_export(tmp_path_factory, seed: int) -> Path:
-    """The small preset at test size, exported once per session (test_engines.py makes the same)."""
-    out = tmp_path_factory.getbasetemp() / f"tiny-export-seed{seed}"
-    if not (out / "model.json").is_file():
-        torch = pytest.importorskip("torch")
-        from crossview_training.export import export_onnx
-        from crossview_training.models import create_model
-
-        torch.set_num_threads(1)
-        torch.manual_seed(seed)
-        model = create_model("small", ground_size=(64, 128), aerial_size=(64, 64), dim=32).eval()
-        export_onnx(model, out, tile_size_m=TILE_M)
-    return out
-
-
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> Path:
-    return tiny_export(tmp_path_factory, 0)
+def model_dir(tiny_export) -> Path:
+    return tiny_export(0)
 
 
 @pytest.fixture(scope="module")

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import numpy as np
 import pytest
 
 from crossview_ros.geo import latlon_to_utm, offset_enu_m, wrap_angle_rad, yaw_enu_to_utm
+from crossview_ros.sim.city import StreetGraph
 from crossview_ros.sim.drive import (
     MOTION_PRESETS,
     DriveConfig,
@@ -22,16 +22,7 @@ from crossview_ros.sim.drive import (
 LAT0, LON0 = 59.86, 17.6
 
 
-@dataclass
-class Graph:
-    nodes_en: np.ndarray
-    edges: np.ndarray
-    width_m: np.ndarray
-    sidewalk_m: np.ndarray
-    lanes: np.ndarray
-
-
-def make_graph() -> tuple[Graph, object]:
+def make_graph() -> tuple[StreetGraph, object]:
     """3 x 3 blocks of 90-120 m, an avenue, a diagonal, a curved street and a dead end."""
     e0, n0, zone = latlon_to_utm(LAT0, LON0)
     xs, ys = (0.0, 110.0, 200.0), (0.0, 90.0, 210.0)
@@ -62,7 +53,7 @@ def make_graph() -> tuple[Graph, object]:
         add(a, b, 8.0, 2.0, 1)
     nodes.append((-60.0, 90.0))  # dead end off node 3
     add(3, len(nodes) - 1, 8.0, 2.0, 1)
-    g = Graph(
+    g = StreetGraph(
         nodes_en=np.asarray(nodes) + [e0, n0],
         edges=np.asarray(edges, dtype=np.int64),
         width_m=np.asarray(width),
@@ -72,7 +63,7 @@ def make_graph() -> tuple[Graph, object]:
     return g, zone
 
 
-def edge_geometry(g: Graph, p: np.ndarray):
+def edge_geometry(g: StreetGraph, p: np.ndarray):
     """Per point and edge: distance to the segment, and the parameter of the closest point."""
     a = g.nodes_en[g.edges[:, 0]]
     ab = g.nodes_en[g.edges[:, 1]] - a
@@ -207,7 +198,7 @@ def test_same_seed_same_arrays_different_seed_differs():
 
 
 def test_dead_end_turns_back_and_single_street_works():
-    g = Graph(
+    g = StreetGraph(
         np.array([[500000.0, 6600000.0], [500080.0, 6600000.0]]),
         np.array([[0, 1]]),
         np.array([10.0]),

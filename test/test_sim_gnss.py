@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import numpy as np
 import pytest
 
 from crossview_ros.geo import latlon_to_utm, offset_enu_m
+from crossview_ros.sim.city import StreetGraph
 from crossview_ros.sim.drive import DriveConfig, plan_drive
 from crossview_ros.sim.gnss import UniformGnss, UrbanGnss, simulate_gnss, simulate_gnss_at
 
@@ -174,17 +174,8 @@ def test_dropouts_more_frequent_in_canyons():
     assert onsets(canyon) == pytest.approx(4.0 * onsets(open_sky), rel=0.2)
 
 
-@dataclass
-class Graph:
-    nodes_en: np.ndarray
-    edges: np.ndarray
-    width_m: np.ndarray
-    sidewalk_m: np.ndarray
-    lanes: np.ndarray
-
-
 def test_simulate_gnss_along_a_drive_is_seeded():
-    g = Graph(
+    g = StreetGraph(
         np.array([[E0, N0], [E0 + 150.0, N0], [E0 + 150.0, N0 + 120.0]]),
         np.array([[0, 1], [1, 2]]),
         np.array([10.0, 10.0]),

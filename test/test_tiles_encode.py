@@ -21,29 +21,14 @@ BATCH = 4
 ENCODE = ["--batch-size", str(BATCH), "--engine", "onnxruntime", "--threads", "1", "--no-progress"]
 
 
-def tiny_export(tmp_path_factory, seed: int) -> Path:
-    """The small preset at test size, exported once per session (test_engines.py makes the same)."""
-    out = tmp_path_factory.getbasetemp() / f"tiny-export-seed{seed}"
-    if not (out / "model.json").is_file():
-        torch = pytest.importorskip("torch")
-        from crossview_training.export import export_onnx
-        from crossview_training.models import create_model
-
-        torch.set_num_threads(1)
-        torch.manual_seed(seed)
-        model = create_model("small", ground_size=(64, 128), aerial_size=(64, 64), dim=32).eval()
-        export_onnx(model, out, tile_size_m=40.0)
-    return out
+@pytest.fixture(scope="module")
+def model_a(tiny_export) -> Path:
+    return tiny_export(0)
 
 
 @pytest.fixture(scope="module")
-def model_a(tmp_path_factory) -> Path:
-    return tiny_export(tmp_path_factory, 0)
-
-
-@pytest.fixture(scope="module")
-def model_b(tmp_path_factory) -> Path:
-    return tiny_export(tmp_path_factory, 1)
+def model_b(tiny_export) -> Path:
+    return tiny_export(1)
 
 
 @pytest.fixture(scope="module")
