@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -277,3 +278,61 @@ def test_odometry_drift_grows_with_distance():
     errors = np.asarray(errors)
     assert np.all(errors[:, 1] > errors[:, 0])  # farther -> larger error, in every drive
     assert errors[:, 1].mean() > 3.0 * errors[:, 0].mean()
+
+
+# --------------------------------------------------------------------------- scene bounds
+
+
+def _margin_to_bounds(bounds, e, n):
+    e0, n0, e1, n1 = bounds
+    return np.minimum.reduce([e - e0, e1 - e, n - n0, n1 - n])
+
+
+@pytest.mark.parametrize("mode", ["walk", "drive"])
+def test_drives_stay_inside_a_small_city(mode):
+    # Regression: a 500 m city's street graph is cut at the city edge, so streets end in
+    # dead-end nodes on it; walks turned around those ends (and sidewalks of streets along the
+    # edge) up to ~12 m outside the scene, and rendering the panorama there failed. Seeds 0, 2,
+    # 4, 5 of a 150 s walk used to leave the scene.
+    from crossview_ros.sim.city import CityConfig, generate_city
+
+    city = generate_city(CityConfig(size_m=500.0, seed=0))  # layout only, no rasters
+    g = city.streets
+    size = city.size_px * city.gsd_m  # the scene's extent, as render.py checks it
+    assert g.bounds_en == pytest.approx(
+        (city.origin_e_m, city.origin_n_m - size, city.origin_e_m + size, city.origin_n_m)
+    )
+    margin = DriveConfig().edge_margin_m
+    assert margin >= 1.0
+    for seed in range(6):
+        d = plan_drive(g, city.zone, DriveConfig(mode=mode, duration_s=150.0, seed=seed))
+        for e, n in ((d.easting_m, d.northing_m), (d.track.easting_m, d.track.northing_m)):
+            inside = _margin_to_bounds(g.bounds_en, e, n)
+            assert inside.min() >= margin - 1e-6, (mode, seed, inside.min())
+        assert d.distance_m[-1] > 50.0  # it did not get stuck: clipping left a usable network
+
+
+def test_bounds_clip_streets_that_leave_the_scene():
+    # GRAPH cut by a box just east of x = 110 m: the east column and the curved street end
+    # at the box (dead ends there), the 3 m margin is kept, and the drive still turns corners.
+    e0, n0 = GRAPH.nodes_en[0]
+    bounds = (e0 - 70.0, n0 - 10.0, e0 + 140.0, n0 + 220.0)
+    g = dataclasses.replace(GRAPH, bounds_en=bounds)
+    for mode in ("walk", "drive"):
+        free = plan_drive(GRAPH, ZONE, DriveConfig(mode=mode, duration_s=300.0, seed=1))
+        assert _margin_to_bounds(bounds, free.track.easting_m, free.track.northing_m).min() < 0.0
+        for seed in range(3):
+            cfg = DriveConfig(mode=mode, duration_s=300.0, seed=seed, edge_margin_m=3.0)
+            d = plan_drive(g, ZONE, cfg)
+            inside = _margin_to_bounds(bounds, d.track.easting_m, d.track.northing_m)
+            assert inside.min() >= 3.0 - 1e-6
+            p = np.stack([d.track.easting_m, d.track.northing_m], axis=1)[::4]
+            dist, _ = edge_geometry(GRAPH, p)
+            limit = 0.5 * GRAPH.width_m + GRAPH.sidewalk_m
+            assert np.all(np.any(dist <= limit[None] + 1e-6, axis=1))  # still on the streets
+    # no street fits: a clear error, not a drive through the void
+    tiny = dataclasses.replace(GRAPH, bounds_en=(e0 - 5.0, n0 - 5.0, e0 + 5.0, n0 + 5.0))
+    with pytest.raises(ValueError, match="bounds_en"):
+        plan_drive(tiny, ZONE, DriveConfig(mode="walk", duration_s=30.0))
+    with pytest.raises(ValueError, match="edge_margin_m"):
+        DriveConfig(edge_margin_m=-1.0)

@@ -167,6 +167,10 @@ class StreetGraph:
     Nodes are junctions and polyline vertices (curved streets are split every ~10 m, so
     consecutive edges follow the curve); streets that the city edge cuts off from the rest
     are drawn in the scene but left out here.
+
+    Centre lines are clipped exactly at the city edge, so a street leaving the city ends in a
+    node on the edge, and its carriageway and sidewalks there reach past it. `bounds_en` is
+    that edge (the scene's extent): drives (drive.plan_drive) keep their poses inside it.
     """
 
     nodes_en: np.ndarray  # (K, 2) float64 UTM easting, northing of junctions / polyline vertices
@@ -174,6 +178,8 @@ class StreetGraph:
     width_m: np.ndarray  # (M,) carriageway width, kerb to kerb (lanes, parking lanes, median)
     sidewalk_m: np.ndarray  # (M,) sidewalk width on each side
     lanes: np.ndarray  # (M,) int64 driving lanes per direction
+    # (E_min, N_min, E_max, N_max) UTM of the renderable scene; None = not bounded
+    bounds_en: tuple[float, float, float, float] | None = None
 
     def degree(self) -> np.ndarray:
         """(K,) number of edges at each node."""
@@ -630,9 +636,11 @@ def _street_graph(links: list[_Link], size: float, origin_e: float, origin_n: fl
             b = ids[k + 1] if t1 == 1.0 else node(uv[k] + t1 * (uv[k + 1] - uv[k]))
             edges.append((a, b))
             attrs.append((link.street.width_m, link.street.sidewalk_m, link.street.lanes))
+    bounds = (float(origin_e), float(origin_n - size), float(origin_e + size), float(origin_n))
     if not edges:
         empty = np.zeros((0,), np.float64)
-        return StreetGraph(np.zeros((0, 2)), np.zeros((0, 2), np.int64), empty, empty, np.zeros(0, np.int64))
+        return StreetGraph(np.zeros((0, 2)), np.zeros((0, 2), np.int64), empty, empty, np.zeros(0, np.int64),
+                           bounds_en=bounds)
     e = np.array(edges, np.int64)
     at = np.array(attrs, np.float64)
     n = len(nodes)
@@ -649,7 +657,7 @@ def _street_graph(links: list[_Link], size: float, origin_e: float, origin_n: fl
     uv = np.array(nodes)[keep_node]
     en = np.stack([origin_e + uv[:, 0], origin_n - uv[:, 1]], axis=1)
     return StreetGraph(nodes_en=en, edges=remap[e].astype(np.int64), width_m=at[:, 0].copy(),
-                       sidewalk_m=at[:, 1].copy(), lanes=at[:, 2].astype(np.int64))
+                       sidewalk_m=at[:, 1].copy(), lanes=at[:, 2].astype(np.int64), bounds_en=bounds)
 
 
 def _clip_segment(p: np.ndarray, q: np.ndarray, size: float) -> tuple[float, float]:

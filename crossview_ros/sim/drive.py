@@ -24,6 +24,15 @@ the polyline is then smoothed with a Gaussian of a few metres so heading and cur
 continuous. Speed follows a slowly wandering cruise speed, capped by lateral acceleration and
 yaw rate in curves (this is what rate-limits the yaw at corners), by a lower speed at
 intersections for cars, and by acceleration and braking limits; the drive starts at rest.
+
+Staying inside the scene: a city's street graph is cut exactly at the city edge (its
+`bounds_en`), so streets leaving the city end there in dead-end nodes, and a sidewalk or lane
+offset from such a street, or the U-turn around its end, lies outside the rendered area. Before
+routing, every street is therefore clipped to the bounds shrunk by its own lateral offset plus
+DriveConfig.edge_margin_m (and the largest connected piece is kept); a route that reaches a
+clipped end turns back there. Offset lines, the corner joins (crossings of offset lines, or arcs
+of radius <= the larger offset around a node) and the Gaussian smoothing (a convex average)
+then all stay inside that shrunk box, so every pose is at least edge_margin_m inside the scene.
 """
 
 from __future__ import annotations
@@ -43,7 +52,12 @@ MODES = ("walk", "drive")
 
 
 class StreetGraphLike(Protocol):
-    """What drives need from city.StreetGraph (any object with these attributes will do)."""
+    """What drives need from city.StreetGraph (any object with these attributes will do).
+
+    An optional attribute `bounds_en` = (E_min, N_min, E_max, N_max), the renderable area,
+    keeps every pose of a drive at least DriveConfig.edge_margin_m inside it (None or absent:
+    the streets are used as they are).
+    """
 
     nodes_en: (
         np.ndarray
@@ -91,6 +105,7 @@ class DriveConfig:
     lane_index: int = 0  # cars: lane counted from the centre line, clipped to the street's lanes
     speed_variation: float = 0.08  # relative std of the slow wander of the cruise speed (0 = off)
     speed_correlation_m: float = 50.0  # distance over which the cruise speed wanders
+    edge_margin_m: float = 2.0  # poses stay this far inside the street graph's bounds_en, metres
     limits: MotionLimits | None = None  # None = MOTION_PRESETS[mode]
 
     def __post_init__(self) -> None:
@@ -112,6 +127,8 @@ class DriveConfig:
             raise ValueError("DriveConfig.speed_variation must be >= 0 and speed_correlation_m > 0")
         if self.lane_index < 0:
             raise ValueError(f"DriveConfig.lane_index must be >= 0, got {self.lane_index}")
+        if not (self.edge_margin_m >= 0.0 and math.isfinite(self.edge_margin_m)):
+            raise ValueError(f"DriveConfig.edge_margin_m must be >= 0, got {self.edge_margin_m}")
 
     @property
     def motion(self) -> MotionLimits:
@@ -262,24 +279,120 @@ def _turn_angle(u_in: np.ndarray, u_out: np.ndarray) -> float:
     return math.atan2(cross, float(np.dot(u_in, u_out)))
 
 
-def _offset_m(streets: StreetGraphLike, edge: int, config: DriveConfig) -> float:
-    width = float(streets.width_m[edge])
+def _offsets_m(streets: StreetGraphLike, config: DriveConfig) -> np.ndarray:
+    """(M,) distance of the path from each street's centre line (sidewalk or lane centre)."""
+    width = np.asarray(streets.width_m, dtype=np.float64)
     if config.mode == "walk":
-        return 0.5 * width + 0.5 * float(streets.sidewalk_m[edge])
-    lanes = max(int(streets.lanes[edge]), 1)
-    lane = min(config.lane_index, lanes - 1)
+        return 0.5 * width + 0.5 * np.asarray(streets.sidewalk_m, dtype=np.float64)
+    lanes = np.maximum(np.asarray(streets.lanes, dtype=np.int64), 1)
+    lane = np.minimum(config.lane_index, lanes - 1)
     return (lane + 0.5) * width / (2.0 * lanes)
 
 
+def _graph_bounds(streets: StreetGraphLike) -> tuple[float, float, float, float] | None:
+    bounds = getattr(streets, "bounds_en", None)
+    if bounds is None:
+        return None
+    e0, n0, e1, n1 = (float(x) for x in bounds)
+    if not (all(math.isfinite(x) for x in (e0, n0, e1, n1)) and e0 < e1 and n0 < n1):
+        raise ValueError(
+            f"street graph bounds_en must be finite (E_min, N_min, E_max, N_max), got {bounds}"
+        )
+    return e0, n0, e1, n1
+
+
+def _clip_to_box(
+    p: np.ndarray, q: np.ndarray, lo: np.ndarray, hi: np.ndarray
+) -> tuple[float, float]:
+    """Liang-Barsky: the part [t0, t1] of segment p->q inside the box lo..hi (t0 >= t1: none)."""
+    t0, t1 = 0.0, 1.0
+    d = q - p
+    for k in range(2):
+        for num, den in ((p[k] - lo[k], -d[k]), (hi[k] - p[k], d[k])):
+            if den == 0.0:
+                if num < 0.0:
+                    return 1.0, 0.0
+                continue
+            t = float(num / den)
+            if den < 0.0:
+                t0 = max(t0, t)
+            else:
+                t1 = min(t1, t)
+    return t0, t1
+
+
+def _fit_to_bounds(
+    nodes: np.ndarray,
+    edges: np.ndarray,
+    offsets: np.ndarray,
+    bounds: tuple[float, float, float, float],
+    margin_m: float,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The streets a drive may use: each edge clipped to `bounds` shrunk by its own offset plus
+    `margin_m`, then the largest connected piece (by length).
+
+    Returns nodes (the old ones first, then the new clipped ends), edges, and for each edge the
+    index of the street it came from. A node kept by several edges lies inside every one of
+    their shrunk boxes, so an arc around it of radius <= the largest of their offsets (a corner
+    or a U-turn) stays `margin_m` inside the bounds."""
+    lo_all, hi_all = np.array(bounds[:2]), np.array(bounds[2:])
+    new_nodes: list[np.ndarray] = []
+    kept: list[tuple[int, int]] = []
+    source: list[int] = []
+    for k, (a, b) in enumerate(edges):
+        inset = float(offsets[k]) + margin_m
+        p, q = nodes[a], nodes[b]
+        t0, t1 = _clip_to_box(p, q, lo_all + inset, hi_all - inset)
+        if (t1 - t0) * float(np.linalg.norm(q - p)) < 1e-3:  # outside, or a sliver
+            continue
+        ends = []
+        for t, node in ((t0, int(a)), (t1, int(b))):
+            if t in (0.0, 1.0):
+                ends.append(node)
+            else:
+                new_nodes.append(p + t * (q - p))
+                ends.append(len(nodes) + len(new_nodes) - 1)
+        kept.append((ends[0], ends[1]))
+        source.append(k)
+    if not kept:
+        raise ValueError(
+            f"no street lies inside the street graph's bounds_en {bounds} with its lateral offset "
+            f"and DriveConfig.edge_margin_m = {margin_m} m"
+        )
+    all_nodes = np.concatenate([nodes, np.asarray(new_nodes).reshape(-1, 2)])
+    sub = np.asarray(kept, dtype=np.int64)
+    src = np.asarray(source, dtype=np.int64)
+    # the largest connected piece, so that the route never needs an edge that was cut away
+    label = np.arange(len(all_nodes))
+
+    def find(i: int) -> int:
+        while label[i] != i:
+            label[i] = label[label[i]]
+            i = int(label[i])
+        return i
+
+    for a, b in sub:
+        ra, rb = find(int(a)), find(int(b))
+        if ra != rb:
+            label[max(ra, rb)] = min(ra, rb)
+    root = np.array([find(int(a)) for a in sub[:, 0]])
+    length = np.linalg.norm(all_nodes[sub[:, 1]] - all_nodes[sub[:, 0]], axis=1)
+    roots, inverse = np.unique(root, return_inverse=True)
+    best = int(np.argmax(np.bincount(inverse, weights=length, minlength=len(roots))))
+    keep = inverse == best
+    return all_nodes, sub[keep], src[keep]
+
+
 def _offset_polyline(
-    streets: StreetGraphLike,
+    offsets: np.ndarray,
     nodes: np.ndarray,
     route: list[tuple[int, int, int]],
     config: DriveConfig,
 ) -> tuple[np.ndarray, float]:
     """The route's streets offset to the traffic side, joined at the corners.
 
-    Returns the (P, 2) polyline and the length of its first straight piece (where drives start)."""
+    `offsets` (M,) is each edge's distance from its centre line. Returns the (P, 2) polyline
+    and the length of its first straight piece (where drives start)."""
     side = -1.0 if config.traffic_side == "right" else 1.0  # offset along side * left normal
     segs = []
     for k, a, b in route:
@@ -287,7 +400,7 @@ def _offset_polyline(
         length = float(np.linalg.norm(u))
         u = u / length
         normal = side * np.array([-u[1], u[0]])
-        d = _offset_m(streets, k, config)
+        d = float(offsets[k])
         segs.append((nodes[a] + d * normal, u, length, d, b))
     points: list[np.ndarray] = []
     join_index: list[int] = []
@@ -352,9 +465,20 @@ def _smooth_noise(n: int, corr_samples: float, rng: np.random.Generator) -> np.n
 
 
 def plan_drive(streets: StreetGraphLike, zone: UTMZone, config: DriveConfig) -> Drive:
-    """A seeded random drive along `streets` (UTM in `zone`); same config, same arrays."""
+    """A seeded random drive along `streets` (UTM in `zone`); same config, same arrays.
+
+    If `streets` has `bounds_en` (a city's StreetGraph does), every pose of the drive lies at
+    least config.edge_margin_m inside it (see the module docstring)."""
     nodes, edges = _check_streets(streets)
     zone = UTMZone.parse(zone)
+    offsets = _offsets_m(streets, config)
+    # intersections (for the speed cap) are those of the whole graph, clipped or not
+    degree = np.bincount(edges.ravel(), minlength=len(nodes))
+    crossings = nodes[degree >= 3]
+    bounds = _graph_bounds(streets)
+    if bounds is not None:
+        nodes, edges, source = _fit_to_bounds(nodes, edges, offsets, bounds, config.edge_margin_m)
+        offsets = offsets[source]
     motion = config.motion
     rng = np.random.default_rng(config.seed)
     lo, hi = motion.speed_range_mps
@@ -371,7 +495,7 @@ def plan_drive(streets: StreetGraphLike, zone: UTMZone, config: DriveConfig) -> 
         + 50.0
     )
     route = _random_route(nodes, edges, need_m, rng)
-    poly, first_len = _offset_polyline(streets, nodes, route, config)
+    poly, first_len = _offset_polyline(offsets, nodes, route, config)
 
     step = motion.step_m
     dense = _resample(poly, step)
@@ -398,8 +522,6 @@ def plan_drive(streets: StreetGraphLike, zone: UTMZone, config: DriveConfig) -> 
     v = np.minimum(v, np.sqrt(motion.lateral_accel_mps2 / kappa))
     v = np.minimum(v, motion.yaw_rate_radps / kappa)
     if motion.intersection_speed_mps is not None:
-        degree = np.bincount(edges.ravel(), minlength=len(nodes))
-        crossings = nodes[degree >= 3]
         if len(crossings):
             dist, _ = cKDTree(crossings).query(dense, k=1)
             near = dist <= motion.intersection_zone_m
