@@ -45,6 +45,11 @@ extras = {
         "timm>=1.0",
         "onnx>=1.15",
     ],
+    # Replay evaluation: the fused track's EKF (filterpy) and the report's plots (matplotlib).
+    "replay": [
+        "filterpy>=1.4.5",
+        "matplotlib>=3.7",
+    ],
     "test": [
         "pytest>=7",
         "hypothesis>=6",
@@ -79,6 +84,9 @@ setup(
             "crossview-train = crossview_training.train:main",
             "crossview-eval = crossview_training.evaluate:main",
             "crossview-export = crossview_training.export:main",
+            "crossview-replay = crossview_ros.replay:main",
+            "crossview-demo = crossview_ros.demo:main",
+            "localize_node = crossview_ros.nodes.localize_node:main",
         ],
     },
 )

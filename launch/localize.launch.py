@@ -1,8 +1,13 @@
 """Launch the crossview_ros localizer with its parameter file.
 
     ros2 launch crossview_ros localize.launch.py tile_set:=/data/tiles model:=/data/model
+    ros2 launch crossview_ros localize.launch.py tile_set:=... model:=... config:=my.yaml namespace:=robot1
 
-Arguments override the parameter file; every parameter is documented in config/localize.yaml.
+tile_set and model are required and override the parameter file; every other parameter, with
+its unit and default, is documented in config/localize.yaml (copy it, edit it, pass config:=).
+The file's key `/**/crossview_localizer` matches the node in any namespace. Without `ros2 launch`
+the same is: localize_node --ros-args --params-file FILE -p tile_set:=DIR -p model:=DIR.
+test/test_launch.py checks that this file sets only parameters the node declares.
 """
 
 import os
@@ -12,18 +17,17 @@ from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
+from launch_ros.parameter_descriptions import ParameterValue
 
 
 def generate_launch_description() -> LaunchDescription:
-    default_config = os.path.join(
-        get_package_share_directory("crossview_ros"), "config", "localize.yaml"
-    )
+    default_config = os.path.join(get_package_share_directory("crossview_ros"), "config", "localize.yaml")
     args = [
-        DeclareLaunchArgument("tile_set", description="tile set directory (crossview-tiles build)"),
-        DeclareLaunchArgument("model", default_value="", description="exported model directory"),
+        DeclareLaunchArgument("tile_set", description="tile set folder (crossview-tiles build + encode)"),
+        DeclareLaunchArgument("model", description="exported model folder that encoded the tile set"),
         DeclareLaunchArgument("config", default_value=default_config, description="parameter file"),
-        DeclareLaunchArgument("namespace", default_value="", description="node namespace"),
-        DeclareLaunchArgument("use_sim_time", default_value="false", description="use /clock"),
+        DeclareLaunchArgument("namespace", default_value="", description="node namespace (one per robot)"),
+        DeclareLaunchArgument("use_sim_time", default_value="false", description="follow /clock (bag replay)"),
     ]
     node = Node(
         package="crossview_ros",
@@ -34,9 +38,10 @@ def generate_launch_description() -> LaunchDescription:
         parameters=[
             LaunchConfiguration("config"),
             {
-                "tile_set": LaunchConfiguration("tile_set"),
-                "model": LaunchConfiguration("model"),
-                "use_sim_time": LaunchConfiguration("use_sim_time"),
+                # value_type keeps a path such as "2024" a string and "false" a bool.
+                "tile_set": ParameterValue(LaunchConfiguration("tile_set"), value_type=str),
+                "model": ParameterValue(LaunchConfiguration("model"), value_type=str),
+                "use_sim_time": ParameterValue(LaunchConfiguration("use_sim_time"), value_type=bool),
             },
         ],
     )

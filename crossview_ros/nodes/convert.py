@@ -1,0 +1,154 @@
+"""Message <-> numbers for the localize node, without rclpy: testable with plain pytest.
+
+Inputs are read duck-typed (any object with the message's fields), outputs are plain numbers and
+lists that the node copies into messages. Conventions (REP-103/105, design.md):
+
+- stamps: builtin_interfaces/Time (sec, nanosec) <-> float seconds; outputs copy the panorama's
+  Time message itself, so no float round trip touches a published stamp;
+- NavSatFix position_covariance: ENU (E, N, U), m^2, row-major 3x3;
+- PoseWithCovariance covariance: (x, y, z, roll, pitch, yaw) 6x6 row-major;
+- yaw: ENU, rad, 0 = facing east, counter-clockwise; the quaternion is a pure rotation about z.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from crossview_ros import geo
+from crossview_ros.localizer import NAVSAT_STATUS_NO_FIX, NAVSAT_STATUS_RANGE, Estimate, Fix
+
+UNKNOWN_VARIANCE = 1e6  # variance of what the estimate does not observe (z, roll, pitch; yaw without heading)
+IMAGE_CHANNELS = {"rgb8": 3, "bgr8": 3, "mono8": 1}
+COVARIANCE_TYPE_UNKNOWN = 0  # sensor_msgs/NavSatFix
+COVARIANCE_TYPE_KNOWN = 3
+
+
+def stamp_to_s(stamp: Any) -> float:
+    """builtin_interfaces/Time -> float seconds (ns resolution kept to ~0.1 us at Unix times)."""
+    return int(stamp.sec) + int(stamp.nanosec) * 1e-9
+
+
+def image_to_array(msg: Any) -> np.ndarray:
+    """sensor_msgs/Image (rgb8, bgr8, mono8) -> (H, W, 3) or (H, W) uint8 view; ValueError saying what is wrong.
+
+    Row padding (step > width x channels) is dropped; the data must hold exactly step x height bytes.
+    """
+    encoding = str(msg.encoding)
+    channels = IMAGE_CHANNELS.get(encoding)
+    if channels is None:
+        raise ValueError(f"image encoding {encoding!r} is not supported; publish one of {sorted(IMAGE_CHANNELS)}")
+    height, width, step = int(msg.height), int(msg.width), int(msg.step)
+    if height <= 0 or width <= 0:
+        raise ValueError(f"image is empty ({width} x {height} px)")
+    if step < width * channels:
+        raise ValueError(f"image step {step} B is smaller than width x channels = {width * channels} B")
+    data = np.frombuffer(memoryview(msg.data).cast("B"), dtype=np.uint8)
+    if data.size != step * height:
+        raise ValueError(f"image data holds {data.size} B, but step x height = {step * height} B")
+    rows = data.reshape(height, step)[:, :width * channels]
+    return rows.reshape(height, width, channels) if channels > 1 else rows
+
+
+def compressed_to_bytes(msg: Any) -> bytes:
+    """sensor_msgs/CompressedImage -> its JPEG/PNG bytes (the Localizer recognises the format from them)."""
+    return bytes(memoryview(msg.data).cast("B"))
+
+
+def fix_from_navsat(msg: Any) -> Fix:
+    """sensor_msgs/NavSatFix -> localizer.Fix; never raises: NaN, NO_FIX and the like are the Localizer's
+    to judge (it rejects the frame with BAD_FIX / NO_FIX and says why)."""
+    stamp_s = stamp_to_s(msg.header.stamp)
+    status = int(msg.status.status)
+    cov_type = int(msg.position_covariance_type)
+    cov = np.asarray(msg.position_covariance, dtype=np.float64)
+    if cov_type == COVARIANCE_TYPE_UNKNOWN or cov.size != 9:
+        return Fix(float(msg.latitude), float(msg.longitude), stamp_s, status)
+    return Fix(float(msg.latitude), float(msg.longitude), stamp_s, status, cov.reshape(3, 3).copy())
+
+
+def fix_is_usable(fix: Fix) -> bool:
+    """True when the fix has a position: a status other than NO_FIX and a finite, in-range lat/lon."""
+    if fix.status == NAVSAT_STATUS_NO_FIX or not NAVSAT_STATUS_RANGE[0] <= fix.status <= NAVSAT_STATUS_RANGE[1]:
+        return False
+    try:
+        geo.check_latlon(float(fix.lat_deg), float(fix.lon_deg))
+    except geo.GeoError:
+        return False
+    return True
+
+
+def up_variance_m2(msg: Any) -> float:
+    """Variance of the input fix's altitude (m^2) when it reports one, else UNKNOWN_VARIANCE."""
+    if int(msg.position_covariance_type) == COVARIANCE_TYPE_UNKNOWN:
+        return UNKNOWN_VARIANCE
+    value = float(np.asarray(msg.position_covariance, dtype=np.float64).ravel()[8])
+    return value if math.isfinite(value) and value > 0.0 else UNKNOWN_VARIANCE
+
+
+def yaw_to_quaternion(yaw_rad: float) -> tuple[float, float, float, float]:
+    """Rotation about z by yaw -> quaternion (x, y, z, w)."""
+    return 0.0, 0.0, math.sin(0.5 * yaw_rad), math.cos(0.5 * yaw_rad)
+
+
+def quaternion_to_yaw(x: float, y: float, z: float, w: float) -> float:
+    """Yaw (rad, (-pi, pi]) of a quaternion (x, y, z, w); exact for rotations about z."""
+    return math.atan2(2.0 * (w * z + x * y), 1.0 - 2.0 * (y * y + z * z))
+
+
+def navsat_covariance(cov_en_m2: np.ndarray, up_var_m2: float) -> list[float]:
+    """(2, 2) E/N covariance + up variance -> NavSatFix position_covariance (9 floats, ENU, row-major)."""
+    c = np.zeros((3, 3))
+    c[:2, :2] = 0.5 * (np.asarray(cov_en_m2, np.float64) + np.asarray(cov_en_m2, np.float64).T)
+    c[2, 2] = up_var_m2
+    return [float(v) for v in c.ravel()]
+
+
+def pose_covariance(cov_xy_m2: np.ndarray, yaw_var_rad2: float | None) -> list[float]:
+    """(2, 2) x/y covariance + yaw variance -> PoseWithCovariance covariance (36 floats, row-major);
+    z, roll and pitch (and yaw without a heading) get UNKNOWN_VARIANCE."""
+    c = np.zeros((6, 6))
+    c[:2, :2] = 0.5 * (np.asarray(cov_xy_m2, np.float64) + np.asarray(cov_xy_m2, np.float64).T)
+    c[2, 2] = c[3, 3] = c[4, 4] = UNKNOWN_VARIANCE
+    c[5, 5] = UNKNOWN_VARIANCE if yaw_var_rad2 is None else float(yaw_var_rad2)
+    return [float(v) for v in c.ravel()]
+
+
+def orientation_covariance(yaw_var_rad2: float) -> list[float]:
+    """Imu orientation_covariance (roll, pitch, yaw) for a yaw-only measurement, row-major."""
+    return [UNKNOWN_VARIANCE, 0.0, 0.0, 0.0, UNKNOWN_VARIANCE, 0.0, 0.0, 0.0, float(yaw_var_rad2)]
+
+
+@dataclass(frozen=True)
+class PlanarPose:
+    """An estimate expressed in the pose frame: x, y (m), yaw (rad, None without heading), (2, 2) covariance."""
+
+    x_m: float
+    y_m: float
+    yaw_rad: float | None
+    covariance_m2: np.ndarray
+
+
+def planar_pose(est: Estimate, origin: str, enu: geo.LocalENU | None = None) -> PlanarPose:
+    """The estimate in the pose frame.
+
+    origin "datum": x east, y north in the tangent plane of `enu` (geo.LocalENU at the datum); the
+    covariance and the yaw keep the estimate's own ENU axes, which differ from the datum's by the
+    convergence of the meridians (about 1.6e-4 rad per km east-west at 45 deg latitude; ignored).
+    origin "utm": x easting, y northing in the tile set's zone; covariance and yaw rotated onto the
+    grid (geo.enu_cov_to_utm, geo.yaw_enu_to_utm).
+    """
+    cov = np.asarray(est.covariance_enu_m2, np.float64)
+    if origin == "utm":
+        zone = est.utm_zone
+        yaw = None if est.yaw_enu_rad is None else float(
+            geo.yaw_enu_to_utm(est.yaw_enu_rad, est.lat_deg, est.lon_deg, zone))
+        return PlanarPose(float(est.easting_m), float(est.northing_m), yaw,
+                          geo.enu_cov_to_utm(cov, est.lat_deg, est.lon_deg, zone))
+    if origin != "datum" or enu is None:
+        raise ValueError(f"pose origin must be 'utm', or 'datum' with a LocalENU; got {origin!r}, {enu!r}")
+    e_m, n_m, _ = enu.forward(est.lat_deg, est.lon_deg, 0.0)
+    return PlanarPose(float(e_m), float(n_m), est.yaw_enu_rad, cov)

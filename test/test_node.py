@@ -1,0 +1,882 @@
+"""The real localize_node, started as a subprocess, against a test node over DDS on loopback.
+
+One synthetic city (orthophoto -> 40 m tile set encoded by the tiny exported model) serves every
+test; panoramas are rendered in it at street positions. Each node process runs in its own
+namespace, in a per-module random ROS domain, LOCALHOST discovery. Every output is compared with
+the Localizer run in-process on the same panorama, fix and stamp: the node must add nothing but
+message conversion. Waits are deadlines on observed events (diagnostics counters the node
+publishes every 0.1 s, messages arriving), never bare sleeps, except the short grace period
+that a "nothing was published" assertion needs.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import cv2
+import numpy as np
+import pytest
+
+rclpy = pytest.importorskip("rclpy")
+
+from builtin_interfaces.msg import Time  # noqa: E402
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus  # noqa: E402
+from geometry_msgs.msg import PoseWithCovarianceStamped  # noqa: E402
+from rclpy.context import Context  # noqa: E402
+from rclpy.executors import SingleThreadedExecutor  # noqa: E402
+from rclpy.parameter import Parameter  # noqa: E402
+from rclpy.parameter_client import AsyncParameterClient  # noqa: E402
+from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
+from sensor_msgs.msg import CompressedImage, Image, Imu, NavSatFix, NavSatStatus  # noqa: E402
+
+from crossview_ros import engines as E  # noqa: E402
+from crossview_ros import geo  # noqa: E402
+from crossview_ros.localizer import Estimate, Fix, Localizer, LocalizerConfig, Reason  # noqa: E402
+from crossview_ros.nodes import convert  # noqa: E402
+from crossview_ros.nodes.localize_node import HARDWARE_ID, REJECT_KEYS, NewestSlot  # noqa: E402
+from crossview_ros.nodes.parameters import PARAMETERS, YAML_NODE_KEY, format_yaml_value  # noqa: E402
+
+DOMAIN_ID = random.SystemRandom().randint(1, 100)
+ROS_ENV = {"ROS_DOMAIN_ID": str(DOMAIN_ID), "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST"}
+TILE_M = 40.0
+PANO_H = 64  # the tiny model's ground input is 64 x 128
+FIX_SIGMA_M = 15.0
+FIX_UP_VAR_M2 = 9.0
+FIX_ALTITUDE_M = 12.5
+START_TIMEOUT_S = 60.0
+FRAME_TIMEOUT_S = 10.0
+GRACE_S = 0.3  # after the node counted a rejected frame: time for a wrongly published output to arrive
+
+
+def node_command() -> list[str]:
+    """The installed console script beside this interpreter, else the module."""
+    script = Path(sys.executable).with_name("localize_node")
+    return [str(script)] if script.is_file() else [sys.executable, "-m", "crossview_ros.nodes.localize_node"]
+
+
+def wait_until(predicate: Callable[[], Any], timeout_s: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout_s:g} s waiting for {what}")
+        time.sleep(0.01)
+
+
+def to_time(stamp_s: float) -> Time:
+    sec = math.floor(stamp_s)
+    return Time(sec=int(sec), nanosec=min(int(round((stamp_s - sec) * 1e9)), 999_999_999))
+
+
+def time_s(t: Time) -> float:
+    return t.sec + t.nanosec * 1e-9
+
+
+def same_stamp(a: Time, b: Time) -> bool:
+    return (a.sec, a.nanosec) == (b.sec, b.nanosec)
+
+
+class Clock:
+    """Strictly increasing stamps on the node's clock: wall time, or wall time + offset_s (sim time)."""
+
+    def __init__(self, offset_s: float = 0.0) -> None:
+        self.offset_s = offset_s
+        self.last = 0.0
+
+    def now(self) -> float:
+        return time.time() + self.offset_s
+
+    def next(self) -> float:
+        self.last = max(self.now(), self.last + 0.001)
+        return self.last
+
+
+# --------------------------------------------------------------------------- pure parts (no DDS)
+
+
+def test_newest_slot_keeps_only_the_newest_item():
+    slot: NewestSlot[int] = NewestSlot()
+    assert slot.take(timeout_s=0.0) is None
+    assert slot.put(1) is False
+    assert slot.put(2) is True  # 1 was never taken: dropped
+    assert slot.take() == 2 and slot.take(timeout_s=0.01) is None
+    got = []
+    taker = threading.Thread(target=lambda: got.append(slot.take()))
+    taker.start()
+    slot.close()  # wakes a blocked taker with None
+    taker.join(timeout=5.0)
+    assert got == [None]
+
+
+def test_image_rows_with_padding_and_bad_sizes():
+    rgb = np.arange(4 * 8 * 3, dtype=np.uint8).reshape(4, 8, 3)
+    padded = np.zeros((4, 8 * 3 + 5), np.uint8)
+    padded[:, :24] = rgb.reshape(4, 24)
+    msg = Image(height=4, width=8, encoding="rgb8", step=29, data=padded.tobytes())
+    assert np.array_equal(convert.image_to_array(msg), rgb)
+    mono = Image(height=4, width=8, encoding="mono8", step=8, data=rgb[:, :, 0].tobytes())
+    assert np.array_equal(convert.image_to_array(mono), rgb[:, :, 0])
+    for bad, match in ((dict(step=20), "step"), (dict(encoding="16UC1"), "not supported"),
+                       (dict(height=0), "empty"), (dict(data=padded.tobytes()[:-1]), "holds")):
+        fields = dict(height=4, width=8, encoding="rgb8", step=29, data=padded.tobytes()) | bad
+        with pytest.raises(ValueError, match=match):
+            convert.image_to_array(Image(**fields))
+
+
+def test_fix_conversion_never_raises_and_keeps_the_covariance():
+    msg = fix_msg(math.nan, math.inf, Time(sec=10, nanosec=500_000_000), status=NavSatStatus.STATUS_NO_FIX)
+    fix = convert.fix_from_navsat(msg)
+    assert math.isnan(fix.lat_deg) and fix.stamp_s == 10.5 and fix.status == -1
+    assert not convert.fix_is_usable(fix)
+    assert fix.covariance_enu_m2.shape == (3, 3) and fix.covariance_enu_m2[2, 2] == FIX_UP_VAR_M2
+    assert convert.up_variance_m2(msg) == FIX_UP_VAR_M2
+    msg.position_covariance_type = NavSatFix.COVARIANCE_TYPE_UNKNOWN
+    assert convert.fix_from_navsat(msg).covariance_enu_m2 is None
+    assert convert.up_variance_m2(msg) == convert.UNKNOWN_VARIANCE
+    assert convert.fix_is_usable(convert.fix_from_navsat(fix_msg(40.0, -74.0, Time(sec=1))))
+
+
+def test_quaternion_and_covariance_layouts():
+    for yaw in (0.0, 0.3, math.pi / 2, -2.0, math.pi):
+        assert convert.quaternion_to_yaw(*convert.yaw_to_quaternion(yaw)) == pytest.approx(
+            geo.wrap_angle_rad(yaw), abs=1e-12)
+    cov = np.array([[4.0, 1.0], [1.0, 9.0]])
+    assert convert.navsat_covariance(cov, 2.0) == [4.0, 1.0, 0.0, 1.0, 9.0, 0.0, 0.0, 0.0, 2.0]
+    c6 = np.array(convert.pose_covariance(cov, None)).reshape(6, 6)
+    assert np.array_equal(c6[:2, :2], cov) and list(np.diag(c6)[2:]) == [1e6] * 4
+    assert np.array(convert.pose_covariance(cov, 0.01)).reshape(6, 6)[5, 5] == 0.01
+    assert convert.orientation_covariance(0.02)[8] == 0.02
+
+
+# --------------------------------------------------------------------------- the synthetic city
+
+
+class World:
+    """The city scene, its tile set, the model and panoramas rendered at street positions."""
+
+    def __init__(self, root: Path, model_dir: Path) -> None:
+        from crossview_ros.sim.city import CityConfig, generate_city
+        from crossview_ros.sim.ortho import render_orthophoto, write_orthophoto
+        from crossview_ros.sim.scene import Sun
+        from crossview_ros.tiles import TileSet, TilingConfig, build_tile_set
+        from crossview_ros.tiles_cli import encode_tile_set
+
+        self.city = generate_city(CityConfig(size_m=200.0, gsd_m=0.25, seed=11))
+        self.scene = self.city.scene(0)
+        tif = write_orthophoto(root / "ortho.tif", render_orthophoto(self.scene, Sun(135.0, 45.0)), self.scene,
+                               compress="deflate")
+        self.tile_dir = build_tile_set([tif], root / "tiles", TilingConfig(tile_size_m=TILE_M, tile_px=64),
+                                       progress=False)
+        encode_tile_set(self.tile_dir, model_dir, engine="onnxruntime", threads=1, progress=False)
+        self.model_dir = model_dir
+        self.tiles = TileSet.open(self.tile_dir)
+        self.zone = self.tiles.zone
+        # Street positions well inside the tiles' coverage (so that every scope holds tiles).
+        e0, e1 = self.tiles.easting_m.min(), self.tiles.easting_m.max()
+        n0, n1 = self.tiles.northing_m.min(), self.tiles.northing_m.max()
+        rng = np.random.default_rng(7)
+        nodes, edges = self.city.streets.nodes_en, self.city.streets.edges
+        self.positions: list[np.ndarray] = []
+        while len(self.positions) < 8:
+            a, b = nodes[edges[rng.integers(len(edges))]]
+            p = a + rng.uniform(0.2, 0.8) * (b - a)
+            if e0 + 5 <= p[0] <= e1 - 5 and n0 + 5 <= p[1] <= n1 - 5:
+                self.positions.append(p)
+
+    def panorama(self, k: int, yaw_enu_rad: float = 0.0) -> np.ndarray:
+        """(64, 128, 3) RGB rendered at street position k, camera forward at yaw_enu_rad."""
+        from crossview_ros.sim.render import render_panorama
+        from crossview_ros.sim.scene import Sun
+
+        e, n = self.positions[k]
+        return render_panorama(self.scene, float(e), float(n), yaw_enu_rad, height_px=PANO_H,
+                               sun=Sun(200.0, 35.0))
+
+    def latlon(self, k: int, de_m: float = 0.0, dn_m: float = 0.0) -> tuple[float, float]:
+        e, n = self.positions[k]
+        lat, lon = geo.utm_to_latlon(float(e + de_m), float(n + dn_m), self.zone)
+        return float(lat), float(lon)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory, tiny_export) -> World:
+    return World(tmp_path_factory.mktemp("node_city"), tiny_export(0))
+
+
+@pytest.fixture(scope="module")
+def engine(world) -> E.OnnxEngine:
+    return E.OnnxEngine(world.model_dir, threads=1)
+
+
+def base_config(world: World, **overrides: Any) -> LocalizerConfig:
+    return LocalizerConfig(tile_set=str(world.tile_dir), model=str(world.model_dir), engine="onnxruntime",
+                           engine_threads=1, log_throttle_s=0.0, **overrides)
+
+
+# --------------------------------------------------------------------------- messages
+
+
+def image_msg(rgb: np.ndarray, stamp: Time, encoding: str = "rgb8") -> Image:
+    a = np.ascontiguousarray(rgb)
+    channels = 1 if a.ndim == 2 else a.shape[2]
+    return Image(header=_header(stamp, "camera"), height=a.shape[0], width=a.shape[1], encoding=encoding,
+                 is_bigendian=0, step=a.shape[1] * channels, data=a.tobytes())
+
+
+def jpeg_bytes(rgb: np.ndarray) -> bytes:
+    ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(rgb[:, :, ::-1]), [cv2.IMWRITE_JPEG_QUALITY, 95])
+    assert ok
+    return buf.tobytes()
+
+
+def compressed_msg(data: bytes, stamp: Time) -> CompressedImage:
+    return CompressedImage(header=_header(stamp, "camera"), format="jpeg", data=data)
+
+
+def _header(stamp: Time, frame_id: str) -> Any:
+    from std_msgs.msg import Header
+
+    return Header(stamp=stamp, frame_id=frame_id)
+
+
+def fix_msg(lat: float, lon: float, stamp: Time, *, status: int = NavSatStatus.STATUS_FIX,
+            sigma_m: float = FIX_SIGMA_M) -> NavSatFix:
+    msg = NavSatFix(header=_header(stamp, "gnss"), latitude=lat, longitude=lon, altitude=FIX_ALTITUDE_M)
+    msg.status.status = status
+    msg.status.service = NavSatStatus.SERVICE_GPS
+    msg.position_covariance = [sigma_m ** 2, 0.0, 0.0, 0.0, sigma_m ** 2, 0.0, 0.0, 0.0, FIX_UP_VAR_M2]
+    msg.position_covariance_type = NavSatFix.COVARIANCE_TYPE_DIAGONAL_KNOWN
+    return msg
+
+
+def fix_of(msg: NavSatFix) -> Fix:
+    """The Fix the in-process Localizer gets for `msg`, built independently of nodes/convert.py."""
+    return Fix(msg.latitude, msg.longitude, time_s(msg.header.stamp), int(msg.status.status),
+               np.array(msg.position_covariance, dtype=np.float64).reshape(3, 3))
+
+
+def yaw_of(q: Any) -> float:
+    assert abs(q.x) < 1e-12 and abs(q.y) < 1e-12, "orientation must be a pure yaw"
+    assert q.x ** 2 + q.y ** 2 + q.z ** 2 + q.w ** 2 == pytest.approx(1.0, abs=1e-9)
+    return math.atan2(2.0 * q.w * q.z, 1.0 - 2.0 * q.z * q.z)
+
+
+def angle_diff(a: float, b: float) -> float:
+    return float(geo.wrap_angle_rad(a - b))
+
+
+# --------------------------------------------------------------------------- ROS plumbing of the test side
+
+
+class Ros:
+    """This test module's own rclpy context and an executor spinning in a background thread."""
+
+    def __init__(self) -> None:
+        self.context = Context()
+        rclpy.init(context=self.context, domain_id=DOMAIN_ID)
+        self.executor = SingleThreadedExecutor(context=self.context)
+        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.executor.shutdown(timeout_sec=5.0)
+        rclpy.try_shutdown(context=self.context)
+        self.thread.join(timeout=5.0)
+
+
+@pytest.fixture(scope="module")
+def ros():
+    with pytest.MonkeyPatch.context() as mp:  # discovery settings are read from the environment at init
+        for key, value in ROS_ENV.items():
+            mp.setenv(key, value)
+        r = Ros()
+        yield r
+        r.close()
+
+
+class Probe:
+    """Publishes panoramas and fixes into one node's namespace and records what it publishes."""
+
+    OUT_QOS = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
+
+    def __init__(self, ros: Ros, ns: str, sim_clock: Clock | None = None) -> None:
+        self.ns = ns
+        self.node = rclpy.create_node(f"probe_{ns.strip('/')}", context=ros.context)
+        if sim_clock is not None:  # drive the node's ROS time, as a bag replay does
+            from rosgraph_msgs.msg import Clock as ClockMsg
+
+            pub_clock = self.node.create_publisher(ClockMsg, "/clock", 10)
+            self.node.create_timer(0.01, lambda: pub_clock.publish(ClockMsg(clock=to_time(sim_clock.now()))))
+        self.pub_image = self.node.create_publisher(Image, f"{ns}/panorama", 10)
+        self.pub_compressed = self.node.create_publisher(CompressedImage, f"{ns}/panorama/compressed", 10)
+        self.pub_fix = self.node.create_publisher(NavSatFix, f"{ns}/gnss/fix", 10)
+        self.lock = threading.Lock()
+        self.outputs: dict[str, list] = {"fix": [], "pose": [], "heading": []}
+        self.diagnostics: list[DiagnosticStatus] = []
+        self.diag_name = f"{ns.strip('/')}/crossview_localizer: localization"
+        for key, kind, topic in (("fix", NavSatFix, "crossview/fix"),
+                                 ("pose", PoseWithCovarianceStamped, "crossview/pose"),
+                                 ("heading", Imu, "crossview/heading")):
+            self.node.create_subscription(kind, f"{ns}/{topic}", lambda m, k=key: self._store(k, m), self.OUT_QOS)
+        self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diag, self.OUT_QOS)
+        ros.executor.add_node(self.node)
+        self.ros = ros
+
+    def _store(self, key: str, msg: Any) -> None:
+        with self.lock:
+            self.outputs[key].append(msg)
+
+    def _on_diag(self, msg: DiagnosticArray) -> None:
+        with self.lock:
+            self.diagnostics.extend(s for s in msg.status if s.name == self.diag_name)
+
+    def close(self) -> None:
+        self.ros.executor.remove_node(self.node)
+        self.node.destroy_node()
+
+    # ----------------------------------------------------------------- diagnostics
+
+    def values(self, index: int = -1) -> dict[str, str]:
+        with self.lock:
+            return {kv.key: kv.value for kv in self.diagnostics[index].values} if self.diagnostics else {}
+
+    def counter(self, key: str) -> int:
+        return int(self.values().get(key, 0))
+
+    def counters(self) -> dict[str, int]:
+        return {k: int(v) for k, v in self.values().items() if v.lstrip("-").isdigit()}
+
+    def diag_count(self) -> int:
+        with self.lock:
+            return len(self.diagnostics)
+
+    # ----------------------------------------------------------------- sending, with delivery confirmed
+
+    def send_fix(self, msg: NavSatFix) -> None:
+        """Publish a fix and wait until the node counted it (so the next panorama is paired with it)."""
+        before = self.counter("fixes_received")
+        for _ in range(3):
+            self.pub_fix.publish(msg)
+            deadline = time.monotonic() + 1.5
+            while time.monotonic() < deadline:
+                if self.counter("fixes_received") > before:
+                    return
+                time.sleep(0.01)
+        pytest.fail("the node never counted the fix (fixes_received)")
+
+    def send_panorama(self, msg: Image | CompressedImage) -> dict[str, int]:
+        """Publish a panorama, wait until the node processed it; returns the counter deltas."""
+        before = self.counters()
+        pub = self.pub_compressed if isinstance(msg, CompressedImage) else self.pub_image
+        for _ in range(3):  # best effort: resend only when the frame never arrived
+            pub.publish(msg)
+            deadline = time.monotonic() + 1.5
+            while time.monotonic() < deadline and self.counter("frames_received") <= before["frames_received"]:
+                time.sleep(0.01)
+            if self.counter("frames_received") > before["frames_received"]:
+                break
+        else:
+            pytest.fail("the node never received the panorama (frames_received)")
+        wait_until(lambda: self.counter("frames_processed") > before["frames_processed"], FRAME_TIMEOUT_S,
+                   "frames_processed")
+        after = self.counters()
+        return {k: after[k] - before.get(k, 0) for k in after}
+
+    def outputs_at(self, stamp: Time) -> dict[str, list]:
+        with self.lock:
+            return {k: [m for m in v if same_stamp(m.header.stamp, stamp)] for k, v in self.outputs.items()}
+
+    def wait_outputs(self, stamp: Time, heading: bool) -> dict[str, Any]:
+        """The fix, pose (and heading) stamped `stamp`, once all have arrived."""
+        keys = ("fix", "pose", "heading") if heading else ("fix", "pose")
+
+        def arrived() -> dict[str, list] | None:
+            got = self.outputs_at(stamp)
+            return got if all(got[k] for k in keys) else None
+
+        got = wait_until(arrived, FRAME_TIMEOUT_S, f"outputs {keys} stamped {time_s(stamp):.3f}")
+        return {k: got[k][0] if got[k] else None for k in ("fix", "pose", "heading")}
+
+    def assert_nothing_published(self, stamp: Time) -> None:
+        time.sleep(GRACE_S)
+        assert self.outputs_at(stamp) == {"fix": [], "pose": [], "heading": []}
+
+
+class NodeProcess:
+    """localize_node in a namespace with a parameter file; its stdout/stderr go to a log file."""
+
+    def __init__(self, ns: str, params: dict[str, Any], work: Path) -> None:
+        self.ns = ns
+        self.params_file = work / f"{ns.strip('/')}.yaml"
+        body = "\n".join(f"    {k}: {format_yaml_value(v)}" for k, v in params.items())
+        self.params_file.write_text(f"{YAML_NODE_KEY}:\n  ros__parameters:\n{body}\n")
+        self.log_path = work / f"{ns.strip('/')}.log"
+        self.log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(
+            [*node_command(), "--ros-args", "-r", f"__ns:={ns}", "--params-file", str(self.params_file)],
+            stdout=self.log, stderr=subprocess.STDOUT, env={**os.environ, **ROS_ENV})
+
+    def text(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_ready(self, probe: Probe) -> None:
+        def ready() -> bool:
+            if self.proc.poll() is not None:
+                pytest.fail(f"localize_node exited with {self.proc.returncode}:\n{self.text()}")
+            return (probe.pub_image.get_subscription_count() >= 1
+                    and probe.pub_compressed.get_subscription_count() >= 1
+                    and probe.pub_fix.get_subscription_count() >= 1 and probe.diag_count() > 0)
+
+        wait_until(ready, START_TIMEOUT_S, f"localize_node in {self.ns} to start")
+
+    def stop(self, sig: int) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout=15.0)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+        return self.proc.returncode
+
+
+def node_params(config: LocalizerConfig, **node_only: Any) -> dict[str, Any]:
+    return {**config.to_dict(), "diagnostics_period_s": 0.1, **node_only}
+
+
+def run_in_process(localizer: Localizer, panorama: Any, fix: Fix, stamp: Time, encoding: str | None) -> Estimate:
+    localizer.reset()
+    stamp_s = time_s(stamp)
+    return localizer.localize(panorama, fix, stamp_s, encoding=encoding, now_s=stamp_s)
+
+
+# --------------------------------------------------------------------------- node A: datum pose, heading
+
+
+class Session:
+    """A running node with its probe, the in-process twin Localizer and a stamp clock."""
+
+    def __init__(self, proc: NodeProcess, probe: Probe, twin: Localizer, config: LocalizerConfig,
+                 clock: Clock | None = None) -> None:
+        self.proc, self.probe, self.twin, self.config = proc, probe, twin, config
+        self.clock = clock or Clock()
+        self.startup: dict[str, Any] = {}
+        self.cases: dict[str, int] = {}
+
+    def good_fix(self, world: World, k: int, **kw: Any) -> NavSatFix:
+        lat, lon = world.latlon(k, 6.0, -4.0)  # a few metres off the camera, like a decent GNSS fix
+        msg = fix_msg(lat, lon, to_time(self.clock.next()), **kw)
+        self.probe.send_fix(msg)
+        return msg
+
+    def frame(self, msg_maker: Callable[[Time], Any]) -> tuple[Time, dict[str, int]]:
+        stamp = to_time(self.clock.next())
+        return stamp, self.probe.send_panorama(msg_maker(stamp))
+
+
+@pytest.fixture(scope="class")
+def node_a(ros, world, engine, tmp_path_factory):
+    config = base_config(world, heading=True, heading_method="polar", camera_height_m=2.0, min_margin=-1.0,
+                         max_mahalanobis=1e6)
+    probe = Probe(ros, "/node_a")
+    proc = NodeProcess("/node_a", node_params(config), tmp_path_factory.mktemp("node_a"))
+    session = Session(proc, probe, Localizer(config, engine=engine), config)
+    try:
+        proc.wait_ready(probe)
+        # Before any fix: a panorama is refused as NO_FIX (recorded here, checked by a test).
+        stamp, delta = session.frame(lambda s: image_msg(world.panorama(0), s))
+        session.startup = {"stamp": stamp, "delta": delta, "values": probe.values()}
+        # The datum is the first VALID fix: a NaN fix first, then a good one.
+        lat, lon = world.latlon(1, 6.0, -4.0)
+        probe.send_fix(fix_msg(math.nan, lon, to_time(session.clock.next())))
+        session.startup["datum_after_nan_fix"] = probe.values()["datum"]
+        session.startup["first_fix"] = session.good_fix(world, 1)
+        wait_until(lambda: probe.values()["datum"] != "unset", 5.0, "the datum")
+        yield session
+    finally:
+        proc.stop(signal.SIGINT)
+        probe.close()
+
+
+@pytest.mark.usefixtures("node_a")
+class TestDatumNode:
+    """pose_origin datum (the first valid fix), heading on, gates open: every good frame is published."""
+
+    def test_panorama_before_any_fix_is_counted_as_no_fix(self, node_a):
+        delta = node_a.startup["delta"]
+        assert delta["rejected_NO_FIX"] == 1 and delta["estimates_published"] == 0
+        assert node_a.startup["values"]["datum"] == "unset"
+        node_a.probe.assert_nothing_published(node_a.startup["stamp"])
+        wait_until(lambda: "rejected, NO_FIX: no GNSS fix received yet" in node_a.proc.text(), 5.0, "the log line")
+
+    def test_datum_is_the_first_valid_fix(self, node_a):
+        assert node_a.startup["datum_after_nan_fix"] == "unset"
+        first = node_a.startup["first_fix"]
+        assert node_a.probe.values()["datum"] == f"{first.latitude:.7f},{first.longitude:.7f}"
+
+    def test_outputs_equal_the_in_process_localizer(self, node_a, world):
+        fix_in = node_a.good_fix(world, 1)
+        rgb = world.panorama(1)
+        stamp, delta = node_a.frame(lambda s: image_msg(rgb, s))
+        assert delta["estimates_published"] == 1, delta
+        out = node_a.probe.wait_outputs(stamp, heading=True)
+        est = run_in_process(node_a.twin, rgb, fix_of(fix_in), stamp, "rgb8")
+        assert est.accepted and est.yaw_enu_rad is not None
+
+        fix, pose, imu = out["fix"], out["pose"], out["heading"]
+        assert isinstance(fix, NavSatFix) and isinstance(pose, PoseWithCovarianceStamped) and isinstance(imu, Imu)
+        for m in (fix, pose, imu):
+            assert same_stamp(m.header.stamp, stamp)  # exactly the panorama's stamp
+        assert (fix.header.frame_id, pose.header.frame_id, imu.header.frame_id) == ("gnss", "map", "base_link")
+
+        # crossview/fix: the estimate's position and covariance (ENU), up variance and altitude of the input.
+        assert fix.status.status == NavSatStatus.STATUS_FIX and fix.status.service == NavSatStatus.SERVICE_GPS
+        assert fix.position_covariance_type == NavSatFix.COVARIANCE_TYPE_KNOWN
+        assert (fix.latitude, fix.longitude) == (pytest.approx(est.lat_deg, abs=1e-9),
+                                                 pytest.approx(est.lon_deg, abs=1e-9))
+        assert fix.altitude == FIX_ALTITUDE_M
+        cov3 = np.array(fix.position_covariance).reshape(3, 3)
+        np.testing.assert_allclose(cov3[:2, :2], est.covariance_enu_m2, rtol=1e-6)
+        assert cov3[2, 2] == FIX_UP_VAR_M2 and np.all(cov3[2, :2] == 0) and np.all(cov3[:2, 2] == 0)
+        assert np.array_equal(cov3, cov3.T) and np.all(np.linalg.eigvalsh(cov3) > 0)
+
+        # crossview/pose: x east, y north in the ENU plane of the datum (the first valid fix).
+        first = node_a.startup["first_fix"]
+        enu = geo.LocalENU(first.latitude, first.longitude)
+        e, n, _ = enu.forward(est.lat_deg, est.lon_deg, 0.0)
+        p = pose.pose.pose.position
+        assert (p.x, p.y, p.z) == (pytest.approx(e, abs=1e-3), pytest.approx(n, abs=1e-3), 0.0)
+        cov6 = np.array(pose.pose.covariance).reshape(6, 6)
+        np.testing.assert_allclose(cov6[:2, :2], est.covariance_enu_m2, rtol=1e-6)
+        assert np.array_equal(cov6, cov6.T) and np.all(np.linalg.eigvalsh(cov6) > 0)
+        assert list(np.diag(cov6)[2:5]) == [1e6, 1e6, 1e6]
+        assert cov6[5, 5] == pytest.approx(est.yaw_variance_rad2, rel=1e-9)
+        assert yaw_of(pose.pose.pose.orientation) == pytest.approx(est.yaw_enu_rad, abs=1e-9)
+
+        # crossview/heading: orientation only, ENU yaw; unused covariances flagged -1.
+        assert yaw_of(imu.orientation) == pytest.approx(est.yaw_enu_rad, abs=1e-9)
+        oc = np.array(imu.orientation_covariance).reshape(3, 3)
+        assert list(np.diag(oc)) == [1e6, 1e6, pytest.approx(est.yaw_variance_rad2, rel=1e-9)]
+        assert imu.angular_velocity_covariance[0] == -1.0 and imu.linear_acceleration_covariance[0] == -1.0
+
+    def test_yaw_convention_east_and_north_facing(self, node_a, world):
+        """Camera forward east (yaw 0) and the same panorama turned to face north (rolled W/4 columns:
+        column 0 = forward, azimuth clockwise): the node publishes the Localizer's ENU yaw for both,
+        the north one through panorama/compressed."""
+        fix = node_a.good_fix(world, 2)
+        east = world.panorama(2, yaw_enu_rad=0.0)
+        north = np.roll(east, east.shape[1] // 4, axis=1)
+        # The roll is exactly the renderer's north-facing view (up to the half-pixel column centres).
+        rendered_north = world.panorama(2, yaw_enu_rad=math.pi / 2)
+        assert np.mean(np.abs(rendered_north.astype(int) - north.astype(int))) < 3.0
+        yaws = {}
+        for name, make, data, enc in (("east", lambda s: image_msg(east, s), east, "rgb8"),
+                                      ("north", lambda s: compressed_msg(jpeg_bytes(north), s), jpeg_bytes(north),
+                                       None)):
+            stamp, delta = node_a.frame(make)
+            assert delta["estimates_published"] == 1, (name, delta)
+            out = node_a.probe.wait_outputs(stamp, heading=True)
+            est = run_in_process(node_a.twin, data, fix_of(fix), stamp, enc)
+            yaws[name] = yaw_of(out["heading"].orientation)
+            assert yaws[name] == pytest.approx(est.yaw_enu_rad, abs=1e-9), name
+            assert yaw_of(out["pose"].pose.pose.orientation) == pytest.approx(est.yaw_enu_rad, abs=1e-9)
+        # Absolute accuracy needs a trained model (the tiny test model is untrained): reported, not asserted.
+        print(f"\nyaw with the untrained tiny model: east {math.degrees(yaws['east']):.1f} deg (truth 0), "
+              f"north {math.degrees(yaws['north']):.1f} deg (truth 90), difference "
+              f"{math.degrees(angle_diff(yaws['north'], yaws['east'])):.1f} deg (truth 90)")
+
+    def test_bgr8_and_mono8_images(self, node_a, world):
+        fix = node_a.good_fix(world, 3)
+        rgb = world.panorama(3)
+        results = {}
+        for enc, image in (("rgb8", rgb), ("bgr8", rgb[:, :, ::-1]), ("mono8", rgb[:, :, 1])):
+            stamp, delta = node_a.frame(lambda s: image_msg(image, s, enc))
+            assert delta["estimates_published"] == 1, (enc, delta)
+            results[enc] = node_a.probe.wait_outputs(stamp, heading=True)["fix"]
+            est = run_in_process(node_a.twin, np.ascontiguousarray(image), fix_of(fix), stamp, enc)
+            assert results[enc].latitude == pytest.approx(est.lat_deg, abs=1e-9), enc
+        assert results["bgr8"].latitude == results["rgb8"].latitude
+        assert results["bgr8"].longitude == results["rgb8"].longitude
+
+    @pytest.mark.parametrize("case", [
+        "encoding", "width_not_2h", "data_size", "truncated_jpeg", "not_an_image",
+        "nan_latitude", "inf_longitude", "latitude_95", "status_no_fix", "stale_fix", "fix_outside_coverage",
+        "out_of_order", "future_stamp", "negative_stamp",
+    ])
+    def test_bad_input_is_counted_and_not_published(self, node_a, world, case):
+        rgb = world.panorama(4)
+        lat, lon = world.latlon(4)
+        now = node_a.clock.next()
+        reason = {"encoding": "BAD_IMAGE", "width_not_2h": "BAD_IMAGE", "data_size": "BAD_IMAGE",
+                  "truncated_jpeg": "BAD_IMAGE", "not_an_image": "BAD_IMAGE", "nan_latitude": "BAD_FIX",
+                  "inf_longitude": "BAD_FIX", "latitude_95": "BAD_FIX", "status_no_fix": "NO_FIX",
+                  "stale_fix": "STALE_STAMP", "fix_outside_coverage": "OUTSIDE_COVERAGE",
+                  "out_of_order": "OUT_OF_ORDER", "future_stamp": "FUTURE_STAMP", "negative_stamp": "BAD_STAMP"}[case]
+        fix = {"nan_latitude": fix_msg(math.nan, lon, to_time(now)),
+               "inf_longitude": fix_msg(lat, math.inf, to_time(now)),
+               "latitude_95": fix_msg(95.0, lon, to_time(now)),
+               "status_no_fix": fix_msg(lat, lon, to_time(now), status=NavSatStatus.STATUS_NO_FIX),
+               "stale_fix": fix_msg(lat, lon, to_time(now - 10.0)),
+               "fix_outside_coverage": fix_msg(*world.latlon(4, 0.0, 5000.0), to_time(now)),
+               }.get(case, fix_msg(lat, lon, to_time(now)))
+        node_a.probe.send_fix(fix)  # the fix callback survives whatever the fix holds
+        stamp = to_time(node_a.clock.next())
+        if case == "out_of_order":  # a good frame, then one stamped before it
+            node_a.probe.send_panorama(image_msg(rgb, stamp))
+            stamp = to_time(time_s(stamp) - 0.5)
+        elif case == "future_stamp":
+            stamp = to_time(time.time() + 60.0)
+        elif case == "negative_stamp":
+            stamp = Time(sec=-5, nanosec=0)
+        image = image_msg(rgb, stamp)
+        if case == "encoding":
+            image.encoding = "rgba8"
+        elif case == "width_not_2h":
+            image = image_msg(np.ascontiguousarray(rgb[:, :100]), stamp)
+        elif case == "data_size":
+            image.data = bytes(image.data)[:-7]
+        elif case == "truncated_jpeg":
+            image = compressed_msg(jpeg_bytes(rgb)[:-200], stamp)
+        elif case == "not_an_image":
+            image = compressed_msg(b"this is not a JPEG", stamp)
+        delta = node_a.probe.send_panorama(image)
+        assert delta[f"rejected_{reason}"] == 1, delta
+        assert delta["estimates_published"] == 0
+        node_a.probe.assert_nothing_published(stamp)
+        wait_until(lambda: f"rejected, {reason}" in node_a.proc.text(), 5.0, f"a log line for {reason}")
+        assert node_a.proc.proc.poll() is None, "the node died"
+
+    def test_still_publishes_after_bad_input(self, node_a, world):
+        node_a.good_fix(world, 5)
+        stamp, delta = node_a.frame(lambda s: image_msg(world.panorama(5), s))
+        assert delta["estimates_published"] == 1
+        node_a.probe.wait_outputs(stamp, heading=True)
+        assert "Traceback" not in node_a.proc.text()
+
+    def test_newest_frame_wins(self, node_a, world):
+        node_a.good_fix(world, 6)
+        probe = node_a.probe
+        before = probe.counters()
+        stamps = [to_time(node_a.clock.next()) for _ in range(6)]
+        frames = [image_msg(world.panorama(6), s) for s in stamps]
+        for f in frames:  # a burst: the worker is busy with one frame while the next ones arrive
+            probe.pub_image.publish(f)
+            time.sleep(0.003)  # let the executor take each one (the DDS reader keeps only the last)
+        probe.wait_outputs(stamps[-1], heading=True)  # the newest frame is always processed
+
+        def settled() -> dict[str, int] | None:
+            c = probe.counters()
+            d = {k: c[k] - before[k] for k in ("frames_received", "frames_processed", "frames_dropped")}
+            return d if d["frames_received"] >= 1 and d["frames_processed"] + d["frames_dropped"] == \
+                d["frames_received"] else None
+
+        d = wait_until(settled, FRAME_TIMEOUT_S, "processed + dropped == received")
+        published = sum(bool(probe.outputs_at(s)["fix"]) for s in stamps)
+        assert published == d["frames_processed"] and d["frames_received"] <= 6
+        print(f"\nburst of 6: received {d['frames_received']}, processed {d['frames_processed']}, "
+              f"dropped {d['frames_dropped']}")
+
+    def test_diagnostics(self, node_a, world):
+        probe = node_a.probe
+        with probe.lock:
+            status = probe.diagnostics[-1]
+        assert status.hardware_id == HARDWARE_ID and status.name == "node_a/crossview_localizer: localization"
+        values = probe.values()
+        for key in ("frames_received", "frames_processed", "frames_dropped", "estimates_published",
+                    "latency_p50_ms", "latency_p99_ms", "last_scope_tiles", *REJECT_KEYS):
+            assert key in values, key
+        assert {f"rejected_{r}" for r in Reason if r is not Reason.OK} == set(REJECT_KEYS)
+        # A period with frames but no estimate is WARN; one with estimates OK, with latencies.
+        node_a.good_fix(world, 7)
+        n = probe.diag_count()
+        bad = image_msg(world.panorama(7), to_time(node_a.clock.next()))
+        bad.encoding = "32FC1"
+        probe.send_panorama(bad)
+        wait_until(lambda: any(s.level == DiagnosticStatus.WARN for s in probe.diagnostics[n:]), 5.0, "a WARN")
+        n = probe.diag_count()
+        stamp, _ = node_a.frame(lambda s: image_msg(world.panorama(7), s))
+        ok = wait_until(lambda: [s for s in probe.diagnostics[n:] if s.level == DiagnosticStatus.OK
+                                 and "estimate" in s.message], 5.0, "an OK period with an estimate")[0]
+        v = {kv.key: kv.value for kv in ok.values}
+        assert 0.0 < float(v["latency_p50_ms"]) <= float(v["latency_p99_ms"]) < 10_000.0
+        assert int(v["last_scope_tiles"]) > 0
+
+    def test_parameters_described_and_frames_dynamic(self, node_a, world, ros):
+        probe = node_a.probe
+        client = AsyncParameterClient(probe.node, "/node_a/crossview_localizer")
+        assert client.wait_for_services(timeout_sec=10.0)
+
+        def call(future: Any) -> Any:
+            return wait_until(lambda: future.result() if future.done() else None, 10.0, "a parameter service")
+
+        names = [p.name for p in PARAMETERS]
+        described = {d.name: d for d in call(client.describe_parameters(names)).descriptors}
+        assert set(described) == set(names)
+        for spec in PARAMETERS:
+            d = described[spec.name]
+            assert d.description and d.read_only == spec.read_only, spec.name
+            if spec.unit:
+                assert d.description.endswith(f"[{spec.unit}]"), spec.name
+            if spec.range is not None:
+                r = (d.integer_range or d.floating_point_range)[0]
+                assert (r.from_value, r.to_value) == spec.range, spec.name
+        refused = call(client.set_parameters([Parameter("tile_set", value="/elsewhere")])).results[0]
+        assert not refused.successful and "read-only" in refused.reason
+        refused = call(client.set_parameters([Parameter("fix_frame", value="/gnss")])).results[0]
+        assert not refused.successful and "must not start with '/'" in refused.reason
+        assert call(client.set_parameters([Parameter("fix_frame", value="antenna")])).results[0].successful
+        try:
+            node_a.good_fix(world, 0)
+            stamp, _ = node_a.frame(lambda s: image_msg(world.panorama(0), s))
+            assert node_a.probe.wait_outputs(stamp, heading=True)["fix"].header.frame_id == "antenna"
+        finally:
+            assert call(client.set_parameters([Parameter("fix_frame", value="gnss")])).results[0].successful
+
+    def test_sigint_exits_cleanly(self, node_a):
+        assert node_a.proc.stop(signal.SIGINT) == 0
+        assert "Traceback" not in node_a.proc.text()
+
+
+# --------------------------------------------------------------------------- node B: UTM pose and the gates
+
+
+@pytest.fixture(scope="class")
+def node_b(ros, world, engine, tmp_path_factory):
+    """UTM pose; min_margin between two panoramas' margins; a tight covariance model so that a tight fix
+    contradicts the estimate (MAHALANOBIS) while a loose one accepts it. Cases are chosen in-process."""
+    open_config = base_config(world, heading=True, min_margin=-1.0, cov_sigma0_m=0.5, cov_sigma_min_m=0.5,
+                              covariance_file="none")
+    probe_loc = Localizer(open_config, engine=engine)
+    stamp = to_time(time.time())
+    loose = {k: fix_msg(*world.latlon(k, 6.0, -4.0), stamp, sigma_m=100.0) for k in range(len(world.positions))}
+    margins = {k: run_in_process(probe_loc, world.panorama(k), fix_of(loose[k]), stamp, "rgb8").margin
+               for k in loose}
+    low, high = min(margins, key=margins.get), max(margins, key=margins.get)
+    assert margins[high] > margins[low], margins
+    config = LocalizerConfig.from_dict({**open_config.to_dict(), "min_margin": 0.5 * (margins[low] + margins[high])})
+    twin = Localizer(config, engine=engine)
+    cases = {"accepted": high, "low_margin": low}
+    for k in sorted(margins, key=margins.get, reverse=True):
+        tight = fix_msg(*world.latlon(k, 6.0, -4.0), stamp, sigma_m=0.05)
+        if run_in_process(twin, world.panorama(k), fix_of(tight), stamp, "rgb8").reason == Reason.MAHALANOBIS:
+            cases["mahalanobis"] = k
+            break
+    assert "mahalanobis" in cases, "no panorama gives MAHALANOBIS in-process; widen the search"
+    assert run_in_process(twin, world.panorama(low), fix_of(loose[low]), stamp, "rgb8").reason == Reason.LOW_MARGIN
+    assert run_in_process(twin, world.panorama(high), fix_of(loose[high]), stamp, "rgb8").accepted
+
+    sim_clock = Clock(offset_s=-1000.0)  # ROS time 1000 s behind the wall clock: stamps must follow it
+    probe = Probe(ros, "/node_b", sim_clock)
+    proc = NodeProcess("/node_b", node_params(config, pose_origin="utm", pose_frame="utm", use_sim_time=True),
+                       tmp_path_factory.mktemp("node_b"))
+    session = Session(proc, probe, twin, config, sim_clock)
+    session.cases = cases
+    try:
+        proc.wait_ready(probe)
+        yield session
+    finally:
+        proc.stop(signal.SIGTERM)
+        probe.close()
+
+
+@pytest.mark.usefixtures("node_b")
+class TestUtmGatingNode:
+    """pose_origin utm, use_sim_time with /clock 1000 s behind the wall clock, gates set per case."""
+
+    def test_stamps_are_judged_on_the_ros_clock(self, node_b, world):
+        k = node_b.cases["accepted"]
+        node_b.good_fix(world, k, sigma_m=100.0)
+        wall = to_time(time.time())  # 1000 s ahead of the node's (simulated) now
+        delta = node_b.probe.send_panorama(image_msg(world.panorama(k), wall))
+        assert delta["rejected_FUTURE_STAMP"] == 1, delta
+        node_b.probe.assert_nothing_published(wall)
+
+    def test_utm_pose_and_grid_yaw(self, node_b, world):
+        k = node_b.cases["accepted"]
+        fix = node_b.good_fix(world, k, sigma_m=100.0)
+        rgb = world.panorama(k)
+        stamp, delta = node_b.frame(lambda s: image_msg(rgb, s))
+        assert delta["estimates_published"] == 1, delta
+        out = node_b.probe.wait_outputs(stamp, heading=True)
+        est = run_in_process(node_b.twin, rgb, fix_of(fix), stamp, "rgb8")
+        assert est.accepted
+        pose = out["pose"]
+        assert pose.header.frame_id == "utm"
+        p = pose.pose.pose.position
+        assert (p.x, p.y) == (pytest.approx(est.easting_m, abs=1e-6), pytest.approx(est.northing_m, abs=1e-6))
+        cov6 = np.array(pose.pose.covariance).reshape(6, 6)
+        np.testing.assert_allclose(cov6[:2, :2], geo.enu_cov_to_utm(est.covariance_enu_m2, est.lat_deg,
+                                                                    est.lon_deg, world.zone), rtol=1e-6)
+        assert np.array_equal(cov6, cov6.T) and np.all(np.linalg.eigvalsh(cov6) > 0)
+        # Pose yaw on the UTM grid, heading (Imu) in ENU: they differ by the grid convergence.
+        grid_yaw = geo.yaw_enu_to_utm(est.yaw_enu_rad, est.lat_deg, est.lon_deg, world.zone)
+        assert yaw_of(pose.pose.pose.orientation) == pytest.approx(grid_yaw, abs=1e-9)
+        assert yaw_of(out["heading"].orientation) == pytest.approx(est.yaw_enu_rad, abs=1e-9)
+        convergence = geo.grid_convergence_rad(est.lat_deg, est.lon_deg, world.zone)
+        assert abs(convergence) > 1e-3  # the city lies off its zone's central meridian: the check means something
+        assert angle_diff(yaw_of(pose.pose.pose.orientation), yaw_of(out["heading"].orientation)) == \
+            pytest.approx(convergence, abs=1e-9)
+        assert out["fix"].latitude == pytest.approx(est.lat_deg, abs=1e-9)
+
+    @pytest.mark.parametrize("case, reason, sigma_m", [("low_margin", "LOW_MARGIN", 100.0),
+                                                       ("mahalanobis", "MAHALANOBIS", 0.05)])
+    def test_gated_frames_are_counted_not_published(self, node_b, world, case, reason, sigma_m):
+        k = node_b.cases[case]
+        stamp = to_time(node_b.clock.next())  # fix and panorama at one instant, as when the case was chosen
+        fix = fix_msg(*world.latlon(k, 6.0, -4.0), stamp, sigma_m=sigma_m)
+        node_b.probe.send_fix(fix)
+        delta = node_b.probe.send_panorama(image_msg(world.panorama(k), stamp))
+        assert run_in_process(node_b.twin, world.panorama(k), fix_of(fix), stamp, "rgb8").reason == reason
+        assert delta[f"rejected_{reason}"] == 1 and delta["estimates_published"] == 0, delta
+        node_b.probe.assert_nothing_published(stamp)
+
+    def test_sigterm_exits_cleanly(self, node_b):
+        assert node_b.proc.stop(signal.SIGTERM) == 0
+        assert "Traceback" not in node_b.proc.text()
+
+
+# --------------------------------------------------------------------------- start-up failures
+
+
+def test_startup_failures_exit_2_with_one_error_line(world, tmp_path):
+    corrupt = tmp_path / "corrupt_model"
+    corrupt.mkdir()
+    for f in world.model_dir.iterdir():
+        if f.is_file():
+            data = f.read_bytes()
+            (corrupt / f.name).write_bytes(data[: len(data) // 2] if f.suffix == ".onnx" else data)
+    good = ["-p", f"tile_set:={world.tile_dir}", "-p", f"model:={world.model_dir}", "-p", "engine:=onnxruntime"]
+    cases = {
+        "missing tile set": (["-p", f"tile_set:={tmp_path / 'nope'}", "-p", f"model:={world.model_dir}"],
+                             str(tmp_path / "nope")),
+        "corrupt model": (["-p", f"tile_set:={world.tile_dir}", "-p", f"model:={corrupt}"], str(corrupt)),
+        "no model": (["-p", f"tile_set:={world.tile_dir}"], "model is empty"),
+        "out of range": ([*good, "-p", "top_k:=0"], "top_k = 0 is outside its range"),
+        "invalid config": ([*good, "-p", "scope_max_m:=10.0"], "scope_max_m"),
+        "wrong type": ([*good, "-p", "scope_min_m:=50"], "scope_min_m must be of type double"),
+        "unknown": ([*good, "-p", "scope_mni_m:=50.0"], "unknown parameter(s) ['scope_mni_m']"),
+        "bad datum": ([*good, "-p", "datum:=[95.0, 10.0]"], "parameter datum"),
+        "bad origin": ([*good, "-p", "pose_origin:=ecef"], "pose_origin"),
+    }
+    env = {**os.environ, **ROS_ENV}
+    procs = {name: subprocess.Popen([*node_command(), "--ros-args", *args], env=env, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, text=True)
+             for name, (args, _) in cases.items()}
+    for name, proc in procs.items():
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 2, (name, out, err)
+        errors = [line for line in err.splitlines() if "[ERROR]" in line]
+        assert len(errors) == 1 and cases[name][1] in errors[0], (name, err)
+        assert "Traceback" not in err, (name, err)
