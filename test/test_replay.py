@@ -1,0 +1,313 @@
+"""crossview-replay end to end: a small synthetic city, a 31-frame drive bag, a tile set encoded with the
+tiny exported model, the real localize_node over DDS; then the outputs, the evaluation against an
+independent in-process Localizer, the report, and the failures (missing topic, node dying)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from rosbags.highlevel import AnyReader
+from rosbags.rosbag2 import StoragePlugin, Writer
+
+from crossview_ros import geo, replay
+from crossview_ros.bag.writer import read_drive_bag, typestore
+from crossview_ros.localizer import Fix, Localizer, LocalizerConfig, Reason
+from crossview_ros.sim.cli import main as sim_main
+from crossview_ros.tiles import TilingConfig, build_tile_set
+
+pytest.importorskip("rclpy")
+pytest.importorskip("filterpy")
+pytest.importorskip("matplotlib")
+
+TILE_M = 40.0  # conftest.TINY_TILE_M: the tiny model's offsets refer to 40 m tiles
+RATE = 2.0  # twice real time: 15 s of drive in 7.5 s
+# The tiny model has random weights: open the GNSS gate, switch heading on; min_margin comes from `gate`.
+NODE_ARGS = ("-p", "engine_threads:=1", "-p", "max_mahalanobis:=1000000.0", "-p", "heading:=true")
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory, tiny_export):
+    """City (200 m), drive bag (15 s at 2 Hz, 64 px panoramas), tile set encoded with the tiny model."""
+    root = tmp_path_factory.mktemp("replay")
+    assert sim_main(["city", "--out", str(root / "city"), "--size-m", "200", "--gsd-m", "0.5", "--seed", "3",
+                     "--no-progress"]) == 0
+    assert sim_main(["drive", "--city", str(root / "city"), "--out", str(root / "bag"), "--duration-s", "15",
+                     "--rate-hz", "2", "--pano-height-px", "64", "--seed", "1", "--no-progress"]) == 0
+    model = tiny_export(0)
+    from crossview_ros import tiles_cli
+
+    tiles = build_tile_set([root / "city" / "orthophoto.tif"], root / "tiles",
+                           TilingConfig(tile_size_m=TILE_M, tile_px=64), progress=False)
+    tiles_cli.encode_tile_set(tiles, model, engine="onnxruntime", threads=1, progress=False)
+    return {"root": root, "bag": root / "bag", "tiles": tiles, "model": model}
+
+
+@pytest.fixture(scope="module")
+def bag_messages(world):
+    """The bag read independently of the replay: panoramas, fixes, ground truth by stamp (ns)."""
+    panos, fixes, truth, truth_pose = [], [], {}, {}
+    with AnyReader([world["bag"]], default_typestore=typestore()) as reader:
+        for conn, _, raw in reader.messages():
+            if conn.topic in ("/odom", "/crossview/datum"):
+                continue
+            msg = reader.deserialize(raw, conn.msgtype)
+            if conn.topic == "/panorama/compressed":
+                panos.append((stamp_ns(msg), bytes(msg.data)))
+            elif conn.topic == "/gnss/fix":
+                fixes.append((stamp_ns(msg), msg))
+            elif conn.topic == "/ground_truth/fix":
+                truth[stamp_ns(msg)] = (msg.latitude, msg.longitude)
+            else:
+                q = msg.pose.orientation
+                truth_pose[stamp_ns(msg)] = (2.0 * math.atan2(q.z, q.w), msg.pose.position.x, msg.pose.position.y)
+    return {"panos": panos, "fixes": fixes, "truth": truth, "truth_pose": truth_pose}
+
+
+def localize_all(world, bag_messages, **overrides) -> dict[int, object]:
+    """In-process Localizer with the node's settings over every panorama, each with the newest fix not
+    after its stamp (the replay sends a fix before a panorama of the same stamp): stamp_ns -> Estimate."""
+    config = LocalizerConfig(tile_set=str(world["tiles"]), model=str(world["model"]), engine="onnxruntime",
+                             engine_threads=1, max_mahalanobis=1e6, heading=True, **overrides)
+    out = {}
+    with Localizer(config) as localizer:
+        for t_ns, jpeg in bag_messages["panos"]:
+            older = [m for s, m in bag_messages["fixes"] if s <= t_ns]
+            if not older:
+                out[t_ns] = None
+                continue
+            m = older[-1]
+            fix = Fix.from_navsat(m.latitude, m.longitude, stamp_ns(m) / 1e9, int(m.status.status),
+                                  list(m.position_covariance), int(m.position_covariance_type))
+            out[t_ns] = localizer.localize(jpeg, fix, t_ns / 1e9, now_s=t_ns / 1e9)
+    return out
+
+
+@pytest.fixture(scope="module")
+def gate(world, bag_messages) -> float:
+    """A min_margin inside the widest gap of the middle half of the margins: about half the frames
+    are then rejected LOW_MARGIN, far from any float tie between the node and the reference."""
+    margins = np.sort([e.margin for e in localize_all(world, bag_messages).values() if e is not None])
+    middle = margins[len(margins) // 4: 3 * len(margins) // 4 + 1]
+    k = int(np.argmax(np.diff(middle)))
+    assert middle[k + 1] - middle[k] > 1e-7, "no gap between the margins to put the gate in"
+    return float(0.5 * (middle[k] + middle[k + 1]))
+
+
+@pytest.fixture(scope="module")
+def result(world, gate):
+    return replay.replay_bag(world["bag"], world["tiles"], world["model"], world["root"] / "out", rate=RATE,
+                             node_args=(*NODE_ARGS, "-p", f"min_margin:={gate!r}"), progress=False, timeout_s=60.0)
+
+
+def read_outputs(path: Path) -> dict[str, list]:
+    out: dict[str, list] = {}
+    with AnyReader([path], default_typestore=typestore()) as reader:
+        for conn, log_ns, raw in reader.messages():
+            msg = reader.deserialize(raw, conn.msgtype)
+            out.setdefault(conn.topic, []).append((log_ns, msg))
+    return out
+
+
+def stamp_ns(msg) -> int:
+    return msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+
+
+# --------------------------------------------------------------------------- the recording
+
+
+def test_outputs_mcap_holds_what_the_node_published(result, world):
+    bag = read_drive_bag(world["bag"])
+    pano_ns = set(bag.topics["/panorama/compressed"].stamp_ns.tolist())
+    outputs = read_outputs(result.outputs_mcap)
+    published = [f for f in result.frames if f.accepted]
+    assert len(result.frames) == len(pano_ns) == 31
+    assert 5 <= len(published) <= 28  # the min_margin gate rejects some
+    assert len(outputs["/crossview/fix"]) == len(outputs["/crossview/pose"]) == len(published)
+    assert 1 <= len(outputs["/crossview/heading"]) <= len(published)  # a heading when the estimate has a yaw
+    assert len(outputs["/diagnostics"]) >= 1
+    heading_ns = {stamp_ns(m) for _, m in outputs["/crossview/heading"]}
+    assert heading_ns <= pano_ns
+    assert heading_ns == {round(f.stamp_s * 1e9) for f in result.frames if f.yaw_enu_rad is not None}
+    for topic in ("/crossview/fix", "/crossview/pose"):
+        stamps = [stamp_ns(m) for _, m in outputs[topic]]
+        assert set(stamps) <= pano_ns, f"{topic} carries a stamp that is no panorama's"
+        assert sorted(stamps) == sorted(round(f.stamp_s * 1e9) for f in published)
+        assert all(log == s for (log, _), s in zip(outputs[topic], stamps))  # log time = header stamp
+    assert result.summary["stray_output_stamps"] == 0
+    # The pose is the fix in the datum's ENU plane (pose_origin "datum" with the bag's datum).
+    enu = geo.LocalENU(bag.datum["datum_lat_deg"], bag.datum["datum_lon_deg"])
+    poses = {stamp_ns(m): m for _, m in outputs["/crossview/pose"]}
+    for _, fix in outputs["/crossview/fix"]:
+        e, n, _ = enu.forward(fix.latitude, fix.longitude, 0.0)
+        p = poses[stamp_ns(fix)].pose.pose.position
+        assert (p.x, p.y) == (pytest.approx(e, abs=1e-6), pytest.approx(n, abs=1e-6))
+    assert result.node_returncode == 0  # stopped cleanly with SIGINT
+
+
+def test_node_counters_and_rejections_add_up(result):
+    s = result.summary
+    counters = s["node_counters"]
+    assert counters["frames_received"] == s["frames_published_by_replay"] == 31
+    assert counters["frames_processed"] + counters["frames_dropped"] == counters["frames_received"]
+    assert counters["estimates_published"] == s["published"]
+    assert set(result.rejections) == {str(r) for r in Reason if r is not Reason.OK}
+    assert sum(result.rejections.values()) + s["published"] == counters["frames_processed"]
+    assert s["published_share"] == pytest.approx(s["published"] / 31)
+
+
+def test_latency_is_measured_per_published_frame(result):
+    for f in result.frames:
+        assert f.published_s is not None  # every panorama went out
+        if f.accepted:
+            assert f.received_s >= f.published_s and f.latency_s == pytest.approx(f.received_s - f.published_s)
+            assert f.latency_s < 5.0
+        else:
+            assert f.latency_s is None
+    lat = np.asarray([1000.0 * f.latency_s for f in result.frames if f.accepted])
+    assert result.summary["latency_ms"]["p50"] == pytest.approx(np.percentile(lat, 50))
+    assert result.summary["latency_ms"]["p99"] == pytest.approx(np.percentile(lat, 99))
+
+
+# --------------------------------------------------------------------------- the evaluation
+
+
+def test_positions_and_errors_match_an_independent_localizer(result, world, bag_messages, gate):
+    """The same frames through an in-process Localizer with the node's settings: same decisions,
+    same positions and headings; errors recomputed from the bag's ground truth."""
+    reference = localize_all(world, bag_messages, min_margin=gate)
+    by_stamp = {round(f.stamp_s * 1e9): f for f in result.frames}
+    truth, truth_pose = bag_messages["truth"], bag_messages["truth_pose"]
+    zone = read_drive_bag(world["bag"]).datum["utm_zone"]
+    compared = headings = 0
+    for t_ns, est in reference.items():
+        frame = by_stamp[t_ns]
+        if est is None:
+            assert not frame.accepted
+            continue
+        assert frame.accepted == est.accepted, (t_ns, est.reason, est.message)
+        assert est.accepted or est.reason == Reason.LOW_MARGIN
+        if not est.accepted:
+            assert frame.lat_deg is None and frame.error_m is None and frame.latency_s is None
+            continue
+        assert frame.lat_deg == pytest.approx(est.lat_deg, abs=1e-8)
+        assert frame.lon_deg == pytest.approx(est.lon_deg, abs=1e-8)
+        assert frame.sigma_m == pytest.approx(est.sigma_m, rel=1e-6)
+        tlat, tlon = truth[t_ns]
+        assert frame.error_m == pytest.approx(geo.distance_m(tlat, tlon, est.lat_deg, est.lon_deg), abs=1e-3)
+        compared += 1
+        if est.yaw_enu_rad is None:
+            assert frame.yaw_enu_rad is None and frame.heading_error_deg is None
+        else:
+            assert frame.yaw_enu_rad == pytest.approx(est.yaw_enu_rad, abs=1e-6)
+            yaw_grid, e_m, n_m = truth_pose[t_ns]
+            lat, lon = geo.utm_to_latlon(e_m, n_m, zone)
+            yaw_true = geo.yaw_utm_to_enu(yaw_grid, lat, lon, zone)
+            err = abs(math.degrees(geo.wrap_angle_rad(est.yaw_enu_rad - yaw_true)))
+            assert frame.heading_error_deg == pytest.approx(err, abs=1e-4)
+            headings += 1
+    for t_ns, frame in by_stamp.items():  # raw GNSS: the newest valid fix not after the stamp
+        valid = [m for s, m in bag_messages["fixes"] if s <= t_ns and m.status.status >= 0]
+        if valid:
+            expected = geo.distance_m(*truth[t_ns], valid[-1].latitude, valid[-1].longitude)
+            assert frame.gnss_error_m == pytest.approx(expected, abs=1e-3)
+    low_margin = sum(e is not None and e.reason == Reason.LOW_MARGIN for e in reference.values())
+    assert result.rejections["LOW_MARGIN"] == low_margin >= 3
+    assert compared == sum(f.accepted for f in result.frames) >= 5
+    assert headings == result.summary["heading"]["count"] >= 1
+
+
+def test_fused_track_and_summary_statistics(result):
+    s = result.summary
+    fused = [f.fused_error_m for f in result.frames if f.fused_error_m is not None]
+    first_published = min(f.index for f in result.frames if f.accepted)
+    assert len(fused) == len(result.frames) - first_published  # a fused position from the first pose on
+    ours = np.asarray([f.error_m for f in result.frames if f.accepted])
+    assert s["errors"]["crossview"]["count"] == ours.size
+    assert s["errors"]["crossview"]["median_m"] == pytest.approx(np.median(ours))
+    assert s["errors"]["crossview"]["p95_m"] == pytest.approx(np.percentile(ours, 95))
+    assert s["errors"]["crossview"]["under_25m_pct"] == pytest.approx(100.0 * np.mean(ours < 25.0))
+    assert s["errors"]["fused"]["mean_m"] == pytest.approx(np.mean(fused))
+    assert s["fusion"]["accepted"]["pose"] + s["fusion"]["rejected"]["pose"] == ours.size
+    assert s["fusion"]["accepted"]["odom"] > 100  # 50 Hz wheel odometry
+    assert "ekf.yaml" in s["fusion"]["description"]
+    assert s["fusion"]["with_gnss"]["accepted"]["gnss"] > 0
+
+
+def test_report_and_summary_json_agree(result):
+    out = result.out
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary == json.loads(json.dumps(result.summary))
+    md = (out / "report.md").read_text()
+    e = summary["errors"]["crossview"]
+    assert (f"| crossview fix (published frames) | {e['count']} | {e['median_m']:.2f} | {e['mean_m']:.2f} | "
+            f"{e['p95_m']:.2f} |") in md
+    g = summary["errors"]["gnss"]
+    assert f"| raw GNSS (every frame with a fix) | {g['count']} | {g['median_m']:.2f} |" in md
+    assert f"| latency p50 [ms] | {summary['latency_ms']['p50']:.1f} |" in md
+    assert f"| published share [%] | {100 * summary['published_share']:.1f} |" in md
+    for reason, count in summary["rejections"].items():
+        assert f"| {reason} | {count} |" in md
+    h = summary["heading"]
+    assert f"| heading error median [deg] | {h['median_deg']:.1f} |" in md
+    for name in ("error_cdf.png", "error_over_time.png", "trajectory.png", "latency.png", "heading_error.png"):
+        assert (out / name).stat().st_size > 1000 and f"]({name})" in md
+    assert "mosaic of the tile images" in summary["trajectory_background"]
+    with open(out / "frames.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 31
+    assert [r["accepted"] == "True" for r in rows] == [f.accepted for f in result.frames]
+    assert not list(out.parent.glob(".out.*"))  # the temporary folder was renamed, nothing left beside
+
+
+# --------------------------------------------------------------------------- failures
+
+
+def copy_bag_without(src: Path, dst: Path, drop: str) -> Path:
+    """The bag with one topic left out."""
+    ts = typestore()
+    with AnyReader([src], default_typestore=ts) as reader, \
+            Writer(dst, version=Writer.VERSION_LATEST, storage_plugin=StoragePlugin.MCAP) as writer:
+        conns = {c.topic: writer.add_connection(c.topic, c.msgtype, typestore=ts)
+                 for c in reader.connections if c.topic != drop}
+        for conn, log_ns, raw in reader.messages():
+            if conn.topic != drop:
+                writer.write(conns[conn.topic], log_ns, raw)
+    return dst
+
+
+def test_missing_topic_exits_2_and_writes_nothing(world, tmp_path):
+    bag = copy_bag_without(world["bag"], tmp_path / "no_truth", "/ground_truth/pose")
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-m", "crossview_ros.replay", str(bag), "--tiles", str(world["tiles"]),
+                           "--model", str(world["model"]), "--out", str(out), "--no-progress"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert "missing topic(s) /ground_truth/pose" in proc.stderr and "Traceback" not in proc.stderr
+    assert not out.exists() and not list(tmp_path.glob(".out*"))
+
+
+def test_node_that_dies_is_reported_with_its_log(world, tmp_path):
+    broken = tmp_path / "broken_model"
+    shutil.copytree(world["model"], broken)
+    (broken / "model.json").write_text("{ not json")
+    out = tmp_path / "out"
+    with pytest.raises(replay.NodeError) as info:
+        replay.replay_bag(world["bag"], world["tiles"], broken, out, rate=RATE, node_args=NODE_ARGS,
+                          progress=False, timeout_s=60.0)
+    assert info.value.returncode == 2 and info.value.exit_code == 2
+    assert "exited with code 2" in str(info.value)
+    assert "cannot start the localizer" in str(info.value)  # the node's own ERROR line, from its log tail
+    assert not out.exists() and not list(tmp_path.glob(".out*"))
+
+
+def test_existing_out_is_refused_unless_overwrite(world, result):
+    with pytest.raises(replay.ReplayError, match="exists"):
+        replay.replay_bag(world["bag"], world["tiles"], world["model"], result.out, progress=False)
