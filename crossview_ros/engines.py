@@ -44,7 +44,9 @@ METADATA_FILE = "model.json"
 GROUND_GRAPH = "ground.onnx"
 AERIAL_GRAPH = "aerial.onnx"
 OFFSET_GRAPH = "offset.onnx"
-GRAPHS = (GROUND_GRAPH, AERIAL_GRAPH, OFFSET_GRAPH)
+MATCH_GRAPH = "match.onnx"
+GRAPHS = (GROUND_GRAPH, AERIAL_GRAPH, OFFSET_GRAPH)  # a descriptor model (global descriptors + offset head)
+BEV_GRAPHS = (GROUND_GRAPH, AERIAL_GRAPH, MATCH_GRAPH)  # a top-down correlation model (crossview_training.bev)
 ENGINE_KINDS = ("auto", "onnxruntime", "tensorrt")
 ORT_PROVIDERS_BY_PREFERENCE = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 _GPU_PROVIDERS = ORT_PROVIDERS_BY_PREFERENCE[:2]
@@ -93,19 +95,35 @@ class ModelMeta:
     files: Mapping[str, str]  # graph file name -> sha256 hex digest
     opset: int
     raw: Mapping[str, Any] = field(repr=False)
+    matching: str = "descriptor"  # descriptor (cosine of global descriptors + offset head) | bev (match.onnx)
+
+    @property
+    def graphs(self) -> tuple[str, ...]:
+        return BEV_GRAPHS if self.matching == "bev" else GRAPHS
+
+    @property
+    def bev(self) -> Mapping[str, Any]:
+        """model.json's "matching" block of a bev model (rotations, kernel_cells, block_cells, cell_m, ...)."""
+        return self.raw["matching"]
 
     def graph_path(self, graph: str) -> Path:
         return self.path / graph
 
     def expected_io(self, graph: str) -> tuple[dict[str, tuple], dict[str, tuple]]:
-        """({input: shape}, {output: shape}) of a graph; shape[0] is None (dynamic batch)."""
+        """({input: shape}, {output: shape}) of a graph; shape[0] is None (dynamic batch), None elsewhere
+        is a dynamic size (match.onnx's map)."""
         d = self.descriptor_dim
         if graph == OFFSET_GRAPH:
             return {"ground": (_BATCH, d), "aerial": (_BATCH, d)}, {"offset": (_BATCH, 2)}
+        if graph == MATCH_GRAPH:
+            c = self.ground_features[0]
+            return ({"ground": (_BATCH, *self.ground_features), "aerial_map": (_BATCH, c, None, None)},
+                    {"scores": (_BATCH, int(self.bev["rotations"]), None, None)})
         spec, feats = (self.ground, self.ground_features) if graph == GROUND_GRAPH else (self.aerial,
                                                                                            self.aerial_features)
+        dim = int(np.prod(feats)) if graph == GROUND_GRAPH and self.matching == "bev" else d
         return ({"image": (_BATCH, 3, *spec.size_hw)},
-                {"descriptor": (_BATCH, d), "features": (_BATCH, *feats)})
+                {"descriptor": (_BATCH, dim), "features": (_BATCH, *feats)})
 
 
 def sha256_file(path: str | os.PathLike) -> str:
@@ -151,11 +169,11 @@ def _image_input(raw: dict[str, Any], view: str, bad: Callable[[str], EngineErro
 
 
 def _shape_spec(value: Any) -> tuple:
-    """["batch", 3, 64, 64] -> (None, 3, 64, 64); ValueError on anything else."""
+    """["batch", 3, 64, 64] -> (None, 3, 64, 64); a name for a dynamic size -> None; ValueError otherwise."""
     if not (isinstance(value, list) and value and value[0] == "batch"
-            and all(_is_int(v) and v > 0 for v in value[1:])):
+            and all((_is_int(v) and v > 0) or (isinstance(v, str) and v) for v in value[1:])):
         raise ValueError(value)
-    return (_BATCH, *value[1:])
+    return (_BATCH, *(v if _is_int(v) else None for v in value[1:]))
 
 
 def load_model_meta(model_dir: str | os.PathLike, verify: bool = True) -> ModelMeta:
@@ -210,9 +228,24 @@ def load_model_meta(model_dir: str | os.PathLike, verify: bool = True) -> ModelM
         files, graphs, opset = (_lookup(raw, "onnx/files"), _lookup(raw, "onnx/graphs"), _lookup(raw, "onnx/opset"))
     except KeyError as exc:
         raise bad(f"onnx.{exc.args[0].split('/')[-1]} is missing") from None
-    if not (isinstance(files, dict) and set(files) == set(GRAPHS)
+    block = raw.get("matching", {"kind": "descriptor"})  # exports before bev models have none
+    matching = block.get("kind") if isinstance(block, dict) else None
+    if matching not in ("descriptor", "bev"):
+        raise bad(f"matching.kind must be 'descriptor' or 'bev', got {matching!r}")
+    if matching == "bev":
+        m = raw["matching"]
+        for key in ("rotations", "match_stride", "kernel_cells", "block_cells"):
+            if not (_is_int(m.get(key)) and m[key] > 0):
+                raise bad(f"matching.{key} must be a positive integer, got {m.get(key)!r}")
+        for key in ("cell_m", "logit_scale"):
+            if not (_is_number(m.get(key)) and m[key] > 0):
+                raise bad(f"matching.{key} must be a positive number, got {m.get(key)!r}")
+        if feats["ground"][1:] != (m["kernel_cells"],) * 2 or dim != feats["aerial"][0] * m["block_cells"] ** 2:
+            raise bad("matching.kernel_cells / block_cells disagree with the feature shapes and descriptor_dim")
+    wanted = BEV_GRAPHS if matching == "bev" else GRAPHS
+    if not (isinstance(files, dict) and set(files) == set(wanted)
             and all(isinstance(v, str) and _SHA256_RE.match(v) for v in files.values())):
-        raise bad(f"onnx.files must map each of {GRAPHS} to its sha256 hex digest")
+        raise bad(f"onnx.files must map each of {wanted} to its sha256 hex digest")
     if not _is_int(opset):
         raise bad(f"onnx.opset must be an integer, got {opset!r}")
 
@@ -220,10 +253,10 @@ def load_model_meta(model_dir: str | os.PathLike, verify: bool = True) -> ModelM
         path=model_dir, name=raw["name"], model_hash=raw["model_hash"], descriptor_dim=int(dim), ground=ground,
         aerial=aerial, tile_size_m=None if tile_size_m is None else float(tile_size_m),
         ground_features=feats["ground"], aerial_features=feats["aerial"], files=dict(files), opset=int(opset),
-        raw=raw,
+        raw=raw, matching=matching,
     )
     # The graph I/O table must agree with the sizes above: the runtime validates graphs against it.
-    for graph in GRAPHS:
+    for graph in meta.graphs:
         want_in, want_out = meta.expected_io(graph)
         spec = graphs.get(graph) if isinstance(graphs, dict) else None
         try:
@@ -235,7 +268,7 @@ def load_model_meta(model_dir: str | os.PathLike, verify: bool = True) -> ModelM
             raise bad(f"onnx.graphs.{graph} ({_fmt_io(got_in, got_out)}) disagrees with the sizes in the same file "
                       f"({_fmt_io(want_in, want_out)})")
     if verify:
-        for graph in GRAPHS:
+        for graph in meta.graphs:
             file = model_dir / graph
             if not file.is_file():
                 raise EngineError(f"{file} listed in {path} is missing; {_REEXPORT}")
@@ -327,6 +360,22 @@ class Engine(abc.ABC):
             return np.zeros((0, 2), np.float32)
         return self._offset(g, a)
 
+    def match(self, ground: np.ndarray, aerial_map: np.ndarray) -> np.ndarray:
+        """bev models: ground features (1, C, K, K) x padded aerial feature map (1, C, H, W) ->
+        scores (1, R, H', W') for R camera bearings at every match_stride-th position (match.onnx)."""
+        if self.meta.matching != "bev":
+            raise ValueError(f"model {self.meta.name} is a descriptor model: it has no match graph")
+        g = np.ascontiguousarray(ground, dtype=np.float32)
+        a = np.ascontiguousarray(aerial_map, dtype=np.float32)
+        c, k = self.meta.ground_features[0], self.meta.ground_features[1]
+        if g.shape != (1, *self.meta.ground_features) or a.ndim != 4 or a.shape[:2] != (1, c) or min(a.shape[2:]) < k:
+            raise ValueError(f"match needs ground (1, {c}, {k}, {k}) and a map (1, {c}, H >= {k}, W >= {k}), got "
+                             f"{np.shape(ground)} and {np.shape(aerial_map)}")
+        return self._match(g, a)
+
+    def _match(self, ground: np.ndarray, aerial_map: np.ndarray) -> np.ndarray:
+        raise EngineError(f"{type(self).__name__} does not run match graphs (bev models); use onnxruntime")
+
     def close(self) -> None:
         """Release backend resources (GPU memory); the engine is unusable afterwards."""
 
@@ -370,8 +419,15 @@ class Engine(abc.ABC):
             desc, feats = self._encode(graph, np.zeros((1, 3, *spec.size_hw), np.float32))
             for out, arr in (("descriptor", desc), ("features", feats)):
                 self._check_output(graph, out, arr, want[out])
-            descs[graph] = desc
-        off = self._offset(descs[GROUND_GRAPH], descs[AERIAL_GRAPH])
+            descs[graph] = (desc, feats)
+        if self.meta.matching == "bev":
+            k = self.meta.ground_features[1]
+            scores = self._match(descs[GROUND_GRAPH][1][:1], descs[AERIAL_GRAPH][1][:1])
+            h_out = (self.meta.aerial_features[1] - k) // int(self.meta.bev["match_stride"]) + 1
+            self._check_output(MATCH_GRAPH, "scores", scores,
+                               (_BATCH, int(self.meta.bev["rotations"]), h_out, h_out))
+            return
+        off = self._offset(descs[GROUND_GRAPH][0], descs[AERIAL_GRAPH][0])
         self._check_output(OFFSET_GRAPH, "offset", off, (_BATCH, 2))
 
     def _check_output(self, graph: str, name: str, arr: np.ndarray, want: tuple) -> None:
@@ -517,7 +573,7 @@ class OnnxEngine(Engine):
         options.intra_op_num_threads = threads
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         self._sessions: dict[str, Any] = {}
-        for graph in GRAPHS:
+        for graph in self.meta.graphs:
             path = self.meta.graph_path(graph)
             try:
                 session = ort.InferenceSession(str(path), sess_options=options, providers=chosen)
@@ -545,8 +601,14 @@ class OnnxEngine(Engine):
         return desc, feats
 
     def _offset(self, ground: np.ndarray, aerial: np.ndarray) -> np.ndarray:
+        if OFFSET_GRAPH not in self._sessions:
+            raise EngineError(f"model {self.meta.name} is a bev model: it has no offset head")
         (off,) = self._sessions[OFFSET_GRAPH].run(["offset"], {"ground": ground, "aerial": aerial})
         return off
+
+    def _match(self, ground: np.ndarray, aerial_map: np.ndarray) -> np.ndarray:
+        (scores,) = self._sessions[MATCH_GRAPH].run(["scores"], {"ground": ground, "aerial_map": aerial_map})
+        return scores
 
 
 # --------------------------------------------------------------------------- TensorRT
@@ -598,6 +660,9 @@ class TensorRTEngine(Engine):
         if not (_is_int(max_batch) and max_batch >= 1):
             raise ValueError(f"max_batch must be an integer >= 1, got {max_batch!r}")
         self.meta = load_model_meta(model_dir, verify=verify)
+        if self.meta.matching != "descriptor":
+            raise EngineError(f"{model_dir} is a {self.meta.matching} model: its match graph (dynamic map size) "
+                              "runs in onnxruntime only; use engine onnxruntime (its CUDA/TensorRT EPs when present)")
         trt = _import_tensorrt()
         cudart = _import_cudart()
         self._trt, self._cudart = trt, cudart

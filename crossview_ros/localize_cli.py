@@ -60,8 +60,10 @@ class _UserError(Exception):
 @dataclass(frozen=True)
 class _Frame:
     path: Path
-    truth: Truth | None  # from a VIGOR name
+    truth: Truth | None  # from a VIGOR name, or a bag's ground truth
     city: str | None = None
+    data: bytes | None = None  # the encoded panorama (bag frames); None = read path
+    stamp_s: float | None = None  # bag frames: the panorama's stamp
 
 
 # --------------------------------------------------------------------------- arguments
@@ -92,6 +94,8 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override one localizer setting (repeatable), e.g. --set fusion=weighted")
     p.add_argument("--vigor", metavar="ROOT", help="evaluate on a VIGOR-layout dataset root")
+    p.add_argument("--bag", metavar="BAG", help="evaluate on a drive bag (crossview-sim drive): its panoramas, "
+                                                "GNSS fixes and ground truth, frame by frame as a stream")
     p.add_argument("--split", choices=VIGOR_SPLITS, default="cross_test", help="VIGOR split (default cross_test)")
     p.add_argument("--limit", type=int, default=0, help="evaluate at most N panoramas, evenly spread (0 = all)")
     p.add_argument("--noise-m", type=float, default=100.0,
@@ -460,6 +464,63 @@ def _run_batch(args: argparse.Namespace, frames: list[_Frame], root: Path | None
             estimates.append(loc.localize(data, fix, now, now_s=now))
     finally:
         any_loc.engine.close()
+    return _report(args, localizers, frames, fixes, estimates)
+
+
+def _bag_frames(path: Path, limit: int) -> tuple[list[_Frame], list[Fix]]:
+    """A drive bag's panoramas in stamp order, each with the newest GNSS fix at its stamp (as the node
+    pairs them) and the ground truth (position, and yaw turned from the UTM grid to ENU)."""
+    from crossview_ros.bag.writer import typestore
+    from crossview_ros.replay import ReplayError, read_bag
+
+    try:
+        bag = read_bag(path)
+    except ReplayError as exc:
+        raise _UserError(str(exc)) from None
+    store = typestore()
+    fix_stamps = np.array([f.stamp_ns for f in bag.fixes], np.int64)
+    order = np.argsort(bag.panorama_stamp_ns, kind="stable")
+    if 0 < limit < len(order):
+        order = order[np.unique(np.linspace(0, len(order) - 1, limit).round().astype(int))]
+    frames, fixes = [], []
+    for i in order:
+        stamp_ns = int(bag.panorama_stamp_ns[i])
+        k = int(np.searchsorted(fix_stamps, stamp_ns, side="right")) - 1
+        if k < 0:
+            continue  # no fix yet: the node would reject it as NO_FIX; nothing to evaluate
+        f = bag.fixes[k]
+        cov = None if f.covariance_enu_m2 is None else np.asarray(f.covariance_enu_m2)[:2, :2]
+        fixes.append(Fix(f.lat_deg, f.lon_deg, f.stamp_ns / 1e9, status=f.status, covariance_enu_m2=cov))
+        t_s = stamp_ns / 1e9
+        j = int(np.argmin(np.abs(bag.truth_stamp_s - t_s)))
+        g = int(np.argmin(np.abs(bag.truth_pose_stamp_s - t_s)))
+        lat, lon = float(bag.truth_lat_deg[j]), float(bag.truth_lon_deg[j])
+        yaw = float(geo.yaw_utm_to_enu(float(bag.truth_yaw_utm_rad[g]), lat, lon, bag.zone))
+        msg = store.deserialize_cdr(bag.panorama_raw[i], "sensor_msgs/msg/CompressedImage")
+        frames.append(_Frame(path, Truth(lat, lon, yaw), data=bytes(msg.data), stamp_s=t_s))
+    if not frames:
+        raise _UserError(f"{path} has no panorama after a GNSS fix")
+    return frames, fixes
+
+
+def _run_bag(args: argparse.Namespace) -> int:
+    """Localize a drive bag frame by frame as a stream (stamps, fixes and gating as in the node)."""
+    frames, fixes = _bag_frames(Path(args.bag), args.limit)
+    localizers = _localizers(args, [None], None)
+    loc = localizers[None]
+    estimates = []
+    try:
+        for fr, fix in zip(frames, fixes):
+            estimates.append(loc.localize(fr.data, fix, fr.stamp_s, now_s=fr.stamp_s))
+    finally:
+        loc.engine.close()
+    return _report(args, localizers, frames, fixes, estimates)
+
+
+def _report(args: argparse.Namespace, localizers: dict, frames: list[_Frame], fixes: list[Fix],
+            estimates: list[Estimate]) -> int:
+    """Summary (and calibration) of a batch: printed, or JSON with every estimate."""
+    any_loc = next(iter(localizers.values()))
     summary = _summary(estimates, frames, fixes, any_loc.config.heading)
     calibration = None
     if args.calibrate:
@@ -505,6 +566,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise _UserError(f"--noise-m must be a finite number of metres >= 0, got {args.noise_m}")
         if args.threads is not None and args.threads < 0:
             raise _UserError(f"--threads must be >= 0, got {args.threads}")
+        if args.bag:
+            if args.panoramas or args.fix or args.vigor:
+                raise _UserError("--bag evaluates a drive bag; give no panoramas, --fix or --vigor with it")
+            if not args.tiles:
+                raise _UserError("--bag needs --tiles DIR (the drive's city, encoded with --model)")
+            return _run_bag(args)
         if args.vigor:
             if args.panoramas or args.fix:
                 raise _UserError("--vigor evaluates a dataset split; give no panoramas and no --fix with it")

@@ -51,7 +51,7 @@ from typing import Any
 
 import numpy as np
 
-from crossview_ros import geo
+from crossview_ros import bev_match, geo
 from crossview_ros.atomic import write_json_atomic
 from crossview_ros.config import check_known_keys
 from crossview_ros.engines import (
@@ -728,7 +728,14 @@ class Localizer:
             check_engine_against_tiles(engine, self.tiles)
             self.search = ScopedSearch(self.tiles.descriptors, device=config.search_device)
             self.covariance = self._load_covariance()
-            self._heading = self._setup_heading() if config.heading else None
+            bev = self.meta.matching == "bev"
+            if bev and abs(float(self.meta.bev["cell_m"]) * int(self.meta.bev["block_cells"]) * 2
+                           - self.tiles.tile_size_m) > 1e-3 * self.tiles.tile_size_m:
+                raise LocalizerError(f"model {self.meta.name} matches {2 * self.meta.bev['block_cells']} cells of "
+                                     f"{self.meta.bev['cell_m']:.4f} m per tile but the tile set's tiles are "
+                                     f"{self.tiles.tile_size_m:g} m; cut the tiles at the model's size")
+            # a bev model finds the bearing with the position: no separate heading step
+            self._heading = self._setup_heading() if config.heading and not bev else None
         except BaseException:
             self.close()
             raise
@@ -863,6 +870,9 @@ class Localizer:
         ground_desc, ground_feats = self.engine.encode_ground(x)
         times["encode_ms"] = time.perf_counter() - t
 
+        if self.meta.matching == "bev":
+            return self._run_bev(ground_feats, scope, fix, fix_cov, age_s, stamp, times, context, t_start, search_s)
+
         t = time.perf_counter()
         result = self.search.search(ground_desc[0], scope, cfg.top_k)
         times["search_ms"] = search_s + time.perf_counter() - t
@@ -905,6 +915,49 @@ class Localizer:
         if not margin > cfg.min_margin:
             raise _Reject(Reason.LOW_MARGIN, f"retrieval margin {margin:.4f} is not above min_margin "
                                              f"{cfg.min_margin:g} (top-1 tile {int(ids[0])}, score {scores[0]:.4f})")
+        if d2 > cfg.max_mahalanobis:
+            raise _Reject(Reason.MAHALANOBIS, f"estimate is {math.hypot(de, dn):.1f} m from the fix, squared "
+                                              f"Mahalanobis distance {d2:.1f} > max_mahalanobis "
+                                              f"{cfg.max_mahalanobis:g}")
+        return self._finish(Estimate(stamp_s=stamp, accepted=True, reason=Reason.OK, **context,
+                                     latency=self._latency(times, t_start)))
+
+    def _run_bev(self, ground_feats: np.ndarray, scope: np.ndarray, fix: Fix, fix_cov: np.ndarray, age_s: float,
+                 stamp: float, times: dict[str, float], context: dict[str, Any], t_start: float,
+                 search_s: float) -> Estimate:
+        """Position and bearing from a top-down correlation model (crossview_ros.bev_match)."""
+        cfg = self.config
+        t = time.perf_counter()
+        bev = self.meta.bev
+        smap = bev_match.scope_map(self.tiles.descriptors[np.sort(scope)], np.sort(scope),
+                                   self.tiles.easting_m[np.sort(scope)], self.tiles.northing_m[np.sort(scope)],
+                                   channels=self.meta.ground_features[0], block_cells=int(bev["block_cells"]),
+                                   cell_m=float(bev["cell_m"]))
+        m = bev_match.match_scope(self.engine, ground_feats[:1], smap, exclusion_m=cfg.fusion_radius_m,
+                                  top_k=cfg.top_k)
+        times["search_ms"] = search_s + time.perf_counter() - t
+        t = time.perf_counter()
+        east, north = m.easting_m, m.northing_m
+        offset_m = (east - float(self.tiles.easting_m[m.tile_id]), north - float(self.tiles.northing_m[m.tile_id]))
+        lat, lon = geo.utm_to_latlon(east, north, self.tiles.zone)
+        sigma = self.covariance.sigma_m(m.margin, m.score, m.spread_m, math.hypot(*offset_m))
+        cov = np.eye(2) * sigma * sigma
+        de, dn = geo.offset_enu_m(float(fix.lat_deg), float(fix.lon_deg), lat, lon)
+        prior = fix_cov + np.eye(2) * (age_s * cfg.max_speed_mps) ** 2
+        innovation = np.array([de, dn])
+        d2 = float(innovation @ np.linalg.solve(cov + prior, innovation))
+        times["offset_ms"] = time.perf_counter() - t
+        context.update(lat_deg=float(lat), lon_deg=float(lon), utm_zone=str(self.tiles.zone), easting_m=east,
+                       northing_m=north, covariance_enu_m2=cov, score=m.score, margin=m.margin, tile_id=m.tile_id,
+                       offset_m=offset_m, spread_m=m.spread_m, mahalanobis_d2=d2)
+        if cfg.heading:
+            yaw_grid = math.pi / 2 - m.bearing_rad  # bearing clockwise from grid north -> CCW from grid east
+            yaw = float(geo.wrap_angle_rad(geo.yaw_utm_to_enu(yaw_grid, lat, lon, self.tiles.zone)))
+            context.update(yaw_enu_rad=yaw, yaw_variance_raw_rad2=m.bearing_variance_rad2,
+                           yaw_variance_rad2=float(self.covariance.yaw_variance_rad2(m.bearing_variance_rad2)))
+        if not m.margin > cfg.min_margin:
+            raise _Reject(Reason.LOW_MARGIN, f"match margin {m.margin:.4f} is not above min_margin "
+                                             f"{cfg.min_margin:g} (tile {m.tile_id}, score {m.score:.4f})")
         if d2 > cfg.max_mahalanobis:
             raise _Reject(Reason.MAHALANOBIS, f"estimate is {math.hypot(de, dn):.1f} m from the fix, squared "
                                               f"Mahalanobis distance {d2:.1f} > max_mahalanobis "

@@ -44,9 +44,10 @@ GNSS_HALF_WIDTH_M = 100.0  # VIGOR's noisy-GPS protocol: uniform per axis
 
 @dataclass
 class Descriptors:
-    ground: np.ndarray  # (N, D) L2-normalised
-    aerial: np.ndarray  # (M, D) L2-normalised
+    ground: np.ndarray | None  # (N, D) L2-normalised
+    aerial: np.ndarray | None  # (M, D) L2-normalised
     offset_fn: object = None  # callable(ground_idx (K,), tile_idx (K,)) -> (K, 2) (dE, dN)/L, or None
+    similarity: np.ndarray | None = None  # (N, M) scores given directly (models that match densely); else ground @ aerial.T
 
 
 def recall_at_k(similarity: np.ndarray, positive: np.ndarray, ks: Sequence[int]) -> dict[int, float]:
@@ -94,7 +95,7 @@ def scoped_top1(similarity: np.ndarray, sat_en: np.ndarray, sat_city: np.ndarray
 def evaluate(split: VigorSplit, desc: Descriptors, *, tile_size_m: float, seed: int = 0,
              heading_error_deg: np.ndarray | None = None) -> dict:
     """Every figure of the module docstring for one split and one set of descriptors."""
-    sim = desc.ground @ desc.aerial.T
+    sim = desc.similarity if desc.similarity is not None else desc.ground @ desc.aerial.T
     positive = split.labels[:, 0]
     m = sim.shape[1]
     ks = (1, 5, 10, max(1, math.ceil(m / 100)))
@@ -244,6 +245,16 @@ def model_descriptors(model, split: VigorSplit, *, batch_size: int = 32, progres
     return Descriptors(g, a, offset_fn if use_offset else None)
 
 
+def bev_descriptors(model, split: VigorSplit, *, progress: bool = True) -> Descriptors:
+    """A BEV correlation model's tile scores and in-tile offsets, in the Descriptors form."""
+    from crossview_training.bev import bev_similarity
+
+    cfg = model.config
+    panos, sats = cached_images(split, cfg.pano_size, (cfg.tile_px, cfg.tile_px), progress=progress)
+    sim, offsets = bev_similarity(model, split, np.asarray(panos), np.asarray(sats), progress=progress)
+    return Descriptors(None, None, offset_fn=lambda gi, ti: offsets[gi, ti], similarity=sim)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="crossview-eval", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -270,7 +281,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from crossview_training.models import load_checkpoint
 
             model = load_checkpoint(args.checkpoint)
-            desc = model_descriptors(model, split, batch_size=args.batch_size, progress=not args.no_progress)
+            if model.name.startswith("bev"):
+                desc = bev_descriptors(model, split, progress=not args.no_progress)
+            else:
+                desc = model_descriptors(model, split, batch_size=args.batch_size, progress=not args.no_progress)
             title = f"{Path(args.checkpoint).name} on {args.split}"
         else:
             panos, sats = cached_images(split, (128, 256), (128, 128), progress=not args.no_progress)

@@ -336,6 +336,11 @@ def export_onnx(model: CrossViewModel, out_dir: str | os.PathLike, *, opset: int
     """
     if opset < MIN_OPSET:
         raise ExportError(f"opset {opset} < {MIN_OPSET}: the runtime needs opset >= {MIN_OPSET}")
+    if getattr(model, "name", "").startswith("bev"):
+        from crossview_training.bev import export_bev_onnx
+
+        return export_bev_onnx(copy.deepcopy(model).cpu().float(), out_dir, opset=opset, overwrite=overwrite,
+                               train_config=train_config, seed=seed)
     if tile_size_m is not None and not tile_size_m > 0:
         raise ExportError(f"tile_size_m must be positive, got {tile_size_m}")
     out_dir = Path(out_dir)

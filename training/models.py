@@ -514,8 +514,14 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
 
 def model_from_checkpoint(ckpt: dict[str, Any], source: str = "checkpoint") -> CrossViewModel:
     """Rebuild the model a checkpoint dict describes and load its weights strictly (eval mode)."""
-    config = ModelConfig.from_dict(dict(ckpt["model_config"]))
-    model = CrossViewModel(config, name=str(ckpt["model_name"]))
+    if str(ckpt["model_name"]).startswith("bev"):
+        from crossview_training.bev import BevConfig, BevModel
+
+        config = BevConfig.from_dict(dict(ckpt["model_config"]))
+        model = BevModel(config, name=str(ckpt["model_name"]))
+    else:
+        config = ModelConfig.from_dict(dict(ckpt["model_config"]))
+        model = CrossViewModel(config, name=str(ckpt["model_name"]))
     state = ckpt["state_dict"]
     wanted = model.state_dict()
     missing = sorted(set(wanted) - set(state))
@@ -523,7 +529,7 @@ def model_from_checkpoint(ckpt: dict[str, Any], source: str = "checkpoint") -> C
     misshapen = sorted(f"{k} {tuple(state[k].shape)} != {tuple(wanted[k].shape)}"
                        for k in set(wanted) & set(state) if state[k].shape != wanted[k].shape)
     if missing or unexpected or misshapen:
-        raise WeightsError(f"{source} does not fit its model config ({config.backbone}, {config.aggregator}): "
+        raise WeightsError(f"{source} does not fit its model config ({ckpt['model_name']}): "
                            f"{_key_report(missing, unexpected, misshapen)}")
     model.load_state_dict(state, strict=True)
     return model.eval()

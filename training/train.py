@@ -122,6 +122,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     "cpu-small": {"model": "small", "ground_size": (128, 256), "aerial_size": (128, 128), "epochs": 16,
                   "batch_size": 32, "lr": 1e-3, "loss": "infonce", "mining": "neighbours",
                   "time_budget_min": 30.0, "threads": 2},
+    # 2-core CPU, 30 minutes: the top-down correlation model (crossview_training.bev), which
+    # learns where things lie on the ground instead of one descriptor per tile.
+    "cpu-bev": {"model": "bev_small", "epochs": 40, "batch_size": 16, "lr": 2e-3, "warmup_steps": 20,
+                "photometric": 0.3, "time_budget_min": 30.0, "threads": 2, "checkpoint_every": 100},
     # VIGOR section 5: VGG16 + SAFA at 640x320 / 320x320, triplet (alpha 10) then hybrid.
     "vgg16-paper": {"model": "vgg16_safa", "ground_size": (320, 640), "aerial_size": (320, 320), "epochs": 40,
                     "batch_size": 32, "lr": 1e-5, "loss": "hybrid", "mining": "in_batch",
@@ -441,7 +445,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         backend = "nccl" if train_device(config).type == "cuda" else "gloo"
         dist.init_process_group(backend)
     try:
-        path = train(config, args.out, progress=not args.no_progress)
+        if config.model.startswith("bev"):
+            from crossview_training.bev import train_bev
+
+            path = train_bev(config, args.out, tile_size_m=_tile_size_m(config.data), progress=not args.no_progress)
+        else:
+            path = train(config, args.out, progress=not args.no_progress)
     finally:
         if dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()

@@ -1,0 +1,176 @@
+"""Position and bearing of the camera from a top-down correlation model (model.json matching "bev").
+
+A bev model's tile descriptor is the central half-block of the tile's aerial feature map; tiles
+overlap by 50 %, so the blocks of the scope's tiles, put side by side at their grid places, form
+one feature map of the whole scope. match.onnx correlates the panorama's ground features, rotated
+to each of R camera bearings, with that map at every other cell; the best (bearing, position) is
+then refined at every cell around it and to sub-cell / sub-step precision with parabolas.
+
+Everything the localizer needs comes out of the score volume: the position, the bearing (so
+yaw, with no separate heading step), a margin against the best distinct place, and a spread (the
+RMS distance of the positions weighted by the model's own softmax) for the covariance.
+Only numpy here: the correlation itself runs in the engine (onnxruntime).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+
+@dataclass
+class BevMatch:
+    """The best camera pose in a scope; positions on the tile set's UTM grid."""
+
+    easting_m: float
+    northing_m: float
+    bearing_rad: float  # camera forward (panorama column 0), clockwise from grid north
+    score: float  # mean cosine at the best pose
+    margin: float  # score - best score at positions farther than exclusion_m (any bearing)
+    spread_m: float  # softmax-weighted RMS distance of all positions from the best one
+    bearing_variance_rad2: float  # softmax-weighted circular variance over bearings at the best position
+    tile_id: int  # the tile whose central block holds the camera
+    tile_ids: np.ndarray  # tiles ranked by their best score (top_k)
+    tile_scores: np.ndarray
+
+
+@dataclass
+class ScopeMap:
+    """The scope's tile blocks side by side; cell corner (i, j) is a camera position."""
+
+    fmap: np.ndarray  # (C, H, W) float32
+    owner: np.ndarray  # (rows, cols) tile id of each block, -1 where no tile
+    corner_e_m: float  # easting of corner (0, 0)
+    corner_n_m: float  # northing of corner (0, 0)
+    cell_m: float
+    block_cells: int
+
+    def position(self, i: float, j: float) -> tuple[float, float]:
+        """UTM (E, N) of corner (i, j) (fractional allowed)."""
+        return self.corner_e_m + j * self.cell_m, self.corner_n_m - i * self.cell_m
+
+    def tile_at(self, i: int, j: int) -> int:
+        """Tile whose block holds corner (i, j), or -1."""
+        b = self.block_cells
+        r, c = i // b, j // b
+        if 0 <= r < self.owner.shape[0] and 0 <= c < self.owner.shape[1] and i >= 0 and j >= 0:
+            return int(self.owner[r, c])
+        return -1
+
+
+def scope_map(descriptors: np.ndarray, tile_ids: np.ndarray, easting_m: np.ndarray, northing_m: np.ndarray,
+              *, channels: int, block_cells: int, cell_m: float) -> ScopeMap:
+    """Place the tiles' blocks on their grid: descriptors (T, C*b*b) rows as the tile set stores them
+    (L2-normalised: every cell is a unit vector, so the row norm is b and is undone here)."""
+    b = block_cells
+    block_m = b * cell_m
+    blocks = np.asarray(descriptors, np.float32).reshape(len(tile_ids), channels, b, b) * np.float32(b)
+    e_min, n_max = float(np.min(easting_m)), float(np.max(northing_m))
+    cols = np.round((np.asarray(easting_m) - e_min) / block_m).astype(int)
+    rows = np.round((n_max - np.asarray(northing_m)) / block_m).astype(int)
+    owner = np.full((rows.max() + 1, cols.max() + 1), -1, np.int64)
+    fmap = np.zeros((channels, owner.shape[0] * b, owner.shape[1] * b), np.float32)
+    for t, r, c, blk in zip(tile_ids, rows, cols, blocks):
+        owner[r, c] = t
+        fmap[:, r * b:(r + 1) * b, c * b:(c + 1) * b] = blk
+    return ScopeMap(fmap, owner, e_min - block_m / 2, n_max + block_m / 2, cell_m, b)
+
+
+def _parabola(s_minus: float, s0: float, s_plus: float) -> float:
+    """Sub-sample offset of a peak in [-0.5, 0.5] from three samples."""
+    den = s_minus - 2 * s0 + s_plus
+    if not (math.isfinite(s_minus) and math.isfinite(s_plus) and den < 0):
+        return 0.0  # an edge of the scope, or a flat top
+    return float(np.clip(0.5 * (s_minus - s_plus) / den, -0.5, 0.5))
+
+
+def match_scope(engine: Any, ground: np.ndarray, smap: ScopeMap, *, exclusion_m: float, top_k: int) -> BevMatch:
+    """Best bearing and position of the camera in the scope map (see the module docstring).
+
+    ground: (1, C, K, K) camera-frame ground features from the engine's ground graph.
+    """
+    meta = engine.meta.bev
+    k, stride, n_rot = int(meta["kernel_cells"]), int(meta["match_stride"]), int(meta["rotations"])
+    scale = float(meta["logit_scale"])
+    c, h, w = smap.fmap.shape
+    padded = np.pad(smap.fmap, ((0, 0), (k // 2, k // 2 - 1), (k // 2, k // 2 - 1)))[None]
+    coarse = engine.match(ground, padded)[0]  # (R, ceil(H / s), ceil(W / s)) at corners (s i, s j)
+    ii = np.arange(coarse.shape[1]) * stride
+    jj = np.arange(coarse.shape[2]) * stride
+    b = smap.block_cells
+    valid = smap.owner[np.minimum(ii // b, smap.owner.shape[0] - 1)][:, np.minimum(jj // b, smap.owner.shape[1] - 1)]
+    valid = valid >= 0
+    best_rot = coarse.max(axis=0)
+    masked = np.where(valid, best_rot, -np.inf)
+    ci, cj = np.unravel_index(int(np.argmax(masked)), masked.shape)
+    r0 = int(np.argmax(coarse[:, ci, cj]))
+
+    # every corner in a (2s+1)^2 window around the coarse peak: one stride-s call per phase
+    i_lo, j_lo = ii[ci] - stride, jj[cj] - stride
+    span = 2 * stride + 1
+    fine = np.full((n_rot, span, span), -np.inf, np.float32)
+    def corners(lo: int, phase: int, size: int) -> tuple[int, int]:
+        """First and last corner >= 0, < size, in [lo + phase, lo + span) with lo + phase's residue."""
+        first = lo + phase
+        if first < 0:
+            first += -(first // stride) * stride
+        last = min(lo + span - 1, size - 1)
+        last -= (last - first) % stride
+        return first, last
+
+    for di in range(stride):
+        for dj in range(stride):
+            a0, a1 = corners(i_lo, di, h)
+            b0, b1 = corners(j_lo, dj, w)
+            if a0 > a1 or b0 > b1:
+                continue
+            s = engine.match(ground, np.ascontiguousarray(padded[:, :, a0:a1 + k, b0:b1 + k]))[0]
+            fi = a0 - i_lo + stride * np.arange(s.shape[1])
+            fj = b0 - j_lo + stride * np.arange(s.shape[2])
+            fine[:, fi[:, None], fj[None, :]] = s
+    for a in range(span):
+        for bb in range(span):
+            if smap.tile_at(i_lo + a, j_lo + bb) < 0:
+                fine[:, a, bb] = -np.inf
+    rots = [(r0 - 1) % n_rot, r0, (r0 + 1) % n_rot]
+    sub = fine[rots]
+    ri, fa, fb = np.unravel_index(int(np.argmax(sub)), sub.shape)
+    r_best = rots[ri]
+    s0 = float(fine[r_best, fa, fb])
+    # sub-cell and sub-step refinement
+    da = _parabola(float(fine[r_best, fa - 1, fb]), s0, float(fine[r_best, fa + 1, fb])) if 0 < fa < span - 1 else 0.0
+    db = _parabola(float(fine[r_best, fa, fb - 1]), s0, float(fine[r_best, fa, fb + 1])) if 0 < fb < span - 1 else 0.0
+    at = fine[:, fa, fb]
+    dr = _parabola(float(at[(r_best - 1) % n_rot]), s0, float(at[(r_best + 1) % n_rot]))
+    i_best, j_best = i_lo + fa, j_lo + fb
+    east, north = smap.position(i_best + da, j_best + db)
+    step = 2 * math.pi / n_rot
+    bearing = float(np.remainder((r_best + dr) * step, 2 * math.pi))
+
+    # margin against distinct places, spread and bearing variance from the model's softmax
+    pe, pn = smap.position(ii[:, None], jj[None, :])
+    dist = np.hypot(pe - east, pn - north)
+    far = valid & (dist > exclusion_m)
+    margin = s0 - float(best_rot[far].max()) if far.any() else s0 + 1.0
+    logits = np.where(valid, best_rot, -np.inf) * scale
+    p = np.exp(logits - logits.max())
+    p /= p.sum()
+    spread = float(math.sqrt(float(np.sum(p * dist ** 2))))
+    q = np.exp((at - at.max()) * scale)
+    q /= q.sum()
+    angles = np.arange(n_rot) * step
+    resultant = abs(complex(np.sum(q * np.cos(angles)), np.sum(q * np.sin(angles))))
+    bearing_var = float(max(-2.0 * math.log(max(resultant, 1e-9)), (step / 2) ** 2 / 3))
+
+    # tiles ranked by their best score (coarse, and the refined one for the chosen tile)
+    tile_id = smap.tile_at(i_best, j_best)
+    tile_of = smap.owner[np.minimum(ii // b, smap.owner.shape[0] - 1)][:, np.minimum(jj // b, smap.owner.shape[1] - 1)]
+    ids = np.unique(tile_of[valid])
+    per_tile = np.array([best_rot[valid & (tile_of == t)].max() for t in ids])
+    per_tile[ids == tile_id] = np.maximum(per_tile[ids == tile_id], s0)
+    order = np.argsort(-per_tile, kind="stable")[:max(1, top_k)]
+    return BevMatch(float(east), float(north), bearing, s0, float(margin), spread, bearing_var, tile_id,
+                    ids[order], per_tile[order])

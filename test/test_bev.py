@@ -1,0 +1,233 @@
+"""Top-down correlation model (crossview_training.bev) and its runtime matcher (crossview_ros.bev_match):
+projection and rotation geometry on hand-computed cases, tile scores against brute force, resume,
+export parity, and the matcher recovering a known pose from a planted kernel."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from crossview_training import bev as B  # noqa: E402
+
+TINY = dict(pano_size=(32, 64), tile_px=32, tile_size_m=16.0, kernel_cells=4, channels=8, feature_dim=4)
+
+
+def tiny_model(seed: int = 0) -> B.BevModel:
+    torch.manual_seed(seed)
+    return B.BevModel(B.BevConfig(**TINY)).eval()
+
+
+def test_ground_point_straight_ahead_samples_column_zero_at_its_depression():
+    cfg = B.BevConfig(pano_size=(180, 360), tile_px=64, tile_size_m=32.0, kernel_cells=8, camera_height_m=2.0)
+    grid = B.bev_sampling_grid(cfg)[0]  # (S, S, 2), S = 32 px of 0.5 m
+    s = grid.shape[0]
+    # the pixel just right of centre, far ahead: row 0, col s/2 -> x = +0.25 m, y = 7.75 m
+    gx, gy = grid[0, s // 2].tolist()
+    x, y = 0.25, (s / 2 - 0.5) * 0.5
+    azimuth = math.atan2(x, y)
+    col = azimuth / (2 * math.pi) * 360 - 0.5 + 1.0
+    row = (math.pi / 2 + math.atan(2.0 / math.hypot(x, y))) / math.pi * 180 - 0.5
+    assert gx == pytest.approx((col + 0.5) / 362 * 2 - 1, abs=1e-5)
+    assert gy == pytest.approx((row + 0.5) / 180 * 2 - 1, abs=1e-5)
+    # behind the camera (bottom row, just right of centre): azimuth just under 180 deg, clockwise
+    gx_back = grid[-1, s // 2, 0].item()
+    az_back = math.degrees(math.atan2(0.25, -(s / 2 - 0.5) * 0.5))
+    assert 175 < az_back < 180
+    assert (gx_back + 1) / 2 * 362 - 0.5 == pytest.approx(az_back - 0.5 + 1.0, abs=1e-3)
+
+
+def test_north_up_rotation_puts_what_is_ahead_where_the_camera_faces():
+    model = tiny_model()
+    k = model.config.kernel_cells
+    feats = torch.zeros(1, 1, k, k)
+    feats[0, 0, 0, k // 2 - 1:k // 2 + 1] = 1.0  # a thing straight ahead (top row, centre)
+    east = model.north_up(feats, torch.tensor([math.pi / 2]))[0, 0]  # facing east
+    assert east[:, -1].sum() > 0.9 * east.sum() > 0  # now on the east (right) edge
+    south = model.north_up(feats, torch.tensor([math.pi]))[0, 0]
+    assert south[-1, :].sum() > 0.9 * south.sum() > 0  # facing south: bottom edge
+    same = model.north_up(feats, torch.tensor([0.0]))[0, 0]
+    assert torch.allclose(same, feats[0, 0] * model.mask[0, 0], atol=1e-6)
+
+
+def test_tile_scores_equal_brute_force_correlation():
+    model = tiny_model()
+    cfg = model.config
+    b, k, c = cfg.block_cells, cfg.kernel_cells, cfg.feature_dim
+    rng = np.random.default_rng(0)
+    blocks = torch.from_numpy(rng.normal(size=(6, c, b, b)).astype(np.float32))
+    tile_rc = np.array([[0, 0], [0, 1], [0, 2], [1, 0], [1, 1], [1, 2]]) * (cfg.tile_px // 2)
+    fmap, grid = B.block_mosaic(blocks, tile_rc, cfg.tile_px // 2)
+    ground = torch.from_numpy(rng.normal(size=(1, c, k, k)).astype(np.float32)) * model.mask
+    best, cell = B.score_blocks(model, ground, fmap, grid)
+    padded = np.pad(fmap.numpy(), ((0, 0), (k // 2, k // 2 - 1), (k // 2, k // 2 - 1)))
+    g = ground[0].numpy()
+    norm = float(model.mask.sum())
+    for t, (r, cc) in enumerate(grid):
+        scores = np.array([[np.sum(padded[:, i:i + k, j:j + k] * g) / norm for j in range(cc * b, cc * b + b)]
+                           for i in range(r * b, r * b + b)])
+        assert best[0, t].item() == pytest.approx(scores.max(), abs=1e-5)
+        assert tuple(cell[0, t].tolist()) == np.unravel_index(np.argmax(scores), scores.shape)
+
+
+def test_mosaic_places_each_tile_centre_block_at_its_position():
+    cfg = B.BevConfig(**TINY)
+    half = cfg.tile_px // 2
+    rng = np.random.default_rng(1)
+    sats = rng.integers(0, 255, (4, cfg.tile_px, cfg.tile_px, 3), dtype=np.uint8)
+    step_m = cfg.tile_size_m / 2
+
+    class Split:
+        cities = ("X",)
+        sat_city = np.zeros(4, int)
+
+    sat_en = np.array([[500000.0, 4e6], [500000.0 + step_m, 4e6], [500000.0, 4e6 - step_m],
+                       [500000.0 + step_m, 4e6 - step_m]])
+    mosaic = B.build_mosaics(Split(), sats, sat_en, cfg)[0]
+    assert mosaic.image.shape == (2 * half, 2 * half, 3)
+    for t in range(4):
+        r, c = np.round(mosaic.pixel(sat_en[t])).astype(int)  # the tile centre in mosaic px
+        q = half // 2
+        np.testing.assert_array_equal(mosaic.image[r - q:r + q, c - q:c + q], sats[t][q:q + half, q:q + half])
+
+
+@pytest.fixture(scope="module")
+def vigor_root(tmp_path_factory):
+    from crossview_ros.sim.city import CityConfig
+    from crossview_ros.sim.vigor import VigorConfig, write_vigor_dataset
+
+    root = tmp_path_factory.mktemp("bev_vigor")
+    cities = {"NewYork": CityConfig(datum_lat_deg=40.7580, datum_lon_deg=-73.9855, size_m=260.0, gsd_m=0.25, seed=31),
+              "Chicago": CityConfig(datum_lat_deg=41.8781, datum_lon_deg=-87.6298, size_m=260.0, gsd_m=0.25, seed=32)}
+    write_vigor_dataset(root, cities, VigorConfig(panoramas=16, pano_height_px=32, sat_px=64, tile_size_m=40.0,
+                                                  seed=5), cross_area_train=["NewYork"], progress=False)
+    return root
+
+
+def test_training_resumes_to_the_same_weights(tmp_path, vigor_root):
+    from crossview_training.train import build_config
+
+    torch.set_num_threads(1)
+    config = build_config("cpu-bev", None, [f"data={vigor_root}", "batch_size=4", "epochs=1", "threads=1",
+                                             "time_budget_min=0", "checkpoint_every=2", "rotation_deg=180",
+                                             "model_overrides={pano_size: [32, 64], tile_px: 32, kernel_cells: 4, "
+                                             "channels: 8, feature_dim: 4}"])
+    straight = B.train_bev(config, tmp_path / "a", tile_size_m=40.0, progress=False, stop_after_steps=4)
+    B.train_bev(config, tmp_path / "b", tile_size_m=40.0, progress=False, stop_after_steps=2)
+    resumed = B.train_bev(config, tmp_path / "b", tile_size_m=40.0, progress=False, stop_after_steps=4)
+    a = torch.load(straight, weights_only=True)["state_dict"]
+    b = torch.load(resumed, weights_only=True)["state_dict"]
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+@pytest.fixture(scope="module")
+def bev_export(tmp_path_factory):
+    from crossview_training.export import export_onnx
+
+    out = tmp_path_factory.mktemp("bev") / "model"
+    torch.set_num_threads(1)
+    export_onnx(tiny_model(3), out)
+    return out
+
+
+def test_export_parity_and_engine(bev_export):
+    import json
+
+    from crossview_ros.engines import BEV_GRAPHS, OnnxEngine
+
+    meta = json.loads((bev_export / "model.json").read_text())
+    assert meta["matching"]["kind"] == "bev" and set(meta["onnx"]["files"]) == set(BEV_GRAPHS)
+    for outs in meta["parity"]["files"].values():
+        assert all(v["max_abs_err"] < 1e-4 for v in outs.values())
+    engine = OnnxEngine(bev_export, threads=1)
+    model = tiny_model(3)
+    x = torch.randn(2, 3, *model.config.pano_size)
+    desc, feats = engine.encode_ground(x.numpy())
+    with torch.no_grad():
+        want = model.ground_features(x)
+    np.testing.assert_allclose(feats, want.numpy(), atol=1e-5)
+    assert desc.shape == (2, int(np.prod(want.shape[1:])))
+    with pytest.raises(ValueError, match="match needs"):
+        engine.match(feats, np.zeros((1, 4, 2, 2), np.float32))
+
+
+def planted_scope(engine, bearing_quarter_turns: int, true_ij: tuple[int, int], seed: int = 0):
+    """A 3 x 3 tile scope of smooth random unit features (like a CNN's: neighbouring cells alike, so
+    the stride-2 coarse search sees the peak) and a ground kernel cut from it at true_ij, turned
+    into the camera frame of a camera facing bearing_quarter_turns x 90 deg."""
+    from scipy.ndimage import gaussian_filter
+
+    from crossview_ros import bev_match
+
+    meta = engine.meta.bev
+    k, b = int(meta["kernel_cells"]), int(meta["block_cells"])
+    c = engine.meta.ground_features[0]
+    rng = np.random.default_rng(seed)
+    field = gaussian_filter(rng.normal(size=(c, 3 * b, 3 * b)), sigma=(0, 1.0, 1.0), mode="wrap")
+    field /= np.linalg.norm(field, axis=0, keepdims=True)
+    blocks = field.reshape(c, 3, b, 3, b).transpose(1, 3, 0, 2, 4).reshape(9, c, b, b).astype(np.float32)
+    block_m = b * float(meta["cell_m"])
+    easting = 300000.0 + block_m * np.tile(np.arange(3), 3)
+    northing = 5e6 - block_m * np.repeat(np.arange(3), 3)
+    rows = blocks.reshape(9, -1) / b  # as the tile set stores them: L2-normalised rows
+    smap = bev_match.scope_map(rows, np.arange(9), easting, northing, channels=c, block_cells=b,
+                               cell_m=float(meta["cell_m"]))
+    i, j = true_ij
+    north_up = smap.fmap[:, i - k // 2:i + k // 2, j - k // 2:j + k // 2]
+    cam = np.rot90(north_up, bearing_quarter_turns, axes=(1, 2))  # facing east: east comes up front
+    cc = np.arange(k) + 0.5 - k / 2
+    mask = (np.hypot(cc[:, None], cc[None, :]) <= k / 2).astype(np.float32)
+    return smap, np.ascontiguousarray(cam * mask)[None]
+
+
+@pytest.mark.parametrize("turns", [0, 1, 2, 3])
+def test_matcher_recovers_a_planted_pose(bev_export, turns):
+    from crossview_ros import bev_match
+    from crossview_ros.engines import OnnxEngine
+
+    engine = OnnxEngine(bev_export, threads=1)
+    smap, ground = planted_scope(engine, turns, (7, 5))
+    m = bev_match.match_scope(engine, ground, smap, exclusion_m=5.0, top_k=3)
+    want_e, want_n = smap.position(7, 5)
+    assert math.hypot(m.easting_m - want_e, m.northing_m - want_n) < 0.5 * smap.cell_m
+    assert abs(math.remainder(m.bearing_rad - turns * math.pi / 2, 2 * math.pi)) < math.radians(5)
+    assert m.score > 0.9 and m.margin > 0.2
+    assert m.tile_id == smap.tile_at(7, 5) and m.tile_ids[0] == m.tile_id
+
+
+def test_localizer_with_a_bev_model(bev_export, tmp_path):
+    import cv2
+
+    from crossview_ros import geo, tiles_cli
+    from crossview_ros.localizer import Fix, Localizer, LocalizerConfig, LocalizerError, Reason
+    from crossview_ros.sim.coord_ortho import write_coordinate_geotiff
+    from crossview_ros.tiles import TileSet, TilingConfig, build_tile_set
+
+    tif = write_coordinate_geotiff(tmp_path / "ortho.tif", crs="EPSG:3857", gsd_m=0.5, centre_lat_deg=48.2,
+                                   centre_lon_deg=16.37, size_m=80.0, kind="rgb")
+    tile_dir = build_tile_set([tif], tmp_path / "set", TilingConfig(tile_size_m=16.0, tile_px=32), progress=False)
+    tiles_cli.encode_tile_set(tile_dir, bev_export, engine="onnxruntime", threads=1, progress=False)
+    tiles = TileSet.open(tile_dir)
+    config = LocalizerConfig(tile_set=str(tile_dir), model=str(bev_export), engine="onnxruntime", engine_threads=1,
+                             heading=True, max_mahalanobis=1e6, scope_min_m=20.0)
+    loc = Localizer(config)
+    lat, lon = geo.utm_to_latlon(float(tiles.easting_m.mean()), float(tiles.northing_m.mean()), tiles.zone)
+    rng = np.random.default_rng(0)
+    pano = cv2.GaussianBlur(rng.integers(0, 256, (32, 64, 3), dtype=np.uint8), (5, 5), 1)
+    est = loc.localize(pano, Fix(float(lat), float(lon), 10.0, sigma_m=8.0), 10.0, encoding="rgb8", now_s=10.0)
+    assert est.accepted and est.reason is Reason.OK and est.yaw_enu_rad is not None
+    assert geo.distance_m(lat, lon, est.lat_deg, est.lon_deg) <= est.scope_radius_m + 16.0
+    # the chosen tile's central block (half a tile) holds the estimate
+    assert max(abs(est.offset_m[0]), abs(est.offset_m[1])) <= 4.0 + 1e-6
+    assert est.easting_m - tiles.easting_m[est.tile_id] == pytest.approx(est.offset_m[0])
+    bad = loc.localize(b"\xff\xd8 not a jpeg", Fix(float(lat), float(lon), 11.0, sigma_m=8.0), 11.0, now_s=11.0)
+    assert bad.reason is Reason.BAD_IMAGE and not bad.has_position
+    wrong = build_tile_set([tif], tmp_path / "wrong", TilingConfig(tile_size_m=24.0, tile_px=32), progress=False)
+    tiles_cli.encode_tile_set(wrong, bev_export, engine="onnxruntime", threads=1, progress=False)
+    with pytest.raises(LocalizerError, match="cut the tiles at the model's size"):
+        Localizer(LocalizerConfig(tile_set=str(wrong), model=str(bev_export), engine="onnxruntime"))
