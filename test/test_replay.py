@@ -311,3 +311,25 @@ def test_node_that_dies_is_reported_with_its_log(world, tmp_path):
 def test_existing_out_is_refused_unless_overwrite(world, result):
     with pytest.raises(replay.ReplayError, match="exists"):
         replay.replay_bag(world["bag"], world["tiles"], world["model"], result.out, progress=False)
+
+
+def test_localize_cli_evaluates_a_bag_as_the_stream_the_node_sees(world, bag_messages, capsys):
+    from crossview_ros import localize_cli
+
+    code = localize_cli.main(["--model", str(world["model"]), "--tiles", str(world["tiles"]), "--bag",
+                              str(world["bag"]), "--heading", "--json", "--threads", "1", "--quiet",
+                              "--set", "max_mahalanobis=1000000.0"])
+    assert code == 0
+    doc = json.loads(capsys.readouterr().out)
+    want = {t: e for t, e in localize_all(world, bag_messages).items() if e is not None}
+    rows = doc["estimates"]
+    assert len(rows) == len(want) and doc["summary"]["frames"] == len(want)
+    for row, (t_ns, est) in zip(rows, sorted(want.items())):
+        assert row["stamp_s"] == pytest.approx(t_ns / 1e9)
+        assert row["accepted"] == est.accepted
+        if est.has_position:
+            assert row["lat_deg"] == pytest.approx(est.lat_deg, abs=1e-9)
+            assert row["lon_deg"] == pytest.approx(est.lon_deg, abs=1e-9)
+        lat, lon = bag_messages["truth"][t_ns]
+        assert (row["truth_lat_deg"], row["truth_lon_deg"]) == pytest.approx((lat, lon), abs=1e-9)
+    assert doc["summary"]["published"] == sum(e.accepted for e in want.values())

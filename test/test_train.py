@@ -97,7 +97,7 @@ def test_build_config_preset_yaml_then_overrides(tmp_path):
 def test_build_config_refusals(tmp_path):
     with pytest.raises(ValueError, match=r"unknown train config keys \['epoch'\]; valid keys: .*'epochs'"):
         tr.build_config(None, None, ["epoch=3"])
-    with pytest.raises(ValueError, match="unknown preset 'gpu-huge'; valid presets: cpu-small, vgg16-paper"):
+    with pytest.raises(ValueError, match="unknown preset 'gpu-huge'; valid presets: cpu-bev, cpu-bev-any-yaw, cpu-small, vgg16-paper"):
         tr.build_config("gpu-huge", None, [])
     with pytest.raises(ValueError, match="KEY=VALUE"):
         tr.build_config(None, None, ["epochs"])

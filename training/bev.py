@@ -480,7 +480,8 @@ def train_bev(config: Any, out: str | Path, *, tile_size_m: float, progress: boo
 
     started = time.monotonic()
     budget_s = 60 * config.time_budget_min
-    planned = step > 0
+    planned = False
+    first_step = step
     bar = tqdm(total=total, initial=step, desc="bev", unit="step", disable=not progress)
     recent: list[tuple[float, float]] = []
     model.train()
@@ -499,11 +500,13 @@ def train_bev(config: Any, out: str | Path, *, tile_size_m: float, progress: boo
         bar.update()
         bar.set_postfix(loss=f"{np.mean([r[0] for r in recent]):.3f}", acc=f"{np.mean([r[1] for r in recent]):.2f}")
         elapsed = time.monotonic() - started
-        if budget_s > 0 and not planned and step >= 20:
-            fit = int(step + (budget_s - elapsed) / (elapsed / step))
-            if fit < total:
-                log.info("time budget %.1f min: planning %d steps instead of %d", config.time_budget_min, fit, total)
-                total = max(step + 1, fit)
+        if budget_s > 0 and step - first_step >= 20 and (not planned or step % 50 == 0):
+            # re-planned as the pace changes (a busy machine), so the schedule ends with the budget
+            done_here = step - first_step
+            fit = int(step + (budget_s - elapsed) / (elapsed / done_here))
+            if not planned or abs(fit - total) > 0.02 * total:
+                log.info("time budget %.1f min: planning %d steps (was %d)", config.time_budget_min, fit, total)
+                total = max(step + 1, min(fit, steps_per_epoch * config.epochs))
                 bar.total = total
             planned = True
         if stop_after_steps is not None and step >= stop_after_steps:

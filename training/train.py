@@ -126,6 +126,11 @@ PRESETS: dict[str, dict[str, Any]] = {
     # learns where things lie on the ground instead of one descriptor per tile.
     "cpu-bev": {"model": "bev_small", "epochs": 40, "batch_size": 16, "lr": 2e-3, "warmup_steps": 20,
                 "photometric": 0.3, "time_budget_min": 30.0, "threads": 2, "checkpoint_every": 100},
+    # The same for robots: panoramas in any heading (column 0 = forward); the runtime searches the
+    # bearing, so training rotates each panorama at random and its features back by the known bearing.
+    "cpu-bev-any-yaw": {"model": "bev_small", "epochs": 40, "batch_size": 16, "lr": 2e-3, "warmup_steps": 20,
+                        "photometric": 0.3, "rotation_deg": 180.0, "time_budget_min": 30.0, "threads": 2,
+                        "checkpoint_every": 100},
     # VIGOR section 5: VGG16 + SAFA at 640x320 / 320x320, triplet (alpha 10) then hybrid.
     "vgg16-paper": {"model": "vgg16_safa", "ground_size": (320, 640), "aerial_size": (320, 320), "epochs": 40,
                     "batch_size": 32, "lr": 1e-5, "loss": "hybrid", "mining": "in_batch",
