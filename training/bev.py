@@ -236,7 +236,10 @@ def build_mosaics(split, sats: np.ndarray, sat_en: np.ndarray, config: BevConfig
 
 
 def _to_tensor(images: np.ndarray, config: BevConfig) -> Tensor:
-    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 255.0
+    arr = np.ascontiguousarray(images)
+    if not arr.flags.writeable:  # a slice of a memory-mapped cache
+        arr = arr.copy()
+    x = torch.from_numpy(arr).permute(0, 3, 1, 2).float() / 255.0
     mean = torch.tensor(config.mean).view(1, 3, 1, 1)
     std = torch.tensor(config.std).view(1, 3, 1, 1)
     return (x - mean) / std
