@@ -1,6 +1,6 @@
 """crossview-replay: play a drive bag through the real localize_node and evaluate what it publishes.
 
-    crossview-replay BAG --tiles DIR --model DIR --out DIR [--rate 1.0] [--params-file YAML]
+    crossview-replay BAG --tiles DIR --model DIR --out DIR [--rate 1.0 | --lockstep] [--params-file YAML]
                      [--node-arg ARG ...] [--ekf-config config/ekf.yaml] [--timeout-s 60]
 
 One step, one function (replay_bag), a thin CLI. The replay:
@@ -12,7 +12,8 @@ One step, one function (replay_bag), a thin CLI. The replay:
    environment sets none), and waits until its subscriptions and publications are matched;
 3. publishes /clock and the bag's /panorama/compressed and /gnss/fix (never ground truth or
    odometry) in stamp order at `rate` x real time; at equal stamps the fix goes first, so the
-   node pairs a panorama with the fix of its own stamp;
+   node pairs a panorama with the fix of its own stamp; with `lockstep`, each panorama is sent
+   only once the node has published or counted the previous one (throughput, no frame dropped);
 4. records crossview/fix, crossview/pose, crossview/heading and /diagnostics as they arrive, with
    the wall time of receipt; latency = receipt of the first output of a stamp minus the moment
    the replay published that panorama (one monotonic clock, in this process);
@@ -48,7 +49,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -86,6 +87,10 @@ OUTPUT_TOPICS: dict[str, str] = {
 }
 ESTIMATE_TOPICS = (TOPIC_OUT_FIX, TOPIC_OUT_POSE, TOPIC_OUT_HEADING)
 CLOCK_PERIOD_S = 0.02  # wall seconds between /clock messages while waiting (rosbag2 play: 40 Hz)
+# Lockstep: the node's diagnostics period (sim s) the replay asks for, so that a rejected frame (no output) is
+# seen counted within a few clock ticks; user --node-args come later and may override it.
+LOCKSTEP_DIAGNOSTICS_PERIOD_S = CLOCK_PERIOD_S
+LOCKSTEP_LOST_S = 0.5  # lockstep: node idle without the frame just sent for this long (wall s) = frame lost
 SETTLE_S = 0.5  # after discovery matched both ways, let the node's side finish matching too
 DELIVERY_S = 0.3  # after the node reports all frames processed, outputs still in flight
 STOP_TIMEOUT_S = 10.0  # SIGINT -> exit; then SIGTERM, then SIGKILL
@@ -301,6 +306,9 @@ class Playback:
     wall_s: float
     domain_id: int
     node_command: list[str]
+    publish_s: float = 0.0  # wall time from the first message published to the last (lockstep: to the last frame done)
+    lockstep: bool = False  # each panorama waited for (output or counted by the node) before the next was sent
+    frames_lost: int = 0  # lockstep: panoramas the node never received (best effort), moved on after diagnostics
 
 
 def node_command(tiles: Path, model: Path, datum_lat_deg: float, datum_lon_deg: float, *,
@@ -371,6 +379,7 @@ class _Player:
         self._qos = (QoSProfile, HistoryPolicy, ReliabilityPolicy, DurabilityPolicy)
         self.received: list[Received] = []
         self._lock = threading.Lock()
+        self._arrived = threading.Condition(self._lock)  # notified on every recorded message (lockstep waits on it)
         self.t0 = time.monotonic()
         self.counts: dict[str, int] = {}
         self.subs: dict[str, Any] = {}
@@ -415,9 +424,17 @@ class _Player:
 
     def _record(self, topic: str, raw: bytes) -> None:
         item = Received(topic, self.now_s(), bytes(raw))
-        with self._lock:
+        with self._arrived:
             self.received.append(item)
             self.counts[topic] = self.counts.get(topic, 0) + 1
+            self._arrived.notify_all()
+
+    def received_since(self, index: int, timeout_s: float) -> list[Received]:
+        """Messages recorded from position `index` on; waits up to timeout_s for one when there is none yet."""
+        with self._arrived:
+            if len(self.received) <= index:
+                self._arrived.wait(timeout=timeout_s)
+            return self.received[index:]
 
     def snapshot(self) -> list[Received]:
         with self._lock:
@@ -510,9 +527,61 @@ def _ros_environment() -> tuple[dict[str, str], int]:
     return env, domain
 
 
+def _await_frame(player: _Player, node: _NodeProcess, stamp_ns: int, frames_sent: int, scan: list[int],
+                 timeout_s: float) -> bool:
+    """Lockstep: wait until the node has dealt with the panorama just sent (the frames_sent-th, stamp_ns).
+
+    Done when crossview/fix with its stamp arrives, or when a /diagnostics report counts frames_sent
+    panoramas processed or dropped (a rejected frame publishes nothing). Sim time runs on at real-time
+    speed meanwhile, so that the node's diagnostics timer fires. Returns False when the node keeps
+    reporting itself idle with fewer panoramas received than sent for LOCKSTEP_LOST_S: the frame was
+    lost on the way (best-effort subscription). scan[0]: position in player.received already looked at.
+    """
+    sent = time.monotonic()
+    deadline = sent + timeout_s
+    short_since: float | None = None  # when the node was first seen idle without this frame
+    last_clock = next_check = sent
+    fix_type = OUTPUT_TOPICS[TOPIC_OUT_FIX]
+    while True:
+        new = player.received_since(scan[0], CLOCK_PERIOD_S)
+        scan[0] += len(new)
+        for r in new:
+            if r.topic == TOPIC_OUT_FIX:
+                if _stamp_ns(typestore().deserialize_cdr(r.raw, fix_type).header) == stamp_ns:
+                    return True
+            elif r.topic == TOPIC_DIAGNOSTICS and (values := _diag_values(r.raw)):
+                received = _int(values, "frames_received")
+                done = _int(values, "frames_processed") + _int(values, "frames_dropped")
+                if done >= frames_sent:
+                    return True
+                if received < frames_sent and done >= received:
+                    short_since = r.received_s if short_since is None else short_since
+                    if r.received_s - short_since >= LOCKSTEP_LOST_S:
+                        return False
+                else:
+                    short_since = None
+        now = time.monotonic()
+        if now - last_clock >= CLOCK_PERIOD_S:
+            player.publish_clock(stamp_ns + int((now - sent) * NS))
+            last_clock = now
+        if now >= next_check:
+            node.check_alive("replaying (lockstep)")
+            next_check = now + 1.0
+        if now > deadline:
+            raise NodeError(f"lockstep: localize_node neither published nor counted the panorama of stamp "
+                            f"{stamp_ns / NS:.3f} s within {timeout_s:g} s; its log ends:\n{_tail(node.log_path)}", None)
+
+
 def play(bag: DriveBag, cmd: list[str], log_path: Path, *, rate: float = 1.0, timeout_s: float = 60.0,
-         progress: bool = True) -> Playback:
-    """Start the node, publish the bag to it at `rate` x real time, record its outputs, stop it."""
+         progress: bool = True, lockstep: bool = False,
+         monitor: Callable[[str, int], None] | None = None) -> Playback:
+    """Start the node, publish the bag to it at `rate` x real time, record its outputs, stop it.
+
+    lockstep: ignore `rate`; send each panorama only once the node has dealt with the previous one
+    (_await_frame), so every frame is processed and the pace is the node's own (throughput).
+    monitor(event, pid): called with "playing" just before the first message and "drained" after the
+    last frame is processed, before the node is stopped (e.g. to sample the node's memory).
+    """
     from tqdm import tqdm
 
     env, domain = _ros_environment()
@@ -550,16 +619,20 @@ def play(bag: DriveBag, cmd: list[str], log_path: Path, *, rate: float = 1.0, ti
             player.publish_clock(t0_ns)
             time.sleep(CLOCK_PERIOD_S)
 
-        # 2. Publish in stamp order at rate x real time, /clock running alongside.
+        # 2. Publish in stamp order at rate x real time (or lockstep), /clock running alongside.
         published_s: dict[int, float] = {}
-        n_frames = n_fixes = 0
+        n_frames = n_fixes = lost = 0
+        scan = [len(player.snapshot())]
+        if monitor is not None:
+            monitor("playing", node.proc.pid)
         mono0 = time.monotonic()
         last_clock = 0.0
-        bar = tqdm(total=len(bag.panorama_raw), desc="replay", unit="frame", disable=not progress)
+        bar = tqdm(total=len(bag.panorama_raw), desc="replay (lockstep)" if lockstep else "replay", unit="frame",
+                   disable=not progress)
         try:
             for stamp_ns, kind, row in items:
                 target = mono0 + (stamp_ns - t0_ns) / NS / rate
-                while True:
+                while not lockstep:
                     now = time.monotonic()
                     if now >= target:
                         break
@@ -576,10 +649,15 @@ def play(bag: DriveBag, cmd: list[str], log_path: Path, *, rate: float = 1.0, ti
                     published_s.setdefault(stamp_ns, player.now_s())
                     player.pano_pub.publish(bag.panorama_raw[row])
                     n_frames += 1
+                    if lockstep and not _await_frame(player, node, stamp_ns, n_frames, scan, timeout_s):
+                        lost += 1
                     bar.update()
                     bar.set_postfix(estimates=player.counts.get(TOPIC_OUT_FIX, 0), refresh=False)
         finally:
             bar.close()
+        publish_s = time.monotonic() - mono0
+        if lost:
+            log.warning("lockstep: %d of %d panoramas never reached the node (best-effort delivery)", lost, n_frames)
 
         # 3. Drain: run the clock on until the node's diagnostics say every frame it received is
         # processed, and either all published frames arrived or two reports agree (frames lost
@@ -610,11 +688,14 @@ def play(bag: DriveBag, cmd: list[str], log_path: Path, *, rate: float = 1.0, ti
             time.sleep(CLOCK_PERIOD_S)
         time.sleep(DELIVERY_S)
         node.check_alive("finishing")
+        if monitor is not None:
+            monitor("drained", node.proc.pid)
         code = node.stop()
         node = None
         return Playback(received=player.snapshot(), published_s=published_s, frames_published=n_frames,
                         fixes_published=n_fixes, node_returncode=code, wall_s=time.monotonic() - started,
-                        domain_id=domain, node_command=cmd)
+                        domain_id=domain, node_command=cmd, publish_s=publish_s, lockstep=lockstep,
+                        frames_lost=lost)
     finally:
         if node is not None:
             node.stop()
@@ -971,10 +1052,14 @@ class ReplayResult:
 def replay_bag(bag: str | os.PathLike, tiles: str | os.PathLike, model: str | os.PathLike, out: str | os.PathLike,
                rate: float = 1.0, config: str | os.PathLike | None = None, node_args: Sequence[str] = (),
                progress: bool = True, *, timeout_s: float = 60.0, ekf_config: str | os.PathLike | None = None,
-               orthophoto: str | os.PathLike | None = None, overwrite: bool = False) -> ReplayResult:
+               orthophoto: str | os.PathLike | None = None, overwrite: bool = False, lockstep: bool = False,
+               monitor: Callable[[str, int], None] | None = None) -> ReplayResult:
     """Replay `bag` through localize_node and write OUT (module docstring); returns the records.
 
     config: the node's --params-file; node_args: more ROS arguments for it (e.g. "-p", "heading:=true");
+    lockstep: send each panorama once the node has published or counted the previous one, `rate`
+    ignored (every frame processed, at the node's own pace; the node's diagnostics_period_s is set to
+    LOCKSTEP_DIAGNOSTICS_PERIOD_S unless node_args set it); monitor(event, node_pid): see play();
     ekf_config: robot_localization YAML whose map block sets up the fused track (default
     config/ekf.yaml); orthophoto: a GeoTIFF to draw the trajectory on (default: the tile set's tiles).
     Raises ReplayError (BagError, NodeError) with exit_code; OUT is then not written.
@@ -999,15 +1084,20 @@ def replay_bag(bag: str | os.PathLike, tiles: str | os.PathLike, model: str | os
     out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
     try:
+        extra = ("-p", f"diagnostics_period_s:={LOCKSTEP_DIAGNOSTICS_PERIOD_S}") if lockstep else ()
         cmd = node_command(tiles, model, drive.datum_lat_deg, drive.datum_lon_deg,
-                           params_file=Path(config).resolve() if config is not None else None, node_args=node_args)
-        playback = play(drive, cmd, work / "node.log", rate=rate, timeout_s=timeout_s, progress=progress)
+                           params_file=Path(config).resolve() if config is not None else None,
+                           node_args=(*extra, *node_args))
+        playback = play(drive, cmd, work / "node.log", rate=rate, timeout_s=timeout_s, progress=progress,
+                        lockstep=lockstep, monitor=monitor)
         evaluation = evaluate(drive, playback, fusion_config=fusion_config)
         evaluation.summary["replay"] = {
             "rate": rate, "tiles": str(tiles), "model": str(model),
             "params_file": None if config is None else str(config), "node_args": list(node_args),
             "node_command": playback.node_command, "node_exit_code": playback.node_returncode,
             "ros_domain_id": playback.domain_id, "wall_s": playback.wall_s,
+            "lockstep": playback.lockstep, "publish_s": playback.publish_s, "frames_lost": playback.frames_lost,
+            "frames_per_s": playback.frames_published / playback.publish_s if playback.publish_s > 0 else None,
             "fixes_published_by_replay": playback.fixes_published,
         }
         write_outputs_mcap(work / "outputs.mcap", playback.received)
@@ -1040,6 +1130,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder (outputs.mcap, report.md, *.png, summary.json)")
     p.add_argument("--rate", type=float, default=1.0,
                    help="playback speed, x real time (default 1.0; 2 = twice as fast)")
+    p.add_argument("--lockstep", action="store_true",
+                   help="ignore --rate: send each panorama once the node has published or counted the previous "
+                        "one (every frame processed, at the node's own pace; summary.json replay.frames_per_s)")
     p.add_argument("--params-file", "--config", dest="params_file",
                    help="node parameters YAML (e.g. config/localize.yaml); tile_set, model, datum and sim time "
                         "are set by the replay")
@@ -1060,7 +1153,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         result = replay_bag(args.bag, args.tiles, args.model, args.out, rate=args.rate, config=args.params_file,
                             node_args=args.node_arg, progress=not args.no_progress, timeout_s=args.timeout_s,
-                            ekf_config=args.ekf_config, orthophoto=args.orthophoto, overwrite=args.overwrite)
+                            ekf_config=args.ekf_config, orthophoto=args.orthophoto, overwrite=args.overwrite,
+                            lockstep=args.lockstep)
     except ReplayError as exc:
         print(f"crossview-replay: error: {exc}", file=sys.stderr)
         return exc.exit_code
