@@ -132,7 +132,7 @@ class LocalizerConfig:
     scope_max_m: float = 200.0  # scope radius cap before stale widening, m (VIGOR Table 8: 200 m)
     default_fix_sigma_m: float = 30.0  # horizontal 1-sigma assumed when the fix reports no covariance, m
     max_speed_mps: float = 15.0  # fastest platform speed: scope += |stamp - fix stamp| x this, m/s
-    fix_max_age_s: float = 2.0  # |panorama stamp - fix stamp| above this: STALE_STAMP, s
+    fix_max_age_s: float = 5.0  # |panorama stamp - fix stamp| above this: STALE_STAMP, s (a 1 Hz receiver may drop a few fixes)
     max_future_s: float = 0.5  # panorama or fix stamp later than now + this: FUTURE_STAMP, s
     top_k: int = 5  # candidates retrieved in the scope (fusion, spread and the margin use them)
     fusion: str = "best"  # best: the top-1 tile's offset | weighted: score-weighted mean of agreeing candidates

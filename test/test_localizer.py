@@ -244,7 +244,7 @@ def test_bad_images_are_rejected_with_bad_image(localizer, tiles, case):
     (dict(lat_deg=48.3), Reason.OUTSIDE_COVERAGE),  # 11 km north of the 140 m coverage
     (dict(lat_deg=-33.86, lon_deg=151.21), Reason.OUTSIDE_COVERAGE),  # another continent, another zone
     (dict(stamp_s=NOW + 10.0), Reason.FUTURE_STAMP),  # fix from the future
-    (dict(stamp_s=NOW - 5.0), Reason.STALE_STAMP),  # older than fix_max_age_s (2 s)
+    (dict(stamp_s=NOW - 8.0), Reason.STALE_STAMP),  # older than fix_max_age_s (5 s)
 ])
 def test_bad_fixes_are_rejected_with_their_reason(localizer, tiles, fix_args, reason):
     good = centre_fix(tiles)
