@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -880,3 +881,107 @@ def test_startup_failures_exit_2_with_one_error_line(world, tmp_path):
         errors = [line for line in err.splitlines() if "[ERROR]" in line]
         assert len(errors) == 1 and cases[name][1] in errors[0], (name, err)
         assert "Traceback" not in err, (name, err)
+
+
+# --------------------------------------------------------------------------- absolute yaw, bev model
+
+
+@pytest.fixture(scope="class")
+def bev_node(ros, world, tmp_path_factory):
+    """A node running a top-down (bev) model on a copy of the city's tile set whose descriptors are
+    planted: around street position 2 the aerial features are a panorama's ground features turned
+    north-up for a camera facing east (bearing 90 deg); around position 5, those of the same
+    panorama rolled a quarter turn, i.e. facing north (bearing 0). Random smooth unit features
+    elsewhere. The matcher must find each place and bearing; the node must publish them as ENU yaw."""
+    torch = pytest.importorskip("torch")
+    from scipy.ndimage import gaussian_filter
+
+    from crossview_training.bev import BevConfig, BevModel
+    from crossview_training.export import export_onnx
+    from crossview_ros import bev_match
+    from crossview_ros.tiles import TileSet
+
+    work = tmp_path_factory.mktemp("bev_node")
+    torch.manual_seed(5)
+    model = BevModel(BevConfig(pano_size=(PANO_H, 2 * PANO_H), tile_px=64, tile_size_m=TILE_M, kernel_cells=4,
+                               channels=8, feature_dim=4))
+    # An untrained network's features are nearly the same in every cell (no bearing to find): set its
+    # BatchNorm statistics on textured panoramas, so that the cells differ as a trained model's do. A
+    # street seen from its middle looks alike both ways (a 180 deg ambiguity only training resolves),
+    # so the panoramas here are textures with no symmetry.
+    from crossview_training.bev import _to_tensor
+
+    rng = np.random.default_rng(3)
+    views = np.stack([cv2.GaussianBlur(rng.integers(0, 256, (PANO_H, 2 * PANO_H, 3), dtype=np.uint8), (5, 5), 1.5)
+                      for _ in range(9)])
+    for bn in (m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)):
+        bn.momentum = None  # cumulative average over the calibration passes
+    with torch.no_grad():
+        for _ in range(3):
+            model.ground_features(_to_tensor(views, model.config))
+    model.eval()
+    model_dir = export_onnx(model, work / "model")
+    tile_dir = work / "tiles"
+    shutil.copytree(world.tile_dir, tile_dir)
+    bev_engine = E.OnnxEngine(model_dir, threads=1)
+    meta = bev_engine.meta.bev
+    k, b, c = int(meta["kernel_cells"]), int(meta["block_cells"]), bev_engine.meta.ground_features[0]
+    tiles = world.tiles
+    ids = np.arange(len(tiles))
+    smap = bev_match.scope_map(np.ones((len(ids), c * b * b), np.float32), ids, tiles.easting_m, tiles.northing_m,
+                               channels=c, block_cells=b, cell_m=float(meta["cell_m"]))
+    field = gaussian_filter(rng.normal(size=smap.fmap.shape), sigma=(0, 1.0, 1.0))
+    field /= np.linalg.norm(field, axis=0, keepdims=True)
+    cc = np.arange(k) + 0.5 - k / 2
+    inside = np.hypot(cc[:, None], cc[None, :]) <= k / 2
+    east = views[0].copy()  # taken as facing east
+    east[PANO_H // 2:, :PANO_H // 2] = (255, 40, 40)  # the ground ahead-right is red: no symmetry left
+    north = np.roll(views[0], PANO_H // 2, axis=1)  # the same camera turned to face north (column 0 forward)
+    planted = {}
+    for name, k_pos, pano, turns in (("east", 2, east, 1), ("north", 5, north, 0)):
+        _, g = bev_engine.encode_ground(E.preprocess_ground(bev_engine.meta, pano))
+        north_up = np.rot90(g[0], -turns, axes=(1, 2))  # bearing turns x 90 deg -> north-up
+        e, n = world.positions[k_pos]
+        # an even corner: match.onnx scores every other one first (block sides are even, so a scope's
+        # own map keeps the parity), and this planted patch has no smooth surroundings to be seen from
+        i = 2 * int(round((smap.corner_n_m - n) / smap.cell_m / 2))
+        j = 2 * int(round((e - smap.corner_e_m) / smap.cell_m / 2))
+        window = field[:, i - k // 2:i + k // 2, j - k // 2:j + k // 2]
+        window[:, inside] = north_up[:, inside]
+        planted[name] = smap.position(i, j)
+    grid = smap.owner
+    blocks = np.zeros((len(ids), c, b, b), np.float32)
+    for r in range(grid.shape[0]):
+        for col in range(grid.shape[1]):
+            if grid[r, col] >= 0:
+                blocks[grid[r, col]] = field[:, r * b:(r + 1) * b, col * b:(col + 1) * b]
+    TileSet.open(tile_dir).write_descriptors(blocks.reshape(len(ids), -1), bev_engine.meta.model_hash)
+    bev_engine.close()
+    config = LocalizerConfig(tile_set=str(tile_dir), model=str(model_dir), engine="onnxruntime", engine_threads=1,
+                             log_throttle_s=0.0, heading=True, max_mahalanobis=1e6, scope_min_m=15.0)
+    probe = Probe(ros, "/node_bev")
+    proc = NodeProcess("/node_bev", node_params(config), work)
+    session = Session(proc, probe, Localizer(config), config)
+    session.startup = {"east": east, "north": north, "planted": planted}
+    try:
+        proc.wait_ready(probe)
+        yield session
+    finally:
+        proc.stop(signal.SIGINT)
+        probe.close()
+
+
+class TestBevYawNode:
+    def test_facing_east_is_yaw_zero_and_facing_north_is_plus_half_pi(self, bev_node, world):
+        for name, k_pos, want_yaw in (("east", 2, 0.0), ("north", 5, math.pi / 2)):
+            lat, lon = world.latlon(k_pos, 1.5, -1.0)
+            bev_node.probe.send_fix(fix_msg(lat, lon, to_time(bev_node.clock.next()), sigma_m=2.0))
+            stamp, delta = bev_node.frame(lambda s, p=bev_node.startup[name]: image_msg(p, s))
+            assert delta["estimates_published"] == 1, (name, delta, bev_node.proc.text()[-2000:])
+            out = bev_node.probe.wait_outputs(stamp, heading=True)
+            yaw = yaw_of(out["heading"].orientation)
+            assert abs(angle_diff(yaw, want_yaw)) < math.radians(6), (name, math.degrees(yaw))
+            assert yaw_of(out["pose"].pose.pose.orientation) == pytest.approx(yaw, abs=1e-9)
+            e_want, n_want = bev_node.startup["planted"][name]
+            lat_w, lon_w = geo.utm_to_latlon(e_want, n_want, world.zone)
+            assert geo.distance_m(lat_w, lon_w, out["fix"].latitude, out["fix"].longitude) < 2.0, name
