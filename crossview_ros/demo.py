@@ -53,6 +53,7 @@ from pathlib import Path
 from typing import Any
 
 from crossview_ros.atomic import write_json_atomic
+from crossview_ros.engines import sha256_file
 
 log = logging.getLogger("crossview_demo")
 
@@ -154,14 +155,6 @@ def _canonical(obj: Any) -> str:
 def fingerprint(obj: Any) -> str:
     """Short content hash of settings (+ identity of inputs): what downstream stages record."""
     return hashlib.sha256(_canonical(obj).encode()).hexdigest()[:16]
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 @dataclass

@@ -912,13 +912,7 @@ class Localizer:
             context.update(self._estimate_heading(ground_feats[0], int(ids[0]), offset_m, lat, lon))
             times["heading_ms"] = time.perf_counter() - t
 
-        if not margin > cfg.min_margin:
-            raise _Reject(Reason.LOW_MARGIN, f"retrieval margin {margin:.4f} is not above min_margin "
-                                             f"{cfg.min_margin:g} (top-1 tile {int(ids[0])}, score {scores[0]:.4f})")
-        if d2 > cfg.max_mahalanobis:
-            raise _Reject(Reason.MAHALANOBIS, f"estimate is {math.hypot(de, dn):.1f} m from the fix, squared "
-                                              f"Mahalanobis distance {d2:.1f} > max_mahalanobis "
-                                              f"{cfg.max_mahalanobis:g}")
+        self._gate(margin, d2, math.hypot(de, dn), f"top-1 tile {int(ids[0])}, score {scores[0]:.4f}")
         return self._finish(Estimate(stamp_s=stamp, accepted=True, reason=Reason.OK, **context,
                                      latency=self._latency(times, t_start)))
 
@@ -955,15 +949,19 @@ class Localizer:
             yaw = float(geo.wrap_angle_rad(geo.yaw_utm_to_enu(yaw_grid, lat, lon, self.tiles.zone)))
             context.update(yaw_enu_rad=yaw, yaw_variance_raw_rad2=m.bearing_variance_rad2,
                            yaw_variance_rad2=float(self.covariance.yaw_variance_rad2(m.bearing_variance_rad2)))
-        if not m.margin > cfg.min_margin:
-            raise _Reject(Reason.LOW_MARGIN, f"match margin {m.margin:.4f} is not above min_margin "
-                                             f"{cfg.min_margin:g} (tile {m.tile_id}, score {m.score:.4f})")
-        if d2 > cfg.max_mahalanobis:
-            raise _Reject(Reason.MAHALANOBIS, f"estimate is {math.hypot(de, dn):.1f} m from the fix, squared "
-                                              f"Mahalanobis distance {d2:.1f} > max_mahalanobis "
-                                              f"{cfg.max_mahalanobis:g}")
+        self._gate(m.margin, d2, math.hypot(de, dn), f"tile {m.tile_id}, score {m.score:.4f}")
         return self._finish(Estimate(stamp_s=stamp, accepted=True, reason=Reason.OK, **context,
                                      latency=self._latency(times, t_start)))
+
+    def _gate(self, margin: float, d2: float, distance_m: float, detail: str) -> None:
+        """LOW_MARGIN, then MAHALANOBIS against the GNSS prior; both keep the estimate in the Estimate."""
+        cfg = self.config
+        if not margin > cfg.min_margin:
+            raise _Reject(Reason.LOW_MARGIN, f"margin {margin:.4f} is not above min_margin {cfg.min_margin:g} "
+                                             f"({detail})")
+        if d2 > cfg.max_mahalanobis:
+            raise _Reject(Reason.MAHALANOBIS, f"estimate is {distance_m:.1f} m from the fix, squared Mahalanobis "
+                                              f"distance {d2:.1f} > max_mahalanobis {cfg.max_mahalanobis:g}")
 
     def _check_stamp(self, stamp_s: Any, now_s: float) -> float:
         stamp = _finite(stamp_s)

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import copy
 import datetime as dt
-import hashlib
 import json
 import logging
 import os
@@ -41,6 +40,7 @@ import torch
 from torch import Tensor, nn
 
 from crossview_ros.atomic import write_json_atomic
+from crossview_ros.engines import sha256_file
 from crossview_training.models import (
     CrossViewModel, WeightsError, model_from_checkpoint, model_hash, read_checkpoint,
 )
@@ -95,14 +95,6 @@ class _OffsetGraph(nn.Module):
     def forward(self, ground: Tensor, aerial: Tensor) -> Tensor:
         """ground (B, D), aerial (B, D) -> (B, 2) = (dE, dN) / L."""
         return self.model.offset(ground, aerial)
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def read_metadata(out_dir: str | os.PathLike, *, verify_files: bool = True) -> dict[str, Any]:
