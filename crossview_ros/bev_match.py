@@ -95,14 +95,14 @@ def match_scope(engine: Any, ground: np.ndarray, smap: ScopeMap, *, exclusion_m:
     meta = engine.meta.bev
     k, stride, n_rot = int(meta["kernel_cells"]), int(meta["match_stride"]), int(meta["rotations"])
     scale = float(meta["logit_scale"])
-    c, h, w = smap.fmap.shape
+    _, h, w = smap.fmap.shape
     padded = np.pad(smap.fmap, ((0, 0), (k // 2, k // 2 - 1), (k // 2, k // 2 - 1)))[None]
     coarse = engine.match(ground, padded)[0]  # (R, ceil(H / s), ceil(W / s)) at corners (s i, s j)
     ii = np.arange(coarse.shape[1]) * stride
     jj = np.arange(coarse.shape[2]) * stride
     b = smap.block_cells
-    valid = smap.owner[np.minimum(ii // b, smap.owner.shape[0] - 1)][:, np.minimum(jj // b, smap.owner.shape[1] - 1)]
-    valid = valid >= 0
+    tile_of = smap.owner[np.minimum(ii // b, smap.owner.shape[0] - 1)][:, np.minimum(jj // b, smap.owner.shape[1] - 1)]
+    valid = tile_of >= 0
     best_rot = coarse.max(axis=0)
     masked = np.where(valid, best_rot, -np.inf)
     ci, cj = np.unravel_index(int(np.argmax(masked)), masked.shape)
@@ -112,6 +112,7 @@ def match_scope(engine: Any, ground: np.ndarray, smap: ScopeMap, *, exclusion_m:
     i_lo, j_lo = ii[ci] - stride, jj[cj] - stride
     span = 2 * stride + 1
     fine = np.full((n_rot, span, span), -np.inf, np.float32)
+
     def corners(lo: int, phase: int, size: int) -> tuple[int, int]:
         """First and last corner >= 0, < size, in [lo + phase, lo + span) with lo + phase's residue."""
         first = lo + phase
@@ -167,7 +168,6 @@ def match_scope(engine: Any, ground: np.ndarray, smap: ScopeMap, *, exclusion_m:
 
     # tiles ranked by their best score (coarse, and the refined one for the chosen tile)
     tile_id = smap.tile_at(i_best, j_best)
-    tile_of = smap.owner[np.minimum(ii // b, smap.owner.shape[0] - 1)][:, np.minimum(jj // b, smap.owner.shape[1] - 1)]
     ids = np.unique(tile_of[valid])
     per_tile = np.array([best_rot[valid & (tile_of == t)].max() for t in ids])
     per_tile[ids == tile_id] = np.maximum(per_tile[ids == tile_id], s0)
