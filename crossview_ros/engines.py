@@ -5,6 +5,8 @@ An exported model is a folder written by `crossview-export onnx` (training/expor
     ground.onnx   image (B, 3, Hg, Wg) float32 normalised -> descriptor (B, D), features (B, C, hg, wg)
     aerial.onnx   image (B, 3, Ha, Wa) float32 normalised -> descriptor (B, D), features (B, C, ha, wa)
     offset.onnx   ground (B, D), aerial (B, D) -> offset (B, 2) = (dE, dN) / L
+    match.onnx    instead of offset.onnx in a top-down (bev) model: ground features (1, C, K, K),
+                  a scope's aerial feature map (1, C, H, W) -> scores (1, R, H', W') per bearing
     model.json    preprocessing, sizes, descriptor size, tile size L, model hash, sha256 of each graph
 
 The runtime reads model.json itself (no torch, no crossview_training) and checks everything it
