@@ -895,12 +895,8 @@ class Localizer:
         offset_m = (float(est[0] - centres[0, 0]), float(est[1] - centres[0, 1]))
         margin = self._margin(ids, scores)
         lat, lon = geo.utm_to_latlon(float(est[0]), float(est[1]), self.tiles.zone)
-        sigma = self.covariance.sigma_m(margin, scores[0], spread_m, math.hypot(*offset_m))
-        cov = np.eye(2) * sigma * sigma
-        de, dn = geo.offset_enu_m(float(fix.lat_deg), float(fix.lon_deg), lat, lon)
-        prior = fix_cov + np.eye(2) * (age_s * cfg.max_speed_mps) ** 2
-        innovation = np.array([de, dn])
-        d2 = float(innovation @ np.linalg.solve(cov + prior, innovation))
+        cov, d2, from_fix_m = self._covariance_and_d2(fix, fix_cov, age_s, lat, lon, margin, float(scores[0]),
+                                                      spread_m, offset_m)
         times["offset_ms"] = time.perf_counter() - t
         context.update(lat_deg=float(lat), lon_deg=float(lon), utm_zone=str(self.tiles.zone),
                        easting_m=float(est[0]), northing_m=float(est[1]), covariance_enu_m2=cov,
@@ -912,7 +908,7 @@ class Localizer:
             context.update(self._estimate_heading(ground_feats[0], int(ids[0]), offset_m, lat, lon))
             times["heading_ms"] = time.perf_counter() - t
 
-        self._gate(margin, d2, math.hypot(de, dn), f"top-1 tile {int(ids[0])}, score {scores[0]:.4f}")
+        self._gate(margin, d2, from_fix_m, f"top-1 tile {int(ids[0])}, score {scores[0]:.4f}")
         return self._finish(Estimate(stamp_s=stamp, accepted=True, reason=Reason.OK, **context,
                                      latency=self._latency(times, t_start)))
 
@@ -923,9 +919,9 @@ class Localizer:
         cfg = self.config
         t = time.perf_counter()
         bev = self.meta.bev
-        smap = bev_match.scope_map(self.tiles.descriptors[np.sort(scope)], np.sort(scope),
-                                   self.tiles.easting_m[np.sort(scope)], self.tiles.northing_m[np.sort(scope)],
-                                   channels=self.meta.ground_features[0], block_cells=int(bev["block_cells"]),
+        ids = np.sort(scope)  # increasing rows: one sequential read of the memory-mapped descriptors
+        smap = bev_match.scope_map(self.tiles.descriptors[ids], ids, self.tiles.easting_m[ids],
+                                   self.tiles.northing_m[ids], channels=self.meta.ground_features[0], block_cells=int(bev["block_cells"]),
                                    cell_m=float(bev["cell_m"]))
         m = bev_match.match_scope(self.engine, ground_feats[:1], smap, exclusion_m=cfg.fusion_radius_m,
                                   top_k=cfg.top_k)
@@ -934,12 +930,8 @@ class Localizer:
         east, north = m.easting_m, m.northing_m
         offset_m = (east - float(self.tiles.easting_m[m.tile_id]), north - float(self.tiles.northing_m[m.tile_id]))
         lat, lon = geo.utm_to_latlon(east, north, self.tiles.zone)
-        sigma = self.covariance.sigma_m(m.margin, m.score, m.spread_m, math.hypot(*offset_m))
-        cov = np.eye(2) * sigma * sigma
-        de, dn = geo.offset_enu_m(float(fix.lat_deg), float(fix.lon_deg), lat, lon)
-        prior = fix_cov + np.eye(2) * (age_s * cfg.max_speed_mps) ** 2
-        innovation = np.array([de, dn])
-        d2 = float(innovation @ np.linalg.solve(cov + prior, innovation))
+        cov, d2, from_fix_m = self._covariance_and_d2(fix, fix_cov, age_s, lat, lon, m.margin, m.score, m.spread_m,
+                                                      offset_m)
         times["offset_ms"] = time.perf_counter() - t
         context.update(lat_deg=float(lat), lon_deg=float(lon), utm_zone=str(self.tiles.zone), easting_m=east,
                        northing_m=north, covariance_enu_m2=cov, score=m.score, margin=m.margin, tile_id=m.tile_id,
@@ -949,9 +941,21 @@ class Localizer:
             yaw = float(geo.wrap_angle_rad(geo.yaw_utm_to_enu(yaw_grid, lat, lon, self.tiles.zone)))
             context.update(yaw_enu_rad=yaw, yaw_variance_raw_rad2=m.bearing_variance_rad2,
                            yaw_variance_rad2=float(self.covariance.yaw_variance_rad2(m.bearing_variance_rad2)))
-        self._gate(m.margin, d2, math.hypot(de, dn), f"tile {m.tile_id}, score {m.score:.4f}")
+        self._gate(m.margin, d2, from_fix_m, f"tile {m.tile_id}, score {m.score:.4f}")
         return self._finish(Estimate(stamp_s=stamp, accepted=True, reason=Reason.OK, **context,
                                      latency=self._latency(times, t_start)))
+
+    def _covariance_and_d2(self, fix: Fix, fix_cov: np.ndarray, age_s: float, lat: float, lon: float,
+                           margin: float, score: float, spread_m: float, offset_m: tuple[float, float]
+                           ) -> tuple[np.ndarray, float, float]:
+        """The estimate's 2x2 ENU covariance (CovarianceModel), its squared Mahalanobis distance to the
+        GNSS prior (the fix's covariance widened by age x max speed) and its distance from the fix, m."""
+        sigma = self.covariance.sigma_m(margin, score, spread_m, math.hypot(*offset_m))
+        cov = np.eye(2) * sigma * sigma
+        de, dn = geo.offset_enu_m(float(fix.lat_deg), float(fix.lon_deg), lat, lon)
+        prior = fix_cov + np.eye(2) * (age_s * self.config.max_speed_mps) ** 2
+        innovation = np.array([de, dn])
+        return cov, float(innovation @ np.linalg.solve(cov + prior, innovation)), math.hypot(de, dn)
 
     def _gate(self, margin: float, d2: float, distance_m: float, detail: str) -> None:
         """LOW_MARGIN, then MAHALANOBIS against the GNSS prior; both keep the estimate in the Estimate."""
