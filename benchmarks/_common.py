@@ -107,6 +107,16 @@ def print_table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str
         print("  ".join(c.rjust(w) for c, w in zip(line, widths)), file=file)
 
 
+def print_targets(targets: dict[str, Any], name_width: int, value_fmt: str, file=sys.stdout) -> None:
+    """One line per target check ({"value", "target", "met"} dicts among `targets`): met, NOT MET, or
+    not measured (met None)."""
+    for name, check in targets.items():
+        if isinstance(check, dict):
+            value = "-" if check["value"] is None else format(check["value"], value_fmt)
+            verdict = {True: "met", False: "NOT MET", None: "not measured"}[check["met"]]
+            print(f"  {name:{name_width}s} {value:>10s}  target {check['target']:8s} {verdict}", file=file)
+
+
 def parse_count(text: str) -> int:
     """'10k' -> 10000, '1M' -> 1000000, '2500' -> 2500."""
     t = text.strip().lower()

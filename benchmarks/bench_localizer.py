@@ -41,7 +41,9 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks._common import describe_machine, latency_stats_ms, machine_info, print_table, rss_mb
+from benchmarks._common import (
+    describe_machine, latency_stats_ms, machine_info, print_table, print_targets, rss_mb,
+)
 from crossview_ros.atomic import write_json_atomic
 from crossview_ros.engines import GROUND_GRAPH, Engine, OnnxEngine, load_model_meta
 from crossview_ros.localizer import Estimate, Fix, Localizer, LocalizerConfig
@@ -518,10 +520,7 @@ def report(summary: dict[str, Any]) -> None:
     t = summary["targets"]
     note = "" if t["applies"] else f" (stated for the {t['stated_for']}; this run: {t['judged_on']})"
     print(f"targets on the onnxruntime pipeline{note}:")
-    for name, check in t.items():
-        if isinstance(check, dict):
-            print(f"  {name:16s} {check['value']:10.2f}  target {check['target']:8s} "
-                  f"{'met' if check['met'] else 'NOT MET'}")
+    print_targets(t, 16, ".2f")
 
 
 def main(argv: list[str] | None = None) -> int:

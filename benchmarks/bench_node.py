@@ -54,7 +54,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks import bench_localizer
-from benchmarks._common import describe_machine, latency_stats_ms, machine_info, print_table
+from benchmarks._common import describe_machine, latency_stats_ms, machine_info, print_table, print_targets
 from crossview_ros.atomic import write_json_atomic
 
 log = logging.getLogger("bench_node")
@@ -456,11 +456,7 @@ def report(summary: dict[str, Any]) -> None:
     t = summary["targets"]
     note = "" if t["applies"] else f" (stated for the {t['stated_for']}; this run: {t['judged_on']})"
     print(f"targets{note}:")
-    for name, check in t.items():
-        if isinstance(check, dict):
-            value = "-" if check["value"] is None else f"{check['value']:.2f}"
-            verdict = {True: "met", False: "NOT MET", None: "not measured"}[check["met"]]
-            print(f"  {name:26s} {value:>10s}  target {check['target']:8s} {verdict}")
+    print_targets(t, 26, ".2f")
 
 
 def main(argv: list[str] | None = None) -> int:

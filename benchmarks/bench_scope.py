@@ -36,6 +36,7 @@ from benchmarks._common import (
     machine_info,
     parse_count,
     print_table,
+    print_targets,
     rss_mb,
 )
 from crossview_ros import geo, tiles
@@ -323,10 +324,7 @@ def report(summary: dict[str, Any]) -> None:
     t = summary["targets"]
     note = "" if t["judged_on_tiles"] == t["stated_for_tiles"] else " (targets are stated for 1 M tiles)"
     print(f"targets on the {t['judged_on_tiles']:,}-tile set{note}:")
-    for name, check in t.items():
-        if isinstance(check, dict):
-            print(f"  {name:30s} {check['value']:10.3f}  target {check['target']:8s} "
-                  f"{'met' if check['met'] else 'NOT MET'}")
+    print_targets(t, 30, ".3f")
 
 
 def main(argv: list[str] | None = None) -> int:
