@@ -9,6 +9,13 @@ then refined at every cell around it and to sub-cell / sub-step precision with p
 Everything the localizer needs comes out of the score volume: the position, the bearing (so
 yaw, with no separate heading step), a margin against the best distinct place, and a spread (the
 RMS distance of the positions weighted by the model's own softmax) for the covariance.
+
+With a GNSS prior (a Gaussian on the fix), the pose is the maximum of the posterior instead of
+the likelihood: the model was trained as a softmax over positions with logit_scale, so
+logit_scale x score is its log-likelihood, and the log-prior -d^T P^-1 d / 2 is added to it
+(OrienterNet does the same with its GPS prior). A place that looks alike but lies far outside
+the fix's uncertainty then loses to the right one near the fix; within that uncertainty the
+model still decides. The margin and the spread are taken on the posterior (in score units).
 Only numpy here: the correlation itself runs in the engine (onnxruntime).
 """
 
@@ -28,13 +35,13 @@ class BevMatch:
     easting_m: float
     northing_m: float
     bearing_rad: float  # camera forward (panorama column 0), clockwise from grid north
-    score: float  # mean cosine at the best pose
-    margin: float  # score - best score at positions farther than exclusion_m (any bearing)
-    spread_m: float  # softmax-weighted RMS distance of all positions from the best one
+    score: float  # mean cosine at the best pose (the likelihood alone)
+    margin: float  # posterior score - the best posterior score farther than exclusion_m (any bearing)
+    spread_m: float  # posterior-weighted RMS distance of all positions from the best one
     bearing_variance_rad2: float  # softmax-weighted circular variance over bearings at the best position
     tile_id: int  # the tile whose central block holds the camera
-    tile_ids: np.ndarray  # tiles ranked by their best score (top_k)
-    tile_scores: np.ndarray
+    tile_ids: np.ndarray  # tiles ranked by their best posterior score (top_k)
+    tile_scores: np.ndarray  # those posterior scores (score + log-prior / logit_scale; the score without a prior)
 
 
 @dataclass
@@ -87,15 +94,39 @@ def _parabola(s_minus: float, s0: float, s_plus: float) -> float:
     return float(np.clip(0.5 * (s_minus - s_plus) / den, -0.5, 0.5))
 
 
-def match_scope(engine: Any, ground: np.ndarray, smap: ScopeMap, *, exclusion_m: float, top_k: int) -> BevMatch:
+@dataclass(frozen=True)
+class Prior:
+    """A Gaussian on the camera position from the GNSS fix, on the tile set's UTM grid."""
+
+    easting_m: float
+    northing_m: float
+    covariance_m2: np.ndarray  # (2, 2), grid axes (E, N)
+
+    def log_density(self, east: np.ndarray, north: np.ndarray) -> np.ndarray:
+        """-d^T P^-1 d / 2 at the given positions (the normalising constant dropped)."""
+        inv = np.linalg.inv(np.asarray(self.covariance_m2, np.float64))
+        de, dn = np.asarray(east, np.float64) - self.easting_m, np.asarray(north, np.float64) - self.northing_m
+        return -0.5 * (inv[0, 0] * de * de + (inv[0, 1] + inv[1, 0]) * de * dn + inv[1, 1] * dn * dn)
+
+
+def match_scope(engine: Any, ground: np.ndarray, smap: ScopeMap, *, exclusion_m: float, top_k: int,
+                prior: Prior | None = None) -> BevMatch:
     """Best bearing and position of the camera in the scope map (see the module docstring).
 
-    ground: (1, C, K, K) camera-frame ground features from the engine's ground graph.
+    ground: (1, C, K, K) camera-frame ground features from the engine's ground graph. prior: the
+    GNSS fix as a Gaussian; the pose then maximises the posterior, not the likelihood alone.
     """
     meta = engine.meta.bev
     k, stride, n_rot = int(meta["kernel_cells"]), int(meta["match_stride"]), int(meta["rotations"])
     scale = float(meta["logit_scale"])
     _, h, w = smap.fmap.shape
+
+    def log_prior(i: np.ndarray, j: np.ndarray) -> np.ndarray:
+        """The prior at corners (i, j) in score units (divided by logit_scale); 0 without a prior."""
+        if prior is None:
+            return np.zeros(np.broadcast_shapes(np.shape(i), np.shape(j)), np.float32)
+        return (prior.log_density(*smap.position(i, j)) / scale).astype(np.float32)
+
     padded = np.pad(smap.fmap, ((0, 0), (k // 2, k // 2 - 1), (k // 2, k // 2 - 1)))[None]
     coarse = engine.match(ground, padded)[0]  # (R, ceil(H / s), ceil(W / s)) at corners (s i, s j)
     ii = np.arange(coarse.shape[1]) * stride
@@ -103,8 +134,9 @@ def match_scope(engine: Any, ground: np.ndarray, smap: ScopeMap, *, exclusion_m:
     b = smap.block_cells
     tile_of = smap.owner[np.minimum(ii // b, smap.owner.shape[0] - 1)][:, np.minimum(jj // b, smap.owner.shape[1] - 1)]
     valid = tile_of >= 0
-    best_rot = coarse.max(axis=0)
-    masked = np.where(valid, best_rot, -np.inf)
+    best_rot = coarse.max(axis=0)  # likelihood (score) of each position at its best bearing
+    post = best_rot + log_prior(ii[:, None], jj[None, :])  # log-posterior / logit_scale
+    masked = np.where(valid, post, -np.inf)
     ci, cj = np.unravel_index(int(np.argmax(masked)), masked.shape)
     r0 = int(np.argmax(coarse[:, ci, cj]))
 
@@ -136,14 +168,17 @@ def match_scope(engine: Any, ground: np.ndarray, smap: ScopeMap, *, exclusion_m:
         for bb in range(span):
             if smap.tile_at(i_lo + a, j_lo + bb) < 0:
                 fine[:, a, bb] = -np.inf
+    fine_post = fine + log_prior(i_lo + np.arange(span)[:, None], j_lo + np.arange(span)[None, :])[None]
     rots = [(r0 - 1) % n_rot, r0, (r0 + 1) % n_rot]
-    sub = fine[rots]
+    sub = fine_post[rots]
     ri, fa, fb = np.unravel_index(int(np.argmax(sub)), sub.shape)
     r_best = rots[ri]
     s0 = float(fine[r_best, fa, fb])
-    # sub-cell and sub-step refinement
-    da = _parabola(float(fine[r_best, fa - 1, fb]), s0, float(fine[r_best, fa + 1, fb])) if 0 < fa < span - 1 else 0.0
-    db = _parabola(float(fine[r_best, fa, fb - 1]), s0, float(fine[r_best, fa, fb + 1])) if 0 < fb < span - 1 else 0.0
+    p0 = float(fine_post[r_best, fa, fb])
+    # sub-cell refinement on the posterior, sub-step on the likelihood (the prior has no bearing)
+    fp = fine_post[r_best]
+    da = _parabola(float(fp[fa - 1, fb]), p0, float(fp[fa + 1, fb])) if 0 < fa < span - 1 else 0.0
+    db = _parabola(float(fp[fa, fb - 1]), p0, float(fp[fa, fb + 1])) if 0 < fb < span - 1 else 0.0
     at = fine[:, fa, fb]
     dr = _parabola(float(at[(r_best - 1) % n_rot]), s0, float(at[(r_best + 1) % n_rot]))
     i_best, j_best = i_lo + fa, j_lo + fb
@@ -151,12 +186,12 @@ def match_scope(engine: Any, ground: np.ndarray, smap: ScopeMap, *, exclusion_m:
     step = 2 * math.pi / n_rot
     bearing = float(np.remainder((r_best + dr) * step, 2 * math.pi))
 
-    # margin against distinct places, spread and bearing variance from the model's softmax
+    # margin against distinct places and spread from the posterior, bearing variance from the model's softmax
     pe, pn = smap.position(ii[:, None], jj[None, :])
     dist = np.hypot(pe - east, pn - north)
     far = valid & (dist > exclusion_m)
-    margin = s0 - float(best_rot[far].max()) if far.any() else s0 + 1.0
-    logits = np.where(valid, best_rot, -np.inf) * scale
+    margin = p0 - float(post[far].max()) if far.any() else p0 + 1.0
+    logits = masked * scale
     p = np.exp(logits - logits.max())
     p /= p.sum()
     spread = float(math.sqrt(float(np.sum(p * dist ** 2))))
@@ -166,11 +201,14 @@ def match_scope(engine: Any, ground: np.ndarray, smap: ScopeMap, *, exclusion_m:
     resultant = abs(complex(np.sum(q * np.cos(angles)), np.sum(q * np.sin(angles))))
     bearing_var = float(max(-2.0 * math.log(max(resultant, 1e-9)), (step / 2) ** 2 / 3))
 
-    # tiles ranked by their best score (coarse, and the refined one for the chosen tile)
-    tile_id = smap.tile_at(i_best, j_best)
+    # tiles ranked by their best posterior score (coarse, and the refined one for the chosen tile)
+    # the tile whose block holds the refined position (a corner refined across a block edge moves on)
+    tile_id = smap.tile_at(math.floor(i_best + da), math.floor(j_best + db))
+    if tile_id < 0:
+        tile_id = smap.tile_at(i_best, j_best)
     ids = np.unique(tile_of[valid])
-    per_tile = np.array([best_rot[valid & (tile_of == t)].max() for t in ids])
-    per_tile[ids == tile_id] = np.maximum(per_tile[ids == tile_id], s0)
+    per_tile = np.array([post[valid & (tile_of == t)].max() for t in ids])
+    per_tile[ids == tile_id] = np.maximum(per_tile[ids == tile_id], p0)
     order = np.argsort(-per_tile, kind="stable")[:max(1, top_k)]
     return BevMatch(float(east), float(north), bearing, s0, float(margin), spread, bearing_var, tile_id,
                     ids[order], per_tile[order])

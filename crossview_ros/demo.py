@@ -11,7 +11,10 @@ Stages, each one call of a project step (hloc style: the pipeline only chains th
   5 tiles    crossview-tiles build   that orthophoto cut like the training tiles   WORK/PRESET/tiles
   6 encode   crossview-tiles encode  the tiles' descriptors with the export        (in place)
   7 drive    crossview-sim drive     a 2 Hz walk with urban GNSS, as a bag         WORK/drive
-  8 replay   crossview-replay        the bag through the real localize_node        WORK/PRESET/replay
+  8 calibrate crossview-localize      --calibrate on a validation walk (next seed)  WORK/PRESET/calibration
+                                     in the held-out city: the receiver's sigma    (+ model/covariance.json)
+                                     scale, the position and yaw covariance
+  9 replay   crossview-replay        the bag through the real localize_node        WORK/PRESET/replay
 
 then a summary (raw GNSS vs our fixes vs the fused track: median / p95 error, share published,
 heading) printed and written to WORK/PRESET/demo_summary.json, with the path of the replay's
@@ -60,7 +63,8 @@ log = logging.getLogger("crossview_demo")
 PROG = "crossview-demo"
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 RECORD_FORMAT = "crossview_ros.demo_stage"
-STAGES = ("dataset", "train", "export", "city", "tiles", "encode", "drive", "replay")
+STAGES = ("dataset", "train", "export", "city", "tiles", "encode", "drive", "calibrate", "replay")
+MIN_VALIDATION_S = 30.0  # the calibration walk is as long as the drive, and at least this
 SAME_AREA_TRAIN_FRACTION = 0.9  # share of each city's panoramas in same_area_balanced_train (the demo trains on it)
 TEST_CITY_LAT_DEG, TEST_CITY_LON_DEG = 40.7580, -73.9855  # held-out city centre (crossview-sim city's default)
 
@@ -373,6 +377,29 @@ def make_drive(city: Path, out: Path, cfg: DemoConfig) -> Path:
     return out
 
 
+def calibrate_model(model: Path, tiles: Path, city: Path, out: Path, cfg: DemoConfig) -> Path:
+    """A validation walk (seed + 1: another route and GNSS history in the held-out city; same-city,
+    so it is the optimistic case of calibration) under out/, then crossview-localize --calibrate on
+    it: covariance.json beside the model; its printout in out/calibration.txt."""
+    import contextlib
+
+    from crossview_ros import localize_cli
+    from crossview_ros.sim import cli as sim_cli
+
+    bag = out / "validation_drive"
+    _step("crossview-sim drive (validation)", sim_cli.main(
+        ["drive", "--city", str(city), "--out", str(bag), "--mode", cfg.mode,
+         "--duration-s", repr(max(cfg.drive_s, MIN_VALIDATION_S)), "--rate-hz", repr(cfg.drive_rate_hz),
+         "--gnss", "urban", "--pano-height-px", str(cfg.pano_height_px), "--seed", str(cfg.seed + 1), "--overwrite"]
+        + ([] if cfg.progress else ["--no-progress"])))
+    with open(out / "calibration.txt", "w") as f, contextlib.redirect_stdout(f):
+        # with the heading always: the yaw variance is calibrated too, whatever the replay then runs
+        code = localize_cli.main(["--model", str(model), "--tiles", str(tiles), "--bag", str(bag), "--calibrate",
+                                  "--heading"])
+    _step("crossview-localize --calibrate", code)
+    return model / "covariance.json"
+
+
 def node_args(cfg: DemoConfig) -> list[str]:
     return (["-p", "heading:=true"] if cfg.heading else []) + list(cfg.node_args)
 
@@ -476,9 +503,24 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
                        lambda: {"bag_files": sorted(p.name for p in make_drive(city_dir, drive_dir, cfg).iterdir())},
                        lambda info: sorted(p.name for p in drive_dir.iterdir()) == info["bag_files"])
 
+    calib_dir = per_model / "calibration"
+    calib_params = {"city": city.fingerprint, "tiles": encode.fingerprint, "model_hash": export.info["model_hash"],
+                    "mode": cfg.mode, "duration_s": max(cfg.drive_s, MIN_VALIDATION_S), "rate_hz": cfg.drive_rate_hz,
+                    "pano_height_px": cfg.pano_height_px, "seed": cfg.seed + 1}
+
+    def build_calibration() -> dict[str, Any]:
+        calib_dir.mkdir(parents=True, exist_ok=True)
+        path = calibrate_model(model_dir, tiles_dir, city_dir, calib_dir, cfg)
+        return {"covariance": str(path), "covariance_sha256": sha256_file(path)}
+
+    calibration = stages.run(
+        "calibrate", calib_dir, calib_params, build_calibration,
+        lambda info: sha256_file(Path(info["covariance"])) == info["covariance_sha256"], scope=cfg.preset)
+
     replay_dir = per_model / "replay"
     params_file = cfg.params_file.resolve() if cfg.params_file is not None else None
     replay_params = {"drive": drive.fingerprint, "tiles": encode.fingerprint, "model_hash": export.info["model_hash"],
+                     "calibration": calibration.fingerprint,
                      "rate": cfg.replay_rate, "node_args": node_args(cfg),
                      "params_file_sha256": sha256_file(params_file) if params_file is not None else None}
 

@@ -139,6 +139,7 @@ class LocalizerConfig:
     fusion_temperature: float = 0.02  # softmax temperature on cosine scores for the weights (fusion, spread)
     fusion_radius_m: float = 20.0  # candidates whose position lies within this of the top-1's agree, m
     margin_mode: str = "top2"  # top2: top1 - top2 score | distinct: top1 - best tile not overlapping the top-1
+    match_prior: bool = True  # bev models: the pose maximising model likelihood x GNSS prior (false: likelihood alone)
     min_margin: float = 0.0  # LOW_MARGIN unless margin > this (cosine); 0 rejects only ties; tune on validation
     max_mahalanobis: float = 13.8  # MAHALANOBIS when d^2 vs the GNSS prior exceeds this (chi2 2 dof: 13.8 = 99.9 %)
     heading: bool = False  # estimate yaw (needs tile images and crossview_ros.heading); adds one aerial encode
@@ -151,7 +152,9 @@ class LocalizerConfig:
     cov_spread_coef: float = 0.0  # d ln(sigma) / d ln(1 + spread_m) (uncalibrated)
     cov_offset_coef: float = 0.0  # d ln(sigma) / d offset_m, per metre (uncalibrated)
     cov_sigma_min_m: float = 1.0  # sigma floor, m (kept by calibrate)
-    yaw_variance_scale: float = 1.0  # yaw variance = scale x the heading's raw variance (uncalibrated)
+    cov_fix_sigma_scale: float = 1.0  # the fix's covariance is scaled by this squared before any use (uncalibrated)
+    yaw_variance_scale: float = 1.0  # yaw variance = scale x the heading's raw variance^power (uncalibrated)
+    yaw_variance_power: float = 1.0  # the power on the raw variance (uncalibrated)
     yaw_variance_min_rad2: float = 1e-4  # yaw variance floor, rad^2 ((0.57 deg)^2)
     log_throttle_s: float = 5.0  # one log line per rejection reason per this many seconds
 
@@ -194,13 +197,16 @@ class LocalizerConfig:
         number("min_margin")
         need(number("max_mahalanobis") > 0, "max_mahalanobis", "must be > 0 (chi-square 2 dof, e.g. 13.8)")
         need(isinstance(self.heading, bool), "heading", "must be true or false")
+        need(isinstance(self.match_prior, bool), "match_prior", "must be true or false")
         need(self.heading_method in HEADING_METHODS, "heading_method", f"must be one of {HEADING_METHODS}")
         need(number("camera_height_m") >= 0, "camera_height_m", "must be >= 0 m (0 = pooled rows)")
         need(number("cov_sigma0_m") > 0, "cov_sigma0_m", "must be > 0 m")
         for name in ("cov_margin_coef", "cov_score_coef", "cov_spread_coef", "cov_offset_coef"):
             number(name)
         need(number("cov_sigma_min_m") > 0, "cov_sigma_min_m", "must be > 0 m")
+        need(number("cov_fix_sigma_scale") > 0, "cov_fix_sigma_scale", "must be > 0")
         need(number("yaw_variance_scale") > 0, "yaw_variance_scale", "must be > 0")
+        need(0 < number("yaw_variance_power") <= 4, "yaw_variance_power", "must be in (0, 4]")
         need(number("yaw_variance_min_rad2") > 0, "yaw_variance_min_rad2", "must be > 0 rad^2")
         need(number("log_throttle_s") >= 0, "log_throttle_s", "must be >= 0 s")
 
@@ -348,17 +354,21 @@ class CovarianceModel:
     sigma_min_m: float
     yaw_variance_scale: float
     yaw_variance_min_rad2: float
+    fix_sigma_scale: float = 1.0  # the GNSS receiver's honesty: its reported sigma times this is its real one
+    yaw_variance_power: float = 1.0  # yaw variance = scale x raw^power
     calibrated: bool = False
     fit: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     PARAMS = ("sigma0_m", "margin_coef", "score_coef", "spread_coef", "offset_coef", "sigma_min_m",
-              "yaw_variance_scale", "yaw_variance_min_rad2")
+              "yaw_variance_scale", "yaw_variance_min_rad2", "fix_sigma_scale", "yaw_variance_power")
+    OPTIONAL = {"fix_sigma_scale": 1.0, "yaw_variance_power": 1.0}  # absent from older calibration files
 
     @classmethod
     def from_config(cls, config: LocalizerConfig) -> CovarianceModel:
         return cls(config.cov_sigma0_m, config.cov_margin_coef, config.cov_score_coef, config.cov_spread_coef,
                    config.cov_offset_coef, config.cov_sigma_min_m, config.yaw_variance_scale,
-                   config.yaw_variance_min_rad2, calibrated=False)
+                   config.yaw_variance_min_rad2, fix_sigma_scale=config.cov_fix_sigma_scale,
+                   yaw_variance_power=config.yaw_variance_power, calibrated=False)
 
     @staticmethod
     def features(margin: Any, score: Any, spread_m: Any, offset_m: Any) -> np.ndarray:
@@ -378,7 +388,8 @@ class CovarianceModel:
         return float(sigma) if sigma.ndim == 0 else sigma
 
     def yaw_variance_rad2(self, raw_variance_rad2: Any) -> Any:
-        v = np.maximum(self.yaw_variance_min_rad2, self.yaw_variance_scale * np.asarray(raw_variance_rad2, float))
+        raw = np.maximum(np.asarray(raw_variance_rad2, float), 1e-12)
+        v = np.maximum(self.yaw_variance_min_rad2, self.yaw_variance_scale * raw ** self.yaw_variance_power)
         return float(v) if v.ndim == 0 else v
 
     def to_dict(self) -> dict[str, Any]:
@@ -386,14 +397,15 @@ class CovarianceModel:
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any], fit: Mapping[str, Any] | None = None) -> CovarianceModel:
-        missing = [p for p in cls.PARAMS if p not in values]
+        missing = [p for p in cls.PARAMS if p not in values and p not in cls.OPTIONAL]
         unknown = sorted(set(values) - set(cls.PARAMS) - {"calibrated"})
         if missing or unknown:
             raise ValueError(f"covariance parameters: missing {missing}, unknown {unknown}; "
                              f"expected {list(cls.PARAMS)}")
-        vals = {p: float(values[p]) for p in cls.PARAMS}
+        vals = {p: float(values.get(p, cls.OPTIONAL.get(p))) for p in cls.PARAMS}
         if not all(math.isfinite(v) for v in vals.values()) or min(
-                vals["sigma0_m"], vals["sigma_min_m"], vals["yaw_variance_scale"], vals["yaw_variance_min_rad2"]) <= 0:
+                vals["sigma0_m"], vals["sigma_min_m"], vals["yaw_variance_scale"], vals["yaw_variance_min_rad2"],
+                vals["fix_sigma_scale"]) <= 0:
             raise ValueError(f"covariance parameters must be finite, sigmas and yaw terms > 0: {vals}")
         return cls(**vals, calibrated=bool(values.get("calibrated", False)), fit=dict(fit or {}))
 
@@ -460,6 +472,59 @@ def _fit_log_sigma(features: np.ndarray, r2: np.ndarray) -> tuple[float, np.ndar
     return float(a[0] - np.sum(slopes * mu)), slopes
 
 
+def _fit_yaw_power(e2: np.ndarray, raw: np.ndarray) -> float:
+    """p of ln var = c + p ln raw by maximum likelihood of 1-D Gaussian yaw errors, with a ridge
+    pulling p towards 1 (raw variance taken at its word). A heading estimator's raw variance
+    ranks frames better than it scales them: broad for the good ones, a flip's not broad enough."""
+    from scipy.optimize import minimize
+
+    x = np.log(raw)
+    x = x - x.mean()
+
+    def nll(a: np.ndarray) -> tuple[float, np.ndarray]:
+        z = np.clip(a[0] + a[1] * x, -50.0, 50.0)  # ln variance
+        w = e2 * np.exp(-z)
+        value = float(np.sum(z + w) + _RIDGE * (a[1] - 1.0) ** 2)
+        g = 1.0 - w
+        return value, np.array([np.sum(g), np.sum(g * x) + 2.0 * _RIDGE * (a[1] - 1.0)])
+
+    a = minimize(nll, np.array([math.log(max(float(np.mean(e2)), 1e-12)), 1.0]), jac=True, method="L-BFGS-B",
+                 bounds=[(None, None), (0.05, 4.0)]).x
+    return float(a[1])
+
+
+def fit_fix_sigma_scale(fixes: Sequence[Fix], truths: Sequence[Any], *, quantile: float = 0.95,
+                        default_sigma_m: float = LocalizerConfig.default_fix_sigma_m, min_samples: int = 20) -> float:
+    """The factor on the fixes' reported sigma that makes them honest on a validation drive.
+
+    Urban receivers report too small a covariance (multipath, canyons). With the factor s, the
+    `quantile` of the squared Mahalanobis errors e^T (s^2 C)^-1 e of the fixes against the truth
+    equals the chi-square 2-dof quantile (5.99 at 95 %), as calibrate() does for our estimates:
+    s = sqrt(quantile of e^T C^-1 e / 5.99). C: the fix's ENU covariance, or default_sigma_m^2 I.
+    """
+    from scipy.stats import chi2
+
+    if len(fixes) != len(truths):
+        raise ValueError(f"got {len(fixes)} fixes but {len(truths)} truths; pass one truth per fix")
+    d2 = []
+    for fix, truth in zip(fixes, truths):
+        t = _truth_of(truth)
+        if fix.status == NAVSAT_STATUS_NO_FIX or not all(map(math.isfinite, (fix.lat_deg, fix.lon_deg))):
+            continue
+        if fix.covariance_enu_m2 is not None:
+            cov = np.asarray(fix.covariance_enu_m2, np.float64)[:2, :2]
+        else:
+            cov = np.eye(2) * (default_sigma_m if fix.sigma_m is None else float(fix.sigma_m)) ** 2
+        if not np.all(np.isfinite(cov)) or np.linalg.eigvalsh(cov).min() <= 0:
+            continue
+        e = np.array(geo.offset_enu_m(t.lat_deg, t.lon_deg, fix.lat_deg, fix.lon_deg))
+        d2.append(float(e @ np.linalg.solve(cov, e)))
+    if len(d2) < min_samples:
+        raise ValueError(f"fitting the fix sigma scale needs at least {min_samples} fixes with a position and a "
+                         f"positive covariance, got {len(d2)}")
+    return float(math.sqrt(float(np.quantile(d2, quantile)) / float(chi2.ppf(quantile, 2))))
+
+
 def calibrate(estimates: Sequence[Estimate], truths: Sequence[Any], *, start: CovarianceModel | None = None,
               fit_shape: bool | None = None, quantile: float = 0.95,
               reasons: Sequence[Reason | str] = (Reason.OK, Reason.MAHALANOBIS),
@@ -474,7 +539,8 @@ def calibrate(estimates: Sequence[Estimate], truths: Sequence[Any], *, start: Co
     scaled so that the `quantile` of d^2 over the set equals the chi-square 2-dof quantile (5.99
     at 95 %), which keeps the share right when the errors are heavier-tailed than a Gaussian.
     Yaw (where estimates and truths have it): yaw_variance_scale so that the same quantile of
-    e^2 / var equals the 1-dof quantile (3.84 at 95 %). sigma_min_m and yaw_variance_min_rad2
+    e^2 / var equals the 1-dof quantile (3.84 at 95 %). sigma_min_m, yaw_variance_min_rad2 and
+    fix_sigma_scale (fit_fix_sigma_scale, before the drive is localized: it shapes the estimates)
     are kept from `start` (default: the uncalibrated defaults).
     """
     from scipy.stats import chi2
@@ -525,16 +591,20 @@ def calibrate(estimates: Sequence[Estimate], truths: Sequence[Any], *, start: Co
         "chi2_2dof_quantile": q2, "share_d2_below_chi2": float(np.mean(d2 <= q2)),
         "median_error_m": float(np.median(np.sqrt(r2a))), "median_sigma_m": float(np.median(sigma)),
     }
-    yaw_scale = start.yaw_variance_scale
+    yaw_scale, yaw_power = start.yaw_variance_scale, start.yaw_variance_power
     if len(yaw_err2) >= min_samples:
         q1 = float(chi2.ppf(quantile, 1))
-        e2, raw = np.asarray(yaw_err2), np.asarray(yaw_raw)
+        e2, raw = np.asarray(yaw_err2), np.maximum(np.asarray(yaw_raw), 1e-12)
+        if fit_shape:
+            yaw_power = _fit_yaw_power(e2, raw)
+        shaped = raw ** yaw_power
 
         def q_yaw(log_c: float) -> float:
-            return float(np.quantile(e2 / np.maximum(start.yaw_variance_min_rad2, math.exp(log_c) * raw), quantile))
+            return float(np.quantile(e2 / np.maximum(start.yaw_variance_min_rad2, math.exp(log_c) * shaped),
+                                     quantile))
 
         yaw_scale = math.exp(_solve_monotone(q_yaw, q1))
-        var = np.maximum(start.yaw_variance_min_rad2, yaw_scale * raw)
+        var = np.maximum(start.yaw_variance_min_rad2, yaw_scale * shaped)
         fit.update({"yaw_samples": len(yaw_err2), "chi2_1dof_quantile": q1,
                     "yaw_share_below_chi2": float(np.mean(e2 / var <= q1))})
     else:
@@ -542,8 +612,8 @@ def calibrate(estimates: Sequence[Estimate], truths: Sequence[Any], *, start: Co
     return CovarianceModel(
         sigma0_m=float(math.exp(log_sigma0 + log_scale)), margin_coef=float(coefs[0]), score_coef=float(coefs[1]),
         spread_coef=float(coefs[2]), offset_coef=float(coefs[3]), sigma_min_m=start.sigma_min_m,
-        yaw_variance_scale=float(yaw_scale), yaw_variance_min_rad2=start.yaw_variance_min_rad2, calibrated=True,
-        fit=fit)
+        yaw_variance_scale=float(yaw_scale), yaw_variance_min_rad2=start.yaw_variance_min_rad2,
+        fix_sigma_scale=start.fix_sigma_scale, yaw_variance_power=float(yaw_power), calibrated=True, fit=fit)
 
 
 def save_covariance(model: CovarianceModel, path: str | os.PathLike, model_hash: str) -> Path:
@@ -831,7 +901,7 @@ class Localizer:
              times: dict[str, float], context: dict[str, Any], t_start: float) -> Estimate:
         cfg = self.config
         stamp = self._check_stamp(stamp_s, now_s)
-        fix_cov = self._check_fix(fix)
+        fix_cov = self._check_fix(fix) * self.covariance.fix_sigma_scale ** 2
         if fix.stamp_s > now_s + cfg.max_future_s:
             raise _Reject(Reason.FUTURE_STAMP, f"fix stamp {fix.stamp_s:.3f} s is {fix.stamp_s - now_s:.3f} s in "
                                                f"the future (more than max_future_s {cfg.max_future_s:g} s)")
@@ -871,7 +941,8 @@ class Localizer:
         times["encode_ms"] = time.perf_counter() - t
 
         if self.meta.matching == "bev":
-            return self._run_bev(ground_feats, scope, fix, fix_cov, age_s, stamp, times, context, t_start, search_s)
+            return self._run_bev(ground_feats, scope, fix, fix_cov, (float(e_fix), float(n_fix)), age_s, stamp, times,
+                                 context, t_start, search_s)
 
         t = time.perf_counter()
         result = self.search.search(ground_desc[0], scope, cfg.top_k)
@@ -912,8 +983,8 @@ class Localizer:
         return self._finish(Estimate(stamp_s=stamp, accepted=True, reason=Reason.OK, **context,
                                      latency=self._latency(times, t_start)))
 
-    def _run_bev(self, ground_feats: np.ndarray, scope: np.ndarray, fix: Fix, fix_cov: np.ndarray, age_s: float,
-                 stamp: float, times: dict[str, float], context: dict[str, Any], t_start: float,
+    def _run_bev(self, ground_feats: np.ndarray, scope: np.ndarray, fix: Fix, fix_cov: np.ndarray,
+                 fix_utm: tuple[float, float], age_s: float, stamp: float, times: dict[str, float], context: dict[str, Any], t_start: float,
                  search_s: float) -> Estimate:
         """Position and bearing from a top-down correlation model (crossview_ros.bev_match)."""
         cfg = self.config
@@ -921,10 +992,16 @@ class Localizer:
         bev = self.meta.bev
         ids = np.sort(scope)  # increasing rows: one sequential read of the memory-mapped descriptors
         smap = bev_match.scope_map(self.tiles.descriptors[ids], ids, self.tiles.easting_m[ids],
-                                   self.tiles.northing_m[ids], channels=self.meta.ground_features[0], block_cells=int(bev["block_cells"]),
-                                   cell_m=float(bev["cell_m"]))
+                                   self.tiles.northing_m[ids], channels=self.meta.ground_features[0],
+                                   block_cells=int(bev["block_cells"]), cell_m=float(bev["cell_m"]))
+        prior = None
+        if cfg.match_prior:
+            # floored at one cell: a fix that claims zero variance still leaves the model its cell
+            cov_grid = geo.enu_cov_to_utm(self._prior_cov(fix_cov, age_s), float(fix.lat_deg), float(fix.lon_deg),
+                                          self.tiles.zone) + np.eye(2) * float(bev["cell_m"]) ** 2
+            prior = bev_match.Prior(*fix_utm, cov_grid)
         m = bev_match.match_scope(self.engine, ground_feats[:1], smap, exclusion_m=cfg.fusion_radius_m,
-                                  top_k=cfg.top_k)
+                                  top_k=cfg.top_k, prior=prior)
         times["search_ms"] = search_s + time.perf_counter() - t
         t = time.perf_counter()
         east, north = m.easting_m, m.northing_m
@@ -953,9 +1030,14 @@ class Localizer:
         sigma = self.covariance.sigma_m(margin, score, spread_m, math.hypot(*offset_m))
         cov = np.eye(2) * sigma * sigma
         de, dn = geo.offset_enu_m(float(fix.lat_deg), float(fix.lon_deg), lat, lon)
-        prior = fix_cov + np.eye(2) * (age_s * self.config.max_speed_mps) ** 2
         innovation = np.array([de, dn])
-        return cov, float(innovation @ np.linalg.solve(cov + prior, innovation)), math.hypot(de, dn)
+        return (cov, float(innovation @ np.linalg.solve(cov + self._prior_cov(fix_cov, age_s), innovation)),
+                math.hypot(de, dn))
+
+    def _prior_cov(self, fix_cov: np.ndarray, age_s: float) -> np.ndarray:
+        """The GNSS prior at the panorama's stamp, ENU m^2: the fix's covariance (already scaled by
+        fix_sigma_scale) widened by how far the platform may have moved since the fix."""
+        return fix_cov + np.eye(2) * (age_s * self.config.max_speed_mps) ** 2
 
     def _gate(self, margin: float, d2: float, distance_m: float, detail: str) -> None:
         """LOW_MARGIN, then MAHALANOBIS against the GNSS prior; both keep the estimate in the Estimate."""

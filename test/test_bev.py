@@ -200,6 +200,34 @@ def test_matcher_recovers_a_planted_pose(bev_export, turns):
     assert m.tile_id == smap.tile_at(7, 5) and m.tile_ids[0] == m.tile_id
 
 
+def test_gnss_prior_picks_the_twin_near_the_fix(bev_export):
+    """Two identical places (the kernel's cells copied elsewhere): the likelihood cannot tell them
+    apart; a Gaussian prior on either picks that one, and the margin is at most the prior's
+    log-density gap in score units, -(0 - d^2 / (2 sigma^2)) / logit_scale."""
+    from crossview_ros import bev_match
+    from crossview_ros.engines import OnnxEngine
+
+    engine = OnnxEngine(bev_export, threads=1)
+    k = int(engine.meta.bev["kernel_cells"])
+    a, b = (4, 4), (8, 8)  # even corners: the coarse pass sees both peaks
+    smap, ground = planted_scope(engine, 0, a)
+    smap.fmap[:, b[0] - k // 2:b[0] + k // 2, b[1] - k // 2:b[1] + k // 2] = \
+        smap.fmap[:, a[0] - k // 2:a[0] + k // 2, a[1] - k // 2:a[1] + k // 2]
+    pos = {name: smap.position(*ij) for name, ij in (("a", a), ("b", b))}
+    gap_m = math.dist(pos["a"], pos["b"])
+    twins = bev_match.match_scope(engine, ground, smap, exclusion_m=5.0, top_k=3)
+    assert abs(twins.margin) < 1e-4  # a tie without the prior
+    sigma = 6.0
+    for near, far in (("a", "b"), ("b", "a")):
+        prior = bev_match.Prior(*pos[near], np.eye(2) * sigma ** 2)
+        m = bev_match.match_scope(engine, ground, smap, exclusion_m=5.0, top_k=3, prior=prior)
+        assert math.dist((m.easting_m, m.northing_m), pos[near]) < 0.5 * smap.cell_m, near
+        assert m.score > 0.9  # the score stays the likelihood's
+        gap = 0.5 * gap_m ** 2 / sigma ** 2 / float(engine.meta.bev["logit_scale"])
+        assert 0.0 < m.margin <= gap + 1e-4
+        assert prior.log_density(*pos[far]) == pytest.approx(-0.5 * gap_m ** 2 / sigma ** 2)
+
+
 def test_localizer_with_a_bev_model(bev_export, tmp_path):
     import cv2
 

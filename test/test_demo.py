@@ -108,6 +108,11 @@ def test_first_run_builds_every_stage_and_summarises_the_replay(runs):
     assert (work / "cpu-small" / "model" / "model.json").is_file()
     assert (work / "city" / "orthophoto.tif").is_file()
     assert (work / "drive" / "metadata.yaml").is_file()
+    # the covariance the replay's node loaded was calibrated on the validation walk, not on the drive
+    calibration = json.loads((work / "cpu-small" / "model" / "covariance.json").read_text())
+    assert calibration["params"]["calibrated"] and calibration["fit"]["samples"] > 21
+    assert "covariance calibrated on" in (work / "cpu-small" / "calibration" / "calibration.txt").read_text()
+    assert (work / "cpu-small" / "calibration" / "validation_drive" / "metadata.yaml").is_file()
     city = json.loads((work / "city" / "city.json").read_text())
     assert city["city"]["config"]["seed"] == 100 and 100 not in (1, 2)  # held out: training cities are seeds 1, 2
 
@@ -229,6 +234,6 @@ def test_bad_arguments_exit_2_with_a_message_and_write_nothing(tmp_path, capsys,
 def test_help_explains_the_stages(capsys):
     assert demo.main(["--help"]) == 0
     out = capsys.readouterr().out
-    for word in ("dataset", "train", "export", "tiles", "encode", "drive", "replay", "--work", "--preset",
+    for word in ("dataset", "train", "export", "tiles", "encode", "drive", "calibrate", "replay", "--work", "--preset",
                  "--train-minutes", "Reuse", "Exit codes"):
         assert word in out

@@ -191,7 +191,7 @@ def test_config_mirrors_the_map_block_of_ekf_yaml():
         assert cfg.process_noise_per_s[i, i] == q[j, j]
         assert cfg.initial_covariance[i, i] == p0[j, j]
     assert cfg.pose.rejection_threshold == params["pose0_rejection_threshold"]
-    assert cfg.pose.topic == "/crossview/pose" and cfg.pose.variables == ("x", "y")
+    assert cfg.pose.topic == "/crossview/pose" and cfg.pose.variables == ("x", "y", "yaw")
     assert cfg.odom.variables == ("vx", "vy", "vyaw") and math.isinf(cfg.odom.rejection_threshold)
     assert cfg.gnss.rejection_threshold == params["odom1_pose_rejection_threshold"]
     assert cfg.gnss.topic == "/odometry/gps" and not cfg.use_gnss

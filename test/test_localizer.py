@@ -3,6 +3,7 @@ the scope formula, every bad input's reason code, gating, covariance calibration
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -19,7 +20,7 @@ from crossview_ros import engines as E
 from crossview_ros import geo, localize_cli, tiles_cli
 from crossview_ros.localizer import (
     CHI2_1DOF_95, CHI2_2DOF_95, CovarianceModel, Estimate, Fix, Localizer, LocalizerConfig, LocalizerError, Reason,
-    Truth, calibrate, load_covariance, save_covariance, scope_radius_m,
+    Truth, calibrate, fit_fix_sigma_scale, load_covariance, save_covariance, scope_radius_m,
 )
 from crossview_ros.sim.coord_ortho import write_coordinate_geotiff
 from crossview_ros.tiles import TileSet, TilingConfig, build_tile_set, write_tile_set
@@ -192,6 +193,40 @@ def test_scope_radius_formula_on_hand_numbers(localizer, tiles):
     localizer.reset()
     unknown = localizer.localize(jpeg(panorama(4)), centre_fix(tiles, sigma_m=None), NOW, now_s=NOW)
     assert unknown.scope_radius_m == pytest.approx(90.0)  # default_fix_sigma_m 30 m
+
+
+def test_fix_sigma_scale_widens_the_scope_and_the_gate(tile_dir, model_dir, engine, tiles):
+    """cov_fix_sigma_scale multiplies the reported sigma before the scope and the Mahalanobis gate."""
+    loc = Localizer(make_config(tile_dir, model_dir, covariance_file="none", cov_fix_sigma_scale=2.0,
+                                max_mahalanobis=1e6), engine=engine)
+    fix = centre_fix(tiles, sigma_m=12.0)
+    est = loc.localize(jpeg(panorama(1)), fix, NOW, now_s=NOW)
+    assert est.scope_radius_m == pytest.approx(3 * 24.0)  # 3 x (2 x 12 m)
+    sigma = math.sqrt(est.covariance_enu_m2[0, 0])
+    de, dn = geo.offset_enu_m(fix.lat_deg, fix.lon_deg, est.lat_deg, est.lon_deg)
+    assert est.mahalanobis_d2 == pytest.approx((de * de + dn * dn) / (sigma ** 2 + 24.0 ** 2), rel=1e-6)
+
+
+def test_fit_fix_sigma_scale_recovers_an_optimistic_receiver():
+    """Fixes whose real error is 2.5 x the reported sigma: the fitted scale is 2.5, and the share of
+    the rescaled squared Mahalanobis errors under 5.99 is 95 %."""
+    rng = np.random.default_rng(7)
+    fixes, truths, d2 = [], [], []
+    for i in range(4000):
+        t_lat, t_lon = 41.88 + rng.uniform(-0.01, 0.01), -87.63 + rng.uniform(-0.01, 0.01)
+        reported = rng.uniform(1.0, 4.0)
+        cov = np.diag([reported ** 2, (1.5 * reported) ** 2])  # anisotropic: the test goes through C^-1
+        err = rng.multivariate_normal([0.0, 0.0], 2.5 ** 2 * cov)
+        lat, lon, _ = geo.LocalENU(t_lat, t_lon).inverse(err[0], err[1])
+        fixes.append(Fix(lat, lon, float(i), covariance_enu_m2=cov))
+        truths.append((t_lat, t_lon))
+        d2.append(float(err @ np.linalg.solve(cov, err)))
+    scale = fit_fix_sigma_scale(fixes, truths)
+    assert scale == pytest.approx(2.5, rel=0.04)
+    assert scale == pytest.approx(math.sqrt(np.quantile(d2, 0.95) / CHI2_2DOF_95), rel=1e-3)
+    no_fix = [Fix(0.0, 0.0, 0.0, status=-1)] * 4000
+    with pytest.raises(ValueError, match="at least 20"):
+        fit_fix_sigma_scale(no_fix, truths)
 
 
 # --------------------------------------------------------------------------- bad input
@@ -440,6 +475,32 @@ def test_calibrate_recovers_the_scale_of_the_errors():
         d2.append((de * de + dn * dn) / s ** 2)
     assert np.mean(np.array(d2) < CHI2_2DOF_95) == pytest.approx(0.95, abs=0.015)
     assert CHI2_1DOF_95 == pytest.approx(3.841, abs=1e-3)
+
+
+def test_calibrate_fits_the_power_of_the_yaw_variance():
+    """Yaw errors with variance 0.5 x raw^2 (a raw variance that ranks frames but overstates the good
+    ones): the fit finds the power 2 and puts 95 % of fresh e^2 / var under 3.84."""
+
+    def drive(seed: int) -> tuple[list[Estimate], list[Truth]]:
+        estimates, truths = synthetic_validation(2000, 1.0, seed=seed)
+        rng = np.random.default_rng(seed + 100)
+        out = []
+        for e, t in zip(estimates, truths):
+            raw = float(rng.uniform(0.005, 0.5))
+            yaw = float(geo.wrap_angle_rad(t.yaw_enu_rad + rng.normal(0.0, math.sqrt(0.5) * raw)))
+            out.append(dataclasses.replace(e, yaw_variance_raw_rad2=raw, yaw_enu_rad=yaw))
+        return out, truths
+
+    fitted = calibrate(*drive(20))
+    assert fitted.yaw_variance_power == pytest.approx(2.0, abs=0.15)
+    fresh, fresh_truths = drive(21)
+    z2 = [geo.wrap_angle_rad(e.yaw_enu_rad - t.yaw_enu_rad) ** 2 / fitted.yaw_variance_rad2(e.yaw_variance_raw_rad2)
+          for e, t in zip(fresh, fresh_truths)]
+    assert np.mean(np.array(z2) < CHI2_1DOF_95) == pytest.approx(0.95, abs=0.015)
+    assert CovarianceModel.from_dict(fitted.to_dict()) == fitted
+    # a calibration file from before fix_sigma_scale and yaw_variance_power reads as 1 and 1
+    old = {k: v for k, v in fitted.to_dict().items() if k not in ("fix_sigma_scale", "yaw_variance_power")}
+    assert CovarianceModel.from_dict(old).yaw_variance_power == CovarianceModel.from_dict(old).fix_sigma_scale == 1.0
 
 
 def test_calibrate_refuses_too_few_samples():

@@ -101,7 +101,9 @@ _LOCALIZER_DOCS: dict[str, tuple[str, str, str, tuple[float, float] | None]] = {
                         "retrieval", (0.0, 1.0e4)),
     "margin_mode": ("", "top2: top-1 minus top-2 score; distinct: minus the best non-overlapping tile",
                     "retrieval", None),
-    "min_margin": ("1", "gate: publish only when the retrieval margin (cosine) is above this (LOW_MARGIN)",
+    "match_prior": ("bool", "bev models: pick the pose maximising model likelihood x GNSS prior "
+                            "(false: the likelihood alone)", "retrieval", None),
+    "min_margin": ("1", "gate: publish only when the margin (score units; bev: posterior) is above this (LOW_MARGIN)",
                    "gating", (-2.0, 2.0)),
     "max_mahalanobis": ("1", "gate: refuse a squared Mahalanobis distance to the fix above this "
                              "(MAHALANOBIS; chi2 2 dof 99.9 %)", "gating", (0.0, 1.0e12)),
@@ -120,8 +122,12 @@ _LOCALIZER_DOCS: dict[str, tuple[str, str, str, tuple[float, float] | None]] = {
     "cov_offset_coef": ("1/m", "d ln(sigma) / d offset from the tile centre (uncalibrated default)", "covariance",
                         None),
     "cov_sigma_min_m": ("m", "1-sigma floor of the position covariance", "covariance", (0.0, 1.0e5)),
-    "yaw_variance_scale": ("1", "yaw variance = this x the heading estimator's raw variance (uncalibrated)",
-                           "covariance", (0.0, 1.0e6)),
+    "cov_fix_sigma_scale": ("1", "the fix's reported sigma x this is used (scope, match prior, gate); urban "
+                                 "receivers are optimistic (uncalibrated default)", "covariance", (0.0, 1.0e3)),
+    "yaw_variance_scale": ("rad^(2-2p)", "yaw variance = this x the heading estimator's raw variance^power "
+                                         "(uncalibrated)", "covariance", (0.0, 1.0e6)),
+    "yaw_variance_power": ("1", "the power p on the raw yaw variance (uncalibrated; 1 = proportional)",
+                           "covariance", (0.0, 4.0)),
     "yaw_variance_min_rad2": ("rad^2", "yaw variance floor", "covariance", (0.0, 10.0)),
     "log_throttle_s": ("s", "at most one log line per rejection reason per this many seconds", "node",
                        (0.0, 3600.0)),
