@@ -201,11 +201,11 @@ def match_scope(engine: Any, ground: np.ndarray, smap: ScopeMap, *, exclusion_m:
     resultant = abs(complex(np.sum(q * np.cos(angles)), np.sum(q * np.sin(angles))))
     bearing_var = float(max(-2.0 * math.log(max(resultant, 1e-9)), (step / 2) ** 2 / 3))
 
-    # tiles ranked by their best posterior score (coarse, and the refined one for the chosen tile)
     # the tile whose block holds the refined position (a corner refined across a block edge moves on)
     tile_id = smap.tile_at(math.floor(i_best + da), math.floor(j_best + db))
     if tile_id < 0:
         tile_id = smap.tile_at(i_best, j_best)
+    # tiles ranked by their best posterior score (coarse, and the refined one for the chosen tile)
     ids = np.unique(tile_of[valid])
     per_tile = np.array([post[valid & (tile_of == t)].max() for t in ids])
     per_tile[ids == tile_id] = np.maximum(per_tile[ids == tile_id], p0)

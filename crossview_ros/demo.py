@@ -400,6 +400,14 @@ def calibrate_model(model: Path, tiles: Path, city: Path, out: Path, cfg: DemoCo
     return model / "covariance.json"
 
 
+def _ekf_config_sha256() -> str | None:
+    """The EKF set-up the replay's fused track is computed with (an edit re-evaluates the replay)."""
+    from crossview_ros.replay import find_ekf_config
+
+    path = find_ekf_config()
+    return sha256_file(path) if path is not None else None
+
+
 def node_args(cfg: DemoConfig) -> list[str]:
     return (["-p", "heading:=true"] if cfg.heading else []) + list(cfg.node_args)
 
@@ -520,7 +528,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     replay_dir = per_model / "replay"
     params_file = cfg.params_file.resolve() if cfg.params_file is not None else None
     replay_params = {"drive": drive.fingerprint, "tiles": encode.fingerprint, "model_hash": export.info["model_hash"],
-                     "calibration": calibration.fingerprint,
+                     "calibration": calibration.fingerprint, "ekf_config_sha256": _ekf_config_sha256(),
                      "rate": cfg.replay_rate, "node_args": node_args(cfg),
                      "params_file_sha256": sha256_file(params_file) if params_file is not None else None}
 

@@ -22,7 +22,10 @@ config and the evaluated filter agree. What is mirrored:
 What is not: no IMU (the drive bags carry none), no control input, no dynamic process noise, no
 tf lookups (the inputs are already in base_link or the world frame). Messages are processed in
 stamp order, which robot_localization reaches only with smooth_lagged_data for late poses.
-The raw GNSS input (navsat_transform's odometry/gps) is a switch: FusionConfig.use_gnss.
+The raw GNSS input (navsat_transform's odometry/gps) is a switch: FusionConfig.use_gnss. Our
+heading (an imuN input on crossview/heading, yaw only) is fused when the YAML names one: as its
+own input, with its own Mahalanobis gate, so that a run of wrong headings cannot make the
+filter refuse good positions (one test per input, as robot_localization does).
 """
 
 from __future__ import annotations
@@ -50,7 +53,8 @@ RL_DEFAULT_PROCESS_NOISE = (0.05, 0.05, 0.06, 0.03, 0.03, 0.06, 0.025, 0.025, 0.
 MAP_NODE = "ekf_filter_node_map"
 GNSS_TOPIC_SUFFIX = "odometry/gps"
 POSE_TOPIC_SUFFIX = "crossview/pose"
-KINDS = ("odom", "pose", "gnss")
+HEADING_TOPIC_SUFFIX = "crossview/heading"
+KINDS = ("odom", "pose", "gnss", "heading")
 
 
 def wrap_rad(a: float) -> float:
@@ -87,6 +91,7 @@ class FusionConfig:
     odom: SensorConfig = SensorConfig(("vx", "vy", "vyaw"), math.inf, "/odom")  # wheel odometry twist
     pose: SensorConfig = SensorConfig(("x", "y"), 5.0, "/crossview/pose")  # our pose (x, y[, yaw])
     gnss: SensorConfig = SensorConfig(("x", "y"), 5.0, "/odometry/gps")  # raw fix via navsat_transform
+    heading: SensorConfig | None = None  # our heading (Imu yaw) as its own input with its own gate; None: not fused
     use_gnss: bool = False  # fuse the raw GNSS fix as well (navsat_transform's role)
     source: str = "built-in defaults (robot_localization's process noise)"  # where the values came from
 
@@ -97,7 +102,7 @@ class FusionConfig:
                 raise ValueError(f"FusionConfig.{name} must be a finite {shape} array, got shape {value.shape}")
             object.__setattr__(self, name, value)
 
-    def sensor(self, kind: str) -> SensorConfig:
+    def sensor(self, kind: str) -> SensorConfig | None:
         if kind not in KINDS:
             raise ValueError(f"measurement kind {kind!r} is not one of {KINDS}")
         return getattr(self, kind)
@@ -111,6 +116,8 @@ class FusionConfig:
 
         parts = [f"wheel odometry twist ({', '.join(self.odom.variables)}; {gate(self.odom)})",
                  f"crossview pose ({', '.join(self.pose.variables)}; {gate(self.pose)})"]
+        if self.heading is not None:
+            parts.append(f"crossview heading ({', '.join(self.heading.variables)}; {gate(self.heading)})")
         if self.use_gnss:
             parts.append(f"raw GNSS fix as position ({', '.join(self.gnss.variables)}; {gate(self.gnss)})")
         q = ", ".join(f"{n} {self.process_noise_per_s[i, i]:g}" for i, n in enumerate(STATE))
@@ -148,6 +155,9 @@ class FusionConfig:
             x0 = full[[RL_INDEX[n] for n in STATE]]
 
         inputs = {k: str(v) for k, v in params.items() if _is_input_key(k) and isinstance(v, str)}
+        heading_keys = [k for k, t in inputs.items() if k.startswith("imu") and t.endswith(HEADING_TOPIC_SUFFIX)]
+        if len(heading_keys) > 1:
+            raise ValueError(f"{path} {node}: at most one imuN input on .../crossview/heading, found {heading_keys}")
         pose_keys = [k for k, t in inputs.items() if k.startswith("pose") and t.endswith(POSE_TOPIC_SUFFIX)]
         gnss_keys = [k for k, t in inputs.items() if k.startswith("odom") and t.endswith(GNSS_TOPIC_SUFFIX)]
         odom_keys = [k for k, t in inputs.items() if k.startswith("odom") and not t.endswith(GNSS_TOPIC_SUFFIX)]
@@ -173,8 +183,10 @@ class FusionConfig:
         pose = sensor(pose_keys[0], f"{pose_keys[0]}_rejection_threshold", ("x", "y", "yaw"))
         gnss = (sensor(gnss_keys[0], f"{gnss_keys[0]}_pose_rejection_threshold", ("x", "y")) if gnss_keys
                 else cls.__dataclass_fields__["gnss"].default)
+        heading = (sensor(heading_keys[0], f"{heading_keys[0]}_pose_rejection_threshold", ("yaw",)) if heading_keys
+                   else None)
         return cls(process_noise_per_s=q, initial_covariance=p0, initial_state=x0, odom=odom, pose=pose,
-                   gnss=gnss, use_gnss=use_gnss, source=f"{path.name} ({node})")
+                   gnss=gnss, heading=heading, use_gnss=use_gnss, source=f"{path.name} ({node})")
 
 
 def _is_input_key(key: str) -> bool:
@@ -208,7 +220,7 @@ class Measurement:
     """One input message reduced to what the planar filter uses."""
 
     stamp_s: float
-    kind: str  # "odom" | "pose" | "gnss"
+    kind: str  # "odom" | "pose" | "gnss" | "heading"
     values: Mapping[str, float]  # measured state variables -> value (m, rad, m/s, rad/s)
     covariance: np.ndarray  # (k, k) in the order of `values`
 
@@ -232,6 +244,11 @@ def pose_with_covariance(stamp_s: float, x_m: float, y_m: float, yaw_rad: float,
     idx = [0, 1, 5] if full[5, 5] < UNKNOWN_YAW_VARIANCE_RAD2 else [0, 1]
     values = {"x": x_m, "y": y_m, "yaw": yaw_rad} if len(idx) == 3 else {"x": x_m, "y": y_m}
     return Measurement(stamp_s, "pose", values, full[np.ix_(idx, idx)])
+
+
+def heading_yaw(stamp_s: float, yaw_rad: float, yaw_variance_rad2: float) -> Measurement:
+    """sensor_msgs/Imu orientation used as a yaw input (crossview/heading: ENU yaw and its variance)."""
+    return Measurement(stamp_s, "heading", {"yaw": yaw_rad}, np.array([[float(yaw_variance_rad2)]]))
 
 
 def gnss_position(stamp_s: float, x_m: float, y_m: float, covariance_en_m2: Any) -> Measurement:
@@ -313,6 +330,8 @@ class PlanarEKF:
     def update(self, m: Measurement) -> UpdateResult:
         """Predict to the measurement's stamp, gate it, fuse it; returns whether it was accepted."""
         sensor = self.config.sensor(m.kind)
+        if sensor is None:  # an input the configuration does not fuse
+            return UpdateResult(False, math.nan, ())
         names = tuple(n for n in STATE if n in sensor.variables and n in m.values)
         if not names:
             return UpdateResult(False, math.nan, names)
@@ -383,7 +402,8 @@ def fuse_track(measurements: Iterable[Measurement], query_stamps_s: Sequence[flo
     """
     config = config or FusionConfig()
     ekf = PlanarEKF(config)
-    kinds_used = {"odom", "pose"} | ({"gnss"} if config.use_gnss else set())
+    kinds_used = ({"odom", "pose"} | ({"gnss"} if config.use_gnss else set())
+                  | ({"heading"} if config.heading is not None else set()))
     ms = sorted((m for m in measurements if m.kind in kinds_used), key=lambda m: m.stamp_s)
     queries = np.asarray(query_stamps_s, dtype=np.float64)
     order = np.argsort(queries, kind="stable")

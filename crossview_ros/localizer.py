@@ -25,10 +25,13 @@ spread); offset_m: the distance of the estimate from the chosen tile's centre (n
 another tile should have won). Log-linear, so calibrate() is a convex maximum-likelihood fit of a
 2-D Gaussian, followed by one scale that puts the target quantile of the squared Mahalanobis
 errors on the chi-square (2 dof) quantile: 95 % of d^2 below 5.99. Yaw variance =
-max(yaw_variance_min_rad2, yaw_variance_scale * the heading estimator's raw variance), scaled so
-95 % of the squared yaw errors over variance lie below 3.84 (chi-square, 1 dof). The defaults
-are UNCALIBRATED guesses; run calibrate() on a validation drive and save_covariance() the result
-beside the model (covariance.json), which the Localizer then loads.
+max(yaw_variance_min_rad2, yaw_variance_scale * raw^yaw_variance_power), raw being the heading
+estimator's variance, scaled so 95 % of the squared yaw errors over variance lie below 3.84
+(chi-square, 1 dof). fix_sigma_scale says how much the GNSS receiver understates its sigma
+(fit_fix_sigma_scale); every use of the fix's covariance (scope, the bev match's prior, the
+Mahalanobis gate) takes it times that factor squared. The defaults are UNCALIBRATED guesses; run
+calibrate() on a validation drive and save_covariance() the result beside the model
+(covariance.json), which the Localizer then loads.
 
 A Localizer is not thread-safe (it keeps the last stamp for the order check): one per thread.
 """
@@ -140,7 +143,7 @@ class LocalizerConfig:
     fusion_radius_m: float = 20.0  # candidates whose position lies within this of the top-1's agree, m
     margin_mode: str = "top2"  # top2: top1 - top2 score | distinct: top1 - best tile not overlapping the top-1
     match_prior: bool = True  # bev models: the pose maximising model likelihood x GNSS prior (false: likelihood alone)
-    min_margin: float = 0.0  # LOW_MARGIN unless margin > this (cosine); 0 rejects only ties; tune on validation
+    min_margin: float = 0.0  # LOW_MARGIN unless margin > this (score units; bev: posterior); 0 rejects only ties
     max_mahalanobis: float = 13.8  # MAHALANOBIS when d^2 vs the GNSS prior exceeds this (chi2 2 dof: 13.8 = 99.9 %)
     heading: bool = False  # estimate yaw (needs tile images and crossview_ros.heading); adds one aerial encode
     heading_method: str = "polar"  # polar (DSM-style polar correlation) | revisiting (Zhu 2021 baseline)
@@ -405,7 +408,7 @@ class CovarianceModel:
         vals = {p: float(values.get(p, cls.OPTIONAL.get(p))) for p in cls.PARAMS}
         if not all(math.isfinite(v) for v in vals.values()) or min(
                 vals["sigma0_m"], vals["sigma_min_m"], vals["yaw_variance_scale"], vals["yaw_variance_min_rad2"],
-                vals["fix_sigma_scale"]) <= 0:
+                vals["fix_sigma_scale"], vals["yaw_variance_power"]) <= 0:
             raise ValueError(f"covariance parameters must be finite, sigmas and yaw terms > 0: {vals}")
         return cls(**vals, calibrated=bool(values.get("calibrated", False)), fit=dict(fit or {}))
 
@@ -538,8 +541,9 @@ def calibrate(estimates: Sequence[Estimate], truths: Sequence[Any], *, start: Co
     with start's shape (None: the shape too from MIN_SHAPE_SAMPLES samples on); then sigma0 is
     scaled so that the `quantile` of d^2 over the set equals the chi-square 2-dof quantile (5.99
     at 95 %), which keeps the share right when the errors are heavier-tailed than a Gaussian.
-    Yaw (where estimates and truths have it): yaw_variance_scale so that the same quantile of
-    e^2 / var equals the 1-dof quantile (3.84 at 95 %). sigma_min_m, yaw_variance_min_rad2 and
+    Yaw (where estimates and truths have it): with fit_shape, yaw_variance_power by maximum
+    likelihood (_fit_yaw_power), then yaw_variance_scale so that the same quantile of e^2 / var
+    equals the 1-dof quantile (3.84 at 95 %). sigma_min_m, yaw_variance_min_rad2 and
     fix_sigma_scale (fit_fix_sigma_scale, before the drive is localized: it shapes the estimates)
     are kept from `start` (default: the uncalibrated defaults).
     """
@@ -984,8 +988,8 @@ class Localizer:
                                      latency=self._latency(times, t_start)))
 
     def _run_bev(self, ground_feats: np.ndarray, scope: np.ndarray, fix: Fix, fix_cov: np.ndarray,
-                 fix_utm: tuple[float, float], age_s: float, stamp: float, times: dict[str, float], context: dict[str, Any], t_start: float,
-                 search_s: float) -> Estimate:
+                 fix_utm: tuple[float, float], age_s: float, stamp: float, times: dict[str, float],
+                 context: dict[str, Any], t_start: float, search_s: float) -> Estimate:
         """Position and bearing from a top-down correlation model (crossview_ros.bev_match)."""
         cfg = self.config
         t = time.perf_counter()

@@ -802,6 +802,8 @@ def _fusion_measurements(bag: DriveBag, outputs: Outputs, enu: geo.LocalENU) -> 
         p = msg.pose.pose
         ms.append(fusion.pose_with_covariance(stamp / NS, float(p.position.x), float(p.position.y),
                                               _yaw_of(p.orientation), np.asarray(msg.pose.covariance, np.float64)))
+    for stamp, _, msg in outputs.headings:
+        ms.append(fusion.heading_yaw(stamp / NS, _yaw_of(msg.orientation), float(msg.orientation_covariance[8])))
     gnss = []
     for f in bag.fixes:
         if not f.valid:

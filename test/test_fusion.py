@@ -4,6 +4,7 @@ config/ekf.yaml so the shipped robot_localization set-up and the evaluated filte
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -103,7 +104,7 @@ def test_fuse_track_dead_reckons_a_straight_line_after_the_first_pose():
     track = F.fuse_track(ms, [0.0, 4.0, 10.0], cfg)
     assert track.x_m == pytest.approx([100.0, 100.0, 100.0], abs=1e-6)
     assert track.y_m == pytest.approx([50.0, 56.0, 65.0], abs=1e-6)
-    assert track.accepted == {"odom": 501, "pose": 1, "gnss": 0}
+    assert track.accepted == {"odom": 501, "pose": 1, "gnss": 0, "heading": 0}
 
 
 def test_query_before_any_position_is_nan():
@@ -179,6 +180,36 @@ def test_gnss_is_a_switch():
     assert on.x_m[0] == pytest.approx(1.0) and on.accepted["gnss"] == 1  # two equal variances: the midpoint
 
 
+def test_heading_is_its_own_input_so_flipped_headings_cannot_lock_out_positions():
+    """Yaw 0 known to 0.01 rad^2, then a run of flipped headings (pi, variance 0.01): each is refused
+    on its own test (d^2 = pi^2 / 0.02 >= 25) and the positions that follow are still fused. With
+    the yaw inside the pose, the same pose messages are refused whole."""
+    def run(cfg: F.FusionConfig, split: bool) -> tuple[F.PlanarEKF, list[bool]]:
+        ekf = F.PlanarEKF(cfg)
+        ekf.update(F.pose_with_covariance(0.0, 0.0, 0.0, 0.0, pose_cov(1.0, 0.01)))
+        if split:
+            assert ekf.update(F.heading_yaw(0.0, 0.0, 0.01)).accepted
+        assert ekf.covariance[2, 2] == pytest.approx(0.01, rel=0.01)
+        taken = []
+        for k in range(1, 6):
+            if split:
+                taken.append(ekf.update(F.heading_yaw(float(k), math.pi, 0.01)).accepted)
+                taken.append(ekf.update(F.pose_with_covariance(float(k), 0.5, 0.0, 0.0, pose_cov(1.0))).accepted)
+            else:
+                taken.append(ekf.update(F.pose_with_covariance(float(k), 0.5, 0.0, math.pi, pose_cov(1.0, 0.01)))
+                             .accepted)
+        return ekf, taken
+
+    base = dict(p0=(1e8, 1e8, math.pi ** 2, 1e-9, 1e-9, 1e-9), threshold=5.0)
+    split = dataclasses.replace(config(**base), heading=F.SensorConfig(("yaw",), 5.0))
+    ekf, taken = run(split, True)
+    assert taken == [False, True] * 5  # every flip refused, every position fused
+    assert ekf.state[2] == pytest.approx(0.0) and ekf.state[0] > 0.3
+    ekf, taken = run(config(pose_vars=("x", "y", "yaw"), **base), False)
+    assert taken == [False] * 5 and ekf.state[0] == 0.0  # the joint test refuses the positions too
+    assert F.fuse_track([F.heading_yaw(0.0, 1.0, 0.01)], [0.0], config()).accepted["heading"] == 0  # not configured
+
+
 def test_config_mirrors_the_map_block_of_ekf_yaml():
     import yaml
 
@@ -191,7 +222,9 @@ def test_config_mirrors_the_map_block_of_ekf_yaml():
         assert cfg.process_noise_per_s[i, i] == q[j, j]
         assert cfg.initial_covariance[i, i] == p0[j, j]
     assert cfg.pose.rejection_threshold == params["pose0_rejection_threshold"]
-    assert cfg.pose.topic == "/crossview/pose" and cfg.pose.variables == ("x", "y", "yaw")
+    assert cfg.pose.topic == "/crossview/pose" and cfg.pose.variables == ("x", "y")
+    assert cfg.heading.topic == "/crossview/heading" and cfg.heading.variables == ("yaw",)
+    assert cfg.heading.rejection_threshold == params["imu1_pose_rejection_threshold"]
     assert cfg.odom.variables == ("vx", "vy", "vyaw") and math.isinf(cfg.odom.rejection_threshold)
     assert cfg.gnss.rejection_threshold == params["odom1_pose_rejection_threshold"]
     assert cfg.gnss.topic == "/odometry/gps" and not cfg.use_gnss
