@@ -413,6 +413,30 @@ class CovarianceModel:
         return cls(**vals, calibrated=bool(values.get("calibrated", False)), fit=dict(fit or {}))
 
 
+def fix_covariance_enu_m2(fix: Fix, default_sigma_m: float) -> np.ndarray:
+    """The fix's horizontal covariance (2, 2), ENU m^2, as reported: its covariance, else its sigma,
+    else default_sigma_m; ValueError saying what is wrong with a covariance or sigma."""
+    if fix.covariance_enu_m2 is not None:
+        try:
+            c = np.asarray(fix.covariance_enu_m2, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise ValueError("fix covariance is not numeric") from None
+        if c.shape not in ((2, 2), (3, 3)):
+            raise ValueError(f"fix covariance must be 2x2 or 3x3 (ENU, m^2), got shape {c.shape}")
+        if not np.all(np.isfinite(c)):
+            raise ValueError("fix covariance holds NaN or infinity")
+        h = c[:2, :2]
+        scale = max(float(np.abs(h).max()), 1e-12)
+        asymmetric = abs(h[0, 1] - h[1, 0]) > 1e-6 * scale
+        if asymmetric or float(np.linalg.eigvalsh(0.5 * (h + h.T)).min()) < -1e-9 * scale:
+            raise ValueError(f"fix covariance is not symmetric positive semi-definite: {h.tolist()}")
+        return 0.5 * (h + h.T)
+    sigma = _finite(default_sigma_m if fix.sigma_m is None else fix.sigma_m)
+    if sigma is None or sigma < 0:
+        raise ValueError(f"fix sigma_m must be a finite number >= 0 m, got {fix.sigma_m!r}")
+    return np.eye(2) * sigma ** 2
+
+
 def _truth_of(t: Any) -> Truth:
     if isinstance(t, Truth):
         return t
@@ -514,11 +538,11 @@ def fit_fix_sigma_scale(fixes: Sequence[Fix], truths: Sequence[Any], *, quantile
         t = _truth_of(truth)
         if fix.status == NAVSAT_STATUS_NO_FIX or not all(map(math.isfinite, (fix.lat_deg, fix.lon_deg))):
             continue
-        if fix.covariance_enu_m2 is not None:
-            cov = np.asarray(fix.covariance_enu_m2, np.float64)[:2, :2]
-        else:
-            cov = np.eye(2) * (default_sigma_m if fix.sigma_m is None else float(fix.sigma_m)) ** 2
-        if not np.all(np.isfinite(cov)) or np.linalg.eigvalsh(cov).min() <= 0:
+        try:
+            cov = fix_covariance_enu_m2(fix, default_sigma_m)
+        except ValueError:
+            continue  # the localizer refuses such a fix (BAD_FIX) too
+        if np.linalg.eigvalsh(cov).min() <= 0:
             continue
         e = np.array(geo.offset_enu_m(t.lat_deg, t.lon_deg, fix.lat_deg, fix.lon_deg))
         d2.append(float(e @ np.linalg.solve(cov, e)))
@@ -1084,25 +1108,10 @@ class Localizer:
             raise _Reject(Reason.BAD_FIX, f"fix position is invalid: {exc}") from None
         if _finite(fix.stamp_s) is None:
             raise _Reject(Reason.BAD_FIX, f"fix stamp must be a finite number of seconds, got {fix.stamp_s!r}")
-        if fix.covariance_enu_m2 is not None:
-            try:
-                c = np.asarray(fix.covariance_enu_m2, dtype=np.float64)
-            except (TypeError, ValueError):
-                raise _Reject(Reason.BAD_FIX, "fix covariance is not numeric") from None
-            if c.shape not in ((2, 2), (3, 3)):
-                raise _Reject(Reason.BAD_FIX, f"fix covariance must be 2x2 or 3x3 (ENU, m^2), got shape {c.shape}")
-            if not np.all(np.isfinite(c)):
-                raise _Reject(Reason.BAD_FIX, "fix covariance holds NaN or infinity")
-            h = c[:2, :2]
-            scale = max(float(np.abs(h).max()), 1e-12)
-            asymmetric = abs(h[0, 1] - h[1, 0]) > 1e-6 * scale
-            if asymmetric or float(np.linalg.eigvalsh(0.5 * (h + h.T)).min()) < -1e-9 * scale:
-                raise _Reject(Reason.BAD_FIX, f"fix covariance is not symmetric positive semi-definite: {h.tolist()}")
-            return 0.5 * (h + h.T)
-        sigma = _finite(self.config.default_fix_sigma_m if fix.sigma_m is None else fix.sigma_m)
-        if sigma is None or sigma < 0:
-            raise _Reject(Reason.BAD_FIX, f"fix sigma_m must be a finite number >= 0 m, got {fix.sigma_m!r}")
-        return np.eye(2) * sigma ** 2
+        try:
+            return fix_covariance_enu_m2(fix, self.config.default_fix_sigma_m)
+        except ValueError as exc:
+            raise _Reject(Reason.BAD_FIX, str(exc)) from None
 
     def _margin(self, ids: np.ndarray, scores: np.ndarray) -> float:
         """top1 - top2 (top2), or top1 - the best tile whose footprint does not overlap the top-1's
