@@ -366,14 +366,18 @@ def make_tiles(ortho: Path, out: Path, tile_size_m: float, cfg: DemoConfig) -> P
                           progress=cfg.progress)
 
 
-def make_drive(city: Path, out: Path, cfg: DemoConfig) -> Path:
-    """crossview-sim drive: a walk (or drive) with urban GNSS, written as an MCAP bag."""
+def make_drive(city: Path, out: Path, cfg: DemoConfig, *, duration_s: float | None = None,
+               seed: int | None = None) -> Path:
+    """crossview-sim drive: a walk (or drive) with urban GNSS, written as an MCAP bag (the drive's
+    length and seed unless given)."""
     from crossview_ros.sim import cli as sim_cli
 
+    duration_s = cfg.drive_s if duration_s is None else duration_s
+    seed = cfg.seed if seed is None else seed
     _step("crossview-sim drive", sim_cli.main(
-        ["drive", "--city", str(city), "--out", str(out), "--mode", cfg.mode, "--duration-s", repr(cfg.drive_s),
+        ["drive", "--city", str(city), "--out", str(out), "--mode", cfg.mode, "--duration-s", repr(duration_s),
          "--rate-hz", repr(cfg.drive_rate_hz), "--gnss", "urban", "--pano-height-px", str(cfg.pano_height_px),
-         "--seed", str(cfg.seed), "--overwrite"] + ([] if cfg.progress else ["--no-progress"])))
+         "--seed", str(seed), "--overwrite"] + ([] if cfg.progress else ["--no-progress"])))
     return out
 
 
@@ -384,14 +388,9 @@ def calibrate_model(model: Path, tiles: Path, city: Path, out: Path, cfg: DemoCo
     import contextlib
 
     from crossview_ros import localize_cli
-    from crossview_ros.sim import cli as sim_cli
 
-    bag = out / "validation_drive"
-    _step("crossview-sim drive (validation)", sim_cli.main(
-        ["drive", "--city", str(city), "--out", str(bag), "--mode", cfg.mode,
-         "--duration-s", repr(max(cfg.drive_s, MIN_VALIDATION_S)), "--rate-hz", repr(cfg.drive_rate_hz),
-         "--gnss", "urban", "--pano-height-px", str(cfg.pano_height_px), "--seed", str(cfg.seed + 1), "--overwrite"]
-        + ([] if cfg.progress else ["--no-progress"])))
+    bag = make_drive(city, out / "validation_drive", cfg, duration_s=max(cfg.drive_s, MIN_VALIDATION_S),
+                     seed=cfg.seed + 1)
     with open(out / "calibration.txt", "w") as f, contextlib.redirect_stdout(f):
         # with the heading always: the yaw variance is calibrated too, whatever the replay then runs
         code = localize_cli.main(["--model", str(model), "--tiles", str(tiles), "--bag", str(bag), "--calibrate",
