@@ -107,9 +107,14 @@ def print_table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str
         print("  ".join(c.rjust(w) for c, w in zip(line, widths)), file=file)
 
 
-def print_targets(targets: dict[str, Any], name_width: int, value_fmt: str, file=sys.stdout) -> None:
-    """One line per target check ({"value", "target", "met"} dicts among `targets`): met, NOT MET, or
-    not measured (met None)."""
+def print_targets(targets: dict[str, Any], name_width: int, value_fmt: str, title: str = "targets",
+                  file=sys.stdout) -> None:
+    """A title line, then one line per target check ({"value", "target", "met"} dicts among `targets`):
+    met, NOT MET, or not measured (met None). With "applies" False in `targets`, the title says what
+    the targets were stated for ("stated_for") and what this run judged ("judged_on")."""
+    note = ("" if targets.get("applies", True)
+            else f" (stated for the {targets['stated_for']}; this run: {targets['judged_on']})")
+    print(f"{title}{note}:", file=file)
     for name, check in targets.items():
         if isinstance(check, dict):
             value = "-" if check["value"] is None else format(check["value"], value_fmt)

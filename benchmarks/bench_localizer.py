@@ -517,10 +517,7 @@ def report(summary: dict[str, Any]) -> None:
               f"position difference median {agree['position_diff_median_m']:.3g} m, max "
               f"{agree['position_diff_max_m']:.3g} m" + (" (torch ran random weights)" if cfg["torch_random_weights"]
                                                         else ""))
-    t = summary["targets"]
-    note = "" if t["applies"] else f" (stated for the {t['stated_for']}; this run: {t['judged_on']})"
-    print(f"targets on the onnxruntime pipeline{note}:")
-    print_targets(t, 16, ".2f")
+    print_targets(summary["targets"], 16, ".2f", title="targets on the onnxruntime pipeline")
 
 
 def main(argv: list[str] | None = None) -> int:

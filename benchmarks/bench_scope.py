@@ -323,8 +323,7 @@ def report(summary: dict[str, Any]) -> None:
     ])
     t = summary["targets"]
     note = "" if t["judged_on_tiles"] == t["stated_for_tiles"] else " (targets are stated for 1 M tiles)"
-    print(f"targets on the {t['judged_on_tiles']:,}-tile set{note}:")
-    print_targets(t, 30, ".3f")
+    print_targets(t, 30, ".3f", title=f"targets on the {t['judged_on_tiles']:,}-tile set{note}")
 
 
 def main(argv: list[str] | None = None) -> int:
