@@ -11,6 +11,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+import torch.nn.functional as F  # noqa: E402
+
 from crossview_training import bev as B  # noqa: E402
 
 TINY = dict(pano_size=(32, 64), tile_px=32, tile_size_m=16.0, kernel_cells=4, channels=8, feature_dim=4)
@@ -259,3 +261,109 @@ def test_localizer_with_a_bev_model(bev_export, tmp_path):
     tiles_cli.encode_tile_set(wrong, bev_export, engine="onnxruntime", threads=1, progress=False)
     with pytest.raises(LocalizerError, match="cut the tiles at the model's size"):
         Localizer(LocalizerConfig(tile_set=str(wrong), model=str(bev_export), engine="onnxruntime"))
+
+
+def test_correlation_by_fft_equals_direct_convolution():
+    model = tiny_model()
+    k, c = model.config.kernel_cells, model.config.feature_dim
+    gen = torch.Generator().manual_seed(2)
+    ground = torch.randn(3, c, k, k, generator=gen) * model.mask
+    aerial = torch.randn(2, c, 11, 9, generator=gen)  # not square, odd: no wrap-around may show
+    direct = F.conv2d(aerial, ground) / model.mask.sum()
+    got = model.correlate(ground, aerial)
+    assert got.shape == direct.shape == (2, 3, 11 - k + 1, 9 - k + 1)
+    assert torch.allclose(got, direct, atol=1e-5)
+
+
+@pytest.mark.parametrize("shift", [0, 8, -21, 64])
+def test_stored_view_turned_equals_the_view_of_the_rolled_panorama(shift):
+    cfg = B.BevConfig(pano_size=(64, 128), tile_px=64, tile_size_m=32.0, kernel_cells=8)
+    rng = np.random.default_rng(3)
+    noise = rng.random((1, 64 + 8, 128, 3)) * 255  # smooth, so interpolation differences stay small
+    kernel = np.ones(9) / 9
+    smooth = np.apply_along_axis(lambda v: np.convolve(np.concatenate([v[-4:], v, v[:4]]), kernel, "valid"), 2, noise)
+    pano = np.apply_along_axis(lambda v: np.convolve(v, kernel, "valid"), 1, smooth).astype(np.uint8)
+    bank = B.view_bank(cfg, pano)
+    assert bank.shape[1] >= math.ceil(cfg.kernel_cells * B.STRIDE * math.sqrt(2))
+    model = B.BevModel(cfg)
+    rolled = np.roll(pano, shift, axis=2)  # forward bearing changes by -shift x 360 / W
+    ref = B.project_ground(torch.from_numpy(rolled).permute(0, 3, 1, 2).float(), model.bev_grid) / 255
+    turn = -shift * 2 * math.pi / pano.shape[2]
+    got = B.views_at(bank, np.array([turn]), cfg)
+    assert got.shape == ref.shape == (1, 3, 32, 32)
+    assert float((got - ref).abs().mean()) < 0.01
+    assert float((got - ref).abs().max()) < 0.08
+    if shift % pano.shape[2] == 0:  # no turn: the central crop of the stored view, exactly
+        assert float((got - ref).abs().max()) < 1.5 / 255
+
+
+@pytest.mark.parametrize("mirror", [0.0, 1.0])
+def test_region_batch_targets_each_camera_cell(vigor_root, mirror):
+    from crossview_training.datasets import cached_images, load_vigor_split
+
+    cfg = B.BevConfig(pano_size=(32, 64), tile_px=32, tile_size_m=40.0, kernel_cells=4, channels=8, feature_dim=4)
+    split = load_vigor_split(vigor_root, "same_train")
+    panos, sats = cached_images(split, cfg.pano_size, (cfg.tile_px, cfg.tile_px), progress=False)
+    pano_en, sat_en = split.metric_positions()
+    mosaics = B.build_mosaics(split, np.asarray(sats), sat_en, cfg)
+    bank = B.view_bank(cfg, panos)
+    region_px, k = 96, cfg.kernel_cells
+    n_pos = region_px // B.STRIDE - k + 1
+    rng = np.random.default_rng(4)
+    seen = 0
+    for _ in range(12):
+        state = rng.bit_generator.state
+        batch = B.sample_batch(rng, bank, pano_en, split.pano_city, np.arange(len(split)), mosaics, cfg,
+                               batch_size=5, region_px=region_px, rotation_deg=0.0, photometric=0.0, mirror=mirror)
+        q = len(batch.target)
+        assert 2 <= q <= 5 and batch.region.shape == (1, 3, region_px, region_px)
+        assert batch.views.shape == (q, 3, k * B.STRIDE, k * B.STRIDE)
+        # facing south (VIGOR), mirrored east-west or not: still facing south
+        assert torch.allclose(batch.bearing_rad, torch.full((q,), math.pi, dtype=torch.float64))
+        # the region is a piece of one city's mosaic (flipped left-right when mirrored): find where
+        region = (batch.region[0].permute(1, 2, 0).numpy() * 0.5 + 0.5) * 255
+        if mirror:
+            region = region[:, ::-1]
+        city, origin = None, None
+        for c, mosaic in mosaics.items():
+            img = mosaic.image.astype(np.float64)
+            corner = img[:img.shape[0] - region_px + 1, :img.shape[1] - region_px + 1]
+            for r0, c0 in np.argwhere(np.abs(corner - region[0, 0]).max(-1) < 0.5):
+                if np.abs(img[r0:r0 + region_px, c0:c0 + region_px] - region).max() < 0.5:
+                    city, origin = c, np.array([r0, c0])
+                    break
+            if city is not None:
+                break
+        assert city is not None, "the region is not a crop of a mosaic"
+        rows, cols = np.divmod(batch.target.numpy(), n_pos)
+        in_region = (np.stack([rows, cols], 1) + k / 2) * B.STRIDE  # the position's camera, region px
+        if mirror:
+            in_region[:, 1] = region_px - in_region[:, 1]
+        camera_px = in_region + origin
+        # each target is the camera of a panorama of that city, within half a cell per axis, and
+        # the batch's view at that place is that panorama's (flipped about its forward axis if mirrored)
+        members = np.flatnonzero(split.pano_city == city)
+        cams = mosaics[city].pixel(pano_en[members])
+        dist = np.abs(camera_px[:, None] - cams[None]).max(-1)
+        assert (dist.min(1) <= B.STRIDE / 2 + 1e-6).all()
+        expected = B.views_at(bank[members[dist.argmin(1)]], np.zeros(q), cfg)
+        expected = B._normalise(expected.flip(-1) if mirror else expected, cfg)
+        assert torch.allclose(batch.views, expected, atol=1e-6)
+        seen += q
+        rng2 = np.random.default_rng(0)
+        rng2.bit_generator.state = state
+        again = B.sample_batch(rng2, bank, pano_en, split.pano_city, np.arange(len(split)), mosaics, cfg,
+                               batch_size=5, region_px=region_px, rotation_deg=0.0, photometric=0.0, mirror=mirror)
+        assert torch.equal(again.target, batch.target)  # the RNG alone decides a batch (resume)
+    assert seen >= 24
+
+
+def test_mirrored_world_keeps_the_ground_to_aerial_correspondence():
+    """A view flipped about its forward axis, turned north-up with bearing -b, is the mirror image of
+    the view turned north-up with b: so a mirrored region still matches at the mirrored camera."""
+    model = tiny_model()
+    k, c = model.config.kernel_cells, model.config.feature_dim
+    ground = torch.randn(3, c, k, k, generator=torch.Generator().manual_seed(5)) * model.mask
+    bearing = torch.tensor([math.pi, 0.7, 2.0])
+    mirrored = model.north_up(ground.flip(-1), torch.remainder(-bearing, 2 * math.pi))
+    assert torch.allclose(mirrored, model.north_up(ground, bearing).flip(-1), atol=1e-5)

@@ -191,3 +191,19 @@ def test_panoramas_face_true_south(written, tmp_path, monkeypatch):
     write_vigor_city(tmp_path, CITY, city, VigorConfig(panoramas=2, pano_height_px=32, sat_px=64,
                                                        tile_size_m=40.0, seed=4), progress=False)
     assert calls and all(yaw == pytest.approx(-math.pi / 2) for yaw in calls)
+
+
+def test_extra_training_cities_leave_the_test_cities_unchanged():
+    from crossview_ros.sim.vigor import CITY_DATUMS, cross_area_train_cities, default_cities
+
+    base = default_cities(4, seed=3)
+    more = default_cities(4, seed=3, extra_train=3)
+    assert list(more) == ["NewYork", "Chicago", "Seattle", "SanFrancisco", "NewYork2", "Seattle2", "NewYork3"]
+    for name, config in base.items():  # the four VIGOR cities are the same cities, test cities included
+        assert more[name] == config
+    assert len({c.seed for c in more.values()}) == len(more)  # write_vigor_dataset needs distinct seeds
+    assert (more["Seattle2"].datum_lat_deg, more["Seattle2"].datum_lon_deg) == CITY_DATUMS["Seattle"]
+    assert cross_area_train_cities(list(more)) == ["NewYork", "Seattle", "NewYork2", "Seattle2", "NewYork3"]
+    assert cross_area_train_cities(["NewYork", "Chicago"]) == ["NewYork"]
+    with pytest.raises(ValueError, match="extra_train"):
+        default_cities(2, extra_train=-1)

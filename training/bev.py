@@ -19,12 +19,14 @@ Conventions
   descriptor is that block, and a scope's blocks side by side are its feature map.
 - Scores: mean cosine over the kernel's valid (inside the BEV circle) cells, in [-1, 1].
 
-Training (train_bev): each step takes panoramas from one city within `neighbour_radius_m` of each
-other, cuts for each an aerial crop of the city's tile mosaic with the camera at a random place,
-and asks for the camera's cell among every position of every crop in the batch (cross-entropy
-over all of them): the other positions of the same crop are the metre-level negatives, the other
-crops the nearby-place negatives the runtime must reject inside its scope. Positions of other
-crops within `same_place_m` of a panorama's true position are left out of its softmax.
+Training (train_bev): each step cuts an aerial region the size of a search scope (REGION_PX,
+233 m at VIGOR's L) from a city's tile mosaic and takes up to batch_size panoramas whose cameras
+stand in it; each must find its camera's cell among every position of the region (cross-entropy
+over all of them), which is the run-time question: the neighbouring cells are the metre-level
+negatives, the rest of the region the look-alike places of the scope. One aerial pass serves the
+whole batch, and the ground-plane views are projected once before training (view_bank), so a
+step costs little more than the aerial CNN; the correlation runs by FFT, whose cost barely grows
+with the view.
 """
 
 from __future__ import annotations
@@ -49,8 +51,7 @@ from crossview_ros.config import check_known_keys
 log = logging.getLogger("crossview_train.bev")
 
 STRIDE = 4  # input pixels per feature cell side (aerial and BEV)
-CROP_PX = 224  # training aerial crop side, px: 102 m at VIGOR's L, ~1700 candidate positions each
-NEIGHBOUR_RADIUS_M = 250.0  # a batch's panoramas lie within this of its first one (scope-sized negatives)
+REGION_PX = 512  # training aerial region side, px: 233 m at VIGOR's L, a 200 m scope's worth of positions
 VIGOR_BEARING_DEG = 180.0  # forward bearing of a VIGOR panorama (north in its middle column)
 
 
@@ -109,14 +110,15 @@ def _cnn(cin: int, c: int, out: int) -> nn.Sequential:
                          *block(2 * c, 2 * c), nn.Conv2d(2 * c, out, 1))
 
 
-def bev_sampling_grid(config: BevConfig) -> Tensor:
+def bev_sampling_grid(config: BevConfig, side: int | None = None) -> Tensor:
     """(1, S, S, 2) grid_sample coordinates into a panorama padded by one column on each side.
 
     BEV pixel (row, col): x right, y forward of the camera, at res_m; ground point at camera
     height h seen at azimuth atan2(x, y) clockwise from forward and depression atan(h / d).
+    S is the model's BEV side (kernel_cells x STRIDE) unless given.
     """
     h_px, w_px = config.pano_size
-    side = config.kernel_cells * STRIDE
+    side = config.kernel_cells * STRIDE if side is None else int(side)
     xs = (torch.arange(side, dtype=torch.float64) + 0.5 - side / 2) * config.res_m
     y, x = torch.meshgrid(-xs, xs, indexing="ij")  # row 0 = farthest forward
     dist = torch.hypot(x, y).clamp(min=0.25)
@@ -127,6 +129,13 @@ def bev_sampling_grid(config: BevConfig) -> Tensor:
     gx = (col + 0.5) / (w_px + 2) * 2 - 1  # align_corners=False
     gy = (row + 0.5) / h_px * 2 - 1
     return torch.stack([gx, gy], dim=-1).float()[None]
+
+
+def project_ground(pano: Tensor, grid: Tensor) -> Tensor:
+    """(B, 3, H, W) panoramas sampled at a bev_sampling_grid: (B, 3, S, S) ground-plane views."""
+    padded = torch.cat([pano[..., -1:], pano, pano[..., :1]], dim=-1)
+    return F.grid_sample(padded, grid.expand(pano.shape[0], -1, -1, -1), mode="bilinear",
+                         padding_mode="border", align_corners=False)
 
 
 def circle_mask(cells: int) -> Tensor:
@@ -158,13 +167,15 @@ class BevModel(nn.Module):
 
     def bev_image(self, pano: Tensor) -> Tensor:
         """(B, 3, H, W) normalised panorama -> (B, 3, S, S) ground-plane view, camera frame."""
-        padded = torch.cat([pano[..., -1:], pano, pano[..., :1]], dim=-1)
-        return F.grid_sample(padded, self.bev_grid.expand(pano.shape[0], -1, -1, -1), mode="bilinear",
-                             padding_mode="border", align_corners=False)
+        return project_ground(pano, self.bev_grid)
 
     def ground_features(self, pano: Tensor) -> Tensor:
         """(B, C, K, K) unit features of the ground around the camera, camera frame, zero outside the circle."""
-        return F.normalize(self.ground_cnn(self.bev_image(pano)), dim=1) * self.mask
+        return self.bev_features(self.bev_image(pano))
+
+    def bev_features(self, bev: Tensor) -> Tensor:
+        """ground_features from the ground-plane view (B, 3, S, S) itself (training precomputes views)."""
+        return F.normalize(self.ground_cnn(bev), dim=1) * self.mask
 
     def aerial_features(self, image: Tensor) -> Tensor:
         """(B, C, h, w) unit features of north-up aerial images, one per STRIDE x STRIDE pixels."""
@@ -176,8 +187,18 @@ class BevModel(nn.Module):
         return F.grid_sample(ground, grid, mode="bilinear", padding_mode="zeros", align_corners=False) * self.mask
 
     def correlate(self, ground_north: Tensor, aerial: Tensor) -> Tensor:
-        """(Q, C, K, K) x (T, C, h, w) -> (T, Q, h-K+1, w-K+1) mean cosine over the circle's cells."""
-        return F.conv2d(aerial, ground_north) / self.mask.sum()
+        """(Q, C, K, K) x (T, C, h, w) -> (T, Q, h-K+1, w-K+1) mean cosine over the circle's cells.
+
+        By FFT: the same numbers as conv2d(aerial, ground_north), but its cost hardly depends on
+        K, so large views and scope-sized maps train and evaluate on a CPU. Positions where the
+        kernel fits inside the map do not wrap around.
+        """
+        k = ground_north.shape[-1]
+        h, w = aerial.shape[-2:]
+        fa = torch.fft.rfft2(aerial, s=(h, w))
+        fg = torch.fft.rfft2(ground_north, s=(h, w))
+        out = torch.fft.irfft2(torch.einsum("tcij,qcij->tqij", fa, fg.conj()), s=(h, w))
+        return out[..., :h - k + 1, :w - k + 1] / self.mask.sum()
 
     def block(self, aerial: Tensor) -> Tensor:
         """The central half-block of tile feature maps: the tile's descriptor, (B, C, b, b)."""
@@ -236,85 +257,134 @@ def build_mosaics(split, sats: np.ndarray, sat_en: np.ndarray, config: BevConfig
 
 
 def _to_tensor(images: np.ndarray, config: BevConfig) -> Tensor:
+    return _normalise(_unit(images), config)
+
+
+def _unit(images: np.ndarray) -> Tensor:
+    """(B, H, W, 3) uint8 -> (B, 3, H, W) float in 0..1."""
     arr = np.ascontiguousarray(images)
     if not arr.flags.writeable:  # a slice of a memory-mapped cache
         arr = arr.copy()
-    x = torch.from_numpy(arr).permute(0, 3, 1, 2).float() / 255.0
+    return torch.from_numpy(arr).permute(0, 3, 1, 2).float() / 255.0
+
+
+def _normalise(images: Tensor, config: BevConfig) -> Tensor:
     mean = torch.tensor(config.mean).view(1, 3, 1, 1)
     std = torch.tensor(config.std).view(1, 3, 1, 1)
-    return (x - mean) / std
+    return (images - mean) / std
 
 
-def _jitter(images: np.ndarray, rng: np.random.Generator, strength: float) -> np.ndarray:
-    """Per-image colour gain and brightness offset (the views' camera responses differ)."""
+def _jitter(images: Tensor, rng: np.random.Generator, strength: float) -> Tensor:
+    """Per-image colour gain and brightness offset on 0..1 images (the views' camera responses differ)."""
     if strength <= 0:
         return images
     n = len(images)
-    gain = rng.uniform(1 - strength, 1 + strength, (n, 1, 1, 3))
-    bias = rng.uniform(-100 * strength, 100 * strength, (n, 1, 1, 1))
-    return np.clip(images.astype(np.float32) * gain + bias, 0, 255).astype(np.uint8)
+    gain = torch.from_numpy(rng.uniform(1 - strength, 1 + strength, (n, 3, 1, 1))).float()
+    bias = torch.from_numpy(rng.uniform(-strength, strength, (n, 1, 1, 1)) * 100 / 255).float()
+    return (images * gain + bias).clamp(0, 1)
+
+
+def view_bank_side(config: BevConfig) -> int:
+    """Side of the stored ground-plane views: any rotation of the model's S x S view lies inside."""
+    side = config.kernel_cells * STRIDE
+    return side + 2 * math.ceil(side * (math.sqrt(2) - 1) / 2) + 2
+
+
+def view_bank(config: BevConfig, panos: np.ndarray, batch_size: int = 64, progress: bool = False) -> np.ndarray:
+    """(N, S', S', 3) uint8 ground-plane views of panoramas (camera frame), computed once for training.
+
+    A step then rotates a small stored view (views_at) instead of projecting a whole panorama:
+    the projection is linear, so photometric jitter applied to the view is the jitter of the
+    panorama, and a view rotated by delta is the view of the panorama rolled by delta.
+    """
+    side = view_bank_side(config)
+    grid = bev_sampling_grid(config, side)
+    out = np.empty((len(panos), side, side, 3), np.uint8)
+    for i in tqdm(range(0, len(panos), batch_size), desc="ground views", unit="batch", disable=not progress):
+        x = _unit(panos[i:i + batch_size]) * 255.0
+        view = project_ground(x, grid)
+        out[i:i + batch_size] = view.round().clamp(0, 255).byte().permute(0, 2, 3, 1).numpy()
+    return out
+
+
+def views_at(bank: np.ndarray, turn_rad: np.ndarray, config: BevConfig) -> Tensor:
+    """(Q, 3, S, S) 0..1 views of the panoramas rolled by turn_rad (the camera turned clockwise)."""
+    side = config.kernel_cells * STRIDE
+    x = _unit(bank)
+    turn = torch.from_numpy(np.asarray(turn_rad, np.float64))
+    cos, sin = torch.cos(turn), torch.sin(turn)
+    zero = torch.zeros_like(cos)
+    scale = side / bank.shape[1]
+    theta = torch.stack([torch.stack([cos, -sin, zero], -1), torch.stack([sin, cos, zero], -1)], -2)
+    theta[:, :, :2] *= scale
+    grid = F.affine_grid(theta.float(), [len(bank), 3, side, side], align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
 @dataclass
 class BevBatch:
-    panos: np.ndarray  # (B, H, W, 3) uint8
-    bearing_rad: np.ndarray  # (B,) forward bearing of each panorama
-    crops: np.ndarray  # (B, A, A, 3) uint8
-    target: np.ndarray  # (B,) index into the flattened (crop, row, col) positions
-    exclude: np.ndarray  # (B, B, P, P) bool: positions showing the query's place in another crop
+    views: Tensor  # (Q, 3, S, S) normalised ground-plane views, camera frame
+    bearing_rad: Tensor  # (Q,) forward bearing of each view's camera, clockwise from north
+    region: Tensor  # (1, 3, R, R) normalised north-up aerial region holding every camera
+    target: Tensor  # (Q,) each camera's cell among the region's flattened positions
 
 
-def sample_batch(rng: np.random.Generator, panos: np.ndarray, pano_en: np.ndarray, pano_city: np.ndarray,
+def sample_batch(rng: np.random.Generator, bank: np.ndarray, pano_en: np.ndarray, pano_city: np.ndarray,
                  train_idx: np.ndarray, mosaics: dict[int, CityMosaic], config: BevConfig, *, batch_size: int,
-                 crop_px: int, neighbour_radius_m: float, rotation_deg: float, photometric: float,
-                 same_place_m: float = 6.0) -> BevBatch:
-    """One training batch: GPS-near panoramas of one city, each with a crop holding its camera."""
+                 region_px: int, rotation_deg: float, photometric: float, mirror: float = 0.0) -> BevBatch:
+    """One training batch: an aerial region of a city, the size of a search scope, and up to
+    batch_size panoramas whose cameras stand in it; each must find its cell among all its positions.
+
+    Every position of the region is a negative, as every position of a scope is one at run time,
+    and one aerial pass serves the whole batch. With probability `mirror` the batch's world is
+    mirrored east-west: the region flipped left-right, each ground view flipped about its forward
+    axis and each bearing b turned into -b, a city that could exist (its panoramas see it so).
+    """
     k = config.kernel_cells
-    n_pos = crop_px // STRIDE - k + 1
-    anchor = train_idx[rng.integers(len(train_idx))]
-    pool = train_idx[pano_city[train_idx] == pano_city[anchor]]
-    near = pool[np.hypot(*(pano_en[pool] - pano_en[anchor]).T) < neighbour_radius_m]
-    pool = near if len(near) >= batch_size else pool
-    idx = rng.choice(pool, batch_size, replace=False)
-    mosaic = mosaics[int(pano_city[anchor])]
-    px = mosaic.pixel(pano_en[idx])
-    lo, hi = STRIDE * k / 2, crop_px - STRIDE * k / 2 - 1
-    origins = np.zeros((batch_size, 2), int)
-    crops = np.empty((batch_size, crop_px, crop_px, 3), np.uint8)
-    target = np.zeros(batch_size, np.int64)
-    lim = np.array(mosaic.image.shape[:2]) - crop_px
-    for j in range(batch_size):
-        at = rng.uniform(lo, hi, 2)
-        origins[j] = np.clip(np.round(px[j] - at), 0, lim).astype(int)
-        r0, c0 = origins[j]
-        crops[j] = mosaic.image[r0:r0 + crop_px, c0:c0 + crop_px]
-        cell = np.clip(np.round((px[j] - origins[j]) / STRIDE - k / 2), 0, n_pos - 1).astype(int)
-        target[j] = (j * n_pos + cell[0]) * n_pos + cell[1]
-    centres = (np.arange(n_pos) + k / 2) * STRIDE  # camera px of each position inside a crop
-    rows = origins[None, :, 0, None, None] + centres[None, None, :, None]  # (1, T, P, 1)
-    cols = origins[None, :, 1, None, None] + centres[None, None, None, :]  # (1, T, 1, P)
-    dist_m = np.hypot(rows - px[:, None, None, None, 0], cols - px[:, None, None, None, 1]) * config.res_m
-    exclude = dist_m < same_place_m
-    exclude[np.arange(batch_size), np.arange(batch_size)] = False
-    shift = np.zeros(batch_size, int)
+    margin = STRIDE * k / 2  # the camera of a view that fits the region exactly at its edge
+    n_pos = region_px // STRIDE - k + 1
+    for _ in range(100):
+        anchor = train_idx[rng.integers(len(train_idx))]
+        city = int(pano_city[anchor])
+        mosaic = mosaics[city]
+        lim = np.array(mosaic.image.shape[:2]) - region_px
+        at = rng.uniform(margin, region_px - margin, 2)
+        origin = np.clip(np.round(mosaic.pixel(pano_en[anchor]) - at), 0, lim).astype(int)
+        pool = train_idx[pano_city[train_idx] == city]
+        px = mosaic.pixel(pano_en[pool]) - origin
+        inside = np.flatnonzero(np.all((px >= margin) & (px <= region_px - margin), axis=1))
+        if len(inside) >= 2:
+            break
+    else:
+        raise ValueError("no aerial region holds two training panoramas; the data set is too sparse")
+    pick = rng.choice(inside, min(batch_size, len(inside)), replace=False)
+    idx = pool[pick]
+    cam = px[pick]
+    turn = np.zeros(len(idx))
     if rotation_deg > 0:
-        w = panos.shape[2]
-        shift = np.round(rng.uniform(-rotation_deg, rotation_deg, batch_size) / 360 * w).astype(int)
-    images = np.stack([np.roll(panos[i], s, axis=1) for i, s in zip(idx, shift)])
-    bearing = np.radians(VIGOR_BEARING_DEG - shift * 360.0 / panos.shape[2])
-    return BevBatch(_jitter(images, rng, photometric), bearing, _jitter(crops, rng, photometric / 2), target, exclude)
+        turn = np.radians(rng.uniform(-rotation_deg, rotation_deg, len(idx)))
+    views = views_at(bank[idx], turn, config)
+    bearing = np.radians(VIGOR_BEARING_DEG) + turn
+    region = mosaic.image[origin[0]:origin[0] + region_px, origin[1]:origin[1] + region_px][None]
+    if rng.random() < mirror:
+        region = region[:, :, ::-1]
+        cam = np.stack([cam[:, 0], region_px - cam[:, 1]], axis=1)
+        views = views.flip(-1)
+        bearing = -bearing
+    cell = np.clip(np.round(cam / STRIDE - k / 2), 0, n_pos - 1).astype(int)
+    return BevBatch(views=_normalise(_jitter(views, rng, photometric), config),
+                    bearing_rad=torch.from_numpy(np.remainder(bearing, 2 * np.pi)),
+                    region=_normalise(_jitter(_unit(region), rng, photometric / 2), config),
+                    target=torch.from_numpy(cell[:, 0] * n_pos + cell[:, 1]))
 
 
 def batch_loss(model: BevModel, batch: BevBatch) -> tuple[Tensor, float]:
-    """Cross-entropy of each panorama's true cell among all positions of all crops; and its accuracy."""
-    ground = model.north_up(model.ground_features(_to_tensor(batch.panos, model.config)),
-                            torch.from_numpy(batch.bearing_rad))
-    aerial = model.aerial_features(_to_tensor(batch.crops, model.config))
-    logits = model.correlate(ground, aerial).transpose(0, 1) * model.logit_scale  # (Q, T, P, P)
-    logits = logits.masked_fill(torch.from_numpy(batch.exclude), -1e4).flatten(1)
-    target = torch.from_numpy(batch.target)
-    loss = F.cross_entropy(logits, target)
-    return loss, float((logits.argmax(1) == target).float().mean())
+    """Cross-entropy of each panorama's true cell among all positions of the region; and its accuracy."""
+    ground = model.north_up(model.bev_features(batch.views), batch.bearing_rad)
+    aerial = model.aerial_features(batch.region)
+    logits = (model.correlate(ground, aerial)[0] * model.logit_scale).flatten(1)  # (Q, positions)
+    loss = F.cross_entropy(logits, batch.target)
+    return loss, float((logits.argmax(1) == batch.target).float().mean())
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -446,12 +516,12 @@ def train_bev(config: Any, out: str | Path, *, tile_size_m: float, progress: boo
     split = load_vigor_split(config.data, f"{config.area}_train")
     h, w = bev_cfg.pano_size
     panos, sats = cached_images(split, (h, w), (bev_cfg.tile_px, bev_cfg.tile_px), progress=progress)
-    panos, sats = np.asarray(panos), np.asarray(sats)
+    bank = view_bank(bev_cfg, panos, progress=progress)
     pano_en, sat_en = split.metric_positions()
-    mosaics = build_mosaics(split, sats, sat_en, bev_cfg)
+    mosaics = build_mosaics(split, np.asarray(sats), sat_en, bev_cfg)
     smallest = min(min(m.image.shape[:2]) for m in mosaics.values())
-    crop_px = min(CROP_PX, smallest // STRIDE * STRIDE)  # small (test) cities: the whole city
-    if crop_px < bev_cfg.kernel_cells * STRIDE + STRIDE:
+    region_px = min(REGION_PX, smallest // STRIDE * STRIDE)  # small (test) cities: the whole city
+    if region_px < bev_cfg.kernel_cells * STRIDE + STRIDE:
         raise ValueError(f"cities of {config.data} are too small for a {bev_cfg.kernel_cells}-cell BEV")
     train_idx = np.arange(len(split))
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
@@ -491,9 +561,9 @@ def train_bev(config: Any, out: str | Path, *, tile_size_m: float, progress: boo
     while step < total:
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, total, config.lr, config.warmup_steps)
-        batch = sample_batch(rng, panos, pano_en, split.pano_city, train_idx, mosaics, bev_cfg,
-                             batch_size=config.batch_size, crop_px=crop_px, neighbour_radius_m=NEIGHBOUR_RADIUS_M,
-                             rotation_deg=config.rotation_deg, photometric=config.photometric)
+        batch = sample_batch(rng, bank, pano_en, split.pano_city, train_idx, mosaics, bev_cfg,
+                             batch_size=config.batch_size, region_px=region_px, rotation_deg=config.rotation_deg,
+                             photometric=config.photometric, mirror=config.mirror)
         loss, acc = batch_loss(model, batch)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

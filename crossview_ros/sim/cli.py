@@ -81,7 +81,8 @@ def cmd_vigor(args: argparse.Namespace) -> int:
     config = VigorConfig(panoramas=args.panoramas, pano_height_px=args.pano_height_px, sat_px=args.sat_px,
                          tile_size_m=args.tile_size_m, seed=args.seed,
                          appearance_gap=not args.no_appearance_gap, time_gap=not args.no_time_gap)
-    cities = default_cities(args.cities, size_m=args.size_m, gsd_m=args.gsd_m, seed=args.seed)
+    cities = default_cities(args.cities, size_m=args.size_m, gsd_m=args.gsd_m, seed=args.seed,
+                            extra_train=args.extra_train_cities)
     root = write_vigor_dataset(args.root, cities, config, progress=not args.no_progress)
     print(f"wrote {len(cities)} cities ({', '.join(cities)}) in VIGOR layout to {root}")
     if args.contact_sheet:
@@ -202,6 +203,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("vigor", help="cities in VIGOR's on-disk layout (same- and cross-area splits)")
     p.add_argument("--root", required=True, help="dataset root folder")
     p.add_argument("--cities", type=int, default=2, help="number of cities, 2..4, at VIGOR's city centres (default 2)")
+    p.add_argument("--extra-train-cities", type=int, default=0,
+                   help="more cross-area training cities (NewYork2, Seattle2, ...), differently seeded; the test "
+                        "cities do not change (default 0)")
     city_options(p, with_datum=False)
     p.add_argument("--panoramas", type=int, default=400, help="panoramas per city (default 400)")
     p.add_argument("--pano-height-px", type=int, default=1024, help="panorama height; width is twice (default 1024, VIGOR)")

@@ -337,8 +337,8 @@ def write_vigor_dataset(
 ) -> Path:
     """Write several cities and `dataset.json` naming which ones train in the cross-area split.
 
-    cross_area_train defaults to VIGOR's (NewYork, Seattle) among the given cities, else the
-    first half of them.
+    cross_area_train defaults to VIGOR's (NewYork, Seattle) and their extras (default_cities) among
+    the given cities, else the first half of them.
     """
     if len(cities) < 2:
         raise ValueError("a dataset needs at least two differently seeded cities (same- and cross-area splits)")
@@ -347,7 +347,7 @@ def write_vigor_dataset(
         raise ValueError(f"cities must be seeded differently, got seeds {seeds}")
     names = list(cities)
     if cross_area_train is None:
-        cross_area_train = [c for c in names if c in VIGOR_CROSS_AREA_TRAIN] or names[: len(names) // 2]
+        cross_area_train = cross_area_train_cities(names) or names[: len(names) // 2]
     unknown = sorted(set(cross_area_train) - set(names))
     if unknown or not 0 < len(cross_area_train) < len(names):
         raise ValueError(f"cross_area_train {list(cross_area_train)} must be a proper subset of {names}")
@@ -369,13 +369,30 @@ def write_vigor_dataset(
     return root
 
 
-def default_cities(count: int = 2, *, size_m: float = 1000.0, gsd_m: float = 0.15, seed: int = 0) -> dict[str, CityConfig]:
-    """`count` (2..4) differently seeded cities at VIGOR's city centres, cross-area roles as VIGOR."""
+def default_cities(count: int = 2, *, size_m: float = 1000.0, gsd_m: float = 0.15, seed: int = 0,
+                   extra_train: int = 0) -> dict[str, CityConfig]:
+    """`count` (2..4) differently seeded cities at VIGOR's city centres, cross-area roles as VIGOR,
+    then `extra_train` more training cities (NewYork2, Seattle2, NewYork3, ...) at the training
+    cities' datums with seeds of their own: the cross-area test cities stay the same bytes.
+    """
     order = ["NewYork", "Chicago", "Seattle", "SanFrancisco"]
     if not 2 <= count <= 4:
         raise ValueError(f"count must be 2..4, got {count}")
+    if extra_train < 0:
+        raise ValueError(f"extra_train must be >= 0, got {extra_train}")
     out = {}
     for i, name in enumerate(order[:count]):
         lat, lon = CITY_DATUMS[name]
         out[name] = CityConfig(datum_lat_deg=lat, datum_lon_deg=lon, size_m=size_m, gsd_m=gsd_m, seed=seed * 10 + i + 1)
+    train = [name for name in out if name in VIGOR_CROSS_AREA_TRAIN]
+    for j in range(extra_train):
+        base = train[j % len(train)]
+        lat, lon = CITY_DATUMS[base]
+        out[f"{base}{j // len(train) + 2}"] = CityConfig(datum_lat_deg=lat, datum_lon_deg=lon, size_m=size_m,
+                                                         gsd_m=gsd_m, seed=100_000 + seed * 100 + j)
     return out
+
+
+def cross_area_train_cities(cities: Sequence[str]) -> list[str]:
+    """The training cities of the cross-area split: VIGOR's (NewYork, Seattle) and their extras."""
+    return [name for name in cities if name.rstrip("0123456789") in VIGOR_CROSS_AREA_TRAIN]
