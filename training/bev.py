@@ -144,9 +144,12 @@ def circle_mask(cells: int) -> Tensor:
     return (torch.hypot(c[:, None], c[None, :]) <= cells / 2).float()[None, None]
 
 
-def rotation_grid(bearing_rad: Tensor, cells: int) -> Tensor:
-    """affine_grid that turns camera-frame maps (up = forward) into north-up maps for the bearings."""
-    cos, sin = torch.cos(bearing_rad), torch.sin(bearing_rad)
+def rotation_grid(bearing_rad: Tensor, cells: int, scale: float = 1.0) -> Tensor:
+    """affine_grid that turns camera-frame maps (up = forward) into north-up maps for the bearings.
+
+    scale < 1 samples the central part of a larger input (cells / input side) while turning it.
+    """
+    cos, sin = torch.cos(bearing_rad) * scale, torch.sin(bearing_rad) * scale
     zero = torch.zeros_like(cos)
     theta = torch.stack([torch.stack([cos, sin, zero], -1), torch.stack([-sin, cos, zero], -1)], -2)
     return F.affine_grid(theta.float(), [len(bearing_rad), 1, cells, cells], align_corners=False)
@@ -310,15 +313,9 @@ def view_bank(config: BevConfig, panos: np.ndarray, batch_size: int = 64, progre
 def views_at(bank: np.ndarray, turn_rad: np.ndarray, config: BevConfig) -> Tensor:
     """(Q, 3, S, S) 0..1 views of the panoramas rolled by turn_rad (the camera turned clockwise)."""
     side = config.kernel_cells * STRIDE
-    x = _unit(bank)
-    turn = torch.from_numpy(np.asarray(turn_rad, np.float64))
-    cos, sin = torch.cos(turn), torch.sin(turn)
-    zero = torch.zeros_like(cos)
-    scale = side / bank.shape[1]
-    theta = torch.stack([torch.stack([cos, -sin, zero], -1), torch.stack([sin, cos, zero], -1)], -2)
-    theta[:, :, :2] *= scale
-    grid = F.affine_grid(theta.float(), [len(bank), 3, side, side], align_corners=False)
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    # the content turns the other way than the features' north-up rotation: the inverse rotation
+    grid = rotation_grid(-torch.from_numpy(np.asarray(turn_rad, np.float64)), side, scale=side / bank.shape[1])
+    return F.grid_sample(_unit(bank), grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
 @dataclass
