@@ -16,6 +16,12 @@ logit_scale x score is its log-likelihood, and the log-prior -d^T P^-1 d / 2 is 
 (OrienterNet does the same with its GPS prior). A place that looks alike but lies far outside
 the fix's uncertainty then loses to the right one near the fix; within that uncertainty the
 model still decides. The margin and the spread are taken on the posterior (in score units).
+
+On a stream, the posterior of the last frame is a second prior (a grid Bayes filter, as
+OrienterNet's sequential localization but without odometry): the Belief over the scope's
+positions, spread by how far the platform may have moved since (a Gaussian random walk), mixed
+with a little uniform mass so that a wrong lock can be left when the views disagree with it, and
+multiplied into the next frame's posterior. Independent frames are the special case without it.
 Only numpy here: the correlation itself runs in the engine (onnxruntime).
 """
 
@@ -26,6 +32,65 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+
+@dataclass
+class Belief:
+    """The posterior over camera positions after a frame: the state of the grid filter."""
+
+    log_p: np.ndarray  # (H, W) natural-log probabilities of the grid's positions, summing to 1; -inf outside
+    corner_e_m: float  # UTM easting of position [0, 0]
+    corner_n_m: float  # UTM northing of position [0, 0]
+    spacing_m: float  # distance between neighbouring positions, m
+
+    def predict(self, sigma_m: float, uniform_weight: float) -> TrackPrior:
+        """The belief after a move of unknown direction with 1-sigma sigma_m per axis (Gaussian
+        random walk), mixed with uniform_weight of mass spread evenly over the belief's support."""
+        if not (sigma_m > 0 and 0 < uniform_weight < 1):
+            raise ValueError(f"predict needs sigma_m > 0 and uniform_weight in (0, 1), got {sigma_m}, {uniform_weight}")
+        p = np.exp(self.log_p - np.max(self.log_p))
+        p /= p.sum()
+        s = sigma_m / self.spacing_m  # in positions
+        pad = int(math.ceil(3 * s))
+        h, w = p.shape
+        blurred = _gauss_matrix(h, pad, s) @ p @ _gauss_matrix(w, pad, s).T  # separable, no wrap-around
+        floor = uniform_weight / max(1, int(np.isfinite(self.log_p).sum()))
+        return TrackPrior((1 - uniform_weight) * blurred, floor, self.corner_e_m - pad * self.spacing_m,
+                          self.corner_n_m + pad * self.spacing_m, self.spacing_m)
+
+
+def _gauss_matrix(n: int, pad: int, sigma: float) -> np.ndarray:
+    """(n + 2 pad, n) matrix that blurs a length-n signal into the padded output, mass preserved."""
+    out = np.arange(n + 2 * pad)[:, None] - pad
+    k = np.exp(-0.5 * ((out - np.arange(n)[None, :]) / sigma) ** 2)
+    return k / k.sum(axis=0, keepdims=True)
+
+
+@dataclass(frozen=True)
+class TrackPrior:
+    """A predicted Belief as a prior on positions (probability per grid position, plus a floor)."""
+
+    p: np.ndarray  # (H, W) probability of each grid position
+    floor: float  # probability of a position without track mass (the uniform part)
+    corner_e_m: float
+    corner_n_m: float
+    spacing_m: float
+
+    def log_density(self, east: np.ndarray, north: np.ndarray) -> np.ndarray:
+        """ln(p + floor) at the given positions, p bilinearly interpolated (0 off the grid)."""
+        fi = (self.corner_n_m - np.asarray(north, np.float64)) / self.spacing_m
+        fj = (np.asarray(east, np.float64) - self.corner_e_m) / self.spacing_m
+        fi, fj = np.broadcast_arrays(fi, fj)
+        i0, j0 = np.floor(fi).astype(np.int64), np.floor(fj).astype(np.int64)
+        ai, aj = fi - i0, fj - j0
+        h, w = self.p.shape
+        out = np.zeros(fi.shape, np.float64)
+        for di, wi in ((0, 1 - ai), (1, ai)):
+            for dj, wj in ((0, 1 - aj), (1, aj)):
+                ii, jj = i0 + di, j0 + dj
+                ok = (ii >= 0) & (ii < h) & (jj >= 0) & (jj < w)
+                out[ok] += (wi * wj)[ok] * self.p[ii[ok], jj[ok]]
+        return np.log(out + self.floor)
 
 
 @dataclass
@@ -42,6 +107,7 @@ class BevMatch:
     tile_id: int  # the tile whose central block holds the camera
     tile_ids: np.ndarray  # tiles ranked by their best posterior score (top_k)
     tile_scores: np.ndarray  # those posterior scores (score + log-prior / logit_scale; the score without a prior)
+    belief: Belief | None = None  # the posterior over the scope's coarse positions (the next frame's track)
 
 
 @dataclass
@@ -110,11 +176,12 @@ class Prior:
 
 
 def match_scope(engine: Any, ground: np.ndarray, smap: ScopeMap, *, exclusion_m: float, top_k: int,
-                prior: Prior | None = None) -> BevMatch:
+                prior: Prior | None = None, track: TrackPrior | None = None) -> BevMatch:
     """Best bearing and position of the camera in the scope map (see the module docstring).
 
     ground: (1, C, K, K) camera-frame ground features from the engine's ground graph. prior: the
-    GNSS fix as a Gaussian; the pose then maximises the posterior, not the likelihood alone.
+    GNSS fix as a Gaussian; track: the last frame's predicted Belief; the pose then maximises the
+    posterior, not the likelihood alone.
     """
     meta = engine.meta.bev
     k, stride, n_rot = int(meta["kernel_cells"]), int(meta["match_stride"]), int(meta["rotations"])
@@ -122,10 +189,12 @@ def match_scope(engine: Any, ground: np.ndarray, smap: ScopeMap, *, exclusion_m:
     _, h, w = smap.fmap.shape
 
     def log_prior(i: np.ndarray, j: np.ndarray) -> np.ndarray:
-        """The prior at corners (i, j) in score units (divided by logit_scale); 0 without a prior."""
-        if prior is None:
-            return np.zeros(np.broadcast_shapes(np.shape(i), np.shape(j)), np.float32)
-        return (prior.log_density(*smap.position(i, j)) / scale).astype(np.float32)
+        """The priors at corners (i, j) in score units (divided by logit_scale); 0 without any."""
+        out = np.zeros(np.broadcast_shapes(np.shape(i), np.shape(j)), np.float64)
+        for p in (prior, track):
+            if p is not None:
+                out = out + p.log_density(*smap.position(i, j))
+        return (out / scale).astype(np.float32)
 
     padded = np.pad(smap.fmap, ((0, 0), (k // 2, k // 2 - 1), (k // 2, k // 2 - 1)))[None]
     coarse = engine.match(ground, padded)[0]  # (R, ceil(H / s), ceil(W / s)) at corners (s i, s j)
@@ -210,5 +279,8 @@ def match_scope(engine: Any, ground: np.ndarray, smap: ScopeMap, *, exclusion_m:
     per_tile = np.array([post[valid & (tile_of == t)].max() for t in ids])
     per_tile[ids == tile_id] = np.maximum(per_tile[ids == tile_id], p0)
     order = np.argsort(-per_tile, kind="stable")[:max(1, top_k)]
+    log_p = np.where(valid, logits - logits.max() - math.log(float(np.exp(logits - logits.max()).sum())), -np.inf)
+    e0, n0 = smap.position(0, 0)
+    belief = Belief(log_p, float(e0), float(n0), stride * smap.cell_m)
     return BevMatch(float(east), float(north), bearing, s0, float(margin), spread, bearing_var, tile_id,
-                    ids[order], per_tile[order])
+                    ids[order], per_tile[order], belief)

@@ -63,6 +63,7 @@ log = logging.getLogger("crossview_demo")
 PROG = "crossview-demo"
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 RECORD_FORMAT = "crossview_ros.demo_stage"
+DRIVE_TRACK_SPEED_MPS = 12.0  # the drive preset's fastest cruise speed, m/s (sim.drive MOTION_PRESETS)
 STAGES = ("dataset", "train", "export", "city", "tiles", "encode", "drive", "calibrate", "replay")
 MIN_VALIDATION_S = 30.0  # the calibration walk is as long as the drive, and at least this
 SAME_AREA_TRAIN_FRACTION = 0.9  # share of each city's panoramas in same_area_balanced_train (the demo trains on it)
@@ -394,7 +395,7 @@ def calibrate_model(model: Path, tiles: Path, city: Path, out: Path, cfg: DemoCo
     with open(out / "calibration.txt", "w") as f, contextlib.redirect_stdout(f):
         # with the heading always: the yaw variance is calibrated too, whatever the replay then runs
         code = localize_cli.main(["--model", str(model), "--tiles", str(tiles), "--bag", str(bag), "--calibrate",
-                                  "--heading"])
+                                  "--heading", *track_args(cfg, "--set", "=")])
     _step("crossview-localize --calibrate", code)
     return model / "covariance.json"
 
@@ -408,7 +409,12 @@ def _ekf_config_sha256() -> str | None:
 
 
 def node_args(cfg: DemoConfig) -> list[str]:
-    return (["-p", "heading:=true"] if cfg.heading else []) + list(cfg.node_args)
+    return (["-p", "heading:=true"] if cfg.heading else []) + track_args(cfg, "-p", ":=") + list(cfg.node_args)
+
+
+def track_args(cfg: DemoConfig, flag: str, sep: str) -> list[str]:
+    """The track's motion model for a driving platform (the defaults are a walker's)."""
+    return [flag, f"track_speed_mps{sep}{DRIVE_TRACK_SPEED_MPS!r}"] if cfg.mode == "drive" else []
 
 
 # --------------------------------------------------------------------------- the pipeline

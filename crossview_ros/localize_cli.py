@@ -78,7 +78,9 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("panoramas", nargs="*", metavar="PANORAMA",
                    help="equirectangular JPEG/PNG files (width = 2 x height) or folders of them")
-    p.add_argument("--tiles", metavar="DIR", help="tile set encoded with --model (crossview-tiles encode)")
+    p.add_argument("--tiles", metavar="DIR", action="append", default=[],
+                   help="tile set encoded with --model (crossview-tiles encode); with several --bag, one for all "
+                        "or one per bag, in the same order")
     p.add_argument("--model", metavar="DIR", help="exported model folder (crossview-export onnx)")
     p.add_argument("--fix", metavar="LAT,LON[,SIGMA_M]",
                    help="GNSS fix in degrees WGS84 and its horizontal 1-sigma in metres (default "
@@ -95,8 +97,10 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override one localizer setting (repeatable), e.g. --set fusion=weighted")
     p.add_argument("--vigor", metavar="ROOT", help="evaluate on a VIGOR-layout dataset root")
-    p.add_argument("--bag", metavar="BAG", help="evaluate on a drive bag (crossview-sim drive): its panoramas, "
-                                                "GNSS fixes and ground truth, frame by frame as a stream")
+    p.add_argument("--bag", metavar="BAG", action="append", default=[],
+                   help="evaluate on a drive bag (crossview-sim drive): its panoramas, GNSS fixes and ground truth, "
+                        "frame by frame as a stream; repeat it to pool several walks (each its own stream), e.g. "
+                        "to --calibrate on walks of several cities")
     p.add_argument("--split", choices=VIGOR_SPLITS, default="cross_test", help="VIGOR split (default cross_test)")
     p.add_argument("--limit", type=int, default=0, help="evaluate at most N panoramas, evenly spread (0 = all)")
     p.add_argument("--noise-m", type=float, default=100.0,
@@ -386,12 +390,14 @@ def _print_summary(s: dict[str, Any]) -> None:
 # --------------------------------------------------------------------------- modes
 
 
-def _localizers(args: argparse.Namespace, cities: Sequence[str | None], root: Path | None
-                ) -> dict[str | None, Localizer]:
-    """One Localizer per tile set (per city without --tiles), sharing one engine."""
+def _localizers(args: argparse.Namespace, cities: Sequence[str | None], root: Path | None,
+                tiles: dict[str | None, str] | None = None) -> dict[str | None, Localizer]:
+    """One Localizer per tile set (per city without --tiles, or as `tiles` says), sharing one engine."""
     sets: dict[str | None, str | None] = {}
     for city in cities:
-        if args.tiles or root is None:
+        if tiles is not None:
+            sets[city] = tiles[city]
+        elif args.tiles or root is None:
             sets[city] = args.tiles  # None: the --config file's tile_set
         else:
             path = root / city / SYNTHETIC_TILES
@@ -506,18 +512,27 @@ def _bag_frames(path: Path, limit: int) -> tuple[list[_Frame], list[Fix]]:
     return frames, fixes
 
 
-def _run_bag(args: argparse.Namespace) -> int:
-    """Localize a drive bag frame by frame as a stream (stamps, fixes and gating as in the node)."""
-    frames, fixes = _bag_frames(Path(args.bag), args.limit)
-    localizers = _localizers(args, [None], None)
-    loc = localizers[None]
+def _run_bag(args: argparse.Namespace, tiles: list[str]) -> int:
+    """Localize drive bags frame by frame, each as a stream (stamps, fixes and gating as in the node);
+    several bags are pooled in one summary (and one calibration)."""
+    frames, fixes = [], []
+    for i, bag in enumerate(args.bag):
+        bag_frames, bag_fixes = _bag_frames(Path(bag), args.limit)
+        frames += [dataclasses.replace(fr, city=str(i)) for fr in bag_frames]
+        fixes += bag_fixes
+    keys = [str(i) for i in range(len(args.bag))]
+    localizers = _localizers(args, keys, None, tiles=dict(zip(keys, tiles * len(keys) if len(tiles) == 1 else tiles)))
+    any_loc = next(iter(localizers.values()))
     estimates = []
     try:
         _calibrate_fixes(args, localizers, frames, fixes)
-        for fr, fix in zip(frames, fixes):
+        for k, (fr, fix) in enumerate(zip(frames, fixes)):
+            loc = localizers[fr.city]
+            if k == 0 or frames[k - 1].city != fr.city:
+                loc.reset()  # another walk: another stream
             estimates.append(loc.localize(fr.data, fix, fr.stamp_s, now_s=fr.stamp_s))
     finally:
-        loc.engine.close()
+        any_loc.engine.close()
     return _report(args, localizers, frames, fixes, estimates)
 
 
@@ -593,7 +608,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise _UserError("--bag evaluates a drive bag; give no panoramas, --fix or --vigor with it")
             if not args.tiles:
                 raise _UserError("--bag needs --tiles DIR (the drive's city, encoded with --model)")
-            return _run_bag(args)
+            if len(args.tiles) not in (1, len(args.bag)):
+                raise _UserError(f"{len(args.bag)} --bag need one --tiles for all or one per bag, "
+                                 f"got {len(args.tiles)}")
+            return _run_bag(args, list(args.tiles))
+        if len(args.tiles) > 1:
+            raise _UserError("give one --tiles DIR (several only with several --bag)")
+        args.tiles = args.tiles[0] if args.tiles else None
         if args.vigor:
             if args.panoramas or args.fix:
                 raise _UserError("--vigor evaluates a dataset split; give no panoramas and no --fix with it")

@@ -4,6 +4,9 @@ One frame goes: decode (OpenCV) -> validate -> preprocess -> encode the panorama
 fix (k-sigma radius, clamped, widened by elapsed time x max speed) -> exact top-k retrieval inside
 the scope -> offset regression inside the best tile (or a score-weighted fusion of the top-k
 candidates that agree with it) -> heading (optional) -> covariance -> gating -> Estimate.
+A bev model replaces retrieval, offset and heading by one dense match over the scope; on a stream
+it also keeps the last frame's posterior as a prior (a grid filter, `track`): the Localizer's only
+state besides the last stamp, both cleared by reset().
 
 Every frame ends in an Estimate with `accepted` and a `reason` (Reason). Bad input (image, fix,
 stamps, a fix outside the coverage) never raises: the Estimate carries the reason, a message and
@@ -143,6 +146,10 @@ class LocalizerConfig:
     fusion_radius_m: float = 20.0  # candidates whose position lies within this of the top-1's agree, m
     margin_mode: str = "top2"  # top2: top1 - top2 score | distinct: top1 - best tile not overlapping the top-1
     match_prior: bool = True  # bev models: the pose maximising model likelihood x GNSS prior (false: likelihood alone)
+    track: bool = True  # bev models on a stream: the last frame's posterior, moved, is a prior too (a grid filter)
+    track_speed_mps: float = 2.0  # 1-sigma speed of the track's random walk between frames, m/s (walk ~1.5, car ~10)
+    track_max_gap_s: float = 10.0  # a frame more than this after the last matched one starts a new track, s
+    track_uniform_weight: float = 0.05  # share of the moved belief spread evenly over its area (a wrong lock can go)
     min_margin: float = 0.0  # LOW_MARGIN unless margin > this (score units; bev: posterior); 0 rejects only ties
     max_mahalanobis: float = 13.8  # MAHALANOBIS when d^2 vs the GNSS prior exceeds this (chi2 2 dof: 13.8 = 99.9 %)
     heading: bool = False  # estimate yaw (needs tile images and crossview_ros.heading); adds one aerial encode
@@ -201,6 +208,10 @@ class LocalizerConfig:
         need(number("max_mahalanobis") > 0, "max_mahalanobis", "must be > 0 (chi-square 2 dof, e.g. 13.8)")
         need(isinstance(self.heading, bool), "heading", "must be true or false")
         need(isinstance(self.match_prior, bool), "match_prior", "must be true or false")
+        need(isinstance(self.track, bool), "track", "must be true or false")
+        need(number("track_speed_mps") > 0, "track_speed_mps", "must be > 0 m/s")
+        need(number("track_max_gap_s") > 0, "track_max_gap_s", "must be > 0 s")
+        need(0 < number("track_uniform_weight") < 1, "track_uniform_weight", "must be in (0, 1)")
         need(self.heading_method in HEADING_METHODS, "heading_method", f"must be one of {HEADING_METHODS}")
         need(number("camera_height_m") >= 0, "camera_height_m", "must be >= 0 m (0 = pooled rows)")
         need(number("cov_sigma0_m") > 0, "cov_sigma0_m", "must be > 0 m")
@@ -679,6 +690,15 @@ def load_covariance(path: str | os.PathLike, model_hash: str | None = None) -> C
 # --------------------------------------------------------------------------- decoding
 
 
+@dataclass(frozen=True)
+class _Track:
+    """The grid filter's state between frames: the last posterior and what it already holds."""
+
+    stamp_s: float  # the frame it was computed for
+    fix_stamp_s: float  # the newest GNSS fix multiplied into it
+    belief: bev_match.Belief
+
+
 class _Reject(Exception):
     """A frame that ends with a reason (internal control flow of localize)."""
 
@@ -839,6 +859,7 @@ class Localizer:
             raise
         self.counts: Counter[Reason] = Counter()  # frames per reason since construction (diagnostics)
         self._last_stamp_s: float | None = None
+        self._belief: _Track | None = None  # the last bev match's posterior
         self._throttle = _Throttle(config.log_throttle_s)
         self._aerial_cache: OrderedDict[int, np.ndarray] = OrderedDict()
         log.info("localizer ready: %d tiles of %s (zone %s, %g m), model %s on %s, covariance %s", len(self.tiles),
@@ -894,8 +915,10 @@ class Localizer:
         self.close()
 
     def reset(self) -> None:
-        """Forget the last stamp (call after a time jump backwards, e.g. a bag restarting)."""
+        """Forget the last stamp and the track (call after a time jump backwards, e.g. a bag restarting,
+        and between panoramas that are not a stream)."""
         self._last_stamp_s = None
+        self._belief = None
 
     # ----------------------------------------------------------------- the frame
 
@@ -1022,14 +1045,22 @@ class Localizer:
         smap = bev_match.scope_map(self.tiles.descriptors[ids], ids, self.tiles.easting_m[ids],
                                    self.tiles.northing_m[ids], channels=self.meta.ground_features[0],
                                    block_cells=int(bev["block_cells"]), cell_m=float(bev["cell_m"]))
+        track = None
+        if cfg.track and self._belief is not None and 0 < stamp - self._belief.stamp_s <= cfg.track_max_gap_s:
+            belief = self._belief.belief
+            track = belief.predict(max(cfg.track_speed_mps * (stamp - self._belief.stamp_s), belief.spacing_m),
+                                   cfg.track_uniform_weight)
         prior = None
-        if cfg.match_prior:
+        # a fix already in the track's belief is not multiplied in again (its error would count twice)
+        if cfg.match_prior and (track is None or fix.stamp_s != self._belief.fix_stamp_s):
             # floored at one cell: a fix that claims zero variance still leaves the model its cell
             cov_grid = geo.enu_cov_to_utm(self._prior_cov(fix_cov, age_s), float(fix.lat_deg), float(fix.lon_deg),
                                           self.tiles.zone) + np.eye(2) * float(bev["cell_m"]) ** 2
             prior = bev_match.Prior(*fix_utm, cov_grid)
         m = bev_match.match_scope(self.engine, ground_feats[:1], smap, exclusion_m=cfg.fusion_radius_m,
-                                  top_k=cfg.top_k, prior=prior)
+                                  top_k=cfg.top_k, prior=prior, track=track)
+        if cfg.track and m.belief is not None:
+            self._belief = _Track(stamp, float(fix.stamp_s), m.belief)
         times["search_ms"] = search_s + time.perf_counter() - t
         t = time.perf_counter()
         east, north = m.easting_m, m.northing_m

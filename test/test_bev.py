@@ -230,6 +230,80 @@ def test_gnss_prior_picks_the_twin_near_the_fix(bev_export):
         assert prior.log_density(*pos[far]) == pytest.approx(-0.5 * gap_m ** 2 / sigma ** 2)
 
 
+def test_track_breaks_the_tie_between_twins_and_lets_go_for_a_clear_view(bev_export):
+    """Twin places tie on the likelihood alone. The last frame's belief near one of them decides
+    (no GNSS prior at all); a view that clearly fits elsewhere wins over a track with a large
+    uniform share and loses to one with almost none, as the mixture says it should."""
+    from crossview_ros import bev_match
+    from crossview_ros.engines import OnnxEngine
+
+    engine = OnnxEngine(bev_export, threads=1)
+    k = int(engine.meta.bev["kernel_cells"])
+    a, b = (4, 4), (8, 8)
+    smap, ground = planted_scope(engine, 0, a)
+    smap.fmap[:, b[0] - k // 2:b[0] + k // 2, b[1] - k // 2:b[1] + k // 2] = \
+        smap.fmap[:, a[0] - k // 2:a[0] + k // 2, a[1] - k // 2:a[1] + k // 2]
+    pos = {"a": smap.position(*a), "b": smap.position(*b)}
+    for near in ("a", "b"):
+        first = bev_match.match_scope(engine, ground, smap, exclusion_m=5.0, top_k=3,
+                                      prior=bev_match.Prior(*pos[near], np.eye(2) * 4.0))
+        belief = first.belief
+        assert belief.log_p.shape == (math.ceil(smap.fmap.shape[1] / 2), math.ceil(smap.fmap.shape[2] / 2))
+        assert np.exp(belief.log_p).sum() == pytest.approx(1.0, rel=1e-5)
+        second = bev_match.match_scope(engine, ground, smap, exclusion_m=5.0, top_k=3,
+                                       track=belief.predict(smap.cell_m, 0.05))
+        assert math.dist((second.easting_m, second.northing_m), pos[near]) < 0.5 * smap.cell_m, near
+        assert second.margin > 0.0
+    # the belief at b (the last one), and a view that fits only another place c (a fresh scope map)
+    smap2, ground_c = planted_scope(engine, 0, (10, 10), seed=1)
+    sticky = first.belief.predict(smap.cell_m, 1e-12)
+    loose = first.belief.predict(smap.cell_m, 0.99)
+    stay = bev_match.match_scope(engine, ground_c, smap2, exclusion_m=5.0, top_k=3, track=sticky)
+    go = bev_match.match_scope(engine, ground_c, smap2, exclusion_m=5.0, top_k=3, track=loose)
+    assert math.dist((go.easting_m, go.northing_m), smap2.position(10, 10)) < 0.5 * smap.cell_m
+    assert math.dist((stay.easting_m, stay.northing_m), pos["b"]) < 3 * smap.cell_m
+
+
+def test_localizer_stream_track_and_reset(bev_export, tmp_path):
+    """On a stream the second frame of the same view and fix (a new one, same place) is sharper (its belief holds the first
+    frame's evidence); with track off, or after reset(), a frame is exactly the first one again."""
+    import cv2
+
+    from crossview_ros import geo, tiles_cli
+    from crossview_ros.localizer import Fix, Localizer, LocalizerConfig
+    from crossview_ros.sim.coord_ortho import write_coordinate_geotiff
+    from crossview_ros.tiles import TileSet, TilingConfig, build_tile_set
+
+    tif = write_coordinate_geotiff(tmp_path / "ortho.tif", crs="EPSG:3857", gsd_m=0.5, centre_lat_deg=48.2,
+                                   centre_lon_deg=16.37, size_m=80.0, kind="rgb")
+    tile_dir = build_tile_set([tif], tmp_path / "set", TilingConfig(tile_size_m=16.0, tile_px=32), progress=False)
+    tiles_cli.encode_tile_set(tile_dir, bev_export, engine="onnxruntime", threads=1, progress=False)
+    tiles = TileSet.open(tile_dir)
+    lat, lon = geo.utm_to_latlon(float(tiles.easting_m.mean()), float(tiles.northing_m.mean()), tiles.zone)
+    pano = cv2.GaussianBlur(np.random.default_rng(0).integers(0, 256, (32, 64, 3), dtype=np.uint8), (5, 5), 1)
+
+    def frames(track: bool, reset_before_third: bool = False):
+        loc = Localizer(LocalizerConfig(tile_set=str(tile_dir), model=str(bev_export), engine="onnxruntime",
+                                        engine_threads=1, max_mahalanobis=1e6, scope_min_m=20.0, track=track))
+        out = []
+        for t in (10.0, 10.5, 11.0):
+            if t == 11.0 and reset_before_third:
+                loc.reset()
+            out.append(loc.localize(pano, Fix(float(lat), float(lon), t, sigma_m=8.0), t, encoding="rgb8", now_s=t))
+        loc.close()
+        return out
+
+    alone = frames(track=False)
+    assert all(e.accepted for e in alone)
+    assert alone[0].easting_m == alone[1].easting_m == alone[2].easting_m
+    assert alone[0].margin == pytest.approx(alone[1].margin) and alone[0].spread_m == pytest.approx(alone[1].spread_m)
+    tracked = frames(track=True)
+    assert tracked[0].margin == pytest.approx(alone[0].margin)  # the first frame has no track yet
+    assert tracked[1].spread_m < tracked[0].spread_m  # the same view again: a sharper posterior
+    reset = frames(track=True, reset_before_third=True)
+    assert reset[2].margin == pytest.approx(alone[0].margin) and reset[2].easting_m == alone[0].easting_m
+
+
 def test_localizer_with_a_bev_model(bev_export, tmp_path):
     import cv2
 

@@ -333,3 +333,25 @@ def test_localize_cli_evaluates_a_bag_as_the_stream_the_node_sees(world, bag_mes
         lat, lon = bag_messages["truth"][t_ns]
         assert (row["truth_lat_deg"], row["truth_lon_deg"]) == pytest.approx((lat, lon), abs=1e-9)
     assert doc["summary"]["published"] == sum(e.accepted for e in want.values())
+
+
+def test_localize_cli_pools_several_bags_each_its_own_stream(world, capsys):
+    """The same walk twice: twice the frames, each half the single walk's estimates (a new stream:
+    its stamps start over and nothing of the first walk's track is left); tile sets must pair up."""
+    from crossview_ros import localize_cli
+
+    base = ["--model", str(world["model"]), "--tiles", str(world["tiles"]), "--json", "--threads", "1", "--quiet",
+            "--set", "max_mahalanobis=1000000.0"]
+
+    def run(*extra: str) -> dict:
+        assert localize_cli.main(base + list(extra)) == 0
+        return json.loads(capsys.readouterr().out)
+
+    one = run("--bag", str(world["bag"]))["estimates"]
+    two = run("--bag", str(world["bag"]), "--bag", str(world["bag"]))["estimates"]
+    assert len(two) == 2 * len(one)
+    for half in (two[:len(one)], two[len(one):]):
+        assert [r["reason"] for r in half] == [r["reason"] for r in one]
+        assert [r["lat_deg"] for r in half] == [r["lat_deg"] for r in one]
+    assert localize_cli.main(base + ["--tiles", str(world["tiles"])] + ["--bag", str(world["bag"])] * 3) == 2
+    assert "one --tiles for all or one per bag" in capsys.readouterr().err

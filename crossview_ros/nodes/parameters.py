@@ -103,6 +103,14 @@ _LOCALIZER_DOCS: dict[str, tuple[str, str, str, tuple[float, float] | None]] = {
                     "retrieval", None),
     "match_prior": ("bool", "bev models: pick the pose maximising model likelihood x GNSS prior "
                             "(false: the likelihood alone)", "retrieval", None),
+    "track": ("bool", "bev models on a stream: the last frame's posterior, moved, is a prior too (a grid filter; "
+                      "false: every frame alone)", "retrieval", None),
+    "track_speed_mps": ("m/s", "1-sigma speed of the track's random walk between frames (walk ~1.5, car ~10)",
+                        "retrieval", (0.01, 100.0)),
+    "track_max_gap_s": ("s", "a frame more than this after the last matched one starts a new track", "retrieval",
+                        (0.01, 3600.0)),
+    "track_uniform_weight": ("1", "share of the moved belief spread evenly over its area, so a wrong lock can go",
+                             "retrieval", (1e-9, 0.999)),
     "min_margin": ("1", "gate: publish only when the margin (score units; bev: posterior) is above this (LOW_MARGIN)",
                    "gating", (-2.0, 2.0)),
     "max_mahalanobis": ("1", "gate: refuse a squared Mahalanobis distance to the fix above this "
