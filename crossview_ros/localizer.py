@@ -859,7 +859,7 @@ class Localizer:
             raise
         self.counts: Counter[Reason] = Counter()  # frames per reason since construction (diagnostics)
         self._last_stamp_s: float | None = None
-        self._belief: _Track | None = None  # the last bev match's posterior
+        self._track: _Track | None = None  # the last bev match's posterior
         self._throttle = _Throttle(config.log_throttle_s)
         self._aerial_cache: OrderedDict[int, np.ndarray] = OrderedDict()
         log.info("localizer ready: %d tiles of %s (zone %s, %g m), model %s on %s, covariance %s", len(self.tiles),
@@ -918,7 +918,7 @@ class Localizer:
         """Forget the last stamp and the track (call after a time jump backwards, e.g. a bag restarting,
         and between panoramas that are not a stream)."""
         self._last_stamp_s = None
-        self._belief = None
+        self._track = None
 
     # ----------------------------------------------------------------- the frame
 
@@ -1046,13 +1046,13 @@ class Localizer:
                                    self.tiles.northing_m[ids], channels=self.meta.ground_features[0],
                                    block_cells=int(bev["block_cells"]), cell_m=float(bev["cell_m"]))
         track = None
-        if cfg.track and self._belief is not None and 0 < stamp - self._belief.stamp_s <= cfg.track_max_gap_s:
-            belief = self._belief.belief
-            track = belief.predict(max(cfg.track_speed_mps * (stamp - self._belief.stamp_s), belief.spacing_m),
+        if cfg.track and self._track is not None and 0 < stamp - self._track.stamp_s <= cfg.track_max_gap_s:
+            belief = self._track.belief
+            track = belief.predict(max(cfg.track_speed_mps * (stamp - self._track.stamp_s), belief.spacing_m),
                                    cfg.track_uniform_weight)
         prior = None
         # a fix already in the track's belief is not multiplied in again (its error would count twice)
-        if cfg.match_prior and (track is None or fix.stamp_s != self._belief.fix_stamp_s):
+        if cfg.match_prior and (track is None or fix.stamp_s != self._track.fix_stamp_s):
             # floored at one cell: a fix that claims zero variance still leaves the model its cell
             cov_grid = geo.enu_cov_to_utm(self._prior_cov(fix_cov, age_s), float(fix.lat_deg), float(fix.lon_deg),
                                           self.tiles.zone) + np.eye(2) * float(bev["cell_m"]) ** 2
@@ -1060,7 +1060,7 @@ class Localizer:
         m = bev_match.match_scope(self.engine, ground_feats[:1], smap, exclusion_m=cfg.fusion_radius_m,
                                   top_k=cfg.top_k, prior=prior, track=track)
         if cfg.track and m.belief is not None:
-            self._belief = _Track(stamp, float(fix.stamp_s), m.belief)
+            self._track = _Track(stamp, float(fix.stamp_s), m.belief)
         times["search_ms"] = search_s + time.perf_counter() - t
         t = time.perf_counter()
         east, north = m.easting_m, m.northing_m
