@@ -29,6 +29,7 @@ reused by later runs.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import math
 import multiprocessing
@@ -410,6 +411,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from crossview_ros.tiles import TileSet
 
     art = plan_artefacts(args)
+    if art.model.is_dir() and (art.model / "model.json").is_file():
+        kind = json.loads((art.model / "model.json").read_text()).get("matching", {}).get("kind")
+        if kind == "bev":
+            raise SystemExit(f"{art.model} is a bev model: this benchmark's PyTorch baseline runs retrieval models "
+                             "only; time a bev model through the node with benchmarks/bench_node.py")
     if args.model is None or args.tiles is None or args.bag is None:
         build_in_child(args, art)
     frames = read_frames(art.bag, args.frames if args.bag is not None else None)
