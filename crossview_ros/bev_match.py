@@ -260,9 +260,10 @@ def match_scope(engine: Any, ground: np.ndarray, smap: ScopeMap, *, exclusion_m:
     dist = np.hypot(pe - east, pn - north)
     far = valid & (dist > exclusion_m)
     margin = p0 - float(post[far].max()) if far.any() else p0 + 1.0
-    logits = masked * scale
-    p = np.exp(logits - logits.max())
-    p /= p.sum()
+    shifted = masked * scale - float(np.max(masked)) * scale  # the posterior's logits, peak at 0, -inf off the map
+    p = np.exp(shifted)
+    total = float(p.sum())
+    p /= total
     spread = float(math.sqrt(float(np.sum(p * dist ** 2))))
     q = np.exp((at - at.max()) * scale)
     q /= q.sum()
@@ -279,8 +280,7 @@ def match_scope(engine: Any, ground: np.ndarray, smap: ScopeMap, *, exclusion_m:
     per_tile = np.array([post[valid & (tile_of == t)].max() for t in ids])
     per_tile[ids == tile_id] = np.maximum(per_tile[ids == tile_id], p0)
     order = np.argsort(-per_tile, kind="stable")[:max(1, top_k)]
-    log_p = np.where(valid, logits - logits.max() - math.log(float(np.exp(logits - logits.max()).sum())), -np.inf)
     e0, n0 = smap.position(0, 0)
-    belief = Belief(log_p, float(e0), float(n0), stride * smap.cell_m)
+    belief = Belief(shifted - math.log(total), float(e0), float(n0), stride * smap.cell_m)
     return BevMatch(float(east), float(north), bearing, s0, float(margin), spread, bearing_var, tile_id,
                     ids[order], per_tile[order], belief)

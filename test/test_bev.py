@@ -264,13 +264,12 @@ def test_track_breaks_the_tie_between_twins_and_lets_go_for_a_clear_view(bev_exp
     assert math.dist((stay.easting_m, stay.northing_m), pos["b"]) < 3 * smap.cell_m
 
 
-def test_localizer_stream_track_and_reset(bev_export, tmp_path):
-    """On a stream the second frame of the same view and fix (a new one, same place) is sharper (its belief holds the first
-    frame's evidence); with track off, or after reset(), a frame is exactly the first one again."""
+def bev_world(bev_export, tmp_path):
+    """An 80 m orthophoto cut into 16 m tiles encoded with the tiny model, its centre (lat, lon) and
+    a smooth random panorama: (orthophoto, tile folder, TileSet, lat, lon, panorama)."""
     import cv2
 
     from crossview_ros import geo, tiles_cli
-    from crossview_ros.localizer import Fix, Localizer, LocalizerConfig
     from crossview_ros.sim.coord_ortho import write_coordinate_geotiff
     from crossview_ros.tiles import TileSet, TilingConfig, build_tile_set
 
@@ -281,6 +280,15 @@ def test_localizer_stream_track_and_reset(bev_export, tmp_path):
     tiles = TileSet.open(tile_dir)
     lat, lon = geo.utm_to_latlon(float(tiles.easting_m.mean()), float(tiles.northing_m.mean()), tiles.zone)
     pano = cv2.GaussianBlur(np.random.default_rng(0).integers(0, 256, (32, 64, 3), dtype=np.uint8), (5, 5), 1)
+    return tif, tile_dir, tiles, lat, lon, pano
+
+
+def test_localizer_stream_track_and_reset(bev_export, tmp_path):
+    """On a stream the second frame of the same view and fix (a new one, same place) is sharper (its belief holds the first
+    frame's evidence); with track off, or after reset(), a frame is exactly the first one again."""
+    from crossview_ros.localizer import Fix, Localizer, LocalizerConfig
+
+    _, tile_dir, _, lat, lon, pano = bev_world(bev_export, tmp_path)
 
     def frames(track: bool, reset_before_third: bool = False):
         loc = Localizer(LocalizerConfig(tile_set=str(tile_dir), model=str(bev_export), engine="onnxruntime",
@@ -305,24 +313,14 @@ def test_localizer_stream_track_and_reset(bev_export, tmp_path):
 
 
 def test_localizer_with_a_bev_model(bev_export, tmp_path):
-    import cv2
-
     from crossview_ros import geo, tiles_cli
     from crossview_ros.localizer import Fix, Localizer, LocalizerConfig, LocalizerError, Reason
-    from crossview_ros.sim.coord_ortho import write_coordinate_geotiff
-    from crossview_ros.tiles import TileSet, TilingConfig, build_tile_set
+    from crossview_ros.tiles import TilingConfig, build_tile_set
 
-    tif = write_coordinate_geotiff(tmp_path / "ortho.tif", crs="EPSG:3857", gsd_m=0.5, centre_lat_deg=48.2,
-                                   centre_lon_deg=16.37, size_m=80.0, kind="rgb")
-    tile_dir = build_tile_set([tif], tmp_path / "set", TilingConfig(tile_size_m=16.0, tile_px=32), progress=False)
-    tiles_cli.encode_tile_set(tile_dir, bev_export, engine="onnxruntime", threads=1, progress=False)
-    tiles = TileSet.open(tile_dir)
+    tif, tile_dir, tiles, lat, lon, pano = bev_world(bev_export, tmp_path)
     config = LocalizerConfig(tile_set=str(tile_dir), model=str(bev_export), engine="onnxruntime", engine_threads=1,
                              heading=True, max_mahalanobis=1e6, scope_min_m=20.0)
     loc = Localizer(config)
-    lat, lon = geo.utm_to_latlon(float(tiles.easting_m.mean()), float(tiles.northing_m.mean()), tiles.zone)
-    rng = np.random.default_rng(0)
-    pano = cv2.GaussianBlur(rng.integers(0, 256, (32, 64, 3), dtype=np.uint8), (5, 5), 1)
     est = loc.localize(pano, Fix(float(lat), float(lon), 10.0, sigma_m=8.0), 10.0, encoding="rgb8", now_s=10.0)
     assert est.accepted and est.reason is Reason.OK and est.yaw_enu_rad is not None
     assert geo.distance_m(lat, lon, est.lat_deg, est.lon_deg) <= est.scope_radius_m + 16.0
