@@ -22,6 +22,10 @@ OrienterNet's sequential localization but without odometry): the Belief over the
 positions, spread by how far the platform may have moved since (a Gaussian random walk), mixed
 with a little uniform mass so that a wrong lock can be left when the views disagree with it, and
 multiplied into the next frame's posterior. Independent frames are the special case without it.
+Consecutive views of one street repeat the model's errors (a look-alike that wins one frame wins
+the next): at full weight a run of such frames counts as that many independent votes against the
+fixes. likelihood_weight, a power below one on each frame's likelihood, counts them for less; it
+pays off only where the fixes' own errors are independent (Localizer's track_likelihood_weight).
 Only numpy here: the correlation itself runs in the engine (onnxruntime).
 """
 
@@ -176,13 +180,17 @@ class Prior:
 
 
 def match_scope(engine: Any, ground: np.ndarray, smap: ScopeMap, *, exclusion_m: float, top_k: int,
-                prior: Prior | None = None, track: TrackPrior | None = None) -> BevMatch:
+                prior: Prior | None = None, track: TrackPrior | None = None,
+                likelihood_weight: float = 1.0) -> BevMatch:
     """Best bearing and position of the camera in the scope map (see the module docstring).
 
     ground: (1, C, K, K) camera-frame ground features from the engine's ground graph. prior: the
     GNSS fix as a Gaussian; track: the last frame's predicted Belief; the pose then maximises the
-    posterior, not the likelihood alone.
+    posterior, not the likelihood alone. likelihood_weight: the exponent on the model's likelihood
+    in that posterior (below 1 when consecutive frames' errors are correlated, see Localizer's track).
     """
+    if not 0 < likelihood_weight <= 1:
+        raise ValueError(f"likelihood_weight must be in (0, 1], got {likelihood_weight}")
     meta = engine.meta.bev
     k, stride, n_rot = int(meta["kernel_cells"]), int(meta["match_stride"]), int(meta["rotations"])
     scale = float(meta["logit_scale"])
@@ -204,7 +212,7 @@ def match_scope(engine: Any, ground: np.ndarray, smap: ScopeMap, *, exclusion_m:
     tile_of = smap.owner[np.minimum(ii // b, smap.owner.shape[0] - 1)][:, np.minimum(jj // b, smap.owner.shape[1] - 1)]
     valid = tile_of >= 0
     best_rot = coarse.max(axis=0)  # likelihood (score) of each position at its best bearing
-    post = best_rot + log_prior(ii[:, None], jj[None, :])  # log-posterior / logit_scale
+    post = likelihood_weight * best_rot + log_prior(ii[:, None], jj[None, :])  # log-posterior / logit_scale
     masked = np.where(valid, post, -np.inf)
     ci, cj = np.unravel_index(int(np.argmax(masked)), masked.shape)
     r0 = int(np.argmax(coarse[:, ci, cj]))
@@ -237,7 +245,8 @@ def match_scope(engine: Any, ground: np.ndarray, smap: ScopeMap, *, exclusion_m:
         for bb in range(span):
             if smap.tile_at(i_lo + a, j_lo + bb) < 0:
                 fine[:, a, bb] = -np.inf
-    fine_post = fine + log_prior(i_lo + np.arange(span)[:, None], j_lo + np.arange(span)[None, :])[None]
+    fine_post = likelihood_weight * fine + log_prior(i_lo + np.arange(span)[:, None],
+                                                    j_lo + np.arange(span)[None, :])[None]
     rots = [(r0 - 1) % n_rot, r0, (r0 + 1) % n_rot]
     sub = fine_post[rots]
     ri, fa, fb = np.unravel_index(int(np.argmax(sub)), sub.shape)

@@ -150,6 +150,7 @@ class LocalizerConfig:
     track_speed_mps: float = 2.0  # 1-sigma speed of the track's random walk between frames, m/s (walk ~1.5, car ~10)
     track_max_gap_s: float = 10.0  # a frame more than this after the last matched one starts a new track, s
     track_uniform_weight: float = 0.05  # share of the moved belief spread evenly over its area (a wrong lock can go)
+    track_likelihood_weight: float = 1.0  # exponent on each frame's model likelihood in a track (frames' errors correlate)
     min_margin: float = 0.0  # LOW_MARGIN unless margin > this (score units; bev: posterior); 0 rejects only ties
     max_mahalanobis: float = 13.8  # MAHALANOBIS when d^2 vs the GNSS prior exceeds this (chi2 2 dof: 13.8 = 99.9 %)
     heading: bool = False  # estimate yaw (needs tile images and crossview_ros.heading); adds one aerial encode
@@ -212,6 +213,7 @@ class LocalizerConfig:
         need(number("track_speed_mps") > 0, "track_speed_mps", "must be > 0 m/s")
         need(number("track_max_gap_s") > 0, "track_max_gap_s", "must be > 0 s")
         need(0 < number("track_uniform_weight") < 1, "track_uniform_weight", "must be in (0, 1)")
+        need(0 < number("track_likelihood_weight") <= 1, "track_likelihood_weight", "must be in (0, 1]")
         need(self.heading_method in HEADING_METHODS, "heading_method", f"must be one of {HEADING_METHODS}")
         need(number("camera_height_m") >= 0, "camera_height_m", "must be >= 0 m (0 = pooled rows)")
         need(number("cov_sigma0_m") > 0, "cov_sigma0_m", "must be > 0 m")
@@ -1058,7 +1060,8 @@ class Localizer:
                                           self.tiles.zone) + np.eye(2) * float(bev["cell_m"]) ** 2
             prior = bev_match.Prior(*fix_utm, cov_grid)
         m = bev_match.match_scope(self.engine, ground_feats[:1], smap, exclusion_m=cfg.fusion_radius_m,
-                                  top_k=cfg.top_k, prior=prior, track=track)
+                                  top_k=cfg.top_k, prior=prior, track=track,
+                                  likelihood_weight=cfg.track_likelihood_weight if cfg.track else 1.0)
         if cfg.track and m.belief is not None:
             self._track = _Track(stamp, float(fix.stamp_s), m.belief)
         times["search_ms"] = search_s + time.perf_counter() - t

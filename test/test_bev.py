@@ -264,6 +264,41 @@ def test_track_breaks_the_tie_between_twins_and_lets_go_for_a_clear_view(bev_exp
     assert math.dist((stay.easting_m, stay.northing_m), pos["b"]) < 3 * smap.cell_m
 
 
+def test_likelihood_weight_scales_the_evidence_against_the_prior(bev_export):
+    """A view that fits place a, a GNSS prior centred on place b: the posterior compares
+    w (s_a - s_b) with the prior's gap g in score units, so with g set to half the likelihood gap,
+    weight 1 keeps a and weight 0.3 moves to b. Without a prior the weight scales margin and belief."""
+    from crossview_ros import bev_match
+    from crossview_ros.engines import OnnxEngine
+
+    engine = OnnxEngine(bev_export, threads=1)
+    scale = float(engine.meta.bev["logit_scale"])
+    a, b = (4, 4), (10, 10)
+    smap, ground = planted_scope(engine, 0, a)
+    pos = {"a": smap.position(*a), "b": smap.position(*b)}
+    free = bev_match.match_scope(engine, ground, smap, exclusion_m=5.0, top_k=3)
+    at_b = bev_match.match_scope(engine, ground, smap, exclusion_m=5.0, top_k=3,
+                                 prior=bev_match.Prior(*pos["b"], np.eye(2) * 0.01))
+    assert math.dist((at_b.easting_m, at_b.northing_m), pos["b"]) < 0.5 * smap.cell_m
+    gap_m = math.dist(pos["a"], pos["b"])
+    g = 0.5 * (free.score - at_b.score)  # the prior's penalty at a, score units
+    prior = bev_match.Prior(*pos["b"], np.eye(2) * gap_m ** 2 / (2 * g * scale))
+    picked = {w: bev_match.match_scope(engine, ground, smap, exclusion_m=5.0, top_k=3, prior=prior,
+                                       likelihood_weight=w) for w in (1.0, 0.3)}
+    assert math.dist((picked[1.0].easting_m, picked[1.0].northing_m), pos["a"]) < 0.5 * smap.cell_m
+    low = (picked[0.3].easting_m, picked[0.3].northing_m)  # near b: the prior is broad, the field smooth
+    assert math.dist(low, pos["b"]) < 0.5 * math.dist(low, pos["a"])
+    half = bev_match.match_scope(engine, ground, smap, exclusion_m=5.0, top_k=3, likelihood_weight=0.5)
+    assert (half.easting_m, half.northing_m) == (free.easting_m, free.northing_m) and half.score == free.score
+    assert half.margin == pytest.approx(0.5 * free.margin, rel=1e-5)
+    finite = np.isfinite(free.belief.log_p)
+    np.testing.assert_array_equal(np.isfinite(half.belief.log_p), finite)
+    tempered = 0.5 * free.belief.log_p[finite]
+    np.testing.assert_allclose(half.belief.log_p[finite], tempered - np.log(np.exp(tempered).sum()), atol=1e-6)
+    with pytest.raises(ValueError, match="likelihood_weight"):
+        bev_match.match_scope(engine, ground, smap, exclusion_m=5.0, top_k=3, likelihood_weight=0.0)
+
+
 def bev_world(bev_export, tmp_path):
     """An 80 m orthophoto cut into 16 m tiles encoded with the tiny model, its centre (lat, lon) and
     a smooth random panorama: (orthophoto, tile folder, TileSet, lat, lon, panorama)."""
@@ -285,19 +320,21 @@ def bev_world(bev_export, tmp_path):
 
 def test_localizer_stream_track_and_reset(bev_export, tmp_path):
     """On a stream the second frame of the same view and fix (a new one, same place) is sharper (its belief holds the first
-    frame's evidence); with track off, or after reset(), a frame is exactly the first one again."""
+    frame's evidence); with track off, or after reset(), a frame is exactly the first one again. The likelihood
+    weight applies to every tracked frame, the first one too."""
     from crossview_ros.localizer import Fix, Localizer, LocalizerConfig
 
     _, tile_dir, _, lat, lon, pano = bev_world(bev_export, tmp_path)
 
-    def frames(track: bool, reset_before_third: bool = False):
+    def frames(track: bool, reset_before_third: bool = False, weight: float = 1.0, sigma_m: float = 8.0):
         loc = Localizer(LocalizerConfig(tile_set=str(tile_dir), model=str(bev_export), engine="onnxruntime",
-                                        engine_threads=1, max_mahalanobis=1e6, scope_min_m=20.0, track=track))
+                                        engine_threads=1, max_mahalanobis=1e6, scope_min_m=20.0, track=track,
+                                        track_likelihood_weight=weight))
         out = []
         for t in (10.0, 10.5, 11.0):
             if t == 11.0 and reset_before_third:
                 loc.reset()
-            out.append(loc.localize(pano, Fix(float(lat), float(lon), t, sigma_m=8.0), t, encoding="rgb8", now_s=t))
+            out.append(loc.localize(pano, Fix(float(lat), float(lon), t, sigma_m=sigma_m), t, encoding="rgb8", now_s=t))
         loc.close()
         return out
 
@@ -310,6 +347,10 @@ def test_localizer_stream_track_and_reset(bev_export, tmp_path):
     assert tracked[1].spread_m < tracked[0].spread_m  # the same view again: a sharper posterior
     reset = frames(track=True, reset_before_third=True)
     assert reset[2].margin == pytest.approx(alone[0].margin) and reset[2].easting_m == alone[0].easting_m
+    # a fix too vague to matter in the 20 m scope: the first frame's margin is the likelihood's, weighted
+    vague, tempered = frames(track=True, sigma_m=1e4), frames(track=True, weight=0.5, sigma_m=1e4)
+    assert tempered[0].easting_m == vague[0].easting_m
+    assert tempered[0].margin == pytest.approx(0.5 * vague[0].margin, rel=1e-3)
 
 
 def test_localizer_with_a_bev_model(bev_export, tmp_path):

@@ -348,6 +348,9 @@ def test_config_is_strict_and_validated():
         LocalizerConfig(scope_min_m=100.0, scope_max_m=50.0)
     with pytest.raises(ValueError, match="fusion"):
         LocalizerConfig(fusion="mean")
+    for bad in (0.0, 1.5):
+        with pytest.raises(ValueError, match="track_likelihood_weight"):
+            LocalizerConfig(track_likelihood_weight=bad)
     cfg = LocalizerConfig.from_dict({"top_k": 3, "fusion": "weighted"})
     assert LocalizerConfig.from_dict(cfg.to_dict()) == cfg
 

@@ -111,6 +111,8 @@ _LOCALIZER_DOCS: dict[str, tuple[str, str, str, tuple[float, float] | None]] = {
                         (0.01, 3600.0)),
     "track_uniform_weight": ("1", "share of the moved belief spread evenly over its area, so a wrong lock can go",
                              "retrieval", (1e-9, 0.999)),
+    "track_likelihood_weight": ("1", "exponent on each frame's model likelihood in a track (consecutive views "
+                                     "repeat their errors; 1: independent frames)", "retrieval", (0.01, 1.0)),
     "min_margin": ("1", "gate: publish only when the margin (score units; bev: posterior) is above this (LOW_MARGIN)",
                    "gating", (-2.0, 2.0)),
     "max_mahalanobis": ("1", "gate: refuse a squared Mahalanobis distance to the fix above this "
