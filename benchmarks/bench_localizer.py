@@ -29,7 +29,6 @@ reused by later runs.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
 import multiprocessing
@@ -412,8 +411,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     art = plan_artefacts(args)
     if art.model.is_dir() and (art.model / "model.json").is_file():
-        kind = json.loads((art.model / "model.json").read_text()).get("matching", {}).get("kind")
-        if kind == "bev":
+        if load_model_meta(art.model, verify=False).matching == "bev":
             raise SystemExit(f"{art.model} is a bev model: this benchmark's PyTorch baseline runs retrieval models "
                              "only; time a bev model through the node with benchmarks/bench_node.py")
     if args.model is None or args.tiles is None or args.bag is None:

@@ -187,6 +187,16 @@ def planted_scope(engine, bearing_quarter_turns: int, true_ij: tuple[int, int], 
     return smap, np.ascontiguousarray(cam * mask)[None]
 
 
+def twin_scope(engine, a: tuple[int, int], b: tuple[int, int]):
+    """planted_scope's view at corner a, with the map around a copied to b: two places the
+    likelihood cannot tell apart."""
+    k = int(engine.meta.bev["kernel_cells"])
+    smap, ground = planted_scope(engine, 0, a)
+    smap.fmap[:, b[0] - k // 2:b[0] + k // 2, b[1] - k // 2:b[1] + k // 2] = \
+        smap.fmap[:, a[0] - k // 2:a[0] + k // 2, a[1] - k // 2:a[1] + k // 2]
+    return smap, ground
+
+
 @pytest.mark.parametrize("turns", [0, 1, 2, 3])
 def test_matcher_recovers_a_planted_pose(bev_export, turns):
     from crossview_ros import bev_match
@@ -210,11 +220,8 @@ def test_gnss_prior_picks_the_twin_near_the_fix(bev_export):
     from crossview_ros.engines import OnnxEngine
 
     engine = OnnxEngine(bev_export, threads=1)
-    k = int(engine.meta.bev["kernel_cells"])
     a, b = (4, 4), (8, 8)  # even corners: the coarse pass sees both peaks
-    smap, ground = planted_scope(engine, 0, a)
-    smap.fmap[:, b[0] - k // 2:b[0] + k // 2, b[1] - k // 2:b[1] + k // 2] = \
-        smap.fmap[:, a[0] - k // 2:a[0] + k // 2, a[1] - k // 2:a[1] + k // 2]
+    smap, ground = twin_scope(engine, a, b)
     pos = {name: smap.position(*ij) for name, ij in (("a", a), ("b", b))}
     gap_m = math.dist(pos["a"], pos["b"])
     twins = bev_match.match_scope(engine, ground, smap, exclusion_m=5.0, top_k=3)
@@ -238,11 +245,8 @@ def test_track_breaks_the_tie_between_twins_and_lets_go_for_a_clear_view(bev_exp
     from crossview_ros.engines import OnnxEngine
 
     engine = OnnxEngine(bev_export, threads=1)
-    k = int(engine.meta.bev["kernel_cells"])
     a, b = (4, 4), (8, 8)
-    smap, ground = planted_scope(engine, 0, a)
-    smap.fmap[:, b[0] - k // 2:b[0] + k // 2, b[1] - k // 2:b[1] + k // 2] = \
-        smap.fmap[:, a[0] - k // 2:a[0] + k // 2, a[1] - k // 2:a[1] + k // 2]
+    smap, ground = twin_scope(engine, a, b)
     pos = {"a": smap.position(*a), "b": smap.position(*b)}
     for near in ("a", "b"):
         first = bev_match.match_scope(engine, ground, smap, exclusion_m=5.0, top_k=3,
