@@ -45,8 +45,11 @@ from benchmarks._common import (
     describe_machine, latency_stats_ms, machine_info, print_table, print_targets, rss_mb,
 )
 from crossview_ros.atomic import write_json_atomic
-from crossview_ros.engines import GROUND_GRAPH, Engine, OnnxEngine, load_model_meta
-from crossview_ros.localizer import Estimate, Fix, Localizer, LocalizerConfig
+from crossview_ros.engines import Engine, OnnxEngine
+from crossview_ros.model_meta import GROUND_GRAPH, load_model_meta
+from crossview_ros.estimate import Estimate, Fix
+from crossview_ros.localizer import Localizer
+from crossview_ros.localizer_config import LocalizerConfig
 
 log = logging.getLogger("bench_localizer")
 
@@ -226,7 +229,7 @@ def _ensure_model(out: Path, seed: int) -> None:
 
 
 def _ensure_tiles(ortho: Path, out: Path, model: Path, threads: int) -> None:
-    from crossview_ros.engines import load_model_meta
+    from crossview_ros.model_meta import load_model_meta
     from crossview_ros.tiles import TileSet, TileSetError, TilingConfig, build_tile_set
     from crossview_ros.tiles_cli import encode_tile_set
 

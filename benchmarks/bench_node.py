@@ -313,7 +313,7 @@ def baseline(args: argparse.Namespace, art: bench_localizer.Artefacts,
              frames: list[bench_localizer.Frame]) -> dict[str, Any]:
     """The same frames through Localizer in this process with the node's settings (ONNX Runtime, CPU)."""
     from crossview_ros.engines import OnnxEngine
-    from crossview_ros.localizer import LocalizerConfig
+    from crossview_ros.localizer_config import LocalizerConfig
 
     config = LocalizerConfig(tile_set=str(art.tiles), model=str(art.model), engine="onnxruntime",
                              engine_threads=args.threads, heading=args.heading, covariance_file="none",
@@ -330,7 +330,7 @@ def baseline(args: argparse.Namespace, art: bench_localizer.Artefacts,
 def run(args: argparse.Namespace) -> dict[str, Any]:
     import onnxruntime
 
-    from crossview_ros.engines import load_model_meta
+    from crossview_ros.model_meta import load_model_meta
     from crossview_ros.tiles import TileSet
 
     art = artefacts(args)

@@ -37,10 +37,10 @@ from crossview_ros import geo
 from crossview_ros.cli_args import join_negative_fix
 from crossview_ros.engines import ENGINE_KINDS, EngineError, create_engine
 from crossview_ros.index import DescriptorError
-from crossview_ros.localizer import (
-    CHI2_1DOF_95, CHI2_2DOF_95, Estimate, Fix, Localizer, LocalizerConfig, LocalizerError, Truth, calibrate,
-    engine_options, fit_fix_sigma_scale, save_covariance,
-)
+from crossview_ros.covariance import CHI2_1DOF_95, CHI2_2DOF_95, calibrate, fit_fix_sigma_scale, save_covariance
+from crossview_ros.estimate import Estimate, Fix, LocalizerError, Truth
+from crossview_ros.localizer import Localizer, engine_options
+from crossview_ros.localizer_config import LocalizerConfig
 from crossview_ros.tiles import TileSetError
 
 log = logging.getLogger(__name__)

@@ -23,9 +23,9 @@ import numpy as np
 from crossview_ros import geo
 from crossview_ros.atomic import write_json_atomic
 from crossview_ros.cli_args import join_negative_fix
-from crossview_ros.engines import (
-    ENGINE_KINDS, Engine, EngineError, ModelMeta, create_engine, load_model_meta, preprocess_aerial,
-)
+from crossview_ros.engines import ENGINE_KINDS, Engine, EngineError, create_engine
+from crossview_ros.model_meta import ModelMeta, load_model_meta
+from crossview_ros.preprocess import preprocess_aerial
 from crossview_ros.tiles import (
     IMAGE_FORMATS, RESAMPLING_NAMES, TileSet, TileSetError, TilingConfig, build_tile_set,
 )

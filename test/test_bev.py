@@ -1,4 +1,4 @@
-"""Top-down correlation model (crossview_training.bev) and its runtime matcher (crossview_ros.bev_match):
+"""Top-down correlation model (crossview_training.bev) and its runtime matcher (crossview_ros.matchers.bev_grid):
 projection and rotation geometry on hand-computed cases, tile scores against brute force, resume,
 export parity, and the matcher recovering a known pose from a planted kernel."""
 
@@ -140,7 +140,8 @@ def bev_export(tmp_path_factory):
 def test_export_parity_and_engine(bev_export):
     import json
 
-    from crossview_ros.engines import BEV_GRAPHS, OnnxEngine
+    from crossview_ros.engines import OnnxEngine
+    from crossview_ros.model_meta import BEV_GRAPHS
 
     meta = json.loads((bev_export / "model.json").read_text())
     assert meta["matching"]["kind"] == "bev" and set(meta["onnx"]["files"]) == set(BEV_GRAPHS)
@@ -164,7 +165,7 @@ def planted_scope(engine, bearing_quarter_turns: int, true_ij: tuple[int, int], 
     into the camera frame of a camera facing bearing_quarter_turns x 90 deg."""
     from scipy.ndimage import gaussian_filter
 
-    from crossview_ros import bev_match
+    from crossview_ros.matchers import bev_grid as bev_match
 
     meta = engine.meta.bev
     k, b = int(meta["kernel_cells"]), int(meta["block_cells"])
@@ -199,7 +200,7 @@ def twin_scope(engine, a: tuple[int, int], b: tuple[int, int]):
 
 @pytest.mark.parametrize("turns", [0, 1, 2, 3])
 def test_matcher_recovers_a_planted_pose(bev_export, turns):
-    from crossview_ros import bev_match
+    from crossview_ros.matchers import bev_grid as bev_match
     from crossview_ros.engines import OnnxEngine
 
     engine = OnnxEngine(bev_export, threads=1)
@@ -216,7 +217,7 @@ def test_gnss_prior_picks_the_twin_near_the_fix(bev_export):
     """Two identical places (the kernel's cells copied elsewhere): the likelihood cannot tell them
     apart; a Gaussian prior on either picks that one, and the margin is at most the prior's
     log-density gap in score units, -(0 - d^2 / (2 sigma^2)) / logit_scale."""
-    from crossview_ros import bev_match
+    from crossview_ros.matchers import bev_grid as bev_match
     from crossview_ros.engines import OnnxEngine
 
     engine = OnnxEngine(bev_export, threads=1)
@@ -241,7 +242,7 @@ def test_track_breaks_the_tie_between_twins_and_lets_go_for_a_clear_view(bev_exp
     """Twin places tie on the likelihood alone. The last frame's belief near one of them decides
     (no GNSS prior at all); a view that clearly fits elsewhere wins over a track with a large
     uniform share and loses to one with almost none, as the mixture says it should."""
-    from crossview_ros import bev_match
+    from crossview_ros.matchers import bev_grid as bev_match
     from crossview_ros.engines import OnnxEngine
 
     engine = OnnxEngine(bev_export, threads=1)
@@ -272,7 +273,7 @@ def test_likelihood_weight_scales_the_evidence_against_the_prior(bev_export):
     """A view that fits place a, a GNSS prior centred on place b: the posterior compares
     w (s_a - s_b) with the prior's gap g in score units, so with g set to half the likelihood gap,
     weight 1 keeps a and weight 0.3 moves to b. Without a prior the weight scales margin and belief."""
-    from crossview_ros import bev_match
+    from crossview_ros.matchers import bev_grid as bev_match
     from crossview_ros.engines import OnnxEngine
 
     engine = OnnxEngine(bev_export, threads=1)
@@ -326,7 +327,9 @@ def test_localizer_stream_track_and_reset(bev_export, tmp_path):
     """On a stream the second frame of the same view and fix (a new one, same place) is sharper (its belief holds the first
     frame's evidence); with track off, or after reset(), a frame is exactly the first one again. The likelihood
     weight applies to every tracked frame, the first one too."""
-    from crossview_ros.localizer import Fix, Localizer, LocalizerConfig
+    from crossview_ros.estimate import Fix
+    from crossview_ros.localizer import Localizer
+    from crossview_ros.localizer_config import LocalizerConfig
 
     _, tile_dir, _, lat, lon, pano = bev_world(bev_export, tmp_path)
 
@@ -359,7 +362,9 @@ def test_localizer_stream_track_and_reset(bev_export, tmp_path):
 
 def test_localizer_with_a_bev_model(bev_export, tmp_path):
     from crossview_ros import geo, tiles_cli
-    from crossview_ros.localizer import Fix, Localizer, LocalizerConfig, LocalizerError, Reason
+    from crossview_ros.estimate import Fix, LocalizerError, Reason
+    from crossview_ros.localizer import Localizer
+    from crossview_ros.localizer_config import LocalizerConfig
     from crossview_ros.tiles import TilingConfig, build_tile_set
 
     tif, tile_dir, tiles, lat, lon, pano = bev_world(bev_export, tmp_path)

@@ -18,6 +18,10 @@ import numpy as np
 import pytest
 
 from crossview_ros import engines as E
+from crossview_ros import model_meta as MM
+from crossview_ros.engines import devices, tensorrt_engine
+from crossview_ros.preprocess import preprocess_aerial, preprocess_ground
+from crossview_ros.matchers import check_engine_against_tiles
 from crossview_ros import geo
 from crossview_ros.tiles import TileSet, write_tile_set
 
@@ -60,7 +64,7 @@ def _images(shape: tuple[int, int], n: int, seed: int) -> list[np.ndarray]:
 
 
 def test_model_meta_reads_the_export(model_dir):
-    meta = E.load_model_meta(model_dir)
+    meta = MM.load_model_meta(model_dir)
     raw = json.loads((model_dir / "model.json").read_text())
     assert meta.model_hash == raw["model_hash"] and meta.name == "small" and meta.descriptor_dim == DIM
     assert meta.ground.size_hw == GROUND and meta.aerial.size_hw == AERIAL
@@ -79,7 +83,7 @@ def test_missing_model_json_says_how_to_export(model_copy):
     with pytest.raises(E.EngineError, match=r"model\.json not found.*crossview-export onnx"):
         E.OnnxEngine(model_copy)
     with pytest.raises(E.EngineError, match="does not exist"):
-        E.load_model_meta(model_copy / "nowhere")
+        MM.load_model_meta(model_copy / "nowhere")
 
 
 def test_wrong_sha256_names_the_file_and_the_fix(model_copy):
@@ -94,7 +98,7 @@ def test_corrupt_graph_is_refused_at_construction(model_copy):
     with pytest.raises(E.EngineError, match=r"ground\.onnx does not match the sha256"):
         E.OnnxEngine(model_copy)
     # Even with matching metadata (or verify=False) the truncated graph cannot load.
-    _edit_json(model_copy, lambda m: m["onnx"]["files"].update({"ground.onnx": E.sha256_file(graph)}))
+    _edit_json(model_copy, lambda m: m["onnx"]["files"].update({"ground.onnx": MM.sha256_file(graph)}))
     with pytest.raises(E.EngineError, match=r"onnxruntime cannot load .*ground\.onnx.*crossview-export onnx"):
         E.OnnxEngine(model_copy)
 
@@ -111,7 +115,7 @@ def test_mismatched_input_size_is_refused_at_construction(model_copy):
         meta["onnx"]["graphs"]["aerial.onnx"]["inputs"]["image"] = ["batch", 3, 96, 96]
 
     _edit_json(model_copy, bigger_aerial)
-    E.load_model_meta(model_copy)  # consistent metadata ...
+    MM.load_model_meta(model_copy)  # consistent metadata ...
     with pytest.raises(E.EngineError, match=r"aerial\.onnx input 'image' has shape \[batch, 3, 64, 64\] but "
                                             r"model\.json says \[batch, 3, 96, 96\]"):
         E.OnnxEngine(model_copy)  # ... that the graph contradicts
@@ -133,26 +137,26 @@ def test_mismatched_descriptor_size_is_refused_at_construction(model_copy):
 def test_inconsistent_or_foreign_metadata_is_refused(model_copy):
     _edit_json(model_copy, lambda m: m["inputs"]["ground"].update(size=[32, 64]))
     with pytest.raises(E.EngineError, match=r"onnx\.graphs\.ground\.onnx .* disagrees"):
-        E.load_model_meta(model_copy)
+        MM.load_model_meta(model_copy)
     _edit_json(model_copy, lambda m: m.update(format_version=2))
     with pytest.raises(E.EngineError, match="format_version 2"):
-        E.load_model_meta(model_copy)
+        MM.load_model_meta(model_copy)
     _edit_json(model_copy, lambda m: m.update(format="something.else"))
     with pytest.raises(E.EngineError, match="not a model export"):
-        E.load_model_meta(model_copy)
+        MM.load_model_meta(model_copy)
     (model_copy / "model.json").write_text("{ truncated")
     with pytest.raises(E.EngineError, match="cannot read"):
-        E.load_model_meta(model_copy)
+        MM.load_model_meta(model_copy)
 
 
 # --------------------------------------------------------------------------- preprocessing
 
 
-def _meta(ground_hw: tuple[int, int], aerial_hw: tuple[int, int]) -> E.ModelMeta:
+def _meta(ground_hw: tuple[int, int], aerial_hw: tuple[int, int]) -> MM.ModelMeta:
     mean, std = (0.4, 0.5, 0.6), (0.2, 0.25, 0.3)
-    return E.ModelMeta(
+    return MM.ModelMeta(
         path=Path("."), name="hand", model_hash="sha256:x", descriptor_dim=4,
-        ground=E.ImageInput(*ground_hw, mean, std), aerial=E.ImageInput(*aerial_hw, mean, std),
+        ground=MM.ImageInput(*ground_hw, mean, std), aerial=MM.ImageInput(*aerial_hw, mean, std),
         tile_size_m=None, ground_features=(1, 1, 1), aerial_features=(1, 1, 1), files={}, opset=17, raw={},
     )
 
@@ -166,30 +170,30 @@ def test_preprocess_matches_a_hand_computation():
     resized = np.floor(blocks / 4.0 + 0.5)
     mean, std = np.array(meta.ground.mean), np.array(meta.ground.std)
     want = ((resized / 255.0 - mean) / std).transpose(2, 0, 1)[None]
-    got = E.preprocess_ground(meta, pano)
+    got = preprocess_ground(meta, pano)
     assert got.shape == (1, 3, 2, 4) and got.dtype == np.float32 and got.flags.c_contiguous
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
 
     # 6 x 6 -> 3 x 3: mean of 2 x 2 blocks again; a tile already at size is only normalised.
     tile = rng.integers(0, 256, (6, 6, 3), dtype=np.uint8)
     blocks = np.floor(tile.reshape(3, 2, 3, 2, 3).astype(np.int64).sum(axis=(1, 3)) / 4.0 + 0.5)
-    np.testing.assert_allclose(E.preprocess_aerial(meta, tile)[0],
+    np.testing.assert_allclose(preprocess_aerial(meta, tile)[0],
                                ((blocks / 255.0 - mean) / std).transpose(2, 0, 1), atol=1e-5)
     small = tile[:3, :3]
-    np.testing.assert_allclose(E.preprocess_aerial(meta, small)[0],
+    np.testing.assert_allclose(preprocess_aerial(meta, small)[0],
                                ((small / 255.0 - mean) / std).transpose(2, 0, 1), atol=1e-5)
     deep = small.astype(np.uint16) * 257  # 16-bit PNG tiles use the full 0..65535 range
-    np.testing.assert_allclose(E.preprocess_aerial(meta, deep), E.preprocess_aerial(meta, small), atol=1e-5)
+    np.testing.assert_allclose(preprocess_aerial(meta, deep), preprocess_aerial(meta, small), atol=1e-5)
 
 
 def test_preprocess_refuses_bad_images():
     meta = _meta((2, 4), (3, 3))
     with pytest.raises(ValueError, match="width == 2 \\* height"):
-        E.preprocess_ground(meta, np.zeros((4, 6, 3), np.uint8))
+        preprocess_ground(meta, np.zeros((4, 6, 3), np.uint8))
     with pytest.raises(ValueError, match=r"\(H, W, 3\)"):
-        E.preprocess_aerial(meta, np.zeros((4, 4), np.uint8))
+        preprocess_aerial(meta, np.zeros((4, 4), np.uint8))
     with pytest.raises(ValueError, match="uint8"):
-        E.preprocess_aerial(meta, np.zeros((4, 4, 3), np.float32))
+        preprocess_aerial(meta, np.zeros((4, 4, 3), np.float32))
 
 
 # --------------------------------------------------------------------------- ONNX Runtime
@@ -203,8 +207,8 @@ def test_onnxruntime_matches_pytorch(engine, tiny_model):
     model = tiny_model(0)
     assert model_hash(model) == engine.meta.model_hash  # same weights as the export
     pano_rgb = _images((96, 192), 1, 1)[0]
-    pano = np.concatenate([E.preprocess_ground(engine.meta, im) for im in (pano_rgb, 255 - pano_rgb)])
-    sat = np.concatenate([E.preprocess_aerial(engine.meta, im) for im in _images((100, 100), 2, 2)])
+    pano = np.concatenate([preprocess_ground(engine.meta, im) for im in (pano_rgb, 255 - pano_rgb)])
+    sat = np.concatenate([preprocess_aerial(engine.meta, im) for im in _images((100, 100), 2, 2)])
     with torch.no_grad():
         want_g, want_gf = (t.numpy() for t in model.ground_outputs(torch.from_numpy(pano)))
         want_a, want_af = (t.numpy() for t in model.aerial_outputs(torch.from_numpy(sat)))
@@ -257,8 +261,8 @@ def test_threads_must_be_a_count(model_dir):
 
 
 def test_auto_picks_onnxruntime_on_cpu_and_says_why(model_dir, caplog, monkeypatch):
-    if E._gpu_present():
-        monkeypatch.setattr(E, "_gpu_present", lambda: False)
+    if devices.gpu_present():
+        monkeypatch.setattr(devices, "gpu_present", lambda: False)
     with caplog.at_level(logging.INFO, logger="crossview_ros.engines"):
         eng = E.create_engine(model_dir, threads=1)
     assert isinstance(eng, E.OnnxEngine) and eng.name == "onnxruntime:CPUExecutionProvider"
@@ -267,14 +271,14 @@ def test_auto_picks_onnxruntime_on_cpu_and_says_why(model_dir, caplog, monkeypat
 
 
 def _fake_tensorrt_present(monkeypatch, cudart_ok: bool = True) -> None:
-    monkeypatch.setattr(E, "_gpu_present", lambda: True)
-    monkeypatch.setattr(E, "_import_tensorrt", lambda: types.SimpleNamespace(__version__="10.9.fake"))
+    monkeypatch.setattr(devices, "gpu_present", lambda: True)
+    monkeypatch.setattr(devices, "import_tensorrt", lambda: types.SimpleNamespace(__version__="10.9.fake"))
     if cudart_ok:
-        monkeypatch.setattr(E, "_import_cudart", lambda: object())
+        monkeypatch.setattr(devices, "import_cudart", lambda: object())
     else:
         def missing():
             raise E.EngineError("no CUDA bindings: pip install cuda-python")
-        monkeypatch.setattr(E, "_import_cudart", missing)
+        monkeypatch.setattr(devices, "import_cudart", missing)
 
 
 def test_auto_picks_tensorrt_with_gpu_tensorrt_and_cuda_bindings(model_dir, caplog, monkeypatch):
@@ -285,7 +289,7 @@ def test_auto_picks_tensorrt_with_gpu_tensorrt_and_cuda_bindings(model_dir, capl
             made.update(model_dir=model_dir, **options)
 
     _fake_tensorrt_present(monkeypatch)
-    monkeypatch.setattr(E, "TensorRTEngine", Recorder)
+    monkeypatch.setattr(tensorrt_engine, "TensorRTEngine", Recorder)
     with caplog.at_level(logging.INFO, logger="crossview_ros.engines"):
         eng = E.create_engine(model_dir, threads=2, max_batch=8)
     assert isinstance(eng, Recorder) and made == {"model_dir": model_dir, "max_batch": 8}
@@ -302,7 +306,7 @@ def test_auto_falls_back_to_onnxruntime_and_says_why(model_dir, caplog, monkeypa
 
     def no_trt():
         raise E.EngineError("TensorRT is not importable")
-    monkeypatch.setattr(E, "_import_tensorrt", no_trt)
+    monkeypatch.setattr(devices, "import_tensorrt", no_trt)
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="crossview_ros.engines"):
         assert isinstance(E.create_engine(model_dir, threads=1), E.OnnxEngine)
@@ -335,7 +339,7 @@ def test_tensorrt_engine_without_tensorrt_says_what_to_install(model_dir):
 
 
 def test_tensorrt_engine_without_cuda_bindings_says_what_to_install(model_dir, monkeypatch):
-    monkeypatch.setattr(E, "_import_tensorrt", lambda: types.SimpleNamespace(__version__="10.9.fake"))
+    monkeypatch.setattr(devices, "import_tensorrt", lambda: types.SimpleNamespace(__version__="10.9.fake"))
     for name in ("cuda", "cuda.bindings", "cuda.bindings.runtime", "cuda.cudart"):
         monkeypatch.setitem(sys.modules, name, None)  # makes `import` of them fail
     with pytest.raises(E.EngineError, match=r"CUDA Python bindings.*pip install cuda-python"):
@@ -538,8 +542,8 @@ def test_tensorrt_engine_code_path_on_a_fake_backend(model_dir, engine, tmp_path
     chunked, and a second engine loads the cached plans instead of building."""
     builds: list[str] = []
     cudart = _FakeCudart()
-    monkeypatch.setattr(E, "_import_tensorrt", lambda: _fake_tensorrt(builds))
-    monkeypatch.setattr(E, "_import_cudart", lambda: cudart)
+    monkeypatch.setattr(devices, "import_tensorrt", lambda: _fake_tensorrt(builds))
+    monkeypatch.setattr(devices, "import_cudart", lambda: cudart)
     trt_engine = E.TensorRTEngine(model_dir, cache_dir=tmp_path, max_batch=2)
     assert trt_engine.name == "tensorrt:Fake GPU 80GB:fp16"
     assert sorted(builds) == ["aerial.onnx", "ground.onnx", "offset.onnx"]
@@ -547,7 +551,7 @@ def test_tensorrt_engine_code_path_on_a_fake_backend(model_dir, engine, tmp_path
     plan = tmp_path / f"aerial-{sha[:16]}-fake-gpu-80gb-trt10.9.fake-fp16-b2.plan"
     assert plan.is_file() and json.loads(plan.read_text())["max"] == {"image": [2, 3, *AERIAL]}
 
-    sat = np.concatenate([E.preprocess_aerial(engine.meta, im) for im in _images((64, 64), 3, 5)])
+    sat = np.concatenate([preprocess_aerial(engine.meta, im) for im in _images((64, 64), 3, 5)])
     want_desc, want_feats = engine.encode_aerial(sat)
     got_desc, got_feats = trt_engine.encode_aerial(sat)  # 3 > max_batch: two chunks
     np.testing.assert_allclose(got_desc, want_desc, atol=1e-6)
@@ -571,8 +575,8 @@ def test_tensorrt_engine_matches_onnxruntime_on_a_gpu(model_dir, engine, tmp_pat
     if not usable:
         pytest.skip(f"TensorRT engine unusable here: {why}")
     with E.TensorRTEngine(model_dir, cache_dir=tmp_path, max_batch=4) as trt_engine:
-        sat = np.concatenate([E.preprocess_aerial(engine.meta, im) for im in _images((64, 64), 3, 6)])
-        pano = np.concatenate([E.preprocess_ground(engine.meta, im) for im in _images((64, 128), 3, 7)])
+        sat = np.concatenate([preprocess_aerial(engine.meta, im) for im in _images((64, 64), 3, 6)])
+        pano = np.concatenate([preprocess_ground(engine.meta, im) for im in _images((64, 128), 3, 7)])
         # FP16 inference: descriptors agree to about 1e-2 and rank the same.
         for got, want in ((trt_engine.encode_aerial(sat)[0], engine.encode_aerial(sat)[0]),
                           (trt_engine.encode_ground(pano)[0], engine.encode_ground(pano)[0])):
@@ -593,28 +597,28 @@ def test_check_engine_against_tiles(engine, tmp_path):
     meta = engine.meta
     ts = _tile_set(tmp_path, "set")
     with pytest.raises(E.EngineError, match=r"has no descriptors; run `crossview-tiles encode .* --model "):
-        E.check_engine_against_tiles(engine, ts)
+        check_engine_against_tiles(engine, ts)
     rng = np.random.default_rng(0)
     ts.write_descriptors(rng.normal(size=(3, DIM)), "sha256:another-model")
     with pytest.raises(E.EngineError, match=r"model 'sha256:another-model'.*crossview-tiles encode .*--overwrite"):
-        E.check_engine_against_tiles(engine, ts)
+        check_engine_against_tiles(engine, ts)
     ts.write_descriptors(rng.normal(size=(3, DIM * 2)), meta.model_hash)
     with pytest.raises(E.EngineError, match=f"dim {DIM * 2} but the encoder produces dim {DIM}"):
-        E.check_engine_against_tiles(meta, ts.path)
+        check_engine_against_tiles(meta, ts.path)
     ts.write_descriptors(rng.normal(size=(3, DIM)), meta.model_hash)
-    E.check_engine_against_tiles(engine, ts)
-    E.check_engine_against_tiles(meta, ts.path)  # a ModelMeta and a path work too
+    check_engine_against_tiles(engine, ts)
+    check_engine_against_tiles(meta, ts.path)  # a ModelMeta and a path work too
     with pytest.raises(TypeError):
-        E.check_engine_against_tiles("model", ts)
+        check_engine_against_tiles("model", ts)
 
 
 def test_runtime_imports_no_torch(model_dir):
     code = (
         "import sys, numpy as np\n"
-        "from crossview_ros import engines, tiles_cli\n"
+        "from crossview_ros import engines, localizer, preprocess, tiles_cli\n"
         f"eng = engines.create_engine({str(model_dir)!r}, threads=1)\n"
         "img = np.zeros((32, 64, 3), np.uint8)\n"
-        "eng.encode_ground(engines.preprocess_ground(eng.meta, img))\n"
+        "eng.encode_ground(preprocess.preprocess_ground(eng.meta, img))\n"
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'crossview_training', 'tensorrt'))\n"
         "print('IMPORTED', bad)\n"
     )

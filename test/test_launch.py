@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from crossview_ros.localizer import LocalizerConfig
+from crossview_ros.localizer_config import LocalizerConfig
 from crossview_ros.nodes.parameters import (
     BY_NAME, NODE_NAME, PARAMETERS, YAML_NODE_KEY, format_params_yaml, is_ros_own,
 )

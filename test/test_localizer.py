@@ -17,11 +17,15 @@ import numpy as np
 import pytest
 
 from crossview_ros import engines as E
+from crossview_ros import model_meta as MM
+from crossview_ros.preprocess import preprocess_aerial, preprocess_ground
 from crossview_ros import geo, localize_cli, tiles_cli
-from crossview_ros.localizer import (
-    CHI2_1DOF_95, CHI2_2DOF_95, CovarianceModel, Estimate, Fix, Localizer, LocalizerConfig, LocalizerError, Reason,
-    Truth, calibrate, fit_fix_sigma_scale, load_covariance, save_covariance, scope_radius_m,
+from crossview_ros.covariance import (
+    CHI2_1DOF_95, CHI2_2DOF_95, CovarianceModel, calibrate, fit_fix_sigma_scale, load_covariance, save_covariance,
 )
+from crossview_ros.estimate import Estimate, Fix, LocalizerError, Reason, Truth
+from crossview_ros.localizer import Localizer, scope_radius_m
+from crossview_ros.localizer_config import LocalizerConfig
 from crossview_ros.sim.coord_ortho import write_coordinate_geotiff
 from crossview_ros.tiles import TileSet, TilingConfig, build_tile_set, write_tile_set
 
@@ -107,7 +111,7 @@ def test_panorama_gives_an_estimate_inside_the_scope(localizer, tiles, engine):
     scope = np.flatnonzero(np.hypot(tiles.easting_m - e_fix, tiles.northing_m - n_fix) <= 60.0)
     assert est.tiles_in_scope == scope.size > 1
     decoded = cv2.imdecode(np.frombuffer(jpeg(rgb), np.uint8), cv2.IMREAD_COLOR)[:, :, ::-1]
-    g, _ = engine.encode_ground(E.preprocess_ground(engine.meta, np.ascontiguousarray(decoded)))
+    g, _ = engine.encode_ground(preprocess_ground(engine.meta, np.ascontiguousarray(decoded)))
     desc = np.asarray(tiles.descriptors, np.float64)
     cos = desc[scope] @ g[0] / np.linalg.norm(desc[scope], axis=1) / np.linalg.norm(g[0])
     assert est.tile_id == scope[np.argmax(cos)]
@@ -165,7 +169,7 @@ def test_weighted_fusion_averages_agreeing_candidates(tile_dir, model_dir, engin
     flat = Localizer(make_config(tile_dir, model_dir, fusion="weighted", fusion_radius_m=1e4, fusion_temperature=1e6,
                                  **common), engine=engine).localize(jpeg(rgb), fix, NOW, now_s=NOW)
     decoded = cv2.imdecode(np.frombuffer(jpeg(rgb), np.uint8), cv2.IMREAD_COLOR)[:, :, ::-1]
-    g, _ = engine.encode_ground(E.preprocess_ground(engine.meta, np.ascontiguousarray(decoded)))
+    g, _ = engine.encode_ground(preprocess_ground(engine.meta, np.ascontiguousarray(decoded)))
     e_fix, n_fix, _ = geo.latlon_to_utm(fix.lat_deg, fix.lon_deg, tiles.zone)
     scope = np.flatnonzero(np.hypot(tiles.easting_m - e_fix, tiles.northing_m - n_fix) <= 60.0)
     desc = np.asarray(tiles.descriptors, np.float32)
@@ -319,6 +323,25 @@ def test_rejections_log_one_throttled_line(tile_dir, model_dir, engine, tiles, c
     assert loc.counts[Reason.BAD_IMAGE] == 3
 
 
+def test_settings_of_the_other_family_are_logged_once_and_change_nothing(tile_dir, model_dir, engine, tiles, caplog):
+    """The track settings belong to bev models: a descriptor model's Localizer says once, at start-up,
+    that it ignores them, and localizes exactly as without them."""
+    default = Localizer(make_config(tile_dir, model_dir, max_mahalanobis=1e6), engine=engine)
+    assert default.matcher.kind == "descriptor"
+    with caplog.at_level(logging.WARNING, logger="crossview_ros"):
+        odd = Localizer(make_config(tile_dir, model_dir, max_mahalanobis=1e6, track=False, track_speed_mps=9.0),
+                        engine=engine)
+    ignored = [r.getMessage() for r in caplog.records if "ignores" in r.getMessage()]
+    assert len(ignored) == 1 and "track=False" in ignored[0] and "track_speed_mps=9.0" in ignored[0]
+    rgb, fix = jpeg(panorama(3)), centre_fix(tiles)
+    a, b = default.localize(rgb, fix, NOW, now_s=NOW), odd.localize(rgb, fix, NOW, now_s=NOW)
+    assert (a.easting_m, a.northing_m, a.margin, a.sigma_m) == (b.easting_m, b.northing_m, b.margin, b.sigma_m)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="crossview_ros"):
+        Localizer(make_config(tile_dir, model_dir), engine=engine)
+    assert not [r for r in caplog.records if "ignores" in r.getMessage()]
+
+
 def test_model_that_did_not_encode_the_tiles_fails_at_construction(tile_dir, model_dir, tmp_path):
     other = Path(shutil.copytree(model_dir, tmp_path / "other"))
     meta = json.loads((other / "model.json").read_text())
@@ -374,7 +397,7 @@ def test_margin_modes(tile_dir, model_dir, engine, tiles):
         results[mode] = loc.localize(jpeg(panorama(9)), fix, NOW, now_s=NOW)
     top = results["top2"]
     decoded = cv2.imdecode(np.frombuffer(jpeg(panorama(9)), np.uint8), cv2.IMREAD_COLOR)[:, :, ::-1]
-    g, _ = engine.encode_ground(E.preprocess_ground(engine.meta, np.ascontiguousarray(decoded)))
+    g, _ = engine.encode_ground(preprocess_ground(engine.meta, np.ascontiguousarray(decoded)))
     desc = np.asarray(tiles.descriptors, np.float64)
     cos = desc @ g[0] / np.linalg.norm(desc, axis=1) / np.linalg.norm(g[0])
     best = int(np.argmax(cos))
@@ -410,8 +433,8 @@ def test_heading_gives_a_yaw_in_enu(tile_dir, model_dir, engine, tiles):
     est = loc.localize(jpeg(rgb), centre_fix(tiles), NOW, now_s=NOW)
     assert est.accepted and -math.pi < est.yaw_enu_rad <= math.pi and est.latency.heading_ms > 0
     decoded = cv2.imdecode(np.frombuffer(jpeg(rgb), np.uint8), cv2.IMREAD_COLOR)[:, :, ::-1]
-    _, gf = engine.encode_ground(E.preprocess_ground(engine.meta, np.ascontiguousarray(decoded)))
-    _, af = engine.encode_aerial(E.preprocess_aerial(engine.meta, tiles.image(est.tile_id)))
+    _, gf = engine.encode_ground(preprocess_ground(engine.meta, np.ascontiguousarray(decoded)))
+    _, af = engine.encode_aerial(preprocess_aerial(engine.meta, tiles.image(est.tile_id)))
     h = heading.polar_correlation_heading(gf[0], af[0], offset_m=est.offset_m, tile_size_m=TILE_M,
                                           camera_height_m=LocalizerConfig().camera_height_m)
     want = geo.yaw_utm_to_enu(h.yaw_enu_rad, est.lat_deg, est.lon_deg, tiles.zone)
@@ -551,7 +574,7 @@ def test_cli_prints_json_that_parses(tile_dir, model_dir, tiles, tmp_path, capsy
     assert code == (0 if est["accepted"] else 1)
     assert est["panorama"] == str(pano) and est["reason"] in {r.value for r in Reason}
     assert est["scope_radius_m"] == pytest.approx(60.0) and len(est["covariance_enu_m2"]) == 2
-    assert doc["model_hash"] == E.load_model_meta(model_dir).model_hash
+    assert doc["model_hash"] == MM.load_model_meta(model_dir).model_hash
 
     table = ["--tiles", str(tile_dir), "--model", str(model_dir), str(pano), "--fix", f"{fix.lat_deg},{fix.lon_deg}",
              "--engine", "onnxruntime", "--quiet"]

@@ -40,8 +40,11 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
 from sensor_msgs.msg import CompressedImage, Image, Imu, NavSatFix, NavSatStatus  # noqa: E402
 
 from crossview_ros import engines as E  # noqa: E402
+from crossview_ros.preprocess import preprocess_ground  # noqa: E402
 from crossview_ros import geo  # noqa: E402
-from crossview_ros.localizer import Estimate, Fix, Localizer, LocalizerConfig, Reason  # noqa: E402
+from crossview_ros.estimate import Estimate, Fix, Reason  # noqa: E402
+from crossview_ros.localizer import Localizer  # noqa: E402
+from crossview_ros.localizer_config import LocalizerConfig  # noqa: E402
 from crossview_ros.nodes import convert  # noqa: E402
 from crossview_ros.nodes.localize_node import HARDWARE_ID, REJECT_KEYS, NewestSlot  # noqa: E402
 from crossview_ros.nodes.parameters import PARAMETERS, YAML_NODE_KEY, format_yaml_value  # noqa: E402
@@ -898,7 +901,7 @@ def bev_node(ros, world, tmp_path_factory):
 
     from crossview_training.bev import BevConfig, BevModel
     from crossview_training.export import export_onnx
-    from crossview_ros import bev_match
+    from crossview_ros.matchers import bev_grid as bev_match
     from crossview_ros.tiles import TileSet
 
     work = tmp_path_factory.mktemp("bev_node")
@@ -939,7 +942,7 @@ def bev_node(ros, world, tmp_path_factory):
     north = np.roll(views[0], PANO_H // 2, axis=1)  # the same camera turned to face north (column 0 forward)
     planted = {}
     for name, k_pos, pano, turns in (("east", 2, east, 1), ("north", 5, north, 0)):
-        _, g = bev_engine.encode_ground(E.preprocess_ground(bev_engine.meta, pano))
+        _, g = bev_engine.encode_ground(preprocess_ground(bev_engine.meta, pano))
         north_up = np.rot90(g[0], -turns, axes=(1, 2))  # bearing turns x 90 deg -> north-up
         e, n = world.positions[k_pos]
         # an even corner: match.onnx scores every other one first (block sides are even, so a scope's
@@ -985,3 +988,38 @@ class TestBevYawNode:
             e_want, n_want = bev_node.startup["planted"][name]
             lat_w, lon_w = geo.utm_to_latlon(e_want, n_want, world.zone)
             assert geo.distance_m(lat_w, lon_w, out["fix"].latitude, out["fix"].longitude) < 2.0, name
+
+
+def test_qos_overrides_apply_to_the_subscriptions(ros, world, tmp_path):
+    """qos_overrides.* parameters reach the endpoints: the raw panorama subscription made reliable,
+    the compressed one left at its best-effort default."""
+    config = base_config(world)
+    ns = "/node_qos"
+    params = tmp_path / "qos.yaml"
+    body = "\n".join(f"    {k}: {format_yaml_value(v)}" for k, v in node_params(config).items())
+    params.write_text(f"{YAML_NODE_KEY}:\n  ros__parameters:\n{body}\n")
+    log_path = tmp_path / "qos.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [*node_command(), "--ros-args", "-r", f"__ns:={ns}", "--params-file", str(params),
+             "-p", f"qos_overrides.{ns}/panorama.subscription.reliability:=reliable"],
+            stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **ROS_ENV})
+    node = rclpy.create_node("qos_probe", context=ros.context)
+    try:
+        def endpoints(topic: str) -> list:
+            if proc.poll() is not None:
+                pytest.fail(f"localize_node exited with {proc.returncode}:\n{log_path.read_text(errors='replace')}")
+            return [e for e in node.get_subscriptions_info_by_topic(topic) if e.node_name == "crossview_localizer"]
+
+        raw = wait_until(lambda: endpoints(f"{ns}/panorama"), START_TIMEOUT_S, "the panorama subscription")
+        compressed = wait_until(lambda: endpoints(f"{ns}/panorama/compressed"), 5.0, "the compressed subscription")
+        assert raw[0].qos_profile.reliability == ReliabilityPolicy.RELIABLE
+        assert compressed[0].qos_profile.reliability == ReliabilityPolicy.BEST_EFFORT
+    finally:
+        node.destroy_node()
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=15.0)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

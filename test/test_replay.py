@@ -19,7 +19,9 @@ from rosbags.rosbag2 import StoragePlugin, Writer
 
 from crossview_ros import geo, replay
 from crossview_ros.bag.writer import read_drive_bag, typestore
-from crossview_ros.localizer import Fix, Localizer, LocalizerConfig, Reason
+from crossview_ros.estimate import Fix, Reason
+from crossview_ros.localizer import Localizer
+from crossview_ros.localizer_config import LocalizerConfig
 from crossview_ros.sim.cli import main as sim_main
 from crossview_ros.tiles import TilingConfig, build_tile_set
 

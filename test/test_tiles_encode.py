@@ -12,6 +12,9 @@ import numpy as np
 import pytest
 
 from crossview_ros import engines as E
+from crossview_ros import model_meta as MM
+from crossview_ros.preprocess import preprocess_aerial
+from crossview_ros.matchers import check_engine_against_tiles
 from crossview_ros import geo
 from crossview_ros import tiles_cli
 from crossview_ros.sim.coord_ortho import write_coordinate_geotiff
@@ -78,17 +81,17 @@ def _count_calls(monkeypatch, fail_on_call: int | None = None, on_fail=None) -> 
 
 def test_encode_writes_the_engines_descriptors_stamped_with_the_model(encoded, model_a, capsys):
     ts = TileSet.open(encoded)
-    meta = E.load_model_meta(model_a)
+    meta = MM.load_model_meta(model_a)
     assert ts.model_hash == meta.model_hash and ts.meta["descriptors"]["dim"] == meta.descriptor_dim
     desc = np.asarray(ts.descriptors, dtype=np.float64)
     assert desc.shape == (len(ts), meta.descriptor_dim) and ts.descriptors.dtype == np.float16
     engine = E.OnnxEngine(model_a, threads=1)
     for i in range(len(ts)):
-        want, _ = engine.encode_aerial(E.preprocess_aerial(meta, ts.image(i)))
+        want, _ = engine.encode_aerial(preprocess_aerial(meta, ts.image(i)))
         np.testing.assert_allclose(desc[i], want[0] / np.linalg.norm(want[0]), atol=1e-3)
     assert not (encoded / tiles_cli.PARTIAL_DESCRIPTORS).exists()
     assert not (encoded / tiles_cli.PARTIAL_STATE).exists()
-    E.check_engine_against_tiles(engine, ts)
+    check_engine_against_tiles(engine, ts)
 
 
 def test_rerun_with_the_same_model_does_nothing(encoded, model_a, monkeypatch, caplog):
@@ -115,7 +118,7 @@ def test_interrupted_encode_resumes_and_gives_identical_descriptors(fresh_set, e
         tiles_cli.main(["encode", str(fresh_set), "--model", str(model_a), "--save-every", "2", *ENCODE])
     assert seen_at_crash["done"] == 2 * BATCH  # the periodic save
     state = json.loads(state_file.read_text())
-    assert state["done"] == 3 * BATCH and state["model_hash"] == E.load_model_meta(model_a).model_hash
+    assert state["done"] == 3 * BATCH and state["model_hash"] == MM.load_model_meta(model_a).model_hash
     assert TileSet.open(fresh_set).descriptors is None  # nothing half-written became the set's descriptors
 
     calls = _count_calls(monkeypatch)
@@ -137,7 +140,7 @@ def test_partial_of_another_model_starts_over(fresh_set, model_a, model_b, monke
         assert tiles_cli.main(["encode", str(fresh_set), "--model", str(model_b), *ENCODE]) == 0
     assert "discarding the partial descriptors" in caplog.text and "model_hash" in caplog.text
     assert sum(calls) == count
-    assert TileSet.open(fresh_set).model_hash == E.load_model_meta(model_b).model_hash
+    assert TileSet.open(fresh_set).model_hash == MM.load_model_meta(model_b).model_hash
 
 
 def test_another_models_descriptors_need_overwrite(encoded, model_a, model_b, tmp_path, capsys):
@@ -151,12 +154,12 @@ def test_another_models_descriptors_need_overwrite(encoded, model_a, model_b, tm
 
     assert tiles_cli.main(["encode", str(target), "--model", str(model_b), *ENCODE, "--overwrite"]) == 0
     ts = TileSet.open(target)
-    meta_b = E.load_model_meta(model_b)
+    meta_b = MM.load_model_meta(model_b)
     assert ts.model_hash == meta_b.model_hash
     assert not np.array_equal(np.asarray(ts.descriptors), before)
-    E.check_engine_against_tiles(meta_b, ts)
+    check_engine_against_tiles(meta_b, ts)
     with pytest.raises(E.EngineError, match="come from model"):
-        E.check_engine_against_tiles(E.load_model_meta(model_a), ts)
+        check_engine_against_tiles(MM.load_model_meta(model_a), ts)
 
 
 def test_set_without_images_is_a_clear_error(model_a, tmp_path, capsys):

@@ -1,4 +1,4 @@
-"""The grid filter's state (crossview_ros.bev_match.Belief): prediction and the prior it gives,
+"""The grid filter's state (crossview_ros.matchers.bev_grid.Belief): prediction and the prior it gives,
 checked against moments and values computed by hand. numpy only, like the runtime."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from crossview_ros.bev_match import Belief
+from crossview_ros.matchers.bev_grid import Belief
 
 
 def point_belief(shape=(40, 50), at=(17, 31), spacing_m=2.0, elsewhere=-np.inf) -> Belief:

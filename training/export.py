@@ -40,7 +40,7 @@ import torch
 from torch import Tensor, nn
 
 from crossview_ros.atomic import write_json_atomic
-from crossview_ros.engines import sha256_file
+from crossview_ros.model_meta import sha256_file
 from crossview_training.models import (
     CrossViewModel, WeightsError, model_from_checkpoint, model_hash, read_checkpoint,
 )

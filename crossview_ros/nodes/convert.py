@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from crossview_ros import geo
-from crossview_ros.localizer import NAVSAT_STATUS_NO_FIX, NAVSAT_STATUS_RANGE, Estimate, Fix
+from crossview_ros.estimate import NAVSAT_STATUS_NO_FIX, NAVSAT_STATUS_RANGE, Estimate, Fix
 
 UNKNOWN_VARIANCE = 1e6  # variance of what the estimate does not observe (z, roll, pitch; yaw without heading)
 IMAGE_CHANNELS = {"rgb8": 3, "bgr8": 3, "mono8": 1}

@@ -22,6 +22,7 @@ argument, missing or corrupt tile set or model) with one ERROR line saying what 
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import sys
@@ -44,11 +45,14 @@ from rclpy.logging import get_logger
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from rclpy.qos_overriding_options import QoSOverridingOptions
 from rclpy.utilities import remove_ros_args
 from sensor_msgs.msg import CompressedImage, Image, Imu, NavSatFix, NavSatStatus
 
 from crossview_ros import geo
-from crossview_ros.localizer import Estimate, Fix, Localizer, LocalizerConfig, Reason
+from crossview_ros.estimate import Estimate, Fix, Reason
+from crossview_ros.localizer import Localizer
+from crossview_ros.localizer_config import LocalizerConfig
 from crossview_ros.nodes import convert
 from crossview_ros.nodes.parameters import (
     BY_NAME, DYNAMIC_KEYS, NODE_NAME, PARAMETERS, NodeSettings, ParamSpec, check_frame_id, is_ros_own,
@@ -298,16 +302,23 @@ class LocalizeNode(Node):
             self.get_logger().info(f"datum ({self.settings.datum[0]:.7f}, {self.settings.datum[1]:.7f}) "
                                    "from the datum parameter")
         self.add_on_set_parameters_callback(self._on_set_parameters)
-        self.pub_fix = self.create_publisher(NavSatFix, "crossview/fix", OUTPUT_QOS)
-        self.pub_pose = self.create_publisher(PoseWithCovarianceStamped, "crossview/pose", OUTPUT_QOS)
-        self.pub_heading = self.create_publisher(Imu, "crossview/heading", OUTPUT_QOS)
-        self.pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", OUTPUT_QOS)
+        # Every endpoint's history, depth, reliability and durability can be overridden at start-up:
+        # -p qos_overrides./<ns>/panorama.subscription.reliability:=reliable (see README, QoS).
+        # rclpy writes the overrides into the profile it is given: each endpoint gets its own copy.
+        def qos(profile: QoSProfile) -> dict[str, Any]:
+            return {"qos_profile": copy.copy(profile),
+                    "qos_overriding_options": QoSOverridingOptions.with_default_policies()}
+
+        self.pub_fix = self.create_publisher(NavSatFix, "crossview/fix", **qos(OUTPUT_QOS))
+        self.pub_pose = self.create_publisher(PoseWithCovarianceStamped, "crossview/pose", **qos(OUTPUT_QOS))
+        self.pub_heading = self.create_publisher(Imu, "crossview/heading", **qos(OUTPUT_QOS))
+        self.pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", **qos(OUTPUT_QOS))
         self._worker = threading.Thread(target=self._work, name="crossview_localizer_worker", daemon=True)
         self._worker.start()
-        self.create_subscription(NavSatFix, "gnss/fix", self._on_fix, FIX_QOS)
-        self.create_subscription(Image, "panorama", lambda m: self._on_panorama(m, False), PANORAMA_QOS)
+        self.create_subscription(NavSatFix, "gnss/fix", self._on_fix, **qos(FIX_QOS))
+        self.create_subscription(Image, "panorama", lambda m: self._on_panorama(m, False), **qos(PANORAMA_QOS))
         self.create_subscription(CompressedImage, "panorama/compressed", lambda m: self._on_panorama(m, True),
-                                 PANORAMA_QOS)
+                                 **qos(PANORAMA_QOS))
         self.create_timer(self.settings.diagnostics_period_s, self._publish_diagnostics)
         self.get_logger().info(f"ready: pose_origin {self.settings.pose_origin} in frame "
                                f"{self.settings.pose_frame!r}, heading {'on' if self.config.heading else 'off'}")

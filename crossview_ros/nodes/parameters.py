@@ -1,8 +1,8 @@
 """The localize node's parameters: one table that the node declares, config/localize.yaml lists and
 the tests check, so that a default, a unit or a description cannot drift between them.
 
-Every LocalizerConfig field is a parameter of the same name and default (the dataclass stays the
-one schema: defaults and types come from it, this module adds unit, description and range), plus
+Every LocalizerConfig field is a parameter of the same name, default, unit, description and range,
+all read from the field's ParamDoc (crossview_ros/localizer_config.py: written once, there), plus
 the node's own (frames, pose origin, datum, diagnostics period). Pure Python, no rclpy: the
 launch-file and YAML tests import it without a ROS installation.
 
@@ -18,8 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from crossview_ros import geo
-from crossview_ros.engines import ENGINE_KINDS
-from crossview_ros.localizer import FUSION_MODES, HEADING_METHODS, MARGIN_MODES, SEARCH_DEVICES, LocalizerConfig
+from crossview_ros.localizer_config import SECTIONS, LocalizerConfig, param_doc
 
 NODE_NAME = "crossview_localizer"
 # The parameter file's key: matches the node in any namespace (a plain "crossview_localizer:" key
@@ -64,101 +63,6 @@ class ParamSpec:
         return "|".join(self.choices) if self.choices else self.unit
 
 
-# Unit, description, section and range of every LocalizerConfig field, in the dataclass's order.
-# Ranges are the descriptor's closed bounds; LocalizerConfig.validate still refuses values that
-# a closed range cannot express (e.g. > 0).
-_LOCALIZER_DOCS: dict[str, tuple[str, str, str, tuple[float, float] | None]] = {
-    "tile_set": ("path", "tile set folder (crossview-tiles build, then encode with this model); required",
-                 "artefacts", None),
-    "model": ("path", "exported model folder (crossview-export onnx) that encoded the tile set; required",
-              "artefacts", None),
-    "engine": ("", "encoder runtime; auto: TensorRT where a GPU and TensorRT are present, else ONNX Runtime",
-               "artefacts", None),
-    "engine_threads": ("1", "ONNX Runtime intra-op threads, 0 = its default (one per core)", "artefacts",
-                       (0, 256)),
-    "search_device": ("", "where the scoped search runs (or cuda:N); ~100 rows per frame: cpu is enough",
-                      "artefacts", None),
-    "scope_sigma_k": ("1", "search radius = k x the fix's horizontal sigma (largest axis), before clamping",
-                      "scope", (0.0, 100.0)),
-    "scope_min_m": ("m", "smallest search radius, whatever the fix claims", "scope", (0.0, 1.0e5)),
-    "scope_max_m": ("m", "largest search radius before stale widening (VIGOR's noisy-GPS protocol: 200 m)",
-                    "scope", (0.0, 1.0e5)),
-    "default_fix_sigma_m": ("m", "horizontal 1-sigma assumed when the fix reports no covariance", "scope",
-                            (0.0, 1.0e5)),
-    "max_speed_mps": ("m/s", "fastest platform speed: the radius grows by |panorama - fix stamp| x this",
-                      "scope", (0.0, 1000.0)),
-    "fix_max_age_s": ("s", "|panorama stamp - fix stamp| above this rejects the frame (STALE_STAMP)", "stamps",
-                      (0.0, 3600.0)),
-    "max_future_s": ("s", "panorama or fix stamps later than now + this are rejected (FUTURE_STAMP)", "stamps",
-                     (0.0, 3600.0)),
-    "top_k": ("1", "candidate tiles retrieved in the scope (fusion, spread and margin use them)", "retrieval",
-              (1, 10000)),
-    "fusion": ("", "best: the top-1 tile's offset; weighted: score-weighted mean of agreeing ones",
-               "retrieval", None),
-    "fusion_temperature": ("1", "softmax temperature on cosine scores for the fusion and spread weights",
-                           "retrieval", (0.0, 100.0)),
-    "fusion_radius_m": ("m", "candidates whose position lies within this of the top-1's agree with it",
-                        "retrieval", (0.0, 1.0e4)),
-    "margin_mode": ("", "top2: top-1 minus top-2 score; distinct: minus the best non-overlapping tile",
-                    "retrieval", None),
-    "match_prior": ("bool", "bev models: pick the pose maximising model likelihood x GNSS prior "
-                            "(false: the likelihood alone)", "retrieval", None),
-    "track": ("bool", "bev models on a stream: the last frame's posterior, moved, is a prior too (a grid filter; "
-                      "false: every frame alone)", "retrieval", None),
-    "track_speed_mps": ("m/s", "1-sigma speed of the track's random walk between frames (walk ~1.5, car ~10)",
-                        "retrieval", (0.01, 100.0)),
-    "track_max_gap_s": ("s", "a frame more than this after the last matched one starts a new track", "retrieval",
-                        (0.01, 3600.0)),
-    "track_uniform_weight": ("1", "share of the moved belief spread evenly over its area, so a wrong lock can go",
-                             "retrieval", (1e-9, 0.999)),
-    "track_likelihood_weight": ("1", "exponent on each frame's model likelihood in a track (consecutive views "
-                                     "repeat their errors; 1: independent frames)", "retrieval", (0.01, 1.0)),
-    "min_margin": ("1", "gate: publish only when the margin (score units; bev: posterior) is above this (LOW_MARGIN)",
-                   "gating", (-2.0, 2.0)),
-    "max_mahalanobis": ("1", "gate: refuse a squared Mahalanobis distance to the fix above this "
-                             "(MAHALANOBIS; chi2 2 dof 99.9 %)", "gating", (0.0, 1.0e12)),
-    "heading": ("bool", "estimate yaw and publish crossview/heading (needs tile images; one aerial encode)",
-                "heading", None),
-    "heading_method": ("", "polar: DSM-style polar correlation; revisiting: Zhu 2021 baseline", "heading", None),
-    "camera_height_m": ("m", "camera above the ground for the polar heading; 0 = pooled rows", "heading",
-                        (0.0, 100.0)),
-    "covariance_file": ("path", "'' = <model>/covariance.json if present, 'none' = the cov_* values "
-                                "below, or a calibration file", "covariance", None),
-    "cov_sigma0_m": ("m", "1-sigma at margin = score = spread = offset = 0 (uncalibrated default)", "covariance",
-                     (0.0, 1.0e5)),
-    "cov_margin_coef": ("1", "d ln(sigma) / d margin (uncalibrated default)", "covariance", None),
-    "cov_score_coef": ("1", "d ln(sigma) / d score (uncalibrated default)", "covariance", None),
-    "cov_spread_coef": ("1", "d ln(sigma) / d ln(1 + spread_m) (uncalibrated default)", "covariance", None),
-    "cov_offset_coef": ("1/m", "d ln(sigma) / d offset from the tile centre (uncalibrated default)", "covariance",
-                        None),
-    "cov_sigma_min_m": ("m", "1-sigma floor of the position covariance", "covariance", (0.0, 1.0e5)),
-    "cov_fix_sigma_scale": ("1", "the fix's reported sigma x this is used (scope, match prior, gate); urban "
-                                 "receivers are optimistic (uncalibrated default)", "covariance", (0.0, 1.0e3)),
-    "yaw_variance_scale": ("rad^(2-2p)", "yaw variance = this x the heading estimator's raw variance^power "
-                                         "(uncalibrated)", "covariance", (0.0, 1.0e6)),
-    "yaw_variance_power": ("1", "the power p on the raw yaw variance (uncalibrated; 1 = proportional)",
-                           "covariance", (0.0, 4.0)),
-    "yaw_variance_min_rad2": ("rad^2", "yaw variance floor", "covariance", (0.0, 10.0)),
-    "log_throttle_s": ("s", "at most one log line per rejection reason per this many seconds", "node",
-                       (0.0, 3600.0)),
-}
-
-_CHOICES: dict[str, tuple[str, ...]] = {
-    "engine": tuple(ENGINE_KINDS), "search_device": tuple(SEARCH_DEVICES), "fusion": tuple(FUSION_MODES),
-    "margin_mode": tuple(MARGIN_MODES), "heading_method": tuple(HEADING_METHODS), "pose_origin": POSE_ORIGINS,
-}
-
-SECTIONS: dict[str, str] = {
-    "artefacts": "Artefacts, loaded once at start-up (tile set and model must match: same model hash).",
-    "scope": "Search scope around the GNSS fix: radius = clamp(k x sigma, min, max) + age x max speed.",
-    "stamps": "Pairing of panorama and fix stamps; bad stamps are counted in /diagnostics, never published.",
-    "retrieval": "Descriptor retrieval and offset fusion inside the scope.",
-    "gating": "Gating: a frame is published only when it passes both gates.",
-    "heading": "Heading (yaw) from the panorama against the chosen tile.",
-    "covariance": "Covariance model (UNCALIBRATED defaults: calibrate on a validation drive, see README).",
-    "node": "Node: frames, output conventions, diagnostics and logging.",
-}
-
 _NODE_ONLY: tuple[ParamSpec, ...] = (
     ParamSpec("pose_frame", "map", "frame_id", "frame_id of crossview/pose (REP-105 world frame of the EKF)",
               "node", read_only=False),
@@ -176,15 +80,15 @@ _NODE_ONLY: tuple[ParamSpec, ...] = (
 
 
 def _localizer_specs() -> tuple[ParamSpec, ...]:
-    defaults = LocalizerConfig()
+    """A ParamSpec per LocalizerConfig field, from the field's own ParamDoc (localizer_config.py)."""
     out = []
     for f in dataclasses.fields(LocalizerConfig):
-        unit, description, section, rng = _LOCALIZER_DOCS[f.name]
-        default = getattr(defaults, f.name)
-        if isinstance(default, float) and rng is not None:
+        doc = param_doc(f.name)
+        rng = doc.range
+        if isinstance(f.default, float) and rng is not None:
             rng = (float(rng[0]), float(rng[1]))
-        out.append(ParamSpec(f.name, default, unit, description, section, range=rng,
-                             choices=_CHOICES.get(f.name, ())))
+        out.append(ParamSpec(f.name, f.default, doc.unit, doc.description, doc.section, range=rng,
+                             choices=doc.choices))
     return tuple(out)
 
 
@@ -277,7 +181,7 @@ HEADER = f"""\
 # Every parameter: default, [unit or choices], one-line description. Paths may be absolute or
 # relative to the working directory of the node. Load with:  --ros-args --params-file config/localize.yaml
 # Read-only parameters (all but the three frame ids) need a restart: the Localizer is built once.
-# Generated from crossview_ros/nodes/parameters.py (test_launch.py checks that they agree):
+# Generated from crossview_ros/localizer_config.py and nodes/parameters.py (test_launch.py checks them):
 #   python -m crossview_ros.nodes.parameters > config/localize.yaml
 """
 

@@ -191,39 +191,82 @@ def match_scope(engine: Any, ground: np.ndarray, smap: ScopeMap, *, exclusion_m:
     """
     if not 0 < likelihood_weight <= 1:
         raise ValueError(f"likelihood_weight must be in (0, 1], got {likelihood_weight}")
-    meta = engine.meta.bev
-    k, stride, n_rot = int(meta["kernel_cells"]), int(meta["match_stride"]), int(meta["rotations"])
-    scale = float(meta["logit_scale"])
-    _, h, w = smap.fmap.shape
+    grid = _Grid(engine, ground, smap, (prior, track), likelihood_weight)
+    coarse = grid.coarse()
+    fine = grid.fine(coarse)
+    return grid.result(coarse, fine, exclusion_m, top_k)
 
-    def log_prior(i: np.ndarray, j: np.ndarray) -> np.ndarray:
+
+@dataclass
+class _Coarse:
+    """Every match_stride-th corner of the scope at its best bearing."""
+
+    scores: np.ndarray  # (R, H', W') likelihood per bearing
+    ii: np.ndarray  # corner rows of the coarse grid
+    jj: np.ndarray  # corner columns
+    tile_of: np.ndarray  # (H', W') tile id of each coarse corner, -1 where no tile
+    valid: np.ndarray  # tile_of >= 0
+    post: np.ndarray  # log-posterior / logit_scale at the best bearing
+    masked: np.ndarray  # post, -inf where no tile
+    peak: tuple[int, int, int]  # (bearing, row, column) of the best coarse corner
+
+
+@dataclass
+class _Fine:
+    """The (2s+1)^2 corners around the coarse peak, the best of them refined below a cell."""
+
+    i_lo: int
+    j_lo: int
+    scores: np.ndarray  # (R, span, span) likelihood, -inf where no tile
+    at: np.ndarray  # (R,) likelihood per bearing at the best corner
+    r_best: int
+    s0: float  # likelihood at the best corner and bearing
+    p0: float  # posterior there
+    i_best: int
+    j_best: int
+    di: float  # sub-cell refinement of row and column, and sub-step of the bearing
+    dj: float
+    dr: float
+
+
+class _Grid:
+    """One frame's match: the engine's score volume over a scope map, and the priors on it."""
+
+    def __init__(self, engine: Any, ground: np.ndarray, smap: ScopeMap, priors: tuple[Any, ...],
+                 likelihood_weight: float) -> None:
+        meta = engine.meta.bev
+        self.engine, self.ground, self.smap, self.priors = engine, ground, smap, priors
+        self.weight = likelihood_weight
+        self.k, self.stride, self.n_rot = int(meta["kernel_cells"]), int(meta["match_stride"]), int(meta["rotations"])
+        self.scale = float(meta["logit_scale"])
+        k = self.k
+        self.padded = np.pad(smap.fmap, ((0, 0), (k // 2, k // 2 - 1), (k // 2, k // 2 - 1)))[None]
+
+    def log_prior(self, i: np.ndarray, j: np.ndarray) -> np.ndarray:
         """The priors at corners (i, j) in score units (divided by logit_scale); 0 without any."""
         out = np.zeros(np.broadcast_shapes(np.shape(i), np.shape(j)), np.float64)
-        for p in (prior, track):
+        for p in self.priors:
             if p is not None:
-                out = out + p.log_density(*smap.position(i, j))
-        return (out / scale).astype(np.float32)
+                out = out + p.log_density(*self.smap.position(i, j))
+        return (out / self.scale).astype(np.float32)
 
-    padded = np.pad(smap.fmap, ((0, 0), (k // 2, k // 2 - 1), (k // 2, k // 2 - 1)))[None]
-    coarse = engine.match(ground, padded)[0]  # (R, ceil(H / s), ceil(W / s)) at corners (s i, s j)
-    ii = np.arange(coarse.shape[1]) * stride
-    jj = np.arange(coarse.shape[2]) * stride
-    b = smap.block_cells
-    tile_of = smap.owner[np.minimum(ii // b, smap.owner.shape[0] - 1)][:, np.minimum(jj // b, smap.owner.shape[1] - 1)]
-    valid = tile_of >= 0
-    best_rot = coarse.max(axis=0)  # likelihood (score) of each position at its best bearing
-    post = likelihood_weight * best_rot + log_prior(ii[:, None], jj[None, :])  # log-posterior / logit_scale
-    masked = np.where(valid, post, -np.inf)
-    ci, cj = np.unravel_index(int(np.argmax(masked)), masked.shape)
-    r0 = int(np.argmax(coarse[:, ci, cj]))
+    def coarse(self) -> _Coarse:
+        smap, stride = self.smap, self.stride
+        scores = self.engine.match(self.ground, self.padded)[0]  # (R, ceil(H / s), ceil(W / s)) at (s i, s j)
+        ii = np.arange(scores.shape[1]) * stride
+        jj = np.arange(scores.shape[2]) * stride
+        b = smap.block_cells
+        tile_of = smap.owner[np.minimum(ii // b, smap.owner.shape[0] - 1)][:, np.minimum(jj // b,
+                                                                                        smap.owner.shape[1] - 1)]
+        valid = tile_of >= 0
+        post = self.weight * scores.max(axis=0) + self.log_prior(ii[:, None], jj[None, :])
+        masked = np.where(valid, post, -np.inf)
+        ci, cj = np.unravel_index(int(np.argmax(masked)), masked.shape)
+        return _Coarse(scores, ii, jj, tile_of, valid, post, masked, (int(np.argmax(scores[:, ci, cj])), ci, cj))
 
-    # every corner in a (2s+1)^2 window around the coarse peak: one stride-s call per phase
-    i_lo, j_lo = ii[ci] - stride, jj[cj] - stride
-    span = 2 * stride + 1
-    fine = np.full((n_rot, span, span), -np.inf, np.float32)
-
-    def corners(lo: int, phase: int, size: int) -> tuple[int, int]:
+    def _corners(self, lo: int, phase: int, size: int, span: int) -> tuple[int, int]:
         """First and last corner >= 0, < size, in [lo + phase, lo + span) with lo + phase's residue."""
+        stride = self.stride
         first = lo + phase
         if first < 0:
             first += -(first // stride) * stride
@@ -231,65 +274,77 @@ def match_scope(engine: Any, ground: np.ndarray, smap: ScopeMap, *, exclusion_m:
         last -= (last - first) % stride
         return first, last
 
-    for di in range(stride):
-        for dj in range(stride):
-            a0, a1 = corners(i_lo, di, h)
-            b0, b1 = corners(j_lo, dj, w)
-            if a0 > a1 or b0 > b1:
-                continue
-            s = engine.match(ground, np.ascontiguousarray(padded[:, :, a0:a1 + k, b0:b1 + k]))[0]
-            fi = a0 - i_lo + stride * np.arange(s.shape[1])
-            fj = b0 - j_lo + stride * np.arange(s.shape[2])
-            fine[:, fi[:, None], fj[None, :]] = s
-    for a in range(span):
-        for bb in range(span):
-            if smap.tile_at(i_lo + a, j_lo + bb) < 0:
-                fine[:, a, bb] = -np.inf
-    fine_post = likelihood_weight * fine + log_prior(i_lo + np.arange(span)[:, None],
-                                                    j_lo + np.arange(span)[None, :])[None]
-    rots = [(r0 - 1) % n_rot, r0, (r0 + 1) % n_rot]
-    sub = fine_post[rots]
-    ri, fa, fb = np.unravel_index(int(np.argmax(sub)), sub.shape)
-    r_best = rots[ri]
-    s0 = float(fine[r_best, fa, fb])
-    p0 = float(fine_post[r_best, fa, fb])
-    # sub-cell refinement on the posterior, sub-step on the likelihood (the prior has no bearing)
-    fp = fine_post[r_best]
-    da = _parabola(float(fp[fa - 1, fb]), p0, float(fp[fa + 1, fb])) if 0 < fa < span - 1 else 0.0
-    db = _parabola(float(fp[fa, fb - 1]), p0, float(fp[fa, fb + 1])) if 0 < fb < span - 1 else 0.0
-    at = fine[:, fa, fb]
-    dr = _parabola(float(at[(r_best - 1) % n_rot]), s0, float(at[(r_best + 1) % n_rot]))
-    i_best, j_best = i_lo + fa, j_lo + fb
-    east, north = smap.position(i_best + da, j_best + db)
-    step = 2 * math.pi / n_rot
-    bearing = float(np.remainder((r_best + dr) * step, 2 * math.pi))
+    def fine(self, c: _Coarse) -> _Fine:
+        """Every corner in a (2s+1)^2 window around the coarse peak (one stride-s call per phase), then
+        the best bearing and corner on the posterior, refined by parabolas."""
+        k, stride, n_rot, smap = self.k, self.stride, self.n_rot, self.smap
+        r0, ci, cj = c.peak
+        _, h, w = smap.fmap.shape
+        i_lo, j_lo = c.ii[ci] - stride, c.jj[cj] - stride
+        span = 2 * stride + 1
+        fine = np.full((n_rot, span, span), -np.inf, np.float32)
+        for di in range(stride):
+            for dj in range(stride):
+                a0, a1 = self._corners(i_lo, di, h, span)
+                b0, b1 = self._corners(j_lo, dj, w, span)
+                if a0 > a1 or b0 > b1:
+                    continue
+                s = self.engine.match(self.ground, np.ascontiguousarray(self.padded[:, :, a0:a1 + k, b0:b1 + k]))[0]
+                fi = a0 - i_lo + stride * np.arange(s.shape[1])
+                fj = b0 - j_lo + stride * np.arange(s.shape[2])
+                fine[:, fi[:, None], fj[None, :]] = s
+        for a in range(span):
+            for bb in range(span):
+                if smap.tile_at(i_lo + a, j_lo + bb) < 0:
+                    fine[:, a, bb] = -np.inf
+        fine_post = self.weight * fine + self.log_prior(i_lo + np.arange(span)[:, None],
+                                                        j_lo + np.arange(span)[None, :])[None]
+        rots = [(r0 - 1) % n_rot, r0, (r0 + 1) % n_rot]
+        sub = fine_post[rots]
+        ri, fa, fb = np.unravel_index(int(np.argmax(sub)), sub.shape)
+        r_best = rots[ri]
+        s0 = float(fine[r_best, fa, fb])
+        p0 = float(fine_post[r_best, fa, fb])
+        # sub-cell refinement on the posterior, sub-step on the likelihood (the prior has no bearing)
+        fp = fine_post[r_best]
+        da = _parabola(float(fp[fa - 1, fb]), p0, float(fp[fa + 1, fb])) if 0 < fa < span - 1 else 0.0
+        db = _parabola(float(fp[fa, fb - 1]), p0, float(fp[fa, fb + 1])) if 0 < fb < span - 1 else 0.0
+        at = fine[:, fa, fb]
+        dr = _parabola(float(at[(r_best - 1) % n_rot]), s0, float(at[(r_best + 1) % n_rot]))
+        return _Fine(int(i_lo), int(j_lo), fine, at, r_best, s0, p0, int(i_lo + fa), int(j_lo + fb), da, db, dr)
 
-    # margin against distinct places and spread from the posterior, bearing variance from the model's softmax
-    pe, pn = smap.position(ii[:, None], jj[None, :])
-    dist = np.hypot(pe - east, pn - north)
-    far = valid & (dist > exclusion_m)
-    margin = p0 - float(post[far].max()) if far.any() else p0 + 1.0
-    shifted = masked * scale - float(np.max(masked)) * scale  # the posterior's logits, peak at 0, -inf off the map
-    p = np.exp(shifted)
-    total = float(p.sum())
-    p /= total
-    spread = float(math.sqrt(float(np.sum(p * dist ** 2))))
-    q = np.exp((at - at.max()) * scale)
-    q /= q.sum()
-    angles = np.arange(n_rot) * step
-    resultant = abs(complex(np.sum(q * np.cos(angles)), np.sum(q * np.sin(angles))))
-    bearing_var = float(max(-2.0 * math.log(max(resultant, 1e-9)), (step / 2) ** 2 / 3))
+    def result(self, c: _Coarse, f: _Fine, exclusion_m: float, top_k: int) -> BevMatch:
+        """The pose, with the margin against distinct places and the spread from the posterior, the
+        bearing variance from the model's softmax, the tiles ranked and the belief for the track."""
+        smap, scale, n_rot = self.smap, self.scale, self.n_rot
+        east, north = smap.position(f.i_best + f.di, f.j_best + f.dj)
+        step = 2 * math.pi / n_rot
+        bearing = float(np.remainder((f.r_best + f.dr) * step, 2 * math.pi))
+        pe, pn = smap.position(c.ii[:, None], c.jj[None, :])
+        dist = np.hypot(pe - east, pn - north)
+        far = c.valid & (dist > exclusion_m)
+        margin = f.p0 - float(c.post[far].max()) if far.any() else f.p0 + 1.0
+        shifted = c.masked * scale - float(np.max(c.masked)) * scale  # the posterior's logits, peak 0, -inf off map
+        p = np.exp(shifted)
+        total = float(p.sum())
+        p /= total
+        spread = float(math.sqrt(float(np.sum(p * dist ** 2))))
+        q = np.exp((f.at - f.at.max()) * scale)
+        q /= q.sum()
+        angles = np.arange(n_rot) * step
+        resultant = abs(complex(np.sum(q * np.cos(angles)), np.sum(q * np.sin(angles))))
+        bearing_var = float(max(-2.0 * math.log(max(resultant, 1e-9)), (step / 2) ** 2 / 3))
 
-    # the tile whose block holds the refined position (a corner refined across a block edge moves on)
-    tile_id = smap.tile_at(math.floor(i_best + da), math.floor(j_best + db))
-    if tile_id < 0:
-        tile_id = smap.tile_at(i_best, j_best)
-    # tiles ranked by their best posterior score (coarse, and the refined one for the chosen tile)
-    ids = np.unique(tile_of[valid])
-    per_tile = np.array([post[valid & (tile_of == t)].max() for t in ids])
-    per_tile[ids == tile_id] = np.maximum(per_tile[ids == tile_id], p0)
-    order = np.argsort(-per_tile, kind="stable")[:max(1, top_k)]
-    e0, n0 = smap.position(0, 0)
-    belief = Belief(shifted - math.log(total), float(e0), float(n0), stride * smap.cell_m)
-    return BevMatch(float(east), float(north), bearing, s0, float(margin), spread, bearing_var, tile_id,
-                    ids[order], per_tile[order], belief)
+        # the tile whose block holds the refined position (a corner refined across a block edge moves on)
+        tile_id = smap.tile_at(math.floor(f.i_best + f.di), math.floor(f.j_best + f.dj))
+        if tile_id < 0:
+            tile_id = smap.tile_at(f.i_best, f.j_best)
+        # tiles ranked by their best posterior score (coarse, and the refined one for the chosen tile)
+        ids = np.unique(c.tile_of[c.valid])
+        per_tile = np.array([c.post[c.valid & (c.tile_of == t)].max() for t in ids])
+        per_tile[ids == tile_id] = np.maximum(per_tile[ids == tile_id], f.p0)
+        order = np.argsort(-per_tile, kind="stable")[:max(1, top_k)]
+        e0, n0 = smap.position(0, 0)
+        belief = Belief(shifted - math.log(total), float(e0), float(n0), self.stride * smap.cell_m)
+        return BevMatch(float(east), float(north), bearing, f.s0, float(margin), spread, bearing_var, tile_id,
+                        ids[order], per_tile[order], belief)

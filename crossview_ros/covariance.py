@@ -1,0 +1,354 @@
+"""Covariance of the estimates: the model, its calibration on validation drives, its file.
+
+Covariance model (position, ENU, m^2; isotropic):
+
+    sigma_m = max(sigma_min_m, sigma0_m * exp(margin_coef * margin + score_coef * score
+                                             + spread_coef * ln(1 + spread_m) + offset_coef * offset_m))
+    covariance = sigma_m^2 * I2
+
+margin: the retrieval margin (cosine, see margin_mode); score: the top-1 cosine; spread_m: the
+score-weighted RMS distance between the positions predicted from the candidates that agree with
+the top-1 (overlapping tiles regress the same point: their disagreement is the offset head's
+spread); offset_m: the distance of the estimate from the chosen tile's centre (near a tile's edge
+another tile should have won). Log-linear, so calibrate() is a convex maximum-likelihood fit of a
+2-D Gaussian, followed by one scale that puts the target quantile of the squared Mahalanobis
+errors on the chi-square (2 dof) quantile: 95 % of d^2 below 5.99. Yaw variance =
+max(yaw_variance_min_rad2, yaw_variance_scale * raw^yaw_variance_power), raw being the heading
+estimator's variance, scaled so 95 % of the squared yaw errors over variance lie below 3.84
+(chi-square, 1 dof). fix_sigma_scale says how much the GNSS receiver understates its sigma
+(fit_fix_sigma_scale); every use of the fix's covariance (scope, the bev match's prior, the
+Mahalanobis gate) takes it times that factor squared. The defaults are UNCALIBRATED guesses; run
+calibrate() on a validation drive and save_covariance() the result beside the model
+(covariance.json), which the Localizer then loads.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import math
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from crossview_ros import geo
+from crossview_ros.atomic import write_json_atomic
+from crossview_ros.estimate import (
+    NAVSAT_STATUS_NO_FIX, Estimate, Fix, LocalizerError, Reason, fix_covariance_enu_m2, truth_of,
+)
+from crossview_ros.localizer_config import LocalizerConfig
+
+COVARIANCE_FILE = "covariance.json"  # beside model.json in the model folder
+COVARIANCE_FORMAT = "crossview_ros.covariance"
+COVARIANCE_FORMAT_VERSION = 1
+CHI2_2DOF_95 = 5.991464547107979  # chi-square quantile, 2 dof, 95 %: -2 ln(0.05)
+CHI2_1DOF_95 = 3.841458820694124  # chi-square quantile, 1 dof, 95 %
+MIN_SHAPE_SAMPLES = 200  # calibrate() fits the covariance model's shape, not only its scale, from this many
+
+
+@dataclass(frozen=True)
+class CovarianceModel:
+    """Parameters of the covariance model (module docstring); `fit` holds calibrate()'s record."""
+
+    sigma0_m: float
+    margin_coef: float
+    score_coef: float
+    spread_coef: float
+    offset_coef: float
+    sigma_min_m: float
+    yaw_variance_scale: float
+    yaw_variance_min_rad2: float
+    fix_sigma_scale: float = 1.0  # the GNSS receiver's honesty: its reported sigma times this is its real one
+    yaw_variance_power: float = 1.0  # yaw variance = scale x raw^power
+    calibrated: bool = False
+    fit: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    PARAMS = ("sigma0_m", "margin_coef", "score_coef", "spread_coef", "offset_coef", "sigma_min_m",
+              "yaw_variance_scale", "yaw_variance_min_rad2", "fix_sigma_scale", "yaw_variance_power")
+    OPTIONAL = {"fix_sigma_scale": 1.0, "yaw_variance_power": 1.0}  # absent from older calibration files
+
+    @classmethod
+    def from_config(cls, config: LocalizerConfig) -> CovarianceModel:
+        return cls(config.cov_sigma0_m, config.cov_margin_coef, config.cov_score_coef, config.cov_spread_coef,
+                   config.cov_offset_coef, config.cov_sigma_min_m, config.yaw_variance_scale,
+                   config.yaw_variance_min_rad2, fix_sigma_scale=config.cov_fix_sigma_scale,
+                   yaw_variance_power=config.yaw_variance_power, calibrated=False)
+
+    @staticmethod
+    def features(margin: Any, score: Any, spread_m: Any, offset_m: Any) -> np.ndarray:
+        """(..., 4) regressors: margin, score, ln(1 + spread_m), offset_m."""
+        return np.stack(np.broadcast_arrays(
+            np.asarray(margin, np.float64), np.asarray(score, np.float64),
+            np.log1p(np.maximum(np.asarray(spread_m, np.float64), 0.0)), np.asarray(offset_m, np.float64)), axis=-1)
+
+    @property
+    def coefs(self) -> np.ndarray:
+        return np.array([self.margin_coef, self.score_coef, self.spread_coef, self.offset_coef])
+
+    def sigma_m(self, margin: Any, score: Any, spread_m: Any, offset_m: Any) -> Any:
+        """Horizontal 1-sigma per axis, m (scalars in, float out; arrays broadcast)."""
+        z = self.features(margin, score, spread_m, offset_m) @ self.coefs
+        sigma = np.maximum(self.sigma_min_m, self.sigma0_m * np.exp(np.clip(z, -50.0, 50.0)))
+        return float(sigma) if sigma.ndim == 0 else sigma
+
+    def yaw_variance_rad2(self, raw_variance_rad2: Any) -> Any:
+        raw = np.maximum(np.asarray(raw_variance_rad2, float), 1e-12)
+        v = np.maximum(self.yaw_variance_min_rad2, self.yaw_variance_scale * raw ** self.yaw_variance_power)
+        return float(v) if v.ndim == 0 else v
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**{p: float(getattr(self, p)) for p in self.PARAMS}, "calibrated": bool(self.calibrated)}
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any], fit: Mapping[str, Any] | None = None) -> CovarianceModel:
+        missing = [p for p in cls.PARAMS if p not in values and p not in cls.OPTIONAL]
+        unknown = sorted(set(values) - set(cls.PARAMS) - {"calibrated"})
+        if missing or unknown:
+            raise ValueError(f"covariance parameters: missing {missing}, unknown {unknown}; "
+                             f"expected {list(cls.PARAMS)}")
+        vals = {p: float(values.get(p, cls.OPTIONAL.get(p))) for p in cls.PARAMS}
+        if not all(math.isfinite(v) for v in vals.values()) or min(
+                vals["sigma0_m"], vals["sigma_min_m"], vals["yaw_variance_scale"], vals["yaw_variance_min_rad2"],
+                vals["fix_sigma_scale"], vals["yaw_variance_power"]) <= 0:
+            raise ValueError(f"covariance parameters must be finite, sigmas and yaw terms > 0: {vals}")
+        return cls(**vals, calibrated=bool(values.get("calibrated", False)), fit=dict(fit or {}))
+
+
+
+def _solve_monotone(fn: Callable[[float], float], target: float, lo: float = -30.0, hi: float = 30.0) -> float:
+    """x in [lo, hi] with fn(x) = target for a non-increasing fn (bisection; clamps at the ends)."""
+    if fn(lo) <= target:
+        return lo
+    if fn(hi) >= target:
+        return hi
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        if fn(mid) > target:
+            lo = mid
+        else:
+            hi = mid
+        if hi - lo < 1e-12:
+            break
+    return 0.5 * (lo + hi)
+
+
+# Physical scale of each regressor (margin, score, ln(1 + spread_m), offset_m): the ridge penalty
+# of the fit is on the change of ln(sigma) over one such step, so a regressor that barely varies
+# in the validation set cannot buy a large coefficient.
+_FEATURE_SCALES = np.array([0.1, 0.5, 1.0, 10.0])
+_RIDGE = 2.0
+
+
+def _fit_log_sigma(features: np.ndarray, r2: np.ndarray) -> tuple[float, np.ndarray]:
+    """Maximum likelihood of isotropic 2-D Gaussian errors with ln sigma = a0 + features @ a.
+
+    Negative log-likelihood per sample (constants dropped): 2 z + r^2 / 2 exp(-2 z), z = ln sigma:
+    convex in (a0, a); plus a ridge penalty on the slopes in _FEATURE_SCALES units (a Gaussian
+    prior of sd 1/sqrt(2 _RIDGE) on the change of ln sigma per physical step).
+    """
+    from scipy.optimize import minimize
+
+    mu = features.mean(axis=0)
+    design = np.column_stack([np.ones(len(r2)), (features - mu) / _FEATURE_SCALES])
+    a_start = np.zeros(design.shape[1])
+    a_start[0] = 0.5 * math.log(max(float(np.mean(r2)) / 2.0, 1e-12))
+
+    def nll(a: np.ndarray) -> tuple[float, np.ndarray]:
+        z = np.clip(design @ a, -50.0, 50.0)
+        w = r2 * np.exp(-2.0 * z)
+        value = float(np.sum(2.0 * z + 0.5 * w) + _RIDGE * np.sum(a[1:] ** 2))
+        grad = design.T @ (2.0 - w)
+        grad[1:] += 2.0 * _RIDGE * a[1:]
+        return value, grad
+
+    a = minimize(nll, a_start, jac=True, method="L-BFGS-B").x
+    slopes = a[1:] / _FEATURE_SCALES
+    return float(a[0] - np.sum(slopes * mu)), slopes
+
+
+def _fit_yaw_power(e2: np.ndarray, raw: np.ndarray) -> float:
+    """p of ln var = c + p ln raw by maximum likelihood of 1-D Gaussian yaw errors, with a ridge
+    pulling p towards 1 (raw variance taken at its word). A heading estimator's raw variance
+    ranks frames better than it scales them: broad for the good ones, a flip's not broad enough."""
+    from scipy.optimize import minimize
+
+    x = np.log(raw)
+    x = x - x.mean()
+
+    def nll(a: np.ndarray) -> tuple[float, np.ndarray]:
+        z = np.clip(a[0] + a[1] * x, -50.0, 50.0)  # ln variance
+        w = e2 * np.exp(-z)
+        value = float(np.sum(z + w) + _RIDGE * (a[1] - 1.0) ** 2)
+        g = 1.0 - w
+        return value, np.array([np.sum(g), np.sum(g * x) + 2.0 * _RIDGE * (a[1] - 1.0)])
+
+    a = minimize(nll, np.array([math.log(max(float(np.mean(e2)), 1e-12)), 1.0]), jac=True, method="L-BFGS-B",
+                 bounds=[(None, None), (0.05, 4.0)]).x
+    return float(a[1])
+
+
+def fit_fix_sigma_scale(fixes: Sequence[Fix], truths: Sequence[Any], *, quantile: float = 0.95,
+                        default_sigma_m: float = LocalizerConfig.default_fix_sigma_m, min_samples: int = 20) -> float:
+    """The factor on the fixes' reported sigma that makes them honest on a validation drive.
+
+    Urban receivers report too small a covariance (multipath, canyons). With the factor s, the
+    `quantile` of the squared Mahalanobis errors e^T (s^2 C)^-1 e of the fixes against the truth
+    equals the chi-square 2-dof quantile (5.99 at 95 %), as calibrate() does for our estimates:
+    s = sqrt(quantile of e^T C^-1 e / 5.99). C: the fix's ENU covariance, or default_sigma_m^2 I.
+    """
+    from scipy.stats import chi2
+
+    if len(fixes) != len(truths):
+        raise ValueError(f"got {len(fixes)} fixes but {len(truths)} truths; pass one truth per fix")
+    d2 = []
+    for fix, truth in zip(fixes, truths):
+        t = truth_of(truth)
+        if fix.status == NAVSAT_STATUS_NO_FIX or not all(map(math.isfinite, (fix.lat_deg, fix.lon_deg))):
+            continue
+        try:
+            cov = fix_covariance_enu_m2(fix, default_sigma_m)
+        except ValueError:
+            continue  # the localizer refuses such a fix (BAD_FIX) too
+        if np.linalg.eigvalsh(cov).min() <= 0:
+            continue
+        e = np.array(geo.offset_enu_m(t.lat_deg, t.lon_deg, fix.lat_deg, fix.lon_deg))
+        d2.append(float(e @ np.linalg.solve(cov, e)))
+    if len(d2) < min_samples:
+        raise ValueError(f"fitting the fix sigma scale needs at least {min_samples} fixes with a position and a "
+                         f"positive covariance, got {len(d2)}")
+    return float(math.sqrt(float(np.quantile(d2, quantile)) / float(chi2.ppf(quantile, 2))))
+
+
+def calibrate(estimates: Sequence[Estimate], truths: Sequence[Any], *, start: CovarianceModel | None = None,
+              fit_shape: bool | None = None, quantile: float = 0.95,
+              reasons: Sequence[Reason | str] = (Reason.OK, Reason.MAHALANOBIS),
+              min_samples: int = 20) -> CovarianceModel:
+    """Fit the covariance model on a validation set so that d^2 follows chi-square (2 dof).
+
+    estimates[i] pairs with truths[i] (Truth, or (lat, lon[, yaw_enu_rad])). Used: estimates with
+    a position whose reason is in `reasons`; by default the ones that passed the margin gate,
+    including those the Mahalanobis gate (which depends on the covariance being fitted) refused.
+    Position: with fit_shape the log-linear coefficients by maximum likelihood, else only sigma0
+    with start's shape (None: the shape too from MIN_SHAPE_SAMPLES samples on); then sigma0 is
+    scaled so that the `quantile` of d^2 over the set equals the chi-square 2-dof quantile (5.99
+    at 95 %), which keeps the share right when the errors are heavier-tailed than a Gaussian.
+    Yaw (where estimates and truths have it): with fit_shape, yaw_variance_power by maximum
+    likelihood (_fit_yaw_power), then yaw_variance_scale so that the same quantile of e^2 / var
+    equals the 1-dof quantile (3.84 at 95 %). sigma_min_m, yaw_variance_min_rad2 and
+    fix_sigma_scale (fit_fix_sigma_scale, before the drive is localized: it shapes the estimates)
+    are kept from `start` (default: the uncalibrated defaults).
+    """
+    from scipy.stats import chi2
+
+    if len(estimates) != len(truths):
+        raise ValueError(f"got {len(estimates)} estimates but {len(truths)} truths; pass one truth per estimate")
+    if not 0.5 <= quantile < 1.0:
+        raise ValueError(f"quantile must be in [0.5, 1), got {quantile}")
+    start = start or CovarianceModel.from_config(LocalizerConfig())
+    wanted = {str(r) for r in reasons}
+    feats, r2, yaw_err2, yaw_raw = [], [], [], []
+    for est, truth in zip(estimates, truths):
+        if not est.has_position or str(est.reason) not in wanted:
+            continue
+        t = truth_of(truth)
+        de, dn = geo.offset_enu_m(t.lat_deg, t.lon_deg, est.lat_deg, est.lon_deg)
+        r2.append(de * de + dn * dn)
+        feats.append([est.margin, est.score, est.spread_m or 0.0, math.hypot(*(est.offset_m or (0.0, 0.0)))])
+        if est.yaw_enu_rad is not None and est.yaw_variance_raw_rad2 is not None and t.yaw_enu_rad is not None:
+            yaw_err2.append(float(geo.wrap_angle_rad(est.yaw_enu_rad - t.yaw_enu_rad)) ** 2)
+            yaw_raw.append(est.yaw_variance_raw_rad2)
+    if len(r2) < min_samples:
+        raise ValueError(f"calibrate needs at least {min_samples} estimates with a position and reason in "
+                         f"{sorted(wanted)}, got {len(r2)}; evaluate a longer validation drive")
+    f = CovarianceModel.features(*np.asarray(feats, np.float64).T)
+    r2a = np.asarray(r2, np.float64)
+    if fit_shape is None:
+        fit_shape = len(r2) >= MIN_SHAPE_SAMPLES
+    if fit_shape:
+        log_sigma0, coefs = _fit_log_sigma(f, r2a)
+    else:
+        shape = f @ start.coefs
+        log_sigma0 = 0.5 * math.log(max(float(np.mean(r2a * np.exp(-2.0 * shape))) / 2.0, 1e-12))
+        coefs = start.coefs
+    base = np.exp(np.clip(log_sigma0 + f @ coefs, -50.0, 50.0))
+    q2 = float(chi2.ppf(quantile, 2))
+
+    def q_pos(log_s: float) -> float:
+        sigma = np.maximum(start.sigma_min_m, math.exp(log_s) * base)
+        return float(np.quantile(r2a / sigma ** 2, quantile))
+
+    log_scale = _solve_monotone(q_pos, q2)
+    sigma = np.maximum(start.sigma_min_m, math.exp(log_scale) * base)
+    d2 = r2a / sigma ** 2
+    fit: dict[str, Any] = {
+        "created_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "samples": len(r2), "quantile": quantile, "fit_shape": fit_shape,
+        "chi2_2dof_quantile": q2, "share_d2_below_chi2": float(np.mean(d2 <= q2)),
+        "median_error_m": float(np.median(np.sqrt(r2a))), "median_sigma_m": float(np.median(sigma)),
+    }
+    yaw_scale, yaw_power = start.yaw_variance_scale, start.yaw_variance_power
+    fit["yaw_samples"] = len(yaw_err2)
+    if len(yaw_err2) >= min_samples:
+        yaw_scale, yaw_power = _calibrate_yaw(np.asarray(yaw_err2), np.asarray(yaw_raw), start, fit_shape, quantile,
+                                              fit)
+    return CovarianceModel(
+        sigma0_m=float(math.exp(log_sigma0 + log_scale)), margin_coef=float(coefs[0]), score_coef=float(coefs[1]),
+        spread_coef=float(coefs[2]), offset_coef=float(coefs[3]), sigma_min_m=start.sigma_min_m,
+        yaw_variance_scale=float(yaw_scale), yaw_variance_min_rad2=start.yaw_variance_min_rad2,
+        fix_sigma_scale=start.fix_sigma_scale, yaw_variance_power=float(yaw_power), calibrated=True, fit=fit)
+
+
+def _calibrate_yaw(e2: np.ndarray, raw: np.ndarray, start: CovarianceModel, fit_shape: bool, quantile: float,
+                   fit: dict[str, Any]) -> tuple[float, float]:
+    """(yaw_variance_scale, yaw_variance_power): the power by maximum likelihood (with fit_shape, else
+    start's), then the scale that puts the quantile of e^2 / var on the chi-square 1-dof quantile."""
+    from scipy.stats import chi2
+
+    q1 = float(chi2.ppf(quantile, 1))
+    raw = np.maximum(raw, 1e-12)
+    yaw_power = _fit_yaw_power(e2, raw) if fit_shape else start.yaw_variance_power
+    shaped = raw ** yaw_power
+
+    def q_yaw(log_c: float) -> float:
+        return float(np.quantile(e2 / np.maximum(start.yaw_variance_min_rad2, math.exp(log_c) * shaped), quantile))
+
+    yaw_scale = math.exp(_solve_monotone(q_yaw, q1))
+    var = np.maximum(start.yaw_variance_min_rad2, yaw_scale * shaped)
+    fit.update({"chi2_1dof_quantile": q1, "yaw_share_below_chi2": float(np.mean(e2 / var <= q1))})
+    return yaw_scale, yaw_power
+
+
+def save_covariance(model: CovarianceModel, path: str | os.PathLike, model_hash: str) -> Path:
+    """Write the parameters as JSON, atomically; `path` is a model folder (-> covariance.json) or a file."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / COVARIANCE_FILE
+    doc = {"format": COVARIANCE_FORMAT, "format_version": COVARIANCE_FORMAT_VERSION, "model_hash": model_hash,
+           "params": model.to_dict(), "fit": dict(model.fit)}
+    return write_json_atomic(path, doc)
+
+
+def load_covariance(path: str | os.PathLike, model_hash: str | None = None) -> CovarianceModel:
+    """Read a covariance.json; LocalizerError when unreadable or made for another model."""
+    path = Path(path)
+    fix = "recalibrate with `crossview-localize ... --calibrate` (or calibrate() + save_covariance())"
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise LocalizerError(f"cannot read covariance calibration {path} ({exc}); {fix}") from exc
+    if not isinstance(doc, dict) or doc.get("format") != COVARIANCE_FORMAT:
+        raise LocalizerError(f"{path} is not a covariance calibration (format is not {COVARIANCE_FORMAT!r}); {fix}")
+    if doc.get("format_version") != COVARIANCE_FORMAT_VERSION:
+        raise LocalizerError(f"{path} is format_version {doc.get('format_version')!r}, this crossview_ros reads "
+                             f"{COVARIANCE_FORMAT_VERSION}; {fix}")
+    if model_hash is not None and doc.get("model_hash") != model_hash:
+        raise LocalizerError(f"{path} calibrates model {doc.get('model_hash')!r}, the engine runs model "
+                             f"{model_hash!r}; {fix}, or point covariance_file elsewhere")
+    try:
+        return CovarianceModel.from_dict(doc.get("params") or {}, doc.get("fit"))
+    except (ValueError, TypeError) as exc:
+        raise LocalizerError(f"{path}: {exc}; {fix}") from exc
