@@ -19,6 +19,7 @@ runtime_requires = [
     "rasterio>=1.3",
     "pyarrow>=12",
     "opencv-python-headless>=4.8",
+    "simplejpeg>=1.7",  # strict JPEG decoding: libjpeg's corrupt-data warnings refuse a frame
     "tqdm>=4.60",
     "PyYAML>=6",
     "faiss-cpu>=1.7.4",
@@ -85,7 +86,7 @@ setup(
             "crossview-eval = crossview_training.evaluate:main",
             "crossview-export = crossview_training.export:main",
             "crossview-replay = crossview_ros.replay:main",
-            "crossview-demo = crossview_ros.demo:main",
+            "crossview-demo = crossview_training.demo:main",
             "localize_node = crossview_ros.nodes.localize_node:main",
         ],
     },

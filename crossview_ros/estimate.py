@@ -15,8 +15,10 @@ from typing import Any
 
 import numpy as np
 
+NAVSAT_STATUS_UNKNOWN = -2  # sensor_msgs/NavSatStatus.STATUS_UNKNOWN (newer ROS 2): no fix to use either
 NAVSAT_STATUS_NO_FIX = -1  # sensor_msgs/NavSatStatus.STATUS_NO_FIX
-NAVSAT_STATUS_RANGE = (-2, 2)  # STATUS_UNKNOWN (-2, newer ROS 2) .. STATUS_GBAS_FIX (2)
+NAVSAT_STATUS_RANGE = (-2, 2)  # STATUS_UNKNOWN (-2) .. STATUS_GBAS_FIX (2)
+NAVSAT_COVARIANCE_TYPES = (0, 1, 2, 3)  # NavSatFix COVARIANCE_TYPE_UNKNOWN, APPROXIMATED, DIAGONAL_KNOWN, KNOWN
 
 
 class LocalizerError(RuntimeError):
@@ -58,6 +60,7 @@ class Fix:
     status: int = 0  # NavSatStatus: -2 UNKNOWN, -1 NO_FIX, 0 FIX, 1 SBAS_FIX, 2 GBAS_FIX
     covariance_enu_m2: Any = None  # 2x2 (E, N) or 3x3 (E, N, U) m^2; None = not reported
     sigma_m: float | None = None  # horizontal 1-sigma per axis, m; used when covariance_enu_m2 is None
+    covariance_type: int | None = None  # NavSatFix position_covariance_type as received; None = not from a message
 
     @classmethod
     def from_navsat(cls, lat_deg: float, lon_deg: float, stamp_s: float, status: int,
@@ -66,7 +69,7 @@ class Fix:
         cov = None
         if covariance_type != 0:
             cov = np.asarray(position_covariance, dtype=np.float64).reshape(3, 3)
-        return cls(lat_deg, lon_deg, stamp_s, status, cov)
+        return cls(lat_deg, lon_deg, stamp_s, status, cov, covariance_type=int(covariance_type))
 
 
 @dataclass(frozen=True)
@@ -175,8 +178,9 @@ def fix_covariance_enu_m2(fix: Fix, default_sigma_m: float) -> np.ndarray:
         h = c[:2, :2]
         scale = max(float(np.abs(h).max()), 1e-12)
         asymmetric = abs(h[0, 1] - h[1, 0]) > 1e-6 * scale
-        if asymmetric or float(np.linalg.eigvalsh(0.5 * (h + h.T)).min()) < -1e-9 * scale:
-            raise ValueError(f"fix covariance is not symmetric positive semi-definite: {h.tolist()}")
+        if asymmetric or float(np.linalg.eigvalsh(0.5 * (h + h.T)).min()) <= 1e-12 * scale:
+            raise ValueError(f"fix covariance is not symmetric positive definite: {h.tolist()} (a receiver that "
+                             "claims zero variance claims the impossible)")
         return 0.5 * (h + h.T)
     sigma = finite_or_none(default_sigma_m if fix.sigma_m is None else fix.sigma_m)
     if sigma is None or sigma < 0:

@@ -32,8 +32,8 @@ from crossview_ros import geo
 from crossview_ros.covariance import COVARIANCE_FILE, CovarianceModel, load_covariance
 from crossview_ros.engines import Engine, create_engine
 from crossview_ros.estimate import (
-    BAD_INPUT_REASONS, GATE_REASONS, NAVSAT_STATUS_NO_FIX, NAVSAT_STATUS_RANGE, Estimate, Fix, Latency,
-    LocalizerError, Reason, finite_or_none, fix_covariance_enu_m2,
+    BAD_INPUT_REASONS, GATE_REASONS, NAVSAT_COVARIANCE_TYPES, NAVSAT_STATUS_NO_FIX, NAVSAT_STATUS_RANGE,
+    NAVSAT_STATUS_UNKNOWN, Estimate, Fix, Latency, LocalizerError, Reason, finite_or_none, fix_covariance_enu_m2,
 )
 from crossview_ros.localizer_config import LocalizerConfig
 from crossview_ros.matchers import PoseMatch, Scope, check_engine_against_tiles, create_matcher
@@ -204,10 +204,7 @@ class Localizer:
         estimate into `context` (kept by a rejection)."""
         cfg = self.config
         stamp = self._check_stamp(stamp_s, now_s)
-        fix_cov = self._check_fix(fix) * self.covariance.fix_sigma_scale ** 2
-        if fix.stamp_s > now_s + cfg.max_future_s:
-            raise _Reject(Reason.FUTURE_STAMP, f"fix stamp {fix.stamp_s:.3f} s is {fix.stamp_s - now_s:.3f} s in "
-                                               f"the future (more than max_future_s {cfg.max_future_s:g} s)")
+        fix_cov = self._check_fix(fix, now_s) * self.covariance.fix_sigma_scale ** 2
         age_s = stamp - fix.stamp_s
         if abs(age_s) > cfg.fix_max_age_s:
             raise _Reject(Reason.STALE_STAMP, f"fix is {abs(age_s):.3f} s {'older' if age_s > 0 else 'newer'} than "
@@ -215,7 +212,7 @@ class Localizer:
 
         t = time.perf_counter()
         try:
-            rgb = decode_panorama(panorama, encoding)
+            rgb = decode_panorama(panorama, encoding, max_pixels=cfg.max_panorama_pixels)
         except ValueError as exc:
             raise _Reject(Reason.BAD_IMAGE, str(exc)) from None
         times["decode_ms"] = time.perf_counter() - t
@@ -312,7 +309,18 @@ class Localizer:
             raise _Reject(Reason.MAHALANOBIS, f"estimate is {distance_m:.1f} m from the fix, squared Mahalanobis "
                                               f"distance {d2:.1f} > max_mahalanobis {cfg.max_mahalanobis:g}")
 
+    def fix_problem(self, fix: Any, now_s: float) -> tuple[Reason, str] | None:
+        """(reason, message) when this fix would make a frame fail (NO_FIX, BAD_FIX, FUTURE_STAMP), None
+        when the localizer would use it: the node takes its datum only from a fix that passes."""
+        try:
+            self._check_fix(fix, now_s)
+        except _Reject as rej:
+            return rej.reason, rej.message
+        return None
+
     def _check_stamp(self, stamp_s: Any, now_s: float) -> float:
+        """The panorama's stamp, or _Reject. A stamp ahead of now (within max_future_s) counts as now
+        for the order of later frames: one early stamp must not make the good frames after it old."""
         stamp = finite_or_none(stamp_s)
         if stamp is None or stamp < 0.0:
             raise _Reject(Reason.BAD_STAMP, f"panorama stamp {stamp_s!r} is not a finite time >= 0 s")
@@ -322,27 +330,37 @@ class Localizer:
         if self._last_stamp_s is not None and stamp <= self._last_stamp_s:
             raise _Reject(Reason.OUT_OF_ORDER, f"panorama stamp {stamp:.3f} s is not after the previous frame's "
                                                f"{self._last_stamp_s:.3f} s")
-        self._last_stamp_s = stamp
+        self._last_stamp_s = min(stamp, now_s)
         return stamp
 
-    def _check_fix(self, fix: Any) -> np.ndarray:
-        """The fix's horizontal covariance (2, 2) ENU m^2, or _Reject (NO_FIX, BAD_FIX)."""
+    def _check_fix(self, fix: Any, now_s: float) -> np.ndarray:
+        """The fix's horizontal covariance (2, 2) ENU m^2, or _Reject (NO_FIX, BAD_FIX, FUTURE_STAMP)."""
         if not isinstance(fix, Fix):
             raise _Reject(Reason.BAD_FIX, f"fix must be a localizer.Fix, got {type(fix).__name__}")
         status = fix.status
         if isinstance(status, bool) or not isinstance(status, (int, np.integer)):
             raise _Reject(Reason.BAD_FIX, f"fix status must be an integer (NavSatStatus), got {status!r}")
-        if status == NAVSAT_STATUS_NO_FIX:
-            raise _Reject(Reason.NO_FIX, "GNSS reports STATUS_NO_FIX")
+        if status in (NAVSAT_STATUS_NO_FIX, NAVSAT_STATUS_UNKNOWN):
+            name = "STATUS_NO_FIX" if status == NAVSAT_STATUS_NO_FIX else "STATUS_UNKNOWN"
+            raise _Reject(Reason.NO_FIX, f"GNSS reports {name}: no position to use")
         if not NAVSAT_STATUS_RANGE[0] <= status <= NAVSAT_STATUS_RANGE[1]:
             raise _Reject(Reason.BAD_FIX, f"fix status {status} is not a NavSatStatus value "
                                           f"({NAVSAT_STATUS_RANGE[0]}..{NAVSAT_STATUS_RANGE[1]})")
+        if fix.covariance_type is not None and fix.covariance_type not in NAVSAT_COVARIANCE_TYPES:
+            raise _Reject(Reason.BAD_FIX, f"position_covariance_type {fix.covariance_type} is not a NavSatFix value "
+                                          f"({min(NAVSAT_COVARIANCE_TYPES)}..{max(NAVSAT_COVARIANCE_TYPES)})")
         try:
             geo.check_latlon(float(fix.lat_deg), float(fix.lon_deg))
         except (geo.GeoError, TypeError, ValueError) as exc:
             raise _Reject(Reason.BAD_FIX, f"fix position is invalid: {exc}") from None
+        if not geo.UTM_LAT_MIN_DEG <= float(fix.lat_deg) <= geo.UTM_LAT_MAX_DEG:
+            raise _Reject(Reason.BAD_FIX, f"fix latitude {float(fix.lat_deg):g} is outside UTM's "
+                                          f"[{geo.UTM_LAT_MIN_DEG:g}, {geo.UTM_LAT_MAX_DEG:g}] degrees, where tiles exist")
         if finite_or_none(fix.stamp_s) is None:
             raise _Reject(Reason.BAD_FIX, f"fix stamp must be a finite number of seconds, got {fix.stamp_s!r}")
+        if fix.stamp_s > now_s + self.config.max_future_s:
+            raise _Reject(Reason.FUTURE_STAMP, f"fix stamp {fix.stamp_s:.3f} s is {fix.stamp_s - now_s:.3f} s in "
+                                               f"the future (more than max_future_s {self.config.max_future_s:g} s)")
         try:
             return fix_covariance_enu_m2(fix, self.config.default_fix_sigma_m)
         except ValueError as exc:

@@ -21,6 +21,7 @@ from typing import Any
 
 from crossview_ros.config import check_known_keys
 from crossview_ros.engines.base import ENGINE_KINDS
+from crossview_ros.panorama import DEFAULT_MAX_PIXELS
 
 FUSION_MODES = ("best", "weighted")
 MARGIN_MODES = ("top2", "distinct")
@@ -31,6 +32,7 @@ SECTIONS: dict[str, str] = {
     "artefacts": "Artefacts, loaded once at start-up (tile set and model must match: same model hash).",
     "scope": "Search scope around the GNSS fix: radius = clamp(k x sigma, min, max) + age x max speed.",
     "stamps": "Pairing of panorama and fix stamps; bad stamps are counted in /diagnostics, never published.",
+    "input": "Input checks: what a panorama may be before it is decoded.",
     "retrieval": "Matching inside the scope: descriptor retrieval and offset fusion, or the bev match and its track.",
     "gating": "Gating: a frame is published only when it passes both gates.",
     "heading": "Heading (yaw) from the panorama against the chosen tile.",
@@ -114,6 +116,8 @@ class LocalizerConfig:
                                  "(STALE_STAMP)", lo=0.0, hi=3600.0)
     max_future_s: float = param(0.5, "s", "stamps", "panorama or fix stamps later than now + this are rejected "
                                 "(FUTURE_STAMP)", lo=0.0, hi=3600.0)
+    max_panorama_pixels: int = param(DEFAULT_MAX_PIXELS, "px", "input", "largest panorama (width x height) decoded; "
+                                     "larger ones are refused from their header (BAD_IMAGE)", lo=1, hi=2 ** 31 - 1)
     top_k: int = param(5, "1", "retrieval", "candidate tiles retrieved in the scope (fusion, spread and margin use "
                        "them)", lo=1, hi=10000)
     fusion: str = param("best", "", "retrieval", "best: the top-1 tile's offset; weighted: score-weighted mean of "

@@ -72,6 +72,11 @@ _EDGE_SAMPLES = 9
 _TRAILERS = {"jpg": b"\xff\xd9", "png": b"IEND\xaeB`\x82"}
 
 
+# VIGOR's aerial image side: 640 px at 0.114 m. The default tile side everywhere (sim, training,
+# tiles); a model records the side it was trained on in model.json, and a tile set must match it.
+VIGOR_TILE_SIZE_M = 72.96
+
+
 class TileSetError(RuntimeError):
     """A tile set or its inputs are unusable; the message says what is wrong and how to fix it."""
 
@@ -83,7 +88,7 @@ class TileSetError(RuntimeError):
 class TilingConfig:
     """How orthophotos are cut into tiles; defaults reproduce VIGOR's aerial images."""
 
-    tile_size_m: float = 72.96  # side L in metres; VIGOR: 640 px x 0.114 m
+    tile_size_m: float = VIGOR_TILE_SIZE_M  # side L in metres
     tile_px: int = 640  # side in pixels; ground sampling distance = tile_size_m / tile_px
     overlap: float = 0.5  # fraction shared by neighbours; VIGOR 0.5: every point in four tiles
     image_format: str = "jpg"  # "jpg" (uint8 RGB) or "png" (lossless, keeps uint16)

@@ -110,16 +110,16 @@ def vigor_root(tmp_path_factory):
 
 
 def test_training_resumes_to_the_same_weights(tmp_path, vigor_root):
-    from crossview_training.train import build_config
+    from crossview_training.train import build_config, train
 
     torch.set_num_threads(1)
     config = build_config("cpu-bev", None, [f"data={vigor_root}", "batch_size=4", "epochs=1", "threads=1",
                                              "time_budget_min=0", "checkpoint_every=2", "rotation_deg=180",
                                              "model_overrides={pano_size: [32, 64], tile_px: 32, kernel_cells: 4, "
                                              "channels: 8, feature_dim: 4}"])
-    straight = B.train_bev(config, tmp_path / "a", tile_size_m=40.0, progress=False, stop_after_steps=4)
-    B.train_bev(config, tmp_path / "b", tile_size_m=40.0, progress=False, stop_after_steps=2)
-    resumed = B.train_bev(config, tmp_path / "b", tile_size_m=40.0, progress=False, stop_after_steps=4)
+    straight = train(config, tmp_path / "a", progress=False, stop_after_steps=4)
+    train(config, tmp_path / "b", progress=False, stop_after_steps=2)
+    resumed = train(config, tmp_path / "b", progress=False, stop_after_steps=4)
     a = torch.load(straight, weights_only=True)["state_dict"]
     b = torch.load(resumed, weights_only=True)["state_dict"]
     assert a.keys() == b.keys()
@@ -469,7 +469,7 @@ def test_region_batch_targets_each_camera_cell(vigor_root, mirror):
         dist = np.abs(camera_px[:, None] - cams[None]).max(-1)
         assert (dist.min(1) <= B.STRIDE / 2 + 1e-6).all()
         expected = B.views_at(bank[members[dist.argmin(1)]], np.zeros(q), cfg)
-        expected = B._normalise(expected.flip(-1) if mirror else expected, cfg)
+        expected = B.normalise(expected.flip(-1) if mirror else expected, cfg)
         assert torch.allclose(batch.views, expected, atol=1e-6)
         seen += q
         rng2 = np.random.default_rng(0)

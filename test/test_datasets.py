@@ -478,7 +478,7 @@ def test_vigor_pairs_items(vigor_root):
 
 
 def test_vigor_pairs_rotation_is_a_roll(vigor_root):
-    torch = pytest.importorskip("torch")
+    pytest.importorskip("torch")
     split = load_vigor_split(vigor_root, "cross_train")
     panos, sats = datasets.cached_images(split, (16, 32), (24, 24), progress=False)
     rot = datasets.VigorPairs(split, panos, sats, mean=(0, 0, 0), std=(1, 1, 1), rotation_deg=180.0, seed=1)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from crossview_ros import demo
+from crossview_training import demo
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -33,7 +33,7 @@ TINY = ["--preset", "cpu-small", "--cities", "2", "--city-m", "300", "--gsd-m", 
 
 def run_demo(work: Path, *extra: str) -> tuple[subprocess.CompletedProcess, float]:
     started = time.monotonic()
-    done = subprocess.run([sys.executable, "-m", "crossview_ros.demo", "--work", str(work), *TINY, *extra],
+    done = subprocess.run([sys.executable, "-m", "crossview_training.demo", "--work", str(work), *TINY, *extra],
                           cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)), capture_output=True, text=True,
                           timeout=600)
     return done, time.monotonic() - started

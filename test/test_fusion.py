@@ -117,7 +117,7 @@ def test_query_before_any_position_is_nan():
 def test_outlier_pose_beyond_the_threshold_is_rejected_and_changes_nothing():
     cfg = config(threshold=5.0)
     ekf = F.PlanarEKF(cfg)
-    for k in range(4):
+    for _ in range(4):
         ekf.update(F.pose_with_covariance(0.0, 0.0, 0.0, 0.0, pose_cov(4.0)))
     # P = 1 (4 / 4), R = 4: S = 5 per axis. d^2 = 24.9 / 5 < 25 passes, 25.1 / 5 >= 25 ... check both sides.
     before_x, before_p = ekf.state.copy(), ekf.covariance.copy()

@@ -146,7 +146,7 @@ def test_panorama_gives_an_estimate_inside_the_scope(localizer, tiles, engine):
 def test_array_encodings_agree_with_jpeg_free_decoding(localizer, tiles):
     rgb = panorama(2, height=64)
     results = []
-    for k, (image, encoding) in enumerate([(rgb, "rgb8"), (np.ascontiguousarray(rgb[:, :, ::-1]), "bgr8")]):
+    for image, encoding in [(rgb, "rgb8"), (np.ascontiguousarray(rgb[:, :, ::-1]), "bgr8")]:
         localizer.reset()
         results.append(localizer.localize(image, centre_fix(tiles), NOW, encoding=encoding, now_s=NOW))
     assert results[0].accepted and results[1].accepted

@@ -39,7 +39,7 @@ def inputs(b_ground: int = 2, b_aerial: int = 3, seed: int = 1):
     return torch.randn(b_ground, 3, *GROUND, generator=gen), torch.randn(b_aerial, 3, *AERIAL, generator=gen)
 
 
-@pytest.mark.parametrize("name", M.list_models())
+@pytest.mark.parametrize("name", M.list_models("descriptor"))
 def test_every_preset_gives_unit_descriptors_and_feature_maps(name):
     model = tiny(name)
     pano, sat = inputs()
@@ -57,6 +57,20 @@ def test_every_preset_gives_unit_descriptors_and_feature_maps(name):
     assert af.shape == (3, channels, aerial_in[0] // stride, aerial_in[1] // stride)
     assert tuple(gf.shape[1:]) == model.ground_feature_shape and model.feature_stride == stride
     assert all(torch.isfinite(t).all() for t in (g, a, off, gf, af))
+
+
+def test_one_registry_for_every_family():
+    assert M.list_models() == sorted(M.list_models("descriptor") + M.list_models("bev"))
+    assert "bev_small" in M.list_models("bev") and "small" in M.list_models("descriptor")
+    bev = M.create_model("bev_small", pano_size=(32, 64), tile_px=32, kernel_cells=4)
+    assert type(bev).__name__ == "BevModel" and bev.name == "bev_small" and M.model_family("bev_small") == "bev"
+    again = M.model_from_checkpoint({"model_name": bev.name, "model_config": bev.config.to_dict(),
+                                     "state_dict": bev.state_dict()})
+    assert M.model_hash(again) == M.model_hash(bev)
+    with pytest.raises(ValueError, match="pretrained_path"):
+        M.create_model("bev_small", pretrained_path="w.pth")
+    with pytest.raises(ValueError, match="unknown BEV model config keys"):
+        M.create_model("bev_small", dim=3)
 
 
 def test_paper_descriptor_sizes():

@@ -142,13 +142,13 @@ def test_fix_conversion_never_raises_and_keeps_the_covariance():
     msg = fix_msg(math.nan, math.inf, Time(sec=10, nanosec=500_000_000), status=NavSatStatus.STATUS_NO_FIX)
     fix = convert.fix_from_navsat(msg)
     assert math.isnan(fix.lat_deg) and fix.stamp_s == 10.5 and fix.status == -1
-    assert not convert.fix_is_usable(fix)
     assert fix.covariance_enu_m2.shape == (3, 3) and fix.covariance_enu_m2[2, 2] == FIX_UP_VAR_M2
     assert convert.up_variance_m2(msg) == FIX_UP_VAR_M2
     msg.position_covariance_type = NavSatFix.COVARIANCE_TYPE_UNKNOWN
     assert convert.fix_from_navsat(msg).covariance_enu_m2 is None
     assert convert.up_variance_m2(msg) == convert.UNKNOWN_VARIANCE
-    assert convert.fix_is_usable(convert.fix_from_navsat(fix_msg(40.0, -74.0, Time(sec=1))))
+    good = convert.fix_from_navsat(fix_msg(40.0, -74.0, Time(sec=1)))
+    assert good.covariance_type == NavSatFix.COVARIANCE_TYPE_DIAGONAL_KNOWN and good.status == 0
 
 
 def test_quaternion_and_covariance_layouts():
@@ -268,6 +268,49 @@ def fix_of(msg: NavSatFix) -> Fix:
     """The Fix the in-process Localizer gets for `msg`, built independently of nodes/convert.py."""
     return Fix(msg.latitude, msg.longitude, time_s(msg.header.stamp), int(msg.status.status),
                np.array(msg.position_covariance, dtype=np.float64).reshape(3, 3))
+
+
+def hostile_fixes(lat: float, lon: float, now_s: float) -> dict[str, NavSatFix]:
+    """Fixes the localizer refuses although they have a position (each case names its flaw)."""
+    out = {}
+    nan_cov = fix_msg(lat, lon, to_time(now_s))
+    nan_cov.position_covariance = [math.nan] * 9
+    out["nan_covariance"] = nan_cov
+    out["far_future_stamp"] = fix_msg(lat, lon, to_time(now_s + 3600.0))
+    out["latitude_90"] = fix_msg(90.0, lon, to_time(now_s))
+    out["status_unknown"] = fix_msg(lat, lon, to_time(now_s), status=-2)
+    kind = fix_msg(lat, lon, to_time(now_s))
+    kind.position_covariance_type = 99
+    out["covariance_type_99"] = kind
+    zero = fix_msg(lat, lon, to_time(now_s))
+    zero.position_covariance = [0.0] * 9
+    zero.position_covariance_type = NavSatFix.COVARIANCE_TYPE_KNOWN
+    out["zero_covariance_known"] = zero
+    return out
+
+
+def jpeg_bomb() -> bytes:
+    """A few hundred bytes of valid JPEG whose frame header claims 32768 x 16384 px."""
+    data = bytearray(jpeg_bytes(np.zeros((16, 32, 3), np.uint8)))
+    i = 2
+    while i < len(data):
+        marker, length = data[i + 1], int.from_bytes(data[i + 2:i + 4], "big")
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # a start-of-frame segment
+            data[i + 5:i + 9] = (16384).to_bytes(2, "big") + (32768).to_bytes(2, "big")
+            return bytes(data)
+        i += 2 + length
+    raise AssertionError("no start-of-frame marker")
+
+
+def hostile_jpegs(rgb: np.ndarray) -> dict[str, bytes]:
+    """JPEGs OpenCV decodes without a word into a partly grey or wrong image."""
+    good = jpeg_bytes(rgb)
+    sos = good.index(b"\xff\xda")
+    scan = sos + 2 + int.from_bytes(good[sos + 2:sos + 4], "big")
+    noise = np.random.default_rng(7).integers(0, 255, len(good) - 2 - scan, dtype=np.uint8).tobytes()
+    return {"jpeg_bomb": jpeg_bomb(),
+            "jpeg_truncated_with_eoi": good[:scan + (len(good) - scan) // 2] + b"\xff\xd9",
+            "jpeg_garbage_scan": good[:scan] + noise.replace(b"\xff", b"\x00") + b"\xff\xd9"}
 
 
 def yaw_of(q: Any) -> float:
@@ -506,6 +549,9 @@ def node_a(ros, world, engine, tmp_path_factory):
         lat, lon = world.latlon(1, 6.0, -4.0)
         probe.send_fix(fix_msg(math.nan, lon, to_time(session.clock.next())))
         session.startup["datum_after_nan_fix"] = probe.values()["datum"]
+        for bad in hostile_fixes(lat, lon, session.clock.next()).values():  # each refused by the localizer
+            probe.send_fix(bad)
+        session.startup["datum_after_bad_fixes"] = probe.values()["datum"]
         session.startup["first_fix"] = session.good_fix(world, 1)
         wait_until(lambda: probe.values()["datum"] != "unset", 5.0, "the datum")
         yield session
@@ -527,6 +573,7 @@ class TestDatumNode:
 
     def test_datum_is_the_first_valid_fix(self, node_a):
         assert node_a.startup["datum_after_nan_fix"] == "unset"
+        assert node_a.startup["datum_after_bad_fixes"] == "unset"  # NaN covariance, future stamp, lat 90, ...
         first = node_a.startup["first_fix"]
         assert node_a.probe.values()["datum"] == f"{first.latitude:.7f},{first.longitude:.7f}"
 
@@ -606,7 +653,7 @@ class TestDatumNode:
         rgb = world.panorama(3)
         results = {}
         for enc, image in (("rgb8", rgb), ("bgr8", rgb[:, :, ::-1]), ("mono8", rgb[:, :, 1])):
-            stamp, delta = node_a.frame(lambda s: image_msg(image, s, enc))
+            stamp, delta = node_a.frame(lambda s, image=image, enc=enc: image_msg(image, s, enc))
             assert delta["estimates_published"] == 1, (enc, delta)
             results[enc] = node_a.probe.wait_outputs(stamp, heading=True)["fix"]
             est = run_in_process(node_a.twin, np.ascontiguousarray(image), fix_of(fix), stamp, enc)
@@ -617,7 +664,8 @@ class TestDatumNode:
     @pytest.mark.parametrize("case", [
         "encoding", "width_not_2h", "data_size", "truncated_jpeg", "not_an_image",
         "nan_latitude", "inf_longitude", "latitude_95", "status_no_fix", "stale_fix", "fix_outside_coverage",
-        "out_of_order", "future_stamp", "negative_stamp",
+        "out_of_order", "future_stamp", "negative_stamp", "jpeg_bomb", "jpeg_truncated_with_eoi",
+        "jpeg_garbage_scan", "status_unknown", "covariance_type_99", "zero_covariance_known",
     ])
     def test_bad_input_is_counted_and_not_published(self, node_a, world, case):
         rgb = world.panorama(4)
@@ -627,13 +675,16 @@ class TestDatumNode:
                   "truncated_jpeg": "BAD_IMAGE", "not_an_image": "BAD_IMAGE", "nan_latitude": "BAD_FIX",
                   "inf_longitude": "BAD_FIX", "latitude_95": "BAD_FIX", "status_no_fix": "NO_FIX",
                   "stale_fix": "STALE_STAMP", "fix_outside_coverage": "OUTSIDE_COVERAGE",
-                  "out_of_order": "OUT_OF_ORDER", "future_stamp": "FUTURE_STAMP", "negative_stamp": "BAD_STAMP"}[case]
+                  "out_of_order": "OUT_OF_ORDER", "future_stamp": "FUTURE_STAMP", "negative_stamp": "BAD_STAMP",
+                  "jpeg_bomb": "BAD_IMAGE", "jpeg_truncated_with_eoi": "BAD_IMAGE", "jpeg_garbage_scan": "BAD_IMAGE",
+                  "status_unknown": "NO_FIX", "covariance_type_99": "BAD_FIX", "zero_covariance_known": "BAD_FIX"}[case]
         fix = {"nan_latitude": fix_msg(math.nan, lon, to_time(now)),
                "inf_longitude": fix_msg(lat, math.inf, to_time(now)),
                "latitude_95": fix_msg(95.0, lon, to_time(now)),
                "status_no_fix": fix_msg(lat, lon, to_time(now), status=NavSatStatus.STATUS_NO_FIX),
                "stale_fix": fix_msg(lat, lon, to_time(now - 10.0)),
                "fix_outside_coverage": fix_msg(*world.latlon(4, 0.0, 5000.0), to_time(now)),
+               **{k: v for k, v in hostile_fixes(lat, lon, now).items() if k == case},
                }.get(case, fix_msg(lat, lon, to_time(now)))
         node_a.probe.send_fix(fix)  # the fix callback survives whatever the fix holds
         stamp = to_time(node_a.clock.next())
@@ -655,6 +706,8 @@ class TestDatumNode:
             image = compressed_msg(jpeg_bytes(rgb)[:-200], stamp)
         elif case == "not_an_image":
             image = compressed_msg(b"this is not a JPEG", stamp)
+        elif case.startswith("jpeg_"):
+            image = compressed_msg(hostile_jpegs(rgb)[case], stamp)
         delta = node_a.probe.send_panorama(image)
         assert delta[f"rejected_{reason}"] == 1, delta
         assert delta["estimates_published"] == 0
@@ -747,6 +800,38 @@ class TestDatumNode:
             assert node_a.probe.wait_outputs(stamp, heading=True)["fix"].header.frame_id == "antenna"
         finally:
             assert call(client.set_parameters([Parameter("fix_frame", value="gnss")])).results[0].successful
+
+    def test_a_stamp_just_ahead_of_time_does_not_reject_the_frames_after_it(self, node_a, world):
+        node_a.good_fix(world, 2)
+        ahead_s = node_a.clock.now() + 0.45  # within max_future_s (0.5 s): accepted
+        delta = node_a.probe.send_panorama(image_msg(world.panorama(2), to_time(ahead_s)))
+        assert delta["estimates_published"] == 1, delta
+        for i in range(3):  # stamped before the early one, after the frames before it: still good frames
+            node_a.good_fix(world, 2)
+            delta = node_a.probe.send_panorama(image_msg(world.panorama(2), to_time(ahead_s - 0.1 + 0.02 * i)))
+            assert delta["estimates_published"] == 1, delta
+        node_a.clock.last = max(node_a.clock.last, ahead_s)
+
+    def test_datum_is_reset_by_its_parameter(self, node_a, world):
+        client = AsyncParameterClient(node_a.probe.node, "/node_a/crossview_localizer")
+        assert client.wait_for_services(timeout_sec=10.0)
+
+        def set_datum(value: list[float]) -> Any:
+            future = client.set_parameters([Parameter("datum", Parameter.Type.DOUBLE_ARRAY, value)])
+            return wait_until(lambda: future.result() if future.done() else None, 10.0, "set datum").results[0]
+
+        original = node_a.probe.values()["datum"]
+        assert not set_datum([95.0, 10.0]).successful  # refused with its reason; the datum stays
+        assert node_a.probe.values()["datum"] == original
+        try:
+            assert set_datum([]).successful
+            wait_until(lambda: node_a.probe.values()["datum"] == "unset", 5.0, "the datum cleared")
+            fresh = node_a.good_fix(world, 3)
+            wait_until(lambda: node_a.probe.values()["datum"] == f"{fresh.latitude:.7f},{fresh.longitude:.7f}", 5.0,
+                       "the next valid fix as the datum")
+        finally:
+            assert set_datum([float(v) for v in original.split(",")]).successful
+            wait_until(lambda: node_a.probe.values()["datum"] == original, 5.0, "the datum restored")
 
     def test_sigint_exits_cleanly(self, node_a):
         assert node_a.proc.stop(signal.SIGINT) == 0
@@ -912,7 +997,7 @@ def bev_node(ros, world, tmp_path_factory):
     # BatchNorm statistics on textured panoramas, so that the cells differ as a trained model's do. A
     # street seen from its middle looks alike both ways (a 180 deg ambiguity only training resolves),
     # so the panoramas here are textures with no symmetry.
-    from crossview_training.bev import _to_tensor
+    from crossview_training.bev import to_tensor
 
     rng = np.random.default_rng(3)
     views = np.stack([cv2.GaussianBlur(rng.integers(0, 256, (PANO_H, 2 * PANO_H, 3), dtype=np.uint8), (5, 5), 1.5)
@@ -921,7 +1006,7 @@ def bev_node(ros, world, tmp_path_factory):
         bn.momentum = None  # cumulative average over the calibration passes
     with torch.no_grad():
         for _ in range(3):
-            model.ground_features(_to_tensor(views, model.config))
+            model.ground_features(to_tensor(views, model.config))
     model.eval()
     model_dir = export_onnx(model, work / "model")
     tile_dir = work / "tiles"

@@ -287,7 +287,7 @@ def test_shadow_falls_away_from_the_sun():
         centre = np.array([500100.0, 4999900.0])
         edge = 5.0 / max(abs(away[0]), abs(away[1]))  # centre to the box edge along `away`
 
-        def cell(p):
+        def cell(p, scene=scene):
             r, c = scene.cell_of(p[0], p[1])
             return int(r), int(c)
         beyond, before = cell(centre + away * (edge + 4.0)), cell(centre - away * (edge + 4.0))

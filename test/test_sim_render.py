@@ -346,7 +346,7 @@ def test_window_rows_repeat_with_the_floor_height():
     floor_m, spacing_m = 4.0, 3.0
     footprint = (CAM_E - 15, CAM_E + 15, CAM_N + 20, CAM_N + 30)
     box = add_building(scene, footprint, 60.0, (230, 230, 230), (20, 30, 120), floor_m, spacing_m)
-    h, w = 512, 1024
+    h = 512
     img = render_panorama(scene, CAM_E, CAM_N, yaw_from_bearing(0.0), height_px=h, camera=NO_HAZE, sun=Sun(180, 40))
     # the column looking straight at the south face
     col = 0

@@ -117,6 +117,28 @@ def test_build_config_refusals(tmp_path):
         tr.build_config(None, str(unknown), [])
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+def test_device_cuda_without_cuda_fails_at_once(tmp_path, capsys):
+    message = r"device cuda requested but torch.cuda.is_available\(\) is False; use device=cpu or auto"
+    with pytest.raises(ValueError, match=message):
+        tr.build_config("cpu-bev-any-yaw", None, ["device=cuda", "data=/nonexistent"])
+    config = tr.TrainConfig.from_dict({**tr.PRESETS["cpu-bev-any-yaw"], "device": "cuda", "data": "/nonexistent"})
+    with pytest.raises(ValueError, match=message):  # before any data is read: the root does not exist
+        tr.train(config, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
+    assert tr.main(["--preset", "cpu-bev", "--out", str(tmp_path / "run"), "--data", "/x", "--set", "device=cuda"]) == 2
+    assert "torch.cuda.is_available() is False" in capsys.readouterr().err
+
+
+def test_fields_a_family_cannot_use_are_refused():
+    with pytest.raises(ValueError, match=r"family bev\) cannot use: loss='triplet' .*workers=2"):
+        tr.build_config("cpu-bev", None, ["loss=triplet", "workers=2"])
+    with pytest.raises(ValueError, match=r"family descriptor\) cannot use: mirror=0.5"):
+        tr.build_config("cpu-small", None, ["mirror=0.5"])
+    with pytest.raises(ValueError, match="device must be one of"):
+        tr.build_config(None, None, ["device=gpu"])
+
+
 def test_cli_refuses_a_missing_data_root(tmp_path, capsys):
     assert tr.main(["--out", str(tmp_path / "run"), "--no-progress"]) == 2
     err = capsys.readouterr().err

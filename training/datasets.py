@@ -30,6 +30,7 @@ import numpy as np
 from tqdm import tqdm
 
 from crossview_ros import geo
+from crossview_ros.tiles import VIGOR_TILE_SIZE_M
 
 log = logging.getLogger(__name__)
 
@@ -108,9 +109,16 @@ class VigorSplit:
         return pano, sat
 
 
-def _manifest(root: Path) -> dict:
-    path = root / "dataset.json"
+def dataset_manifest(root: str | os.PathLike) -> dict:
+    """dataset.json of a crossview-sim root (city roles, the VigorConfig it was made with); {} for real VIGOR."""
+    path = Path(root) / "dataset.json"
     return json.loads(path.read_text()) if path.exists() else {}
+
+
+def dataset_tile_size_m(root: str | os.PathLike) -> float:
+    """Aerial image side L in metres: dataset.json's for our data, VIGOR's (640 px x 0.114 m) otherwise."""
+    manifest = dataset_manifest(root)
+    return float(manifest["vigor_config"]["tile_size_m"]) if manifest else VIGOR_TILE_SIZE_M
 
 
 def available_cities(root: Path) -> list[str]:
@@ -120,7 +128,7 @@ def available_cities(root: Path) -> list[str]:
 def cross_area_cities(root: Path) -> tuple[list[str], list[str]]:
     """(train, test) cities: dataset.json's roles for our data, VIGOR's for VIGOR."""
     cities = available_cities(root)
-    roles = _manifest(root).get("cross_area")
+    roles = dataset_manifest(root).get("cross_area")
     if roles:
         return list(roles["train"]), list(roles["test"])
     train = [c for c in cities if c in VIGOR_CROSS_TRAIN]
@@ -333,7 +341,7 @@ class VigorPairs:
         self.photometric_strength = float(photometric_strength)
         self.seed = int(seed)
         self.epoch = 0
-        self._iou = split.iou
+        self.iou = split.iou  # (N, 4) IoU of each panorama with its positive and semi-positives
 
     def set_epoch(self, epoch: int) -> None:
         """Augmentation draws depend on (seed, epoch, index): reproducible and resumable."""
@@ -342,7 +350,8 @@ class VigorPairs:
     def __len__(self) -> int:
         return len(self.split)
 
-    def _tensor(self, image: np.ndarray):
+    def image_tensor(self, image: np.ndarray):
+        """(H, W, 3) uint8 RGB -> (3, H, W) float32 tensor, 0..1 then normalised with mean/std."""
         import torch
 
         x = image.astype(np.float32).transpose(2, 0, 1) / 255.0
@@ -365,10 +374,10 @@ class VigorPairs:
             pano = photometric(pano, rng, self.photometric_strength)
             sat = photometric(sat, rng, self.photometric_strength)
         return {
-            "ground": self._tensor(pano), "aerial": self._tensor(sat),
+            "ground": self.image_tensor(pano), "aerial": self.image_tensor(sat),
             "pano": torch.tensor(index), "tile": torch.tensor(tile),
             "offset": torch.from_numpy(offset_target(self.split.deltas_px[index, k], self.split.sat_px).astype(np.float32)),
-            "iou": torch.tensor(float(self._iou[index, k])), "positive": torch.tensor(k == 0),
+            "iou": torch.tensor(float(self.iou[index, k])), "positive": torch.tensor(k == 0),
         }
 
 

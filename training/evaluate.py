@@ -33,7 +33,11 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from crossview_training.datasets import VigorSplit, cached_images, load_vigor_split
+from crossview_ros.tiles import VIGOR_TILE_SIZE_M
+from crossview_training.bev.model import BevModel
+from crossview_training.bev.scoring import bev_similarity
+from crossview_training.datasets import VigorSplit, cached_images, dataset_tile_size_m, load_vigor_split
+from crossview_training.models import load_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -247,8 +251,6 @@ def model_descriptors(model, split: VigorSplit, *, batch_size: int = 32, progres
 
 def bev_descriptors(model, split: VigorSplit, *, progress: bool = True) -> Descriptors:
     """A BEV correlation model's tile scores and in-tile offsets, in the Descriptors form."""
-    from crossview_training.bev import bev_similarity
-
     cfg = model.config
     panos, sats = cached_images(split, cfg.pano_size, (cfg.tile_px, cfg.tile_px), progress=progress)
     sim, offsets = bev_similarity(model, split, np.asarray(panos), np.asarray(sats), progress=progress)
@@ -265,7 +267,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     what.add_argument("--checkpoint", help="model checkpoint written by crossview-train")
     what.add_argument("--baseline", choices=sorted(BASELINES), help="a non-learned baseline instead of a model")
     p.add_argument("--tile-size-m", type=float, default=None,
-                   help="aerial image side in metres (default: from dataset.json, else VIGOR's 72.96)")
+                   help=f"aerial image side in metres (default: from dataset.json, else VIGOR's {VIGOR_TILE_SIZE_M})")
     p.add_argument("--seed", type=int, default=0, help="seed of the noisy GNSS fixes (default 0)")
     p.add_argument("--batch-size", type=int, default=32, help="encoding batch size (default 32)")
     p.add_argument("--out", help="folder for eval.json and eval.md (default: print only)")
@@ -274,14 +276,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         split = load_vigor_split(args.data, args.split)
-        manifest = Path(args.data) / "dataset.json"
-        tile_size_m = args.tile_size_m or (
-            json.loads(manifest.read_text())["vigor_config"]["tile_size_m"] if manifest.exists() else 72.96)
+        tile_size_m = args.tile_size_m or dataset_tile_size_m(args.data)
         if args.checkpoint:
-            from crossview_training.models import load_checkpoint
-
             model = load_checkpoint(args.checkpoint)
-            if model.name.startswith("bev"):
+            if isinstance(model, BevModel):
                 desc = bev_descriptors(model, split, progress=not args.no_progress)
             else:
                 desc = model_descriptors(model, split, batch_size=args.batch_size, progress=not args.no_progress)

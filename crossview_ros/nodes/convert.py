@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from crossview_ros import geo
-from crossview_ros.estimate import NAVSAT_STATUS_NO_FIX, NAVSAT_STATUS_RANGE, Estimate, Fix
+from crossview_ros.estimate import Estimate, Fix
 
 UNKNOWN_VARIANCE = 1e6  # variance of what the estimate does not observe (z, roll, pitch; yaw without heading)
 IMAGE_CHANNELS = {"rgb8": 3, "bgr8": 3, "mono8": 1}
@@ -66,19 +66,9 @@ def fix_from_navsat(msg: Any) -> Fix:
     cov_type = int(msg.position_covariance_type)
     cov = np.asarray(msg.position_covariance, dtype=np.float64)
     if cov_type == COVARIANCE_TYPE_UNKNOWN or cov.size != 9:
-        return Fix(float(msg.latitude), float(msg.longitude), stamp_s, status)
-    return Fix(float(msg.latitude), float(msg.longitude), stamp_s, status, cov.reshape(3, 3).copy())
-
-
-def fix_is_usable(fix: Fix) -> bool:
-    """True when the fix has a position: a status other than NO_FIX and a finite, in-range lat/lon."""
-    if fix.status == NAVSAT_STATUS_NO_FIX or not NAVSAT_STATUS_RANGE[0] <= fix.status <= NAVSAT_STATUS_RANGE[1]:
-        return False
-    try:
-        geo.check_latlon(float(fix.lat_deg), float(fix.lon_deg))
-    except geo.GeoError:
-        return False
-    return True
+        return Fix(float(msg.latitude), float(msg.longitude), stamp_s, status, covariance_type=cov_type)
+    return Fix(float(msg.latitude), float(msg.longitude), stamp_s, status, cov.reshape(3, 3).copy(),
+               covariance_type=cov_type)
 
 
 def up_variance_m2(msg: Any) -> float:

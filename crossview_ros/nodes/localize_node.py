@@ -55,7 +55,7 @@ from crossview_ros.localizer import Localizer
 from crossview_ros.localizer_config import LocalizerConfig
 from crossview_ros.nodes import convert
 from crossview_ros.nodes.parameters import (
-    BY_NAME, DYNAMIC_KEYS, NODE_NAME, PARAMETERS, NodeSettings, ParamSpec, check_frame_id, is_ros_own,
+    BY_NAME, DYNAMIC_KEYS, NODE_NAME, PARAMETERS, NodeSettings, ParamSpec, check_frame_id, is_ros_own, parse_datum,
     localizer_config, node_settings,
 )
 
@@ -270,18 +270,26 @@ class LocalizeNode(Node):
         return values
 
     def _on_set_parameters(self, params: list[Parameter]) -> SetParametersResult:
-        """Runtime changes: only the frame ids are dynamic (read-only ones are refused by rclpy)."""
-        frames = {}
+        """Runtime changes: the frame ids, and the datum ([] takes the next valid fix, as navsat_transform's
+        set_datum resets it); read-only parameters are refused by rclpy."""
+        changes: dict[str, Any] = {}
         for p in params:
             if p.name not in DYNAMIC_KEYS:
                 continue
             try:
-                frames[p.name] = check_frame_id(p.name, p.value)
+                changes[p.name] = parse_datum(p.value) if p.name == "datum" else check_frame_id(p.name, p.value)
             except ValueError as exc:
                 return SetParametersResult(successful=False, reason=str(exc))
-        if frames:
-            self.settings = replace(self.settings, **frames)
-            self.get_logger().info(f"frames now: {frames}")
+        if changes:
+            self.settings = replace(self.settings, **changes)
+            if "datum" in changes:
+                datum = changes["datum"]
+                self._enu = None if datum is None else geo.LocalENU(*datum)
+                self.get_logger().info(f"datum reset to {list(datum)} by parameter" if datum is not None else
+                                       "datum cleared by parameter: the next valid GNSS fix sets it")
+            frames = {k: v for k, v in changes.items() if k != "datum"}
+            if frames:
+                self.get_logger().info(f"frames now: {frames}")
         return SetParametersResult(successful=True)
 
     # ----------------------------------------------------------------- start-up
@@ -353,10 +361,17 @@ class LocalizeNode(Node):
         with self._lock:
             self._fix = record
             self.counts["fixes_received"] += 1
-        if self.settings.pose_origin == "datum" and self._enu is None and convert.fix_is_usable(record.fix):
-            self._enu = geo.LocalENU(record.fix.lat_deg, record.fix.lon_deg)
-            self.get_logger().info(f"datum ({record.fix.lat_deg:.7f}, {record.fix.lon_deg:.7f}) from the first "
-                                   "valid GNSS fix")
+        if self.settings.pose_origin == "datum" and self._enu is None:
+            self._take_datum(record.fix)
+
+    def _take_datum(self, fix: Any) -> None:
+        """The datum from the first fix that passes every check the localizer makes of a fix."""
+        problem = self.localizer.fix_problem(fix, self.get_clock().now().nanoseconds * 1e-9)
+        if problem is not None:
+            self._warn("datum", f"GNSS fix not taken as the datum ({problem[0]}): {problem[1]}")
+            return
+        self._enu = geo.LocalENU(fix.lat_deg, fix.lon_deg)
+        self.get_logger().info(f"datum ({fix.lat_deg:.7f}, {fix.lon_deg:.7f}) from the first valid GNSS fix")
 
     # ----------------------------------------------------------------- the worker
 

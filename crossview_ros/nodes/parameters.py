@@ -69,8 +69,9 @@ _NODE_ONLY: tuple[ParamSpec, ...] = (
     ParamSpec("pose_origin", "datum", "", "datum: x east, y north in the ENU plane at `datum`; utm: "
                                           "easting, northing, grid yaw in the tile set's zone",
               "node", choices=POSE_ORIGINS),
-    ParamSpec("datum", [], "deg", "[lat_deg, lon_deg] origin of the datum pose frame; [] = the first valid fix "
-                                  "(logged)", "node", array=True),
+    ParamSpec("datum", [], "deg", "[lat_deg, lon_deg] origin of the datum pose frame; [] = the first fix that "
+                                  "passes every check (logged); settable at run time ([] resets)", "node",
+              read_only=False, array=True),
     ParamSpec("fix_frame", "gnss", "frame_id", "frame_id of crossview/fix", "node", read_only=False),
     ParamSpec("base_frame", "base_link", "frame_id", "frame_id of crossview/heading (sensor_msgs/Imu)", "node",
               read_only=False),
@@ -125,21 +126,25 @@ def check_frame_id(name: str, value: Any) -> str:
     return value
 
 
+def parse_datum(raw: Sequence[float] | None) -> tuple[float, float] | None:
+    """The datum parameter: [] -> None (the first valid fix), [lat_deg, lon_deg] -> checked tuple."""
+    if raw is None or len(raw) == 0:
+        return None
+    if len(raw) != 2:
+        raise ValueError(f"parameter datum = {list(raw)!r}: must be [] or [lat_deg, lon_deg]")
+    try:
+        geo.check_latlon(float(raw[0]), float(raw[1]))
+    except geo.GeoError as exc:
+        raise ValueError(f"parameter datum = {list(raw)!r}: {exc}") from None
+    return float(raw[0]), float(raw[1])
+
+
 def node_settings(values: Mapping[str, Any]) -> NodeSettings:
     """Validate the node-only parameters (ValueError naming the parameter, its value and what is allowed)."""
     origin = values["pose_origin"]
     if origin not in POSE_ORIGINS:
         raise ValueError(f"parameter pose_origin = {origin!r}: must be one of {POSE_ORIGINS}")
-    raw = values["datum"]
-    datum = None
-    if raw is not None and len(raw) > 0:
-        if len(raw) != 2:
-            raise ValueError(f"parameter datum = {list(raw)!r}: must be [] or [lat_deg, lon_deg]")
-        try:
-            geo.check_latlon(float(raw[0]), float(raw[1]))
-        except geo.GeoError as exc:
-            raise ValueError(f"parameter datum = {list(raw)!r}: {exc}") from None
-        datum = (float(raw[0]), float(raw[1]))
+    datum = parse_datum(values["datum"])
     period = values["diagnostics_period_s"]
     if isinstance(period, bool) or not isinstance(period, (int, float)) or not math.isfinite(period) \
             or period <= 0:
@@ -180,7 +185,7 @@ HEADER = f"""\
 # Parameters of the crossview_ros localize node (node name: {NODE_NAME}).
 # Every parameter: default, [unit or choices], one-line description. Paths may be absolute or
 # relative to the working directory of the node. Load with:  --ros-args --params-file config/localize.yaml
-# Read-only parameters (all but the three frame ids) need a restart: the Localizer is built once.
+# Read-only parameters (all but the three frame ids and the datum) need a restart: the Localizer is built once.
 # Generated from crossview_ros/localizer_config.py and nodes/parameters.py (test_launch.py checks them):
 #   python -m crossview_ros.nodes.parameters > config/localize.yaml
 """

@@ -22,6 +22,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from crossview_ros.tiles import VIGOR_TILE_SIZE_M
 from crossview_ros.sim.city import City, CityConfig, generate_city
 
 log = logging.getLogger("crossview_sim")
@@ -210,7 +211,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--panoramas", type=int, default=400, help="panoramas per city (default 400)")
     p.add_argument("--pano-height-px", type=int, default=1024, help="panorama height; width is twice (default 1024, VIGOR)")
     p.add_argument("--sat-px", type=int, default=640, help="satellite image side, px (default 640, VIGOR)")
-    p.add_argument("--tile-size-m", type=float, default=72.96, help="satellite image side, m (default 72.96, VIGOR)")
+    p.add_argument("--tile-size-m", type=float, default=VIGOR_TILE_SIZE_M,
+                   help=f"satellite image side, m (default {VIGOR_TILE_SIZE_M}, VIGOR)")
     p.add_argument("--no-appearance-gap", action="store_true", help="same colour response in both views")
     p.add_argument("--no-time-gap", action="store_true", help="panoramas of the survey epoch (no moved cars/trees)")
     p.add_argument("--contact-sheet", help="also write a contact sheet PNG of the first city here")

@@ -48,7 +48,7 @@ from crossview_ros.sim.city import City, CityConfig, generate_city
 from crossview_ros.sim.ortho import render_orthophoto, write_orthophoto
 from crossview_ros.sim.render import CameraConfig, Occluder, render_panorama
 from crossview_ros.sim.scene import Material, Sun
-from crossview_ros.tiles import TileSet, TilingConfig, build_tile_set
+from crossview_ros.tiles import VIGOR_TILE_SIZE_M, TileSet, TilingConfig, build_tile_set
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ class VigorConfig:
     panoramas: int = 400  # panoramas per city
     pano_height_px: int = 1024  # panorama height; width = 2 x height (VIGOR: 2048 x 1024)
     sat_px: int = 640  # satellite image side, pixels (VIGOR: 640)
-    tile_size_m: float = 72.96  # satellite image side, metres (VIGOR: 640 px x 0.114 m)
+    tile_size_m: float = VIGOR_TILE_SIZE_M  # satellite image side, metres
     max_positives_per_tile: int = 2  # VIGOR's balancing: at most 2 panoramas per positive tile
     same_area_train_fraction: float = 0.5  # share of a city's panoramas in same_area_balanced_train
     jpeg_quality: int = 90  # panorama JPEG quality

@@ -1,4 +1,4 @@
-"""Siamese cross-view encoders: panorama and aerial tile to one L2-normalised descriptor space.
+"""The descriptor family: Siamese cross-view encoders, panorama and aerial tile to one L2-normalised space.
 
 Layout of every model (papers in ../shared/papers/):
 
@@ -33,18 +33,12 @@ Inputs are RGB float images scaled to 0..1 and normalised with the config's mean
 the data pipeline and by the runtime, recorded in the export metadata).
 
 Forward passes are traceable (no data-dependent Python control flow; the batch axis stays
-symbolic), so the encoders export to ONNX with a dynamic batch.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import logging
-import os
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import timm
@@ -53,8 +47,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from crossview_ros.config import check_known_keys
-
-log = logging.getLogger(__name__)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -71,12 +63,6 @@ BACKBONE_ALIASES = {
 
 # SAFA aggregates a stride-32 map (VIGOR's code: VGG16 conv5_3, stride 16, then a 2x2 max-pool).
 _SAFA_STRIDE = 32
-
-
-class WeightsError(RuntimeError):
-    """A weight file does not fit the model: says which keys are missing, unexpected or misshapen."""
-
-
 @dataclass
 class ModelConfig:
     """Architecture of a CrossViewModel; stored in checkpoints and in the export metadata."""
@@ -379,170 +365,3 @@ MODELS: dict[str, dict[str, Any]] = {
                     "polar_size": (128, 256)},
 }
 
-
-def list_models() -> list[str]:
-    """Names accepted by create_model, sorted."""
-    return sorted(MODELS)
-
-
-def create_model(name: str, *, pretrained_path: str | os.PathLike | None = None, **overrides: Any) -> CrossViewModel:
-    """The one factory: preset `name` with ModelConfig `overrides`; ImageNet weights from a local file.
-
-    With `pretrained_path`, both backbones load that file strictly (load_pretrained_backbone);
-    without it they stay randomly initialised and a log line says so. Nothing is downloaded.
-    """
-    if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}; valid names: {', '.join(list_models())}")
-    config = ModelConfig.from_dict({**MODELS[name], **overrides})
-    model = CrossViewModel(config, name=name)
-    if pretrained_path is None:
-        log.info("no ImageNet weights given (pretrained_path=None): %s backbones randomly initialised",
-                 config.backbone)
-    else:
-        load_pretrained_backbone(model, pretrained_path)
-    return model
-
-
-def _read_state_dict(path: Path) -> dict[str, Tensor]:
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        state = load_file(str(path), device="cpu")
-    else:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
-        raise WeightsError(f"{path} does not hold a state_dict (a dict of name -> tensor)")
-    return state
-
-
-def _key_report(missing: list[str], unexpected: list[str], misshapen: list[str], limit: int = 10) -> str:
-    parts = []
-    for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", misshapen)):
-        if keys:
-            shown = ", ".join(keys[:limit]) + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")
-            parts.append(f"{len(keys)} {label} key(s): {shown}")
-    return "; ".join(parts)
-
-
-def load_pretrained_backbone(model: CrossViewModel, path: str | os.PathLike) -> None:
-    """Load ImageNet weights for `model.config.backbone` from a local file into both backbones.
-
-    Accepts the timm classification model's state_dict (torch.save'd or .safetensors; the
-    classifier and other layers past the last conv map are ignored) or a backbone's own
-    state_dict (`model.ground_backbone.state_dict()`, keys prefixed `model.`). Strict otherwise:
-    any missing, unexpected or misshapen key raises WeightsError naming them.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise WeightsError(f"pretrained weights file {path} does not exist; pass the path of a local "
-                           f"{model.config.backbone} ImageNet state_dict (weights are never downloaded)")
-    state = _read_state_dict(path)
-    if state and all(k.startswith("model.") for k in state):
-        state = {k[len("model."):]: v for k, v in state.items()}
-    target = model.ground_backbone.model
-    wanted = target.state_dict()
-    with torch.device("meta"):
-        full_keys = set(timm.create_model(model.config.backbone, pretrained=False).state_dict())
-    missing = sorted(set(wanted) - set(state))
-    unexpected = sorted(set(state) - full_keys - set(wanted))
-    misshapen = sorted(f"{k} {tuple(state[k].shape)} != {tuple(wanted[k].shape)}"
-                       for k in set(wanted) & set(state) if state[k].shape != wanted[k].shape)
-    if missing or unexpected or misshapen:
-        raise WeightsError(f"{path} does not fit backbone {model.config.backbone}: "
-                           f"{_key_report(missing, unexpected, misshapen)}")
-    subset = {k: state[k] for k in wanted}
-    model.ground_backbone.model.load_state_dict(subset, strict=True)
-    model.aerial_backbone.model.load_state_dict(subset, strict=True)
-    log.info("loaded ImageNet weights for both %s backbones from %s (%d tensors, %d ignored past the "
-             "feature level)", model.config.backbone, path, len(subset), len(state) - len(subset))
-
-
-def model_hash(model: nn.Module) -> str:
-    """"sha256:<hex>" over the state_dict: per key in sorted order, its name, dtype, shape and bytes.
-
-    Same weights give the same hash whatever the device or the order modules were built in;
-    any change of a weight, buffer, name or shape changes it.
-    """
-    digest = hashlib.sha256()
-    state = model.state_dict()
-    for key in sorted(state):
-        t = state[key].detach().to("cpu").contiguous()
-        digest.update(f"{key}|{t.dtype}|{tuple(t.shape)}|".encode())
-        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return "sha256:" + digest.hexdigest()
-
-
-def save_checkpoint(model: CrossViewModel, path: str | os.PathLike, **extra: Any) -> Path:
-    """Write {"model_name", "model_config", "state_dict", **extra} atomically (tmp + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"model_name": model.name, "model_config": model.config.to_dict(),
-               "state_dict": model.state_dict(), **extra}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(payload, fh)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """The checkpoint dict train.py writes: {"model_name", "model_config", "state_dict", ...}.
-
-    Read with torch.load(weights_only=True): it may hold tensors, numbers, strings, lists and
-    dicts only. Optional keys other tools read: "tile_size_m" (L of the offset targets) and
-    "train_config" (dict), both copied into the export metadata.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise WeightsError(f"checkpoint {path} does not exist")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise WeightsError(f"cannot read checkpoint {path}: {exc}") from exc
-    required = ("model_name", "model_config", "state_dict")
-    if not isinstance(ckpt, dict) or any(k not in ckpt for k in required):
-        have = sorted(ckpt) if isinstance(ckpt, dict) else type(ckpt).__name__
-        raise WeightsError(f"{path} is not a crossview checkpoint: needs keys {list(required)}, has {have}")
-    return ckpt
-
-
-def model_from_checkpoint(ckpt: dict[str, Any], source: str = "checkpoint") -> CrossViewModel:
-    """Rebuild the model a checkpoint dict describes and load its weights strictly (eval mode)."""
-    if str(ckpt["model_name"]).startswith("bev"):
-        from crossview_training.bev import BevConfig, BevModel
-
-        config = BevConfig.from_dict(dict(ckpt["model_config"]))
-        model = BevModel(config, name=str(ckpt["model_name"]))
-    else:
-        config = ModelConfig.from_dict(dict(ckpt["model_config"]))
-        model = CrossViewModel(config, name=str(ckpt["model_name"]))
-    state = ckpt["state_dict"]
-    wanted = model.state_dict()
-    missing = sorted(set(wanted) - set(state))
-    unexpected = sorted(set(state) - set(wanted))
-    misshapen = sorted(f"{k} {tuple(state[k].shape)} != {tuple(wanted[k].shape)}"
-                       for k in set(wanted) & set(state) if state[k].shape != wanted[k].shape)
-    if missing or unexpected or misshapen:
-        raise WeightsError(f"{source} does not fit its model config ({ckpt['model_name']}): "
-                           f"{_key_report(missing, unexpected, misshapen)}")
-    model.load_state_dict(state, strict=True)
-    return model.eval()
-
-
-def load_checkpoint(path: str | os.PathLike) -> CrossViewModel:
-    """Model of a checkpoint file (read_checkpoint), weights loaded strictly, in eval mode."""
-    return model_from_checkpoint(read_checkpoint(path), source=f"checkpoint {path}")
-
-
-__all__ = [
-    "AGGREGATORS", "BACKBONE_ALIASES", "IMAGENET_MEAN", "IMAGENET_STD", "MODELS", "CrossViewModel", "GeM",
-    "GeMFC", "ModelConfig", "NetVLAD", "OffsetHead", "SAFA", "WeightsError", "create_backbone", "create_model",
-    "list_models", "load_checkpoint", "load_pretrained_backbone", "model_from_checkpoint", "model_hash",
-    "read_checkpoint", "resolve_backbone", "save_checkpoint",
-]

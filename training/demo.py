@@ -56,7 +56,7 @@ from pathlib import Path
 from typing import Any
 
 from crossview_ros.atomic import write_json_atomic
-from crossview_ros.engines import sha256_file
+from crossview_ros.model_meta import sha256_file
 
 log = logging.getLogger("crossview_demo")
 
@@ -451,14 +451,14 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     model_dir = per_model / "model"
 
     def build_export() -> dict[str, Any]:
-        from crossview_ros.engines import load_model_meta
+        from crossview_ros.model_meta import load_model_meta
 
         first_city = data_root / dataset.info["cities"][0]
         meta = load_model_meta(export_model(Path(train.info["checkpoint"]), model_dir, first_city))
         return {"model_hash": meta.model_hash, "name": meta.name, "tile_size_m": meta.tile_size_m}
 
     def check_export(info: dict[str, Any]) -> bool:
-        from crossview_ros.engines import load_model_meta
+        from crossview_ros.model_meta import load_model_meta
 
         return load_model_meta(model_dir).model_hash == info["model_hash"]  # graphs checked against their sha256
 
@@ -701,7 +701,7 @@ def config_from_args(args: argparse.Namespace) -> DemoConfig:
 
 def _expected_failure(exc: BaseException) -> bool:
     """Errors of the steps that explain themselves (no traceback needed): ours, the replay's, the artefacts'."""
-    from crossview_ros.engines import EngineError
+    from crossview_ros.model_meta import EngineError
     from crossview_ros.replay import ReplayError
     from crossview_ros.tiles import TileSetError
 
