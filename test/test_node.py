@@ -39,6 +39,7 @@ from rclpy.parameter_client import AsyncParameterClient  # noqa: E402
 from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
 from sensor_msgs.msg import CompressedImage, Image, Imu, NavSatFix, NavSatStatus  # noqa: E402
 
+from benchmarks.bench_hostile import corrupt_jpegs, jpeg_bomb  # noqa: E402
 from crossview_ros import engines as E  # noqa: E402
 from crossview_ros.preprocess import preprocess_ground  # noqa: E402
 from crossview_ros import geo  # noqa: E402
@@ -289,28 +290,37 @@ def hostile_fixes(lat: float, lon: float, now_s: float) -> dict[str, NavSatFix]:
     return out
 
 
-def jpeg_bomb() -> bytes:
-    """A few hundred bytes of valid JPEG whose frame header claims 32768 x 16384 px."""
-    data = bytearray(jpeg_bytes(np.zeros((16, 32, 3), np.uint8)))
-    i = 2
-    while i < len(data):
-        marker, length = data[i + 1], int.from_bytes(data[i + 2:i + 4], "big")
-        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # a start-of-frame segment
-            data[i + 5:i + 9] = (16384).to_bytes(2, "big") + (32768).to_bytes(2, "big")
-            return bytes(data)
-        i += 2 + length
-    raise AssertionError("no start-of-frame marker")
-
-
 def hostile_jpegs(rgb: np.ndarray) -> dict[str, bytes]:
-    """JPEGs OpenCV decodes without a word into a partly grey or wrong image."""
-    good = jpeg_bytes(rgb)
-    sos = good.index(b"\xff\xda")
-    scan = sos + 2 + int.from_bytes(good[sos + 2:sos + 4], "big")
-    noise = np.random.default_rng(7).integers(0, 255, len(good) - 2 - scan, dtype=np.uint8).tobytes()
-    return {"jpeg_bomb": jpeg_bomb(),
-            "jpeg_truncated_with_eoi": good[:scan + (len(good) - scan) // 2] + b"\xff\xd9",
-            "jpeg_garbage_scan": good[:scan] + noise.replace(b"\xff", b"\x00") + b"\xff\xd9"}
+    """JPEGs OpenCV decodes without a word into a huge, partly grey or wrong image."""
+    corrupt = corrupt_jpegs(jpeg_bytes(rgb))
+    return {"jpeg_bomb": jpeg_bomb(), "jpeg_truncated_with_eoi": corrupt["truncated_with_eoi"],
+            "jpeg_garbage_scan": corrupt["garbage_scan"]}
+
+
+FUZZ_MESSAGES = 1200
+FUZZ_RSS_GROWTH_MB = 150.0  # the 629-byte bomb alone took 3 GB before the pixel limit
+
+
+def peak_rss_mb(pid: int) -> float:
+    """A process's peak resident set size (VmHWM), MB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024.0
+    raise AssertionError(f"no VmHWM for pid {pid}")
+
+
+def fuzz_fix(kind: str, lat: float, lon: float, now_s: float, rng: np.random.Generator) -> NavSatFix:
+    """A fix of one fuzz class: a named hostile fix, a good one, or random fields of the right types."""
+    if kind == "good":
+        return fix_msg(lat, lon, to_time(now_s))
+    if kind != "random":
+        return hostile_fixes(lat, lon, now_s)[kind]
+    wild = [math.nan, math.inf, -math.inf, 1e308, -1e308, 0.0, -0.0]
+    msg = fix_msg(float(rng.choice([*wild, rng.uniform(-200, 200)])), float(rng.choice([*wild, rng.uniform(-400, 400)])),
+                  to_time(max(0.0, now_s + rng.uniform(-1e5, 1e5))), status=int(rng.integers(-128, 128)))
+    msg.position_covariance = [float(rng.choice([*wild, rng.normal(0, 100)])) for _ in range(9)]
+    msg.position_covariance_type = int(rng.integers(0, 256))
+    return msg
 
 
 def yaw_of(q: Any) -> float:
@@ -832,6 +842,83 @@ class TestDatumNode:
         finally:
             assert set_datum([float(v) for v in original.split(",")]).successful
             wait_until(lambda: node_a.probe.values()["datum"] == original, 5.0, "the datum restored")
+
+    def test_fuzz_hostile_messages_of_every_class(self, node_a, world):
+        """1,200 hostile messages, in rounds over every class issue 18 names (hostile JPEGs and bombs,
+        bit flips, bad raw images, bad fixes, stamps ahead, behind and absurd), published back to back:
+        the node lives, its counters add up, peak RSS grows by less than FUZZ_RSS_GROWTH_MB, and a good
+        frame is answered afterwards."""
+        rng = np.random.default_rng(20261203)
+        rgb = world.panorama(4)
+        good = jpeg_bytes(rgb)
+        lat, lon = world.latlon(4, 6.0, -4.0)
+        jpegs = hostile_jpegs(rgb)
+        pid = node_a.proc.proc.pid
+        peak_before_mb = peak_rss_mb(pid)
+        before = node_a.probe.counters()
+        classes = [*(f"fix_{k}" for k in hostile_fixes(lat, lon, 0.0)), "fix_random", "fix_good",
+                   *jpegs, "jpeg_bit_flips", "random_bytes", "raw_wrong_size", "raw_bad_encoding", "raw_huge_claim",
+                   "stamp_ahead", "stamp_far_future", "stamp_behind", "stamp_negative"]
+        fixes_sent = 0
+        latest_s = node_a.clock.last
+        for i in range(FUZZ_MESSAGES):
+            if i % len(classes) == 0:  # every class once per round, in a new order: frames follow every fix
+                rng.shuffle(classes)
+            kind = classes[i % len(classes)]
+            now = node_a.clock.now()
+            if kind.startswith("fix_"):
+                node_a.probe.pub_fix.publish(fuzz_fix(kind[4:], lat, lon, now, rng))
+                fixes_sent += 1
+                continue
+            stamp_s = {"stamp_ahead": now + rng.uniform(0.0, 0.45), "stamp_far_future": now + rng.uniform(10, 1e6),
+                       "stamp_behind": now - rng.uniform(0.0, 30.0), "stamp_negative": -rng.uniform(0.0, 1e6)}.get(kind, now)
+            if kind != "stamp_far_future":  # the stamps the node may have taken as its latest
+                latest_s = max(latest_s, stamp_s)
+            stamp = to_time(stamp_s)
+            if kind in jpegs:
+                node_a.probe.pub_compressed.publish(compressed_msg(jpegs[kind], stamp))
+            elif kind == "jpeg_bit_flips":
+                data = bytearray(good)
+                for at in rng.integers(len(good) // 4, len(good) - 2, size=int(rng.integers(1, 9))):
+                    data[at] ^= 1 << int(rng.integers(0, 8))
+                node_a.probe.pub_compressed.publish(compressed_msg(bytes(data), stamp))
+            elif kind == "random_bytes":
+                node_a.probe.pub_compressed.publish(compressed_msg(rng.bytes(int(rng.integers(0, 4096))), stamp))
+            elif kind.startswith("raw_"):
+                msg = image_msg(rgb, stamp)
+                if kind == "raw_wrong_size":
+                    msg.width = int(rng.integers(1, 4 * rgb.shape[1]))
+                elif kind == "raw_bad_encoding":
+                    msg.encoding = rng.choice(["16UC1", "yuv422", "", "rgb8\x00", "bayer_rggb8"])
+                else:
+                    msg.height, msg.width, msg.step = 16384, 32768, 32768 * 3
+                node_a.probe.pub_image.publish(msg)
+            else:
+                node_a.probe.pub_image.publish(image_msg(rgb, stamp))
+            time.sleep(0.002)
+        node_a.clock.last = max(node_a.clock.last, latest_s)
+
+        def settled() -> dict[str, int] | None:  # every received frame processed or dropped
+            now = node_a.probe.counters()
+            delta = {k: now[k] - before.get(k, 0) for k in now}
+            return delta if delta["frames_received"] == delta["frames_processed"] + delta["frames_dropped"] else None
+
+        delta = wait_until(settled, 60.0, "the node to work through the fuzz frames")
+        assert node_a.proc.proc.poll() is None, "the node died"
+        assert "Traceback" not in node_a.proc.text()
+        rejected = sum(v for k, v in delta.items() if k.startswith("rejected_"))
+        assert delta["errors"] == 0, delta
+        assert delta["frames_processed"] == delta["estimates_published"] + rejected, delta
+        assert 0 < delta["frames_received"] <= FUZZ_MESSAGES - fixes_sent, delta
+        assert 0 < delta["fixes_received"] <= fixes_sent, delta
+        for reason in ("BAD_IMAGE", "BAD_FIX", "NO_FIX", "FUTURE_STAMP", "OUT_OF_ORDER", "BAD_STAMP"):
+            assert delta[f"rejected_{reason}"] > 0, (reason, delta)
+        growth_mb = peak_rss_mb(pid) - peak_before_mb
+        assert growth_mb < FUZZ_RSS_GROWTH_MB, f"peak RSS grew {growth_mb:.0f} MB"
+        node_a.good_fix(world, 2)
+        stamp, delta = node_a.frame(lambda s: image_msg(world.panorama(2), s))
+        assert delta["estimates_published"] == 1, {k: v for k, v in delta.items() if v}
+        node_a.probe.wait_outputs(stamp, heading=True)
 
     def test_sigint_exits_cleanly(self, node_a):
         assert node_a.proc.stop(signal.SIGINT) == 0
