@@ -40,7 +40,7 @@ from crossview_ros.matchers import PoseMatch, Scope, check_engine_against_tiles,
 from crossview_ros.model_meta import load_model_meta
 from crossview_ros.panorama import decode_panorama
 from crossview_ros.preprocess import preprocess_ground
-from crossview_ros.tiles import TileSet
+from crossview_ros.tiles import TileSet, TileSetError
 
 log = logging.getLogger(__name__)
 
@@ -271,10 +271,12 @@ class Localizer:
         return Scope(ids, float(e_fix), float(n_fix), prior_grid, stamp, float(fix.stamp_s))
 
     def _heading(self, ground: Any, pose: PoseMatch, lat: float, lon: float) -> dict[str, Any]:
-        """yaw_enu_rad and its variances, or nothing when the matcher has no heading for this frame."""
+        """yaw_enu_rad and its variances, or nothing when the matcher has no heading for this frame. A
+        heading that fails (a missing or corrupt tile image, a degenerate correlation) costs the yaw,
+        never the position."""
         try:
             h = self.matcher.heading(ground, pose)
-        except ValueError as exc:
+        except (ValueError, TileSetError, OSError) as exc:
             self._throttle(logging.WARNING, "heading", "heading failed, estimate without yaw: %s", exc)
             return {}
         if h is None:

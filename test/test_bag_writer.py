@@ -12,11 +12,13 @@ import pytest
 from rosbags.highlevel import AnyReader
 from rosbags.typesys import Stores, get_typestore
 
-from crossview_ros.bag.writer import read_drive_bag, write_drive_bag
+from crossview_ros.bag.writer import read_drive_bag
 from crossview_ros.geo import latlon_to_utm, yaw_utm_to_enu
+from crossview_ros.sim.bag import write_drive_bag
 from crossview_ros.sim.city import StreetGraph
-from crossview_ros.sim.drive import DriveConfig, OdometryConfig, plan_drive, wheel_odometry
+from crossview_ros.sim.drive import DriveConfig, plan_drive
 from crossview_ros.sim.gnss import UrbanGnss, simulate_gnss
+from crossview_ros.sim.odometry import OdometryConfig, wheel_odometry
 
 LAT0, LON0 = -33.8688, 151.2093  # Sydney: southern hemisphere, zone 56S
 E0, N0, ZONE = latlon_to_utm(LAT0, LON0)

@@ -425,6 +425,25 @@ def test_mahalanobis_gate_against_a_confident_gnss_prior(tile_dir, model_dir, en
 # --------------------------------------------------------------------------- heading
 
 
+def test_a_bad_tile_image_costs_the_yaw_never_the_position(tile_dir, model_dir, engine, tiles, tmp_path, caplog):
+    """Every tile image of a copy of the set corrupted: the heading fails, the fix is published as
+    without heading (the same position), with one warning."""
+    broken = tmp_path / "broken"
+    shutil.copytree(tile_dir, broken)
+    for image in (broken / "images").iterdir():
+        image.write_bytes(b"not a JPEG any more")
+    rgb, fix = panorama(11), centre_fix(tiles)
+    want = Localizer(make_config(tile_dir, model_dir, max_mahalanobis=1e6), engine=engine).localize(
+        jpeg(rgb), fix, NOW, now_s=NOW)
+    loc = Localizer(make_config(broken, model_dir, heading=True, max_mahalanobis=1e6, log_throttle_s=0.0),
+                    engine=engine)
+    with caplog.at_level(logging.WARNING, logger="crossview_ros"):
+        est = loc.localize(jpeg(rgb), fix, NOW, now_s=NOW)
+    assert want.accepted and est.accepted and est.yaw_enu_rad is None
+    assert (est.lat_deg, est.lon_deg, est.tile_id) == (want.lat_deg, want.lon_deg, want.tile_id)
+    assert any("heading failed" in r.getMessage() for r in caplog.records)
+
+
 def test_heading_gives_a_yaw_in_enu(tile_dir, model_dir, engine, tiles):
     from crossview_ros import heading
 

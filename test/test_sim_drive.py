@@ -10,13 +10,8 @@ import pytest
 
 from crossview_ros.geo import latlon_to_utm, offset_enu_m, wrap_angle_rad, yaw_enu_to_utm
 from crossview_ros.sim.city import StreetGraph
-from crossview_ros.sim.drive import (
-    MOTION_PRESETS,
-    DriveConfig,
-    OdometryConfig,
-    plan_drive,
-    wheel_odometry,
-)
+from crossview_ros.sim.drive import MOTION_PRESETS, DriveConfig, plan_drive
+from crossview_ros.sim.odometry import OdometryConfig, wheel_odometry
 
 # Uppsala: 2.6 deg east of zone 33's central meridian at 60 N, so the grid convergence is
 # about 2.2 deg and a yaw that forgot it is caught.

@@ -367,7 +367,7 @@ def test_wall_direction_of_a_rotated_building(angle_deg):
     """Windows follow walls that are not aligned with the raster: the renderer takes each
     building's wall direction from its footprint (private helper, checked against the angle
     the rectangle was drawn with)."""
-    from crossview_ros.sim.render import _wall_axes
+    from crossview_ros.sim.render_walls import wall_axes as _wall_axes
 
     g = 0.2
     n = 400

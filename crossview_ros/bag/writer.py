@@ -1,4 +1,9 @@
-"""Write a simulated drive as a rosbag2 (MCAP) that the node and replay read like a real one.
+"""The drive bag format: a rosbag2 (MCAP) that the node and replay read like a real one.
+
+This module is the format layer and knows nothing of where the data come from: the topic,
+frame and QoS constants, the ROS messages built from plain numbers (DriveMessages), an atomic
+writer of a stream of (topic, stamp, message) (write_bag) and a reader that summarises a bag
+(read_drive_bag). The simulator turns a drive into such a stream (its own module, not this one).
 
 The bag goes through the `rosbags` library (no ROS install needed) with the newest ROS 2 message
 definitions it ships that match our target distribution (Kilted, else Jazzy; the message layouts
@@ -19,7 +24,7 @@ Topics (header stamp = bag log time = Unix time of the sample):
 - `/crossview/datum`: JSON with datum_lat_deg, datum_lon_deg, seed, utm_zone, the caller's other
   keys, and a `bag` block (format, version, topics, frames, drive config, GNSS model).
 - `/panorama/compressed`: format "jpeg", equirectangular, column 0 = camera forward.
-- `/gnss/fix`: the simulated fix, status FIX, covariance DIAGONAL_KNOWN from the reported sigma
+- `/gnss/fix`: the receiver's fix, status FIX, covariance DIAGONAL_KNOWN from the reported sigma
   (east, north, up). Dropouts: no message, or, when the GNSS model publishes them,
   STATUS_NO_FIX with NaN latitude/longitude/altitude and covariance type UNKNOWN.
 - `/odom`: dead-reckoned pose of base_link in odom, twist in base_link, covariances.
@@ -41,13 +46,14 @@ import math
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
+from rosbags.highlevel import AnyReader
 from rosbags.interfaces import (
     Qos,
     QosDurability,
@@ -59,11 +65,7 @@ from rosbags.interfaces import (
 from rosbags.rosbag2 import StoragePlugin, Writer
 from rosbags.typesys import Stores, get_typestore
 
-from crossview_ros.geo import matrix_to_navsat_cov, yaw_enu_to_utm
-
-if TYPE_CHECKING:
-    from crossview_ros.sim.drive import Drive, Odometry
-    from crossview_ros.sim.gnss import GnssTrack
+from crossview_ros.geo import matrix_to_navsat_cov
 
 FORMAT = "crossview_ros.drive_bag"
 FORMAT_VERSION = 1
@@ -139,11 +141,11 @@ def stamp_ns(stamp_s: float) -> int:
     return int(sec) * 1_000_000_000 + nsec
 
 
-def _check_datum(datum: dict, zone: str) -> dict:
+def datum_document(datum: dict, zone: str) -> dict:
     """The datum document: the caller's keys plus flat datum_lat_deg/datum_lon_deg and utm_zone.
 
     City.city_json() nests the datum as {"datum": {"lat_deg", "lon_deg"}}; that form is
-    accepted and flattened."""
+    accepted and flattened. ValueError if a required key is missing or utm_zone differs."""
     doc = dict(datum)
     nested = doc.get("datum")
     if isinstance(nested, dict):
@@ -164,44 +166,25 @@ def _check_datum(datum: dict, zone: str) -> dict:
     return doc
 
 
-def write_drive_bag(
-    path: str | Path,
-    drive: Drive,
-    gnss: GnssTrack,
-    odometry: Odometry,
-    panoramas: Iterable[bytes],
-    datum: dict,
-    *,
-    overwrite: bool = False,
-) -> Path:
-    """Write one simulated drive with its GNSS fixes and odometry as an MCAP bag.
-
-    `panoramas` yields one encoded JPEG per drive stamp, in order (it may be a generator, so
-    panoramas are rendered while the bag is written). `datum` needs datum_lat_deg,
-    datum_lon_deg and seed, or is City.city_json(); utm_zone is added from the drive.
-    Returns the bag directory (`<path>/<name>.mcap` + metadata.yaml)."""
-    path = Path(path)
+def check_target(path: Path, overwrite: bool) -> None:
+    """FileExistsError if a bag would replace `path` without overwrite=True."""
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists; pass overwrite=True or choose another path")
-    if str(gnss.zone) != str(drive.zone):
-        raise ValueError(f"GNSS track zone {gnss.zone} differs from the drive's zone {drive.zone}")
-    datum_doc = _check_datum(datum, str(drive.zone))
-    datum_doc["bag"] = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "topics": TOPICS,
-        "frames": {"ground_truth_pose": FRAME_UTM, "odom": FRAME_ODOM, "base": FRAME_BASE},
-        "drive": drive.config.to_dict(),
-        "gnss_model": gnss.model,
-        "gnss_publish_no_fix": bool(gnss.publish_no_fix),
-    }
-    datum_json = json.dumps(datum_doc, sort_keys=True, allow_nan=False)
 
+
+def write_bag(path: str | Path, messages: Iterable[tuple[str, int, Any]], *, overwrite: bool = False) -> Path:
+    """Write (topic, stamp_ns, message) in order as an MCAP bag with the TOPICS connections.
+
+    The stream may be a generator (messages built while the bag is written); an exception
+    from it leaves no bag behind. The stamp is the log time. Returns the bag directory
+    (`<path>/<name>.mcap` + metadata.yaml)."""
+    path = Path(path)
+    check_target(path, overwrite)
     path.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent))
     try:
         bag = work / path.name  # the MCAP file inside is named after this directory
-        _write(bag, drive, gnss, odometry, panoramas, datum_json)
+        _write(bag, messages)
         if path.exists():
             os.replace(path, work / "replaced")
         os.replace(bag, path)
@@ -210,39 +193,44 @@ def write_drive_bag(
     return path
 
 
-def _events(drive: Drive, gnss: GnssTrack, odometry: Odometry) -> list[tuple[int, int, int]]:
-    """(stamp_ns, kind, row) of every message, in the order they are written; kind 1 = the
-    panorama with its ground truth, 2 = GNSS epoch, 3 = odometry."""
-    events = [(stamp_ns(t), 1, i) for i, t in enumerate(np.asarray(drive.stamp_s).tolist())]
-    events += [
-        (stamp_ns(float(gnss.stamp_s[r])), 2, int(r))
-        for r in np.flatnonzero(np.asarray(gnss.published))
-    ]
-    events += [(stamp_ns(t), 3, i) for i, t in enumerate(np.asarray(odometry.stamp_s).tolist())]
-    events.sort()
-    return events
+def _write(bag: Path, messages: Iterable[tuple[str, int, Any]]) -> None:
+    ts = typestore()
+    with Writer(bag, version=Writer.VERSION_LATEST, storage_plugin=StoragePlugin.MCAP) as writer:
+        conns = {
+            topic: writer.add_connection(
+                topic,
+                msgtype,
+                typestore=ts,
+                offered_qos_profiles=[QOS_LATCHED if topic == TOPIC_DATUM else QOS_SENSOR],
+            )
+            for topic, msgtype in TOPICS.items()
+        }
+        for topic, t_ns, msg in messages:
+            writer.write(conns[topic], t_ns, ts.serialize_cdr(msg, TOPICS[topic]))
 
 
-class _Messages:
-    """Builds the ROS messages of one drive from the simulator's arrays."""
+class DriveMessages:
+    """Builds the drive bag's ROS messages from plain numbers (SI units, UTM grid yaw)."""
 
-    def __init__(self, drive: Drive, gnss: GnssTrack, odometry: Odometry) -> None:
+    def __init__(self) -> None:
         self.ts = typestore()
         self.t = self.ts.types
-        self.drive, self.gnss, self.odo = drive, gnss, odometry
-        self.yaw_grid = np.asarray(
-            yaw_enu_to_utm(drive.yaw_enu_rad, drive.lat_deg, drive.lon_deg, drive.zone)
-        )
         self.fix_cls = self.t[MSG_NAVSAT]
         self.status_cls = self.t["sensor_msgs/msg/NavSatStatus"]
 
+    def datum(self, datum_json: str) -> Any:
+        """The /crossview/datum message."""
+        return self.t[MSG_STRING](data=datum_json)
+
     def header(self, t_ns: int, frame_id: str) -> Any:
+        """std_msgs/Header at a stamp in integer nanoseconds."""
         stamp = self.t["builtin_interfaces/msg/Time"](
             sec=t_ns // 1_000_000_000, nanosec=t_ns % 1_000_000_000
         )
         return self.t["std_msgs/msg/Header"](stamp=stamp, frame_id=frame_id)
 
     def pose(self, x: float, y: float, yaw_rad: float) -> Any:
+        """geometry_msgs/Pose in the plane (z = 0, yaw about z)."""
         half = 0.5 * yaw_rad
         return self.t["geometry_msgs/msg/Pose"](
             position=self.t["geometry_msgs/msg/Point"](x=float(x), y=float(y), z=0.0),
@@ -270,9 +258,10 @@ class _Messages:
             ),
         )
 
-    def panorama(self, t_ns: int, i: int, jpeg: bytes) -> dict[str, Any]:
-        """The panorama of drive row i and its ground truth, by topic."""
-        d = self.drive
+    def panorama(self, t_ns: int, jpeg: bytes, easting_m: float, northing_m: float, yaw_grid_rad: float,
+                 lat_deg: float, lon_deg: float) -> dict[str, Any]:
+        """A panorama (encoded JPEG) and its ground truth (UTM pose, yaw against the grid;
+        latitude/longitude), by topic."""
         return {
             TOPIC_PANORAMA: self.t[MSG_COMPRESSED](
                 header=self.header(t_ns, FRAME_CAMERA),
@@ -281,44 +270,46 @@ class _Messages:
             ),
             TOPIC_GT_POSE: self.t[MSG_POSE](
                 header=self.header(t_ns, FRAME_UTM),
-                pose=self.pose(d.easting_m[i], d.northing_m[i], float(self.yaw_grid[i])),
+                pose=self.pose(easting_m, northing_m, yaw_grid_rad),
             ),
             TOPIC_GT_FIX: self.navsat(
                 t_ns,
                 FRAME_BASE,
-                (d.lat_deg[i], d.lon_deg[i], 0.0),
+                (lat_deg, lon_deg, 0.0),
                 self.status_cls.STATUS_FIX,
                 None,
             ),
         }
 
-    def fix(self, t_ns: int, i: int) -> Any:
-        g = self.gnss
-        if not g.valid[i]:
+    def fix(self, t_ns: int, lat_lon_alt: tuple | None, sigma_enu_m: Sequence[float] = ()) -> Any:
+        """/gnss/fix: lat_lon_alt None = STATUS_NO_FIX (NaN position, covariance UNKNOWN);
+        else STATUS_FIX with the diagonal covariance of the 1-sigma (east, north, up)."""
+        if lat_lon_alt is None:
             return self.navsat(
                 t_ns, FRAME_GNSS, (math.nan,) * 3, self.status_cls.STATUS_NO_FIX, None
             )
-        variances = [g.sigma_e_m[i] ** 2, g.sigma_n_m[i] ** 2, g.sigma_u_m[i] ** 2]
-        lat_lon_alt = (g.lat_deg[i], g.lon_deg[i], g.altitude_m[i])
+        variances = [s**2 for s in sigma_enu_m]
         return self.navsat(t_ns, FRAME_GNSS, lat_lon_alt, self.status_cls.STATUS_FIX, variances)
 
-    def odometry(self, t_ns: int, i: int) -> Any:
-        o = self.odo
-        pose_cov = np.diag([0.0, 0.0] + [UNOBSERVED_VARIANCE] * 3 + [0.0])
-        pose_cov[np.ix_([0, 1, 5], [0, 1, 5])] = o.pose_cov[i]
-        twist_var = [o.twist_var[i, 0], LATERAL_SPEED_VARIANCE] + [UNOBSERVED_VARIANCE] * 3
-        twist_cov = np.diag(twist_var + [o.twist_var[i, 1]])
+    def odometry(self, t_ns: int, x_m: float, y_m: float, yaw_rad: float, pose_cov: np.ndarray,
+                 speed_mps: float, yaw_rate_radps: float, twist_var: np.ndarray) -> Any:
+        """/odom: pose (x, y, yaw) of base_link in odom with its 3 x 3 covariance, twist (speed,
+        yaw rate) in base_link with their 2 variances; what a planar odometry does not observe
+        gets UNOBSERVED_VARIANCE, the lateral speed LATERAL_SPEED_VARIANCE."""
+        cov = np.diag([0.0, 0.0] + [UNOBSERVED_VARIANCE] * 3 + [0.0])
+        cov[np.ix_([0, 1, 5], [0, 1, 5])] = pose_cov
+        twist_cov = np.diag([twist_var[0], LATERAL_SPEED_VARIANCE] + [UNOBSERVED_VARIANCE] * 3 + [twist_var[1]])
         vec = self.t["geometry_msgs/msg/Vector3"]
         twist = self.t["geometry_msgs/msg/Twist"](
-            linear=vec(x=float(o.speed_mps[i]), y=0.0, z=0.0),
-            angular=vec(x=0.0, y=0.0, z=float(o.yaw_rate_radps[i])),
+            linear=vec(x=float(speed_mps), y=0.0, z=0.0),
+            angular=vec(x=0.0, y=0.0, z=float(yaw_rate_radps)),
         )
         return self.t[MSG_ODOM](
             header=self.header(t_ns, FRAME_ODOM),
             child_frame_id=FRAME_BASE,
             pose=self.t["geometry_msgs/msg/PoseWithCovariance"](
-                pose=self.pose(o.x_m[i], o.y_m[i], float(o.yaw_rad[i])),
-                covariance=pose_cov.ravel(),
+                pose=self.pose(x_m, y_m, float(yaw_rad)),
+                covariance=cov.ravel(),
             ),
             twist=self.t["geometry_msgs/msg/TwistWithCovariance"](
                 twist=twist, covariance=twist_cov.ravel()
@@ -326,61 +317,13 @@ class _Messages:
         )
 
 
-def _write(
-    bag: Path,
-    drive: Drive,
-    gnss: GnssTrack,
-    odometry: Odometry,
-    panoramas: Iterable[bytes],
-    datum_json: str,
-) -> None:
-    build = _Messages(drive, gnss, odometry)
-    ts = build.ts
-    t_start = min(stamp_ns(float(x.stamp_s[0])) for x in (drive, gnss, odometry))
-    images = iter(panoramas)
-    with Writer(bag, version=Writer.VERSION_LATEST, storage_plugin=StoragePlugin.MCAP) as writer:
-        conns = {
-            topic: writer.add_connection(
-                topic,
-                msgtype,
-                typestore=ts,
-                offered_qos_profiles=[QOS_LATCHED if topic == TOPIC_DATUM else QOS_SENSOR],
-            )
-            for topic, msgtype in TOPICS.items()
-        }
-
-        def put(topic: str, t_ns: int, msg: Any) -> None:
-            writer.write(conns[topic], t_ns, ts.serialize_cdr(msg, TOPICS[topic]))
-
-        put(TOPIC_DATUM, t_start, ts.types[MSG_STRING](data=datum_json))
-        for t_ns, kind, i in _events(drive, gnss, odometry):
-            if kind == 1:
-                jpeg = next(images, None)
-                if jpeg is None:
-                    raise ValueError(
-                        f"panoramas ran out after {i} images; "
-                        f"the drive has {len(drive.stamp_s)} stamps"
-                    )
-                jpeg = bytes(jpeg)
-                if jpeg[:2] != b"\xff\xd8":
-                    raise ValueError(
-                        f"panorama {i} is not a JPEG (it must be encoded bytes starting with FF D8)"
-                    )
-                for topic, msg in build.panorama(t_ns, i, jpeg).items():
-                    put(topic, t_ns, msg)
-            elif kind == 2:
-                put(TOPIC_GNSS, t_ns, build.fix(t_ns, i))
-            else:
-                put(TOPIC_ODOM, t_ns, build.odometry(t_ns, i))
-        if next(images, None) is not None:
-            raise ValueError(f"more panoramas than drive stamps ({len(drive.stamp_s)})")
-
-
 # --------------------------------------------------------------------------- reading back
 
 
 @dataclass
 class TopicSummary:
+    """One topic of a bag: message type, count, header and log stamps."""
+
     msgtype: str
     count: int
     stamp_ns: np.ndarray  # (count,) int64 header stamps, in bag order
@@ -389,14 +332,14 @@ class TopicSummary:
 
 @dataclass
 class DriveBagSummary:
+    """What read_drive_bag finds: a TopicSummary per topic and the datum document."""
+
     topics: dict[str, TopicSummary]
     datum: dict  # the parsed /crossview/datum JSON (empty if the topic is missing)
 
 
 def read_drive_bag(path: str | Path) -> DriveBagSummary:
     """Counts, types and stamps per topic of a bag, and its datum (for tests and replay checks)."""
-    from rosbags.highlevel import AnyReader
-
     collected: dict[str, tuple[str, list[int], list[int]]] = {}
     datum: dict = {}
     with AnyReader([Path(path)], default_typestore=typestore()) as reader:
