@@ -55,3 +55,32 @@ def test_user_errors_exit_2_without_traceback(tmp_path):
                              "--out", str(tmp_path / "bag")], capture_output=True, text=True)
     assert result.returncode == 2
     assert "city.json not found" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_killed_drive_leaves_a_partial_folder_that_the_rerun_removes(tmp_path):
+    """kill -9 while the bag is being written, then the same command again: one finished bag, no leftovers."""
+    import os
+    import signal
+    import time
+
+    city_dir = tmp_path / "city"
+    assert main(["city", "--out", str(city_dir), "--size-m", "200", "--gsd-m", "0.5", "--seed", "3",
+                 "--no-progress"]) == 0
+    bag = tmp_path / "drive_bag"
+    argv = [sys.executable, "-m", "crossview_ros.sim.cli", "drive", "--city", str(city_dir), "--out", str(bag),
+            "--duration-s", "600", "--rate-hz", "2", "--pano-height-px", "64", "--seed", "1", "--no-progress"]
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120.0
+    try:
+        while not list(tmp_path.glob(".drive_bag.*.partial/drive_bag/*.mcap")):
+            assert proc.poll() is None and time.monotonic() < deadline, "the drive never started its bag"
+            time.sleep(0.05)
+        time.sleep(0.5)
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert list(tmp_path.glob(".drive_bag.*.partial")) and not bag.exists()
+    short = [a if a != "600" else "3" for a in argv]
+    assert subprocess.run(short, capture_output=True).returncode == 0
+    assert not list(tmp_path.glob(".drive_bag*")), list(tmp_path.iterdir())
+    assert read_drive_bag(bag).topics["/panorama/compressed"].count == 3 * 2 + 1

@@ -44,8 +44,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
-import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -65,6 +63,7 @@ from rosbags.interfaces import (
 from rosbags.rosbag2 import StoragePlugin, Writer
 from rosbags.typesys import Stores, get_typestore
 
+from crossview_ros.atomic import staging_dir
 from crossview_ros.geo import matrix_to_navsat_cov
 
 FORMAT = "crossview_ros.drive_bag"
@@ -180,16 +179,12 @@ def write_bag(path: str | Path, messages: Iterable[tuple[str, int, Any]], *, ove
     (`<path>/<name>.mcap` + metadata.yaml)."""
     path = Path(path)
     check_target(path, overwrite)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent))
-    try:
+    with staging_dir(path) as work:  # a killed run's leftover is removed by the next
         bag = work / path.name  # the MCAP file inside is named after this directory
         _write(bag, messages)
         if path.exists():
             os.replace(path, work / "replaced")
         os.replace(bag, path)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
     return path
 
 
