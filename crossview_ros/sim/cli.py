@@ -17,13 +17,23 @@ import logging
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import TextIO
 
 import cv2
 import numpy as np
 from tqdm import tqdm
 
 from crossview_ros.tiles import VIGOR_TILE_SIZE_M
+from crossview_ros.sim.appearance import apply_appearance, sample_appearance
+from crossview_ros.sim.bag import write_drive_bag
 from crossview_ros.sim.city import City, CityConfig, generate_city
+from crossview_ros.sim.drive import DriveConfig, plan_drive
+from crossview_ros.sim.gnss import UniformGnss, UrbanGnss, simulate_gnss
+from crossview_ros.sim.odometry import wheel_odometry
+from crossview_ros.sim.ortho import render_orthophoto, write_orthophoto
+from crossview_ros.sim.render import CameraConfig, render_panorama
+from crossview_ros.sim.scene import Sun
+from crossview_ros.sim.vigor import VigorConfig, default_cities, write_vigor_dataset
 
 log = logging.getLogger("crossview_sim")
 
@@ -45,40 +55,50 @@ def load_city(city_dir: str | Path) -> City:
     return generate_city(CityConfig.from_dict(city_doc["config"]))
 
 
-def cmd_city(args: argparse.Namespace) -> int:
-    from crossview_ros.sim.ortho import render_orthophoto, write_orthophoto
-    from crossview_ros.sim.scene import Sun
+def run_city(out: str | Path, config: CityConfig, *, sun_azimuth_deg: float = 150.0,
+             sun_elevation_deg: float = 55.0, preview: str | Path | None = None, progress: bool = True,
+             file: TextIO | None = None) -> Path:
+    """One city: out/orthophoto.tif (surveyed under that sun) + out/city.json; returns `out`.
 
-    out = Path(args.out)
-    config = _city_config_from_args(args)
+    Nothing is done when `out` already holds this city with these settings. file: where the one-line
+    account goes (None: nowhere); preview: also a 1024 px PNG of the orthophoto there.
+    """
+    out = Path(out)
     city = generate_city(config)
-    doc = {"city": city.city_json(), "aerial_sun": [args.sun_azimuth_deg, args.sun_elevation_deg]}
+    doc = {"city": city.city_json(), "aerial_sun": [sun_azimuth_deg, sun_elevation_deg]}
     doc = json.loads(json.dumps(doc))
     meta = out / "city.json"
     if meta.exists() and (out / "orthophoto.tif").exists() and json.loads(meta.read_text()) == doc:
-        print(f"{out} already holds this city; nothing to do")
-        return 0
-    with tqdm(total=3, desc="city", unit="step", disable=args.no_progress) as bar:
+        if file is not None:
+            print(f"{out} already holds this city; nothing to do", file=file)
+        return out
+    with tqdm(total=3, desc="city", unit="step", disable=not progress) as bar:
         scene = city.scene(0)
         bar.update()
-        image = render_orthophoto(scene, Sun(args.sun_azimuth_deg, args.sun_elevation_deg))
+        image = render_orthophoto(scene, Sun(sun_azimuth_deg, sun_elevation_deg))
         bar.update()
         write_orthophoto(out / "orthophoto.tif", image, scene)
         bar.update()
     tmp = meta.with_name(".city.json.tmp")
     tmp.write_text(json.dumps(doc, indent=2))
     tmp.replace(meta)
-    if args.preview:
+    if preview:
         small = cv2.resize(image, (1024, 1024), interpolation=cv2.INTER_AREA)
-        cv2.imwrite(str(args.preview), cv2.cvtColor(small, cv2.COLOR_RGB2BGR))
-    print(f"wrote {out / 'orthophoto.tif'} ({scene.shape[1]} x {scene.shape[0]} px, {config.gsd_m} m/px, "
-          f"zone {city.zone}) and city.json")
+        cv2.imwrite(str(preview), cv2.cvtColor(small, cv2.COLOR_RGB2BGR))
+    if file is not None:
+        print(f"wrote {out / 'orthophoto.tif'} ({scene.shape[1]} x {scene.shape[0]} px, {config.gsd_m} m/px, "
+              f"zone {city.zone}) and city.json", file=file)
+    return out
+
+
+def cmd_city(args: argparse.Namespace) -> int:
+    run_city(args.out, _city_config_from_args(args), sun_azimuth_deg=args.sun_azimuth_deg,
+             sun_elevation_deg=args.sun_elevation_deg, preview=args.preview, progress=not args.no_progress,
+             file=sys.stdout)
     return 0
 
 
 def cmd_vigor(args: argparse.Namespace) -> int:
-    from crossview_ros.sim.vigor import VigorConfig, default_cities, write_vigor_dataset
-
     config = VigorConfig(panoramas=args.panoramas, pano_height_px=args.pano_height_px, sat_px=args.sat_px,
                          tile_size_m=args.tile_size_m, seed=args.seed,
                          appearance_gap=not args.no_appearance_gap, time_gap=not args.no_time_gap)
@@ -139,10 +159,6 @@ def drive_panoramas(
     progress: bool = True,
 ) -> Iterator[bytes]:
     """JPEG panoramas along a drive, rendered lazily (column 0 = direction of travel)."""
-    from crossview_ros.sim.appearance import apply_appearance, sample_appearance
-    from crossview_ros.sim.render import CameraConfig, render_panorama
-    from crossview_ros.sim.scene import Sun
-
     rng = np.random.default_rng([seed, 0xD81])
     scene = city.scene(1 if time_gap else 0)
     camera = CameraConfig(height_m=1.7 if drive.config.mode == "walk" else 2.0)
@@ -159,23 +175,33 @@ def drive_panoramas(
         yield jpeg.tobytes()
 
 
-def cmd_drive(args: argparse.Namespace) -> int:
-    from crossview_ros.bag.writer import write_drive_bag
-    from crossview_ros.sim.drive import DriveConfig, plan_drive, wheel_odometry
-    from crossview_ros.sim.gnss import UniformGnss, UrbanGnss, simulate_gnss
+def run_drive(city_dir: str | Path, out: str | Path, config: DriveConfig, *, gnss: str = "urban",
+              pano_height_px: int = 320, overwrite: bool = False, progress: bool = True,
+              file: TextIO | None = None) -> Path:
+    """A drive through the city of `city_dir` (its city.json) as a rosbag2 MCAP bag at `out`; returns it.
 
-    city = load_city(args.city)
-    drive = plan_drive(city.streets, city.zone, DriveConfig(mode=args.mode, rate_hz=args.rate_hz,
-                                                            duration_s=args.duration_s, seed=args.seed))
-    rng = np.random.default_rng([args.seed, 0x6A55])
-    model = UrbanGnss() if args.gnss == "urban" else UniformGnss()
-    gnss = simulate_gnss(drive, model, rng, canyon_depth=city.canyon_depth)
-    odometry = wheel_odometry(drive, np.random.default_rng([args.seed, 0x0D0]))
-    panoramas = drive_panoramas(city, drive, height_px=args.pano_height_px, seed=args.seed,
-                                progress=not args.no_progress)
-    out = write_drive_bag(args.out, drive, gnss, odometry, panoramas, city.city_json(), overwrite=args.overwrite)
-    print(f"wrote {out}: {len(drive)} panoramas over {drive.distance_m[-1]:.0f} m, "
-          f"{int(gnss.published.sum())} GNSS fixes ({args.gnss})")
+    config.seed seeds the route, the GNSS and odometry noise and the panoramas' appearance; gnss:
+    "urban" (Gauss-Markov bias growing in street canyons) or "uniform" (VIGOR's +-100 m). file:
+    where the one-line account goes (None: nowhere).
+    """
+    city = load_city(city_dir)
+    drive = plan_drive(city.streets, city.zone, config)
+    rng = np.random.default_rng([config.seed, 0x6A55])
+    model = UrbanGnss() if gnss == "urban" else UniformGnss()
+    track = simulate_gnss(drive, model, rng, canyon_depth=city.canyon_depth)
+    odometry = wheel_odometry(drive, np.random.default_rng([config.seed, 0x0D0]))
+    panoramas = drive_panoramas(city, drive, height_px=pano_height_px, seed=config.seed, progress=progress)
+    bag = write_drive_bag(out, drive, track, odometry, panoramas, city.city_json(), overwrite=overwrite)
+    if file is not None:
+        print(f"wrote {bag}: {len(drive)} panoramas over {drive.distance_m[-1]:.0f} m, "
+              f"{int(track.published.sum())} GNSS fixes ({gnss})", file=file)
+    return Path(bag)
+
+
+def cmd_drive(args: argparse.Namespace) -> int:
+    config = DriveConfig(mode=args.mode, rate_hz=args.rate_hz, duration_s=args.duration_s, seed=args.seed)
+    run_drive(args.city, args.out, config, gnss=args.gnss, pano_height_px=args.pano_height_px,
+              overwrite=args.overwrite, progress=not args.no_progress, file=sys.stdout)
     return 0
 
 

@@ -1,0 +1,178 @@
+"""Evaluate (and calibrate) the localizer on frames whose truth is known.
+
+The steps behind crossview-localize's batch modes, callable without argv: localizers over one or
+more tile sets sharing one engine (make_localizers), a batch localized as independent panoramas
+or as the streams of drive bags (evaluate, evaluate_bags), and --calibrate's two fits: the fixes'
+sigma scale before localizing (it shapes the scope, the prior and the gate) and the covariance
+model after, saved as covariance.json beside the model. run_calibration is the one call that the
+demo and `crossview-localize --bag ... --calibrate` share.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Hashable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+from crossview_ros.covariance import calibrate, fit_fix_sigma_scale, save_covariance
+from crossview_ros.engines import create_engine
+from crossview_ros.estimate import Estimate, Fix
+from crossview_ros.localize_frames import Frame, LocalizeInputError, bag_frames, read_panorama
+from crossview_ros.localize_summary import print_calibration, print_fix_sigma_scale, print_summary, summarize
+from crossview_ros.localizer import Localizer, engine_options
+from crossview_ros.localizer_config import LocalizerConfig
+
+
+@dataclass
+class Evaluation:
+    """A localized batch: the frames, their fixes and estimates, the summary and what --calibrate fitted."""
+
+    localizers: dict[Any, Localizer]  # by Frame.city
+    frames: list[Frame]
+    fixes: list[Fix]
+    estimates: list[Estimate]
+    summary: dict[str, Any]
+    fix_sigma_scale: float | None = None  # --calibrate: fitted before localizing
+    calibration: dict[str, Any] | None = None  # --calibrate: {"path", "params", "fit"} of covariance.json
+
+    @property
+    def localizer(self) -> Localizer:
+        """Any of the localizers (they share the model and the engine)."""
+        return next(iter(self.localizers.values()))
+
+
+def make_config(values: Mapping[str, Any]) -> LocalizerConfig:
+    """LocalizerConfig from settings (LocalizeInputError naming a bad one)."""
+    try:
+        return LocalizerConfig.from_dict(dict(values))
+    except (TypeError, ValueError) as exc:
+        raise LocalizeInputError(str(exc)) from None
+
+
+def make_localizers(configs: Mapping[Hashable, LocalizerConfig]) -> dict[Any, Localizer]:
+    """One Localizer per tile set, sharing one engine (the first config's model and engine settings)."""
+    first = next(iter(configs.values()))
+    if not str(first.tile_set):
+        raise LocalizeInputError("--tiles DIR is required (a tile set encoded with --model)")
+    if not str(first.model):
+        raise LocalizeInputError("--model DIR is required (the exported model that encoded the tile set)")
+    engine = create_engine(first.model, first.engine, **engine_options(first))
+    made: dict[str, Localizer] = {}
+    out: dict[Any, Localizer] = {}
+    try:
+        for key, config in configs.items():
+            tile_set = str(config.tile_set)
+            if tile_set not in made:
+                made[tile_set] = Localizer(config, engine=engine)
+            out[key] = made[tile_set]
+    except BaseException:
+        engine.close()
+        raise
+    return out
+
+
+def fit_fix_scale(localizers: Mapping[Any, Localizer], frames: Sequence[Frame], fixes: Sequence[Fix]) -> float:
+    """How honest the fixes' covariance is; set on every localizer's covariance model and returned."""
+    any_loc = next(iter(localizers.values()))
+    try:
+        scale = fit_fix_sigma_scale(list(fixes), [fr.truth for fr in frames],
+                                    default_sigma_m=any_loc.config.default_fix_sigma_m)
+    except ValueError as exc:
+        raise LocalizeInputError(f"--calibrate: {exc}") from None
+    for loc in localizers.values():
+        loc.covariance = dataclasses.replace(loc.covariance, fix_sigma_scale=scale)
+    return scale
+
+
+def localize_independent(localizers: Mapping[Any, Localizer], frames: Sequence[Frame],
+                         fixes: Sequence[Fix]) -> list[Estimate]:
+    """Each frame on its own (a reset before each, the fix stamped now), read from its path."""
+    estimates = []
+    for fr, fix in zip(frames, fixes):
+        data = read_panorama(fr.path)
+        loc = localizers[fr.city]
+        loc.reset()  # independent panoramas, not a stream
+        now = time.time()
+        estimates.append(loc.localize(data, dataclasses.replace(fix, stamp_s=now), now, now_s=now))
+    return estimates
+
+
+def localize_streams(localizers: Mapping[Any, Localizer], frames: Sequence[Frame],
+                     fixes: Sequence[Fix]) -> list[Estimate]:
+    """Frames as the streams they were recorded in (stamps, fixes and gating as in the node); a reset
+    where the stream (Frame.city) changes."""
+    estimates = []
+    for k, (fr, fix) in enumerate(zip(frames, fixes)):
+        loc = localizers[fr.city]
+        if k == 0 or frames[k - 1].city != fr.city:
+            loc.reset()  # another walk: another stream
+        estimates.append(loc.localize(fr.data, fix, fr.stamp_s, now_s=fr.stamp_s))
+    return estimates
+
+
+def calibrate_covariance(localizer: Localizer, frames: Sequence[Frame], estimates: Sequence[Estimate]) -> dict[str, Any]:
+    """Fit the covariance model on the batch and save covariance.json beside the model."""
+    try:
+        model = calibrate(list(estimates), [fr.truth for fr in frames], start=localizer.covariance)
+    except ValueError as exc:
+        raise LocalizeInputError(f"--calibrate: {exc}") from None
+    path = save_covariance(model, localizer.meta.path, localizer.meta.model_hash)
+    return {"path": str(path), "params": model.to_dict(), "fit": dict(model.fit)}
+
+
+def evaluate(localizers: Mapping[Any, Localizer], frames: list[Frame], fixes: list[Fix], *, stream: bool,
+             calibrate: bool = False) -> Evaluation:
+    """Localize the batch (as streams or independent panoramas), summarize it, and with `calibrate`
+    fit the fixes' sigma scale first and the covariance model last. Closes the shared engine."""
+    any_loc = next(iter(localizers.values()))
+    scale = None
+    try:
+        if calibrate:
+            scale = fit_fix_scale(localizers, frames, fixes)
+        estimates = (localize_streams if stream else localize_independent)(localizers, frames, fixes)
+    finally:
+        any_loc.engine.close()
+    summary = summarize(estimates, frames, fixes, any_loc.config.heading)
+    calibration = calibrate_covariance(any_loc, frames, estimates) if calibrate else None
+    return Evaluation(dict(localizers), frames, fixes, estimates, summary, scale, calibration)
+
+
+def evaluate_bags(bags: Sequence[Path], configs: Sequence[LocalizerConfig], *, limit: int = 0,
+                  calibrate: bool = False) -> Evaluation:
+    """Drive bags frame by frame, each its own stream localized with its config (one per bag), pooled
+    in one summary (and one calibration)."""
+    frames, fixes = [], []
+    for i, bag in enumerate(bags):
+        bag_frames_i, bag_fixes = bag_frames(Path(bag), limit)
+        frames += [dataclasses.replace(fr, city=str(i)) for fr in bag_frames_i]
+        fixes += bag_fixes
+    localizers = make_localizers({str(i): config for i, config in enumerate(configs)})
+    return evaluate(localizers, frames, fixes, stream=True, calibrate=calibrate)
+
+
+def print_report(evaluation: Evaluation, file: TextIO | None = None) -> None:
+    """The text report of a batch: the fitted fix sigma scale, the summary, the calibration."""
+    if evaluation.fix_sigma_scale is not None:
+        print_fix_sigma_scale(evaluation.fix_sigma_scale, file)
+    print_summary(evaluation.summary, file)
+    if evaluation.calibration:
+        print_calibration(evaluation.calibration, file)
+
+
+def run_calibration(model: Path, tiles: Path, bag: Path, *, report: TextIO | None = None, heading: bool = True,
+                    settings: Mapping[str, Any] | None = None) -> Path:
+    """Calibrate the model's covariance on a drive bag in `tiles` (`crossview-localize --model M --tiles T
+    --bag B --calibrate [--heading] [--set K=V ...]`); returns the covariance.json written beside the model.
+
+    settings: more LocalizerConfig keys (the --set values); report: where the text report goes (None: nowhere).
+    """
+    values = {**(settings or {}), "tile_set": str(tiles), "model": str(model)}
+    if heading:
+        values["heading"] = True
+    evaluation = evaluate_bags([bag], [make_config(values)], calibrate=True)
+    if report is not None:
+        print_report(evaluation, report)
+    return Path(evaluation.calibration["path"])

@@ -1,0 +1,184 @@
+"""Frames for crossview-localize: panoramas with their truth and the fix each is localized with.
+
+Three sources, one Frame type: image files (VIGOR names carry the truth), a VIGOR-layout split,
+and drive bags (panoramas in stamp order with the fix the node would pair them with). Batch
+frames get VIGOR's noisy-GPS fixes (noisy_fix).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from crossview_ros import geo
+from crossview_ros.bag.writer import typestore
+from crossview_ros.estimate import Fix, Truth
+from crossview_ros.replay import ReplayError, read_bag
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+VIGOR_SPLITS = ("same_train", "same_test", "cross_train", "cross_test")
+VIGOR_CROSS_TRAIN = ("NewYork", "Seattle")  # VIGOR's cross-area training cities (when no dataset.json)
+VIGOR_YAW_ENU_RAD = -math.pi / 2  # VIGOR panoramas: north in the middle column, so column 0 faces south
+VIGOR_LABEL_FILES = {"same_train": "same_area_balanced_train.txt", "same_test": "same_area_balanced_test.txt",
+                     "cross_train": "pano_label_balanced.txt", "cross_test": "pano_label_balanced.txt"}
+
+
+class LocalizeInputError(Exception):
+    """Bad input on the command line or in the files it names: printed as one line, exit code 2."""
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One panorama to localize: where it comes from and, for evaluation, the truth."""
+
+    path: Path
+    truth: Truth | None  # from a VIGOR name, or a bag's ground truth
+    city: str | None = None  # the tile set it is localized in (a VIGOR city, or a bag's index)
+    data: bytes | None = None  # the encoded panorama (bag frames); None = read path
+    stamp_s: float | None = None  # bag frames: the panorama's stamp
+
+
+def spread(count: int, limit: int) -> np.ndarray:
+    """Indices of at most `limit` of `count` items, evenly spread (all when limit is 0)."""
+    if 0 < limit < count:
+        return np.unique(np.linspace(0, count - 1, limit).round().astype(int))
+    return np.arange(count)
+
+
+def vigor_truth(path: Path) -> Truth | None:
+    """Truth from a VIGOR name `<prefix>,<lat>,<lon>,.jpg`; None when the name is not one."""
+    parts = path.name.split(",")
+    if len(parts) < 4:
+        return None
+    try:
+        lat, lon = float(parts[1]), float(parts[2])
+        geo.check_latlon(lat, lon)
+    except (ValueError, geo.GeoError):
+        return None
+    return Truth(lat, lon, VIGOR_YAW_ENU_RAD)
+
+
+def expand_inputs(inputs: Sequence[str]) -> tuple[list[Path], bool]:
+    """Files to process, and whether a folder was among the inputs."""
+    files: list[Path] = []
+    folder = False
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            folder = True
+            found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise LocalizeInputError(f"folder {path} holds no {'/'.join(IMAGE_SUFFIXES)} panoramas")
+            files += found
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise LocalizeInputError(f"panorama {path} does not exist")
+    return files, folder
+
+
+def named_frames(files: Sequence[Path], limit: int) -> list[Frame]:
+    """VIGOR-named panorama files as frames (their names are the truth), at most `limit` of them."""
+    frames = [Frame(p, vigor_truth(p)) for p in files]
+    unnamed = [f.path.name for f in frames if f.truth is None]
+    if unnamed:
+        raise LocalizeInputError(f"--fix LAT,LON is required: {unnamed[0]!r} is not a VIGOR name "
+                                 "'<prefix>,<lat>,<lon>,.jpg' that carries its position")
+    return [frames[i] for i in spread(len(frames), limit)]
+
+
+def vigor_cities(root: Path, split: str) -> list[str]:
+    """The cities of a VIGOR-layout root in `split` (cross-area roles from dataset.json, else VIGOR's)."""
+    splits = root / "splits"
+    if not splits.is_dir():
+        raise LocalizeInputError(f"{root} has no splits/ folder; --vigor takes a VIGOR-layout dataset root")
+    cities = sorted(p.name for p in splits.iterdir() if (p / "satellite_list.txt").is_file())
+    if not cities:
+        raise LocalizeInputError(f"{splits} holds no city with a satellite_list.txt")
+    if split.startswith("same"):
+        return cities
+    manifest = root / "dataset.json"
+    roles = None
+    if manifest.is_file():
+        try:
+            roles = json.loads(manifest.read_text(encoding="utf-8")).get("cross_area")
+        except (OSError, json.JSONDecodeError, AttributeError) as exc:
+            raise LocalizeInputError(f"cannot read {manifest}: {exc}") from None
+    train = list(roles["train"]) if roles else [c for c in cities if c in VIGOR_CROSS_TRAIN]
+    chosen = train if split == "cross_train" else [c for c in cities if c not in train]
+    if not chosen:
+        raise LocalizeInputError(f"split {split} of {root} has no cities (cities {cities}, cross-area training {train})")
+    return chosen
+
+
+def vigor_frames(root: Path, split: str, limit: int) -> list[Frame]:
+    """The panoramas a VIGOR-layout split lists, each with its city and the truth of its name."""
+    label_file = VIGOR_LABEL_FILES[split]
+    frames: list[Frame] = []
+    for city in vigor_cities(root, split):
+        labels = root / "splits" / city / label_file
+        if not labels.is_file():
+            raise LocalizeInputError(f"{labels} is missing; is {root} a complete VIGOR-layout dataset?")
+        for line in labels.read_text(encoding="utf-8").splitlines():
+            if not line.split():
+                continue
+            path = root / city / "panorama" / line.split()[0]
+            truth = vigor_truth(path)
+            if truth is None:
+                raise LocalizeInputError(f"{labels}: panorama name {path.name!r} is not '<prefix>,<lat>,<lon>,.jpg'")
+            frames.append(Frame(path, truth, city))
+    if not frames:
+        raise LocalizeInputError(f"split {split} of {root} lists no panoramas")
+    return [frames[i] for i in spread(len(frames), limit)]
+
+
+def noisy_fix(truth: Truth, rng: np.random.Generator, half_width_m: float, stamp_s: float) -> Fix:
+    """VIGOR's noisy-GPS protocol: error uniform in [-h, h] m per axis (ENU); sigma = h / sqrt(3)."""
+    de, dn = rng.uniform(-half_width_m, half_width_m, size=2)
+    lat, lon, _ = geo.LocalENU(truth.lat_deg, truth.lon_deg).inverse(float(de), float(dn))
+    return Fix(float(lat), float(lon), stamp_s, status=0, sigma_m=half_width_m / math.sqrt(3.0))
+
+
+def read_panorama(path: Path) -> bytes:
+    """The encoded panorama at `path` (LocalizeInputError when it cannot be read)."""
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise LocalizeInputError(f"cannot read panorama {path}: {exc}") from None
+
+
+def bag_frames(path: Path, limit: int) -> tuple[list[Frame], list[Fix]]:
+    """A drive bag's panoramas in stamp order, each with the newest GNSS fix at its stamp (as the node
+    pairs them) and the ground truth (position, and yaw turned from the UTM grid to ENU)."""
+    try:
+        bag = read_bag(path)
+    except ReplayError as exc:
+        raise LocalizeInputError(str(exc)) from None
+    store = typestore()
+    fix_stamps = np.array([f.stamp_ns for f in bag.fixes], np.int64)
+    order = np.argsort(bag.panorama_stamp_ns, kind="stable")
+    order = order[spread(len(order), limit)]
+    frames, fixes = [], []
+    for i in order:
+        stamp_ns = int(bag.panorama_stamp_ns[i])
+        k = int(np.searchsorted(fix_stamps, stamp_ns, side="right")) - 1
+        if k < 0:
+            continue  # no fix yet: the node would reject it as NO_FIX; nothing to evaluate
+        f = bag.fixes[k]
+        cov = None if f.covariance_enu_m2 is None else np.asarray(f.covariance_enu_m2)[:2, :2]
+        fixes.append(Fix(f.lat_deg, f.lon_deg, f.stamp_ns / 1e9, status=f.status, covariance_enu_m2=cov))
+        t_s = stamp_ns / 1e9
+        j = int(np.argmin(np.abs(bag.truth_stamp_s - t_s)))
+        g = int(np.argmin(np.abs(bag.truth_pose_stamp_s - t_s)))
+        lat, lon = float(bag.truth_lat_deg[j]), float(bag.truth_lon_deg[j])
+        yaw = float(geo.yaw_utm_to_enu(float(bag.truth_yaw_utm_rad[g]), lat, lon, bag.zone))
+        msg = store.deserialize_cdr(bag.panorama_raw[i], "sensor_msgs/msg/CompressedImage")
+        frames.append(Frame(path, Truth(lat, lon, yaw), data=bytes(msg.data), stamp_s=t_s))
+    if not frames:
+        raise LocalizeInputError(f"{path} has no panorama after a GNSS fix")
+    return frames, fixes

@@ -1,0 +1,130 @@
+"""What crossview-localize prints: the single-mode table row, and a batch's error statistics.
+
+summarize() measures a batch against the frames' truth; print_summary() writes it as text (the
+--json output carries the same dict).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any, TextIO
+
+import numpy as np
+
+from crossview_ros import geo
+from crossview_ros.covariance import CHI2_1DOF_95, CHI2_2DOF_95
+from crossview_ros.estimate import Estimate, Fix
+from crossview_ros.localize_frames import Frame
+
+
+def estimate_row(name: str, e: Estimate) -> str:
+    """One line of the single-mode table (under TABLE_HEADER)."""
+    def f(v: Any, fmt: str) -> str:
+        return "-" if v is None else format(v, fmt)
+
+    bearing = None if e.yaw_enu_rad is None else float(geo.bearing_deg_from_yaw_enu(e.yaw_enu_rad))
+    return (f"{name[:40]:<40} {str(e.reason):<16} {f(e.lat_deg, '.7f'):>12} {f(e.lon_deg, '.7f'):>13} "
+            f"{f(e.sigma_m, '.1f'):>8} {f(bearing, '.1f'):>8} {f(e.score, '.4f'):>7} {f(e.margin, '.4f'):>7} "
+            f"{f(e.tile_id, 'd'):>7} {e.tiles_in_scope:>6} {e.latency.total_ms:>8.1f}")
+
+
+TABLE_HEADER = (f"{'panorama':<40} {'reason':<16} {'lat_deg':>12} {'lon_deg':>13} {'sigma_m':>8} {'bear_deg':>8} "
+                f"{'score':>7} {'margin':>7} {'tile':>7} {'scope':>6} {'total_ms':>8}")
+
+
+def percent(mask: np.ndarray) -> float:
+    """Share of True in `mask`, percent (nan when empty)."""
+    return float(100.0 * np.mean(mask)) if mask.size else float("nan")
+
+
+def summarize(estimates: Sequence[Estimate], frames: Sequence[Frame], fixes: Sequence[Fix],
+              heading: bool) -> dict[str, Any]:
+    """Error statistics of a batch against the frames' truth (and of the fixes), as crossview-localize --json prints."""
+    n = len(estimates)
+    published = [i for i, e in enumerate(estimates) if e.accepted]
+    positioned = [i for i, e in enumerate(estimates) if e.has_position]
+
+    def errors(idx: list[int]) -> np.ndarray:
+        return np.array([float(geo.distance_m(frames[i].truth.lat_deg, frames[i].truth.lon_deg,
+                                              estimates[i].lat_deg, estimates[i].lon_deg)) for i in idx])
+
+    err = errors(published)
+    gnss = np.array([float(geo.distance_m(fr.truth.lat_deg, fr.truth.lon_deg, fx.lat_deg, fx.lon_deg))
+                     for fr, fx in zip(frames, fixes)])
+    d2 = []
+    for i in published:
+        t, e = frames[i].truth, estimates[i]
+        de, dn = geo.offset_enu_m(t.lat_deg, t.lon_deg, e.lat_deg, e.lon_deg)
+        v = np.array([de, dn])
+        d2.append(float(v @ np.linalg.solve(e.covariance_enu_m2, v)))
+    out: dict[str, Any] = {
+        "frames": n,
+        "published": len(published),
+        "published_percent": percent(np.array([e.accepted for e in estimates])),
+        "reasons": dict(sorted(Counter(str(e.reason) for e in estimates).items())),
+        "gnss_error_median_m": float(np.median(gnss)) if gnss.size else None,
+        "error_m": None if not err.size else {
+            "mean": float(err.mean()), "median": float(np.median(err)), "p90": float(np.percentile(err, 90)),
+            "max": float(err.max()), **{f"under_{t}m_percent": percent(err < t) for t in (1, 5, 10, 25, 50)},
+            "over_25m_percent": percent(err > 25.0),
+        },
+        "error_all_positioned_median_m": float(np.median(errors(positioned))) if positioned else None,
+        "covariance_share_d2_under_5.99_percent": percent(np.array(d2) < CHI2_2DOF_95) if d2 else None,
+        "latency_ms": {
+            "p50": float(np.percentile([e.latency.total_ms for e in estimates], 50)),
+            "p99": float(np.percentile([e.latency.total_ms for e in estimates], 99)),
+        },
+    }
+    if heading:
+        yaw_idx = [i for i in published if estimates[i].yaw_enu_rad is not None]
+        yerr = np.array([abs(float(geo.wrap_angle_rad(estimates[i].yaw_enu_rad - frames[i].truth.yaw_enu_rad)))
+                         for i in yaw_idx])
+        yd2 = np.array([yerr[k] ** 2 / estimates[i].yaw_variance_rad2 for k, i in enumerate(yaw_idx)])
+        deg = np.degrees(yerr)
+        out["heading"] = None if not yaw_idx else {
+            "frames": len(yaw_idx), "median_error_deg": float(np.median(deg)),
+            "under_5deg_percent": percent(deg < 5), "under_10deg_percent": percent(deg < 10),
+            "flip_percent": percent(deg > 135), "share_under_3.84_percent": percent(yd2 < CHI2_1DOF_95),
+        }
+    return out
+
+
+def print_summary(s: dict[str, Any], file: TextIO | None = None) -> None:
+    """The summary as text lines (to stdout unless `file`)."""
+    print(f"frames {s['frames']}, published {s['published']} ({s['published_percent']:.1f} %)", file=file)
+    print("reasons: " + ", ".join(f"{k} {v}" for k, v in s["reasons"].items()), file=file)
+    if s["gnss_error_median_m"] is not None:
+        print(f"GNSS fix error median {s['gnss_error_median_m']:.1f} m", file=file)
+    e = s["error_m"]
+    if e:
+        print(f"published error: mean {e['mean']:.2f} m, median {e['median']:.2f} m, p90 {e['p90']:.2f} m, "
+              f"max {e['max']:.1f} m", file=file)
+        print("  " + ", ".join(f"< {t} m {e[f'under_{t}m_percent']:.1f} %" for t in (1, 5, 10, 25, 50))
+              + f", > 25 m {e['over_25m_percent']:.1f} %", file=file)
+    if s["error_all_positioned_median_m"] is not None:
+        print(f"median error of every positioned frame (gated ones too) {s['error_all_positioned_median_m']:.2f} m",
+              file=file)
+    if s["covariance_share_d2_under_5.99_percent"] is not None:
+        print(f"covariance: {s['covariance_share_d2_under_5.99_percent']:.1f} % of published d^2 < 5.99 "
+              "(honest: 90..98 %)", file=file)
+    h = s.get("heading")
+    if h:
+        print(f"heading: median error {h['median_error_deg']:.1f} deg, < 5 deg {h['under_5deg_percent']:.1f} %, "
+              f"< 10 deg {h['under_10deg_percent']:.1f} %, flips {h['flip_percent']:.1f} %, "
+              f"yaw d^2 < 3.84 {h['share_under_3.84_percent']:.1f} %", file=file)
+    print(f"latency total p50 {s['latency_ms']['p50']:.1f} ms, p99 {s['latency_ms']['p99']:.1f} ms", file=file)
+
+
+def print_fix_sigma_scale(scale: float, file: TextIO | None = None) -> None:
+    """--calibrate, first line: the factor fitted to the fixes' reported sigma."""
+    print(f"fix sigma scale {scale:.3f}: the fixes' reported sigma x this puts 95 % of their squared "
+          "Mahalanobis errors under 5.99", file=file)
+
+
+def print_calibration(calibration: dict[str, Any], file: TextIO | None = None) -> None:
+    """--calibrate, last line: how well the fitted covariance model covers the batch, and where it went."""
+    fit = calibration["fit"]
+    print(f"covariance calibrated on {fit['samples']} estimates "
+          f"({fit['share_d2_below_chi2'] * 100:.1f} % of d^2 < {fit['chi2_2dof_quantile']:.2f}); "
+          f"wrote {calibration['path']}", file=file)
