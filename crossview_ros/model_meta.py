@@ -160,7 +160,8 @@ def _shape_spec(value: Any) -> tuple:
 def load_model_meta(model_dir: str | os.PathLike, verify: bool = True) -> ModelMeta:
     """Read and check model.json; with verify, every graph must exist and match its sha256.
 
-    EngineError names the file at fault and says how to fix it (mostly: re-export).
+    EngineError names the file at fault and says how to fix it (mostly: re-export). Kept as one
+    sequence of checks (a little over 80 lines) because their order is the order a user fixes them in.
     """
     model_dir = Path(model_dir)
     path = model_dir / METADATA_FILE

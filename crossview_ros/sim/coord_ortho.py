@@ -125,7 +125,8 @@ def write_coordinate_geotiff(
     Extent: `bounds` (x_min, y_min, x_max, y_max in crs units) or a square of size_m ground
     metres centred on (centre_lat_deg, centre_lon_deg). gsd_m is ground metres per pixel at
     the centre (converted to crs units there, so EPSG:4326 and EPSG:3857 rasters come out at
-    the asked ground resolution). kind "coords" or "rgb" (see the module docstring).
+    the asked ground resolution). kind "coords" or "rgb" (see the module docstring). A little over
+    80 lines: the checks of its many keyword arguments come first, then one linear write.
     """
     import rasterio
     from affine import Affine

@@ -208,6 +208,39 @@ def _dropouts(
     return out
 
 
+def _canyon_depths(canyon_depth: CanyonDepth | None, e_true: np.ndarray, n_true: np.ndarray) -> np.ndarray:
+    """The street-canyon depth at each true position (zeros without a canyon field)."""
+    if canyon_depth is None:
+        return np.zeros(len(e_true))
+    depth = np.broadcast_to(np.asarray(canyon_depth(e_true, n_true), dtype=np.float64), (len(e_true),)).copy()
+    if not np.all(np.isfinite(depth) & (depth >= 0.0)):
+        raise ValueError("canyon_depth must return finite values >= 0")
+    return depth
+
+
+def _urban_errors(t: np.ndarray, depth: np.ndarray, model: UrbanGnss,
+                  rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """(2, n) ENU position errors and their slow bias part: a first-order Gauss-Markov bias that
+    grows with canyon depth, multipath jumps that decay, white noise."""
+    n = len(t)
+    dt = np.diff(t)
+    phi = np.exp(-dt / model.correlation_time_s)
+    sigma_b = model.bias_sigma_m(depth)
+    bias = np.empty((2, n))
+    multipath = np.empty((2, n))
+    decay = np.exp(-dt / model.multipath_decay_s).tolist()
+    mp_rate = model.multipath_rate_hz * (1.0 + depth)
+    for axis in range(2):
+        w = rng.standard_normal(n)
+        innovation = np.sqrt(-np.expm1(-2.0 * dt / model.correlation_time_s)) * sigma_b[1:] * w[1:]
+        bias[axis] = _ar1(phi.tolist(), innovation.tolist(), float(sigma_b[0] * w[0]))
+        jumps = rng.poisson(mp_rate[1:] * dt)
+        jump_size = rng.normal(0.0, model.multipath_jump_m * np.sqrt(np.maximum(jumps, 1))) * (jumps > 0)
+        multipath[axis] = _ar1(decay, jump_size.tolist(), 0.0)
+    white = rng.normal(0.0, model.white_sigma_m, size=(2, n))
+    return bias + multipath + white, bias
+
+
 def simulate_gnss_at(
     stamp_s: np.ndarray,
     easting_m: np.ndarray,
@@ -229,15 +262,7 @@ def simulate_gnss_at(
         raise ValueError("GNSS stamps must be strictly increasing")
     lat_true, lon_true = utm_to_latlon(e_true, n_true, zone)
     lat_true, lon_true = np.asarray(lat_true), np.asarray(lon_true)
-    if canyon_depth is None:
-        depth = np.zeros(n)
-    else:
-        depth = np.broadcast_to(
-            np.asarray(canyon_depth(e_true, n_true), dtype=np.float64), (n,)
-        ).copy()
-        if not np.all(np.isfinite(depth) & (depth >= 0.0)):
-            raise ValueError("canyon_depth must return finite values >= 0")
-
+    depth = _canyon_depths(canyon_depth, e_true, n_true)
     if isinstance(model, UniformGnss):
         err = rng.uniform(-model.half_width_m, model.half_width_m, size=(2, n))
         bias = np.zeros((2, n))
@@ -247,26 +272,7 @@ def simulate_gnss_at(
         name = "uniform"
         vertical_sigma = np.zeros(n)  # the protocol perturbs the horizontal position only
     elif isinstance(model, UrbanGnss):
-        dt = np.diff(t)
-        phi = np.exp(-dt / model.correlation_time_s)
-        sigma_b = model.bias_sigma_m(depth)
-        bias = np.empty((2, n))
-        multipath = np.empty((2, n))
-        decay = np.exp(-dt / model.multipath_decay_s).tolist()
-        mp_rate = model.multipath_rate_hz * (1.0 + depth)
-        for axis in range(2):
-            w = rng.standard_normal(n)
-            innovation = (
-                np.sqrt(-np.expm1(-2.0 * dt / model.correlation_time_s)) * sigma_b[1:] * w[1:]
-            )
-            bias[axis] = _ar1(phi.tolist(), innovation.tolist(), float(sigma_b[0] * w[0]))
-            jumps = rng.poisson(mp_rate[1:] * dt)
-            jump_size = rng.normal(0.0, model.multipath_jump_m * np.sqrt(np.maximum(jumps, 1))) * (
-                jumps > 0
-            )
-            multipath[axis] = _ar1(decay, jump_size.tolist(), 0.0)
-        white = rng.normal(0.0, model.white_sigma_m, size=(2, n))
-        err = bias + multipath + white
+        err, bias = _urban_errors(t, depth, model, rng)
         true_sigma = model.true_sigma_m(depth)
         valid = ~_dropouts(t, model.dropout_rate_hz * (1.0 + depth), model, rng)
         publish_no_fix = model.publish_no_fix

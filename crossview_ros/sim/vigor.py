@@ -235,9 +235,37 @@ def write_vigor_city(
     config.validate()
     if not city_name or any(ch in city_name for ch in "/\\,"):
         raise ValueError(f"city name {city_name!r} must be non-empty without '/', '\\' or ','")
-    root = Path(root)
-    city_dir = root / city_name
-    split_dir = root / "splits" / city_name
+    city_dir = Path(root) / city_name
+    stamp = _city_stamp(city_dir, city, config)
+    city_dir.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng([config.seed, city.config.seed, 0x716])
+    ortho_path = _write_city_orthophoto(city_dir, city_name, city, config, rng)
+    write_text_atomic(city_dir / "city.json", json.dumps(stamp, indent=2, sort_keys=True))
+    tile_set, sat_names = _write_satellite_images(city_dir, ortho_path, config, progress)
+
+    positions = _sample_positions(city, tile_set, config, rng)
+    pano_dir = city_dir / "panorama"
+    pano_dir.mkdir(exist_ok=True)
+    gsd = config.tile_size_m / config.sat_px
+    ground_scene = city.scene(1 if config.time_gap else 0)
+    labels: list[PanoramaLabel] = []
+    bar = tqdm(positions, desc=f"{city_name} panoramas", unit="pano", disable=not progress)
+    for index, (e, n, coverage) in enumerate(bar):
+        lat, lon = geo.utm_to_latlon(e, n, city.zone)
+        name = panorama_name(f"{city_name}{index:06d}", lat, lon)
+        if not (pano_dir / name).exists():
+            _write_panorama(pano_dir / name, ground_scene, e, n, city, config, index)
+        tiles = tuple(c.tile_id for c in coverage)
+        deltas = tuple(
+            vigor_deltas_px(tile_set.easting_m[t], tile_set.northing_m[t], e, n, gsd) for t in tiles
+        )
+        labels.append(PanoramaLabel(name, e, n, tiles, deltas, tuple(c.iou for c in coverage)))
+    _write_splits(Path(root) / "splits" / city_name, labels, sat_names, city, config)
+    return labels
+
+
+def _city_stamp(city_dir: Path, city: City, config: VigorConfig) -> dict[str, Any]:
+    """What city.json records; ValueError when the folder already holds another city or settings."""
     # Through JSON once, so that tuples compare equal to the lists read back.
     stamp = json.loads(json.dumps({
         "format": FORMAT, "format_version": FORMAT_VERSION, "city": city.city_json(),
@@ -251,9 +279,13 @@ def write_vigor_city(
                 f"{city_dir} holds a different city or settings (city.json differs); "
                 "write to another root or delete that folder"
             )
-    city_dir.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng([config.seed, city.config.seed, 0x716])
+    return stamp
 
+
+def _write_city_orthophoto(city_dir: Path, city_name: str, city: City, config: VigorConfig,
+                           rng: np.random.Generator) -> Path:
+    """The survey orthophoto (kept when present); draws the aerial appearance from `rng` either way,
+    so the panoramas' positions drawn next are the same on a resumed run."""
     ortho_path = city_dir / "orthophoto.tif"
     aerial_appearance = sample_appearance(rng, "aerial") if config.appearance_gap else None
     aerial_rng = np.random.default_rng([config.seed, city.config.seed, 1])
@@ -263,8 +295,13 @@ def write_vigor_city(
         image = render_orthophoto(city.scene(0), sun, aerial_appearance, aerial_rng)
         write_orthophoto(ortho_path, image, city.scene(0))
         del image
-    write_text_atomic(city_json, json.dumps(stamp, indent=2, sort_keys=True))
+    return ortho_path
 
+
+def _write_satellite_images(city_dir: Path, ortho_path: Path, config: VigorConfig,
+                            progress: bool) -> tuple[TileSet, list[str]]:
+    """The orthophoto cut into VIGOR's satellite images (a hidden tile set, then copies named by
+    their centre); returns the tile set and the image names."""
     tiles_dir = city_dir / ".tiles"
     if not (tiles_dir / "meta.json").exists():
         tiling = TilingConfig(tile_size_m=config.tile_size_m, tile_px=config.sat_px, image_format="png")
@@ -279,46 +316,37 @@ def write_vigor_city(
             tmp = sat_dir / f".{name}.tmp"
             shutil.copyfile(tile_set.image_path(i), tmp)
             os.replace(tmp, target)
+    return tile_set, sat_names
 
-    positions = _sample_positions(city, tile_set, config, rng)
-    pano_dir = city_dir / "panorama"
-    pano_dir.mkdir(exist_ok=True)
-    gsd = config.tile_size_m / config.sat_px
-    ground_scene = city.scene(1 if config.time_gap else 0)
-    labels: list[PanoramaLabel] = []
-    bar = tqdm(positions, desc=f"{city_name} panoramas", unit="pano", disable=not progress)
-    for index, (e, n, coverage) in enumerate(bar):
-        # One generator per panorama, so a resumed run draws the same camera for each index.
-        prng = np.random.default_rng([config.seed, city.config.seed, 2, index])
-        lat, lon = geo.utm_to_latlon(e, n, city.zone)
-        name = panorama_name(f"{city_name}{index:06d}", lat, lon)
-        path = pano_dir / name
-        if not path.exists():
-            camera = CameraConfig(
-                height_m=float(prng.uniform(*config.camera_height_m)),
-                pitch_rad=math.radians(prng.normal(0.0, config.attitude_jitter_deg)),
-                roll_rad=math.radians(prng.normal(0.0, config.attitude_jitter_deg)),
-            )
-            sun = Sun(float(prng.uniform(0.0, 360.0)), float(prng.uniform(20.0, 70.0)))
-            occluders = _occluders(prng, e, n, int(prng.integers(0, config.occluders_max + 1)))
-            # Forward = true south puts true north in the middle column, as in VIGOR.
-            image = render_panorama(
-                ground_scene, e, n, -math.pi / 2, height_px=config.pano_height_px,
-                camera=camera, sun=sun, occluders=occluders,
-            )
-            if config.appearance_gap:
-                image = apply_appearance(image, sample_appearance(prng, "ground"), prng)
-            ok, jpeg = cv2.imencode(".jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR),
-                                    [cv2.IMWRITE_JPEG_QUALITY, config.jpeg_quality])
-            if not ok:
-                raise RuntimeError(f"JPEG encoding of {name} failed")
-            write_bytes_atomic(path, jpeg.tobytes())
-        tiles = tuple(c.tile_id for c in coverage)
-        deltas = tuple(
-            vigor_deltas_px(tile_set.easting_m[t], tile_set.northing_m[t], e, n, gsd) for t in tiles
-        )
-        labels.append(PanoramaLabel(name, e, n, tiles, deltas, tuple(c.iou for c in coverage)))
 
+def _write_panorama(path: Path, ground_scene: Any, e: float, n: float, city: City, config: VigorConfig,
+                    index: int) -> None:
+    """Panorama number `index`: its own generator, so a resumed run draws the same camera for it."""
+    prng = np.random.default_rng([config.seed, city.config.seed, 2, index])
+    camera = CameraConfig(
+        height_m=float(prng.uniform(*config.camera_height_m)),
+        pitch_rad=math.radians(prng.normal(0.0, config.attitude_jitter_deg)),
+        roll_rad=math.radians(prng.normal(0.0, config.attitude_jitter_deg)),
+    )
+    sun = Sun(float(prng.uniform(0.0, 360.0)), float(prng.uniform(20.0, 70.0)))
+    occluders = _occluders(prng, e, n, int(prng.integers(0, config.occluders_max + 1)))
+    # Forward = true south puts true north in the middle column, as in VIGOR.
+    image = render_panorama(
+        ground_scene, e, n, -math.pi / 2, height_px=config.pano_height_px,
+        camera=camera, sun=sun, occluders=occluders,
+    )
+    if config.appearance_gap:
+        image = apply_appearance(image, sample_appearance(prng, "ground"), prng)
+    ok, jpeg = cv2.imencode(".jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR),
+                            [cv2.IMWRITE_JPEG_QUALITY, config.jpeg_quality])
+    if not ok:
+        raise RuntimeError(f"JPEG encoding of {path.name} failed")
+    write_bytes_atomic(path, jpeg.tobytes())
+
+
+def _write_splits(split_dir: Path, labels: list[PanoramaLabel], sat_names: list[str], city: City,
+                  config: VigorConfig) -> None:
+    """VIGOR's split files, each atomically: the satellite list, all labels, same-area train/test."""
     lines = [label.line(sat_names) for label in labels]
     order = np.random.default_rng([config.seed, city.config.seed, 3]).permutation(len(lines))
     n_train = int(round(config.same_area_train_fraction * len(lines)))
@@ -328,7 +356,6 @@ def write_vigor_city(
     write_text_atomic(split_dir / "pano_label_balanced.txt", "\n".join(lines) + "\n")
     write_text_atomic(split_dir / "same_area_balanced_train.txt", "".join(lines[i] + "\n" for i in train))
     write_text_atomic(split_dir / "same_area_balanced_test.txt", "".join(lines[i] + "\n" for i in test))
-    return labels
 
 
 def write_vigor_dataset(
