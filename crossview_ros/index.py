@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # annotations only; no cycle (tiles never imports index), and index needs no pyarrow
     from crossview_ros.tiles import TileSet
 
 logger = logging.getLogger(__name__)

@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 
 from crossview_ros import geo
 from crossview_ros.geo import GeoError, UTMZone
+from crossview_ros.geo import grid as geo_grid
 
 WGS84_A_M = 6378137.0
 WGS84_F = 1.0 / 298.257223563
@@ -646,7 +647,7 @@ def test_cov_rotation_at_a_fixed_angle(monkeypatch):
     # No point in a zone has a 30 deg convergence, so pin the angle and check the arithmetic:
     # c = sqrt(3)/2, s = 1/2, R diag(4, 1) R^T = [[4c^2 + s^2, 3cs], [3cs, 4s^2 + c^2]]
     #                                         = [[3.25, 3 sqrt(3)/4], [3 sqrt(3)/4, 1.75]].
-    monkeypatch.setattr(geo, "grid_convergence_rad", lambda lat, lon, zone: math.pi / 6)
+    monkeypatch.setattr(geo_grid, "grid_convergence_rad", lambda lat, lon, zone: math.pi / 6)
     expected = np.array([[3.25, 3 * math.sqrt(3) / 4], [3 * math.sqrt(3) / 4, 1.75]])
     cov = np.diag([4.0, 1.0])
     np.testing.assert_allclose(geo.enu_cov_to_utm(cov, 0.0, 0.0, "31N"), expected, atol=1e-12)

@@ -17,6 +17,9 @@ from affine import Affine
 
 from crossview_ros import geo, tiles
 from crossview_ros.sim.coord_ortho import MARKER, read_encoding, write_coordinate_geotiff
+from crossview_ros.tiles import cutting as tiles_cutting
+from crossview_ros.tiles import descriptors as tiles_descriptors
+from crossview_ros.tiles import writer as tiles_writer
 from crossview_ros.tiles import (
     OrthoArray, TileSet, TileSetError, TilingConfig, build_tile_set, write_tile_set,
 )
@@ -348,16 +351,16 @@ class _Counter:
 
 
 def test_crash_mid_build_leaves_no_set_and_resume_skips_finished_tiles(tmp_path, small_tif, monkeypatch):
-    real = tiles._warp_tile
+    real = tiles_cutting.warp_tile
     clean = _Counter(real)
-    monkeypatch.setattr(tiles, "_warp_tile", clean)
+    monkeypatch.setattr(tiles_cutting, "warp_tile", clean)
     reference = TileSet.open(build_tile_set([small_tif], tmp_path / "ref", SMALL_CFG, progress=False))
     total = clean.calls
     assert total == len(reference) == 25
 
     out = tmp_path / "set"
     crashing = _Counter(real, crash_after=7)
-    monkeypatch.setattr(tiles, "_warp_tile", crashing)
+    monkeypatch.setattr(tiles_cutting, "warp_tile", crashing)
     with pytest.raises(RuntimeError, match="simulated crash"):
         build_tile_set([small_tif], out, SMALL_CFG, progress=False)
     partial = out.with_name("set.partial")
@@ -373,7 +376,7 @@ def test_crash_mid_build_leaves_no_set_and_resume_skips_finished_tiles(tmp_path,
     done[3].write_bytes(done[3].read_bytes()[:100])
 
     resumed = _Counter(real)
-    monkeypatch.setattr(tiles, "_warp_tile", resumed)
+    monkeypatch.setattr(tiles_cutting, "warp_tile", resumed)
     build_tile_set([small_tif], out, SMALL_CFG, progress=False)
     assert resumed.calls == total - 7 + 1
     assert not partial.exists()
@@ -384,14 +387,14 @@ def test_crash_mid_build_leaves_no_set_and_resume_skips_finished_tiles(tmp_path,
 
 
 def test_another_plan_restarts_the_partial_build(tmp_path, small_tif, monkeypatch):
-    real = tiles._warp_tile
-    monkeypatch.setattr(tiles, "_warp_tile", _Counter(real, crash_after=10))
+    real = tiles_cutting.warp_tile
+    monkeypatch.setattr(tiles_cutting, "warp_tile", _Counter(real, crash_after=10))
     out = tmp_path / "set"
     with pytest.raises(RuntimeError):
         build_tile_set([small_tif], out, SMALL_CFG, progress=False)
     other = TilingConfig(tile_size_m=L, tile_px=32, image_format="png", resampling="nearest")
     counter = _Counter(real)
-    monkeypatch.setattr(tiles, "_warp_tile", counter)
+    monkeypatch.setattr(tiles_cutting, "warp_tile", counter)
     build_tile_set([small_tif], out, other, progress=False)
     assert counter.calls == 25
     assert TileSet.open(out).meta["tiling"]["resampling"] == "nearest"
@@ -403,7 +406,7 @@ def test_crash_while_renaming_into_place_leaves_no_set(tmp_path, small_tif, monk
     def boom(*args, **kwargs):
         raise OSError("simulated crash during rename")
 
-    monkeypatch.setattr(tiles, "_swap_into_place", boom)
+    monkeypatch.setattr(tiles_writer, "swap_into_place", boom)
     with pytest.raises(OSError):
         build_tile_set([small_tif], out, SMALL_CFG, progress=False)
     with pytest.raises(TileSetError):
@@ -411,8 +414,8 @@ def test_crash_while_renaming_into_place_leaves_no_set(tmp_path, small_tif, monk
     with pytest.raises(TileSetError):
         TileSet.open(out.with_name("set.partial") / "staging")
     monkeypatch.undo()
-    counter = _Counter(tiles._warp_tile)
-    monkeypatch.setattr(tiles, "_warp_tile", counter)
+    counter = _Counter(tiles_cutting.warp_tile)
+    monkeypatch.setattr(tiles_cutting, "warp_tile", counter)
     build_tile_set([small_tif], out, SMALL_CFG, progress=False)
     assert counter.calls == 0  # every tile was already written and verified
     assert len(TileSet.open(out)) == 25
@@ -538,7 +541,7 @@ def test_write_descriptors_refuses_bad_arrays(lattice_set, bad, match):
 def test_crash_between_descriptor_and_meta_renames_is_detected(lattice_set, monkeypatch):
     rng = np.random.default_rng(1)
     lattice_set.write_descriptors(rng.standard_normal((80, 8)), "model-a")
-    real = tiles._replace
+    real = tiles_descriptors.replace_file
     calls = []
 
     def crash_on_meta(src, dst):
@@ -547,7 +550,7 @@ def test_crash_between_descriptor_and_meta_renames_is_detected(lattice_set, monk
             raise OSError("simulated crash")
         real(src, dst)
 
-    monkeypatch.setattr(tiles, "_replace", crash_on_meta)
+    monkeypatch.setattr(tiles_descriptors, "replace_file", crash_on_meta)
     with pytest.raises(OSError, match="simulated"):
         lattice_set.write_descriptors(rng.standard_normal((80, 8)), "model-b")
     assert calls == ["descriptors.f16.npy", "meta.json"]
