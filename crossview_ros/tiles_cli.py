@@ -1,6 +1,6 @@
-"""crossview-tiles: build, inspect, query and encode tile sets from the shell.
+"""crossview-tiles: build, inspect, query, encode and verify tile sets from the shell.
 
-build/info/query are thin fronts to tiles.py. encode is the descriptor precomputation step
+build/info/query/verify are thin fronts to crossview_ros.tiles. encode is the descriptor precomputation step
 (`encode_tile_set`, callable from Python too): an exported model's aerial graph over every tile
 image, through engines.py, stored with TileSet.write_descriptors.
 """
@@ -27,7 +27,7 @@ from crossview_ros.engines import ENGINE_KINDS, Engine, EngineError, create_engi
 from crossview_ros.model_meta import ModelMeta, load_model_meta
 from crossview_ros.preprocess import preprocess_aerial
 from crossview_ros.tiles import (
-    IMAGE_FORMATS, RESAMPLING_NAMES, TileSet, TileSetError, TilingConfig, build_tile_set,
+    IMAGE_FORMATS, RESAMPLING_NAMES, TileSet, TileSetError, TilingConfig, build_tile_set, verify_tile_set,
 )
 
 log = logging.getLogger(__name__)
@@ -63,7 +63,7 @@ def _build_parser() -> argparse.ArgumentParser:
         description="Build, inspect and query tile sets: north-up aerial tiles cut from "
                     "geo-referenced orthophotos with VIGOR's 50 %% overlap.",
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{build,info,query,encode}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{build,info,query,encode,verify}")
 
     b = sub.add_parser(
         "build", help="cut orthophotos into a tile set",
@@ -128,6 +128,17 @@ def _build_parser() -> argparse.ArgumentParser:
                    help="replace descriptors of another model, or re-encode with the same one (default: refuse "
                         "another model's, skip when this model's are present)")
     e.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+    v = sub.add_parser(
+        "verify", help="decode every tile image and read every descriptor row",
+        description="The full check of a tile set (opening one only checks that every image file is there): "
+                    "every image decodes to the size meta.json says, every descriptor row is finite and of unit "
+                    "length. build and encode run it when they finish. Exit code 0 when all is well, 1 when a "
+                    "tile is bad (each named), 2 when the set does not open.",
+    )
+    v.add_argument("dir", metavar="DIR", help="tile set directory")
+    v.add_argument("--json", action="store_true", help="print JSON instead of text")
+    v.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return parser
 
 
@@ -357,10 +368,25 @@ def encode_tile_set(tile_dir: str | os.PathLike, model: str | os.PathLike | Engi
     _save_partial(ts, meta, data, done)  # should the final write fail, a rerun goes straight to it
     ts.write_descriptors(data, meta.model_hash)
     del data
+    verify_tile_set(TileSet.open(ts.path), images=False).raise_if_bad()  # every row reads back finite, unit length
     _remove_partial(ts)
     log.info("encoded %d tiles of %s with model %s (%s, dim %d) on %s", count, ts.path, meta.name, meta.model_hash,
              meta.descriptor_dim, runner.name)
     return ts.path
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    report = verify_tile_set(TileSet.open(args.dir), progress=not args.no_progress)
+    if args.json:
+        print(json.dumps({"path": str(report.path), "tiles": report.tiles, "ok": report.ok,
+                          "images_checked": report.images_checked,
+                          "descriptor_rows_checked": report.descriptor_rows_checked,
+                          "bad_images": {str(k): v for k, v in sorted(report.bad_images.items())},
+                          "bad_descriptor_rows": {str(k): v for k, v in sorted(report.bad_descriptor_rows.items())}},
+                         indent=2))
+    else:
+        print(report.summary())
+    return 0 if report.ok else 1
 
 
 def _cmd_encode(args: argparse.Namespace) -> int:
@@ -390,7 +416,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # --help (0) or a usage error (2), already printed by argparse
         return int(exc.code or 0) if not isinstance(exc.code, str) else 2
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    handlers = {"build": _cmd_build, "info": _cmd_info, "query": _cmd_query, "encode": _cmd_encode}
+    handlers = {"build": _cmd_build, "info": _cmd_info, "query": _cmd_query, "encode": _cmd_encode,
+                "verify": _cmd_verify}
     try:
         return handlers[args.command](args)
     except (TileSetError, geo.GeoError, _UserError, EngineError) as exc:

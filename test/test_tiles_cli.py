@@ -172,3 +172,55 @@ def test_coord_ortho_cli_writes_decodable_utm_raster(tmp_path, capsys):
     rc, _, err = _run(capsys, [])  # tiles_cli without a subcommand
     assert rc == 2
     assert coord_ortho.main(["--out", str(tmp_path / "x.tif"), "--crs", "EPSG:999999"]) == 2
+
+
+def _copy_set(built: Path, tmp_path: Path) -> Path:
+    import shutil
+
+    out = tmp_path / "copy"
+    shutil.copytree(built, out)
+    return out
+
+
+def test_verify_passes_a_good_set_and_names_a_corrupt_image(built, tmp_path, capsys):
+    rc, out, _ = _run(capsys, ["verify", str(built), "--no-progress"])
+    assert rc == 0 and out.strip().endswith("OK")
+    broken = _copy_set(built, tmp_path)
+    ts = TileSet.open(broken)
+    ts.image_path(3).write_bytes(ts.image_path(3).read_bytes()[:100])  # cut short: libjpeg cannot decode it
+    assert TileSet.open(broken).path == broken  # the cheap check at open sees the file, not its contents
+    rc, out, _ = _run(capsys, ["verify", str(broken), "--json", "--no-progress"])
+    report = json.loads(out)
+    assert rc == 1 and not report["ok"] and list(report["bad_images"]) == ["3"]
+    assert report["images_checked"] == len(ts)
+
+
+def test_a_missing_tile_image_is_refused_at_open(built, tmp_path, capsys):
+    broken = _copy_set(built, tmp_path)
+    ts = TileSet.open(broken)
+    ts.image_path(2).unlink()
+    rc, _, err = _run(capsys, ["info", str(broken)])
+    assert rc == 2 and "1 of" in err and "(tile ids 2)" in err and "crossview-tiles build" in err
+
+
+def test_verify_finds_a_nan_row_the_fingerprint_cannot_see(tmp_path, capsys):
+    """A descriptors file over 2 MiB: the fingerprint reads its first and last MiB, verify reads every row."""
+    from crossview_ros.tiles import DESCRIPTORS_FILE, write_tile_set
+
+    n, dim = 20_000, 64  # 2.4 MiB of float16
+    side = int(np.ceil(np.sqrt(n)))
+    e = 500_000.0 + 20.0 * (np.arange(n) % side)
+    north = 5_300_000.0 + 20.0 * (np.arange(n) // side)
+    out = write_tile_set(tmp_path / "big", zone="33N", easting_m=e, northing_m=north, tile_size_m=40.0, tile_px=32)
+    rows = np.random.default_rng(0).normal(size=(n, dim))
+    TileSet.open(out).write_descriptors(rows, "model-a")
+    path = out / DESCRIPTORS_FILE
+    data = bytearray(path.read_bytes())
+    middle = len(data) - (n // 2) * dim * 2  # row n/2 from the end: inside neither fingerprinted MiB
+    data[middle:middle + 2] = np.array([np.nan], np.float16).tobytes()
+    path.write_bytes(bytes(data))
+    TileSet.open(out)  # still opens: the damage is where the cheap check does not look
+    rc, text, _ = _run(capsys, ["verify", str(out), "--json", "--no-progress"])
+    report = json.loads(text)
+    assert rc == 1 and report["bad_descriptor_rows"] == {str(n - n // 2): "NaN or infinity"}
+    assert report["descriptor_rows_checked"] == n

@@ -18,7 +18,8 @@ resampling is GDAL's (rasterio.warp.reproject), one tile at a time from a window
 Modules: config (TilingConfig, VIGOR_TILE_SIZE_M, TileSetError), layout (file names, meta.json,
 shared file steps), writer (write_tile_set), sources (orthophotos as rasters), lattice (zone and
 tile centres), warp (one tile resampled and encoded), cutting (build_tile_set, resumable),
-descriptors (descriptors.f16.npy), tile_set (TileSet: opening and queries). The names below are
+descriptors (descriptors.f16.npy), tile_set (TileSet: opening and queries), verify (the cheap
+check at open, the full one after a build or an encode and in `crossview-tiles verify`). The names below are
 the package's interface: `from crossview_ros.tiles import X`.
 """
 
@@ -32,11 +33,12 @@ from crossview_ros.tiles.layout import (
 )
 from crossview_ros.tiles.sources import OrthoArray
 from crossview_ros.tiles.tile_set import Coverage, Tile, TileSet, square_iou
+from crossview_ros.tiles.verify import VerifyReport, verify_tile_set
 from crossview_ros.tiles.writer import write_tile_set
 
 __all__ = [
     "DESCRIPTORS_FILE", "FORMAT_NAME", "FORMAT_VERSION", "IMAGES_DIR", "IMAGE_FORMATS", "META_FILE",
     "PARTIAL_SUFFIX", "PLAN_FILE", "PLAN_VERSION", "RESAMPLING_NAMES", "TABLE_COLUMNS", "TABLE_FILE",
     "VIGOR_TILE_SIZE_M", "Coverage", "OrthoArray", "Tile", "TileSet", "TileSetError", "TilingConfig",
-    "build_tile_set", "descriptor_fingerprint", "square_iou", "write_tile_set",
+    "VerifyReport", "build_tile_set", "descriptor_fingerprint", "square_iou", "verify_tile_set", "write_tile_set",
 ]

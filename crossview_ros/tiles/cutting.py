@@ -23,6 +23,8 @@ from crossview_ros.tiles.layout import FORMAT_VERSION, PARTIAL_SUFFIX, check_rep
 from crossview_ros.tiles.sources import (
     OrthoArray, RasterSource, check_source_dtype, open_array_source, open_path_source,
 )
+from crossview_ros.tiles.tile_set import TileSet
+from crossview_ros.tiles.verify import verify_tile_set
 from crossview_ros.tiles.warp import encode_image, warp_tile
 from crossview_ros.tiles.writer import write_tile_set
 
@@ -204,5 +206,6 @@ def build_tile_set(
             overwrite=overwrite, extra_meta={"tiling": config.to_dict()},
         )
     shutil.rmtree(partial, ignore_errors=True)
-    log.info("wrote %d tiles to %s (zone %s)", kept.size, out, zone)
+    verify_tile_set(TileSet.open(out), descriptors=False).raise_if_bad()  # every image decodes as written
+    log.info("wrote %d tiles to %s (zone %s), every image verified", kept.size, out, zone)
     return out

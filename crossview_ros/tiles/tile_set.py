@@ -20,6 +20,7 @@ from crossview_ros.tiles.layout import (
     DESCRIPTORS_FILE, IMAGES_DIR, PARTIAL_SUFFIX, REBUILD_HINT, TABLE_COLUMNS, TABLE_FILE, image_name, partial_dir,
     read_meta, require,
 )
+from crossview_ros.tiles.verify import check_images_present
 
 
 @dataclass(frozen=True)
@@ -128,8 +129,7 @@ class TileSet:
             require(bool(np.all(np.isfinite(arr))), table_path, f"column {c} holds NaN or infinity")
 
         if meta.get("image_format") is not None:
-            images = path / IMAGES_DIR
-            require(images.is_dir(), images, "image directory is missing")
+            check_images_present(path, meta["image_format"], count)  # one listing; verify decodes them
         descriptors = open_descriptors(path, meta, mmap)
         return cls(path, meta, floats["easting_m"], floats["northing_m"],
                    floats["lat_deg"], floats["lon_deg"], descriptors)
