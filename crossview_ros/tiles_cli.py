@@ -2,7 +2,7 @@
 
 build/info/query/verify are thin fronts to crossview_ros.tiles. encode is the descriptor precomputation step
 (`encode_tile_set`, callable from Python too): an exported model's aerial graph over every tile
-image, through engines.py, stored with TileSet.write_descriptors.
+image, through crossview_ros.engines, stored with TileSet.write_descriptors.
 """
 
 from __future__ import annotations

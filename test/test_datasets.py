@@ -1,7 +1,7 @@
 """VIGOR-layout loader, caches, batching and augmentation conventions.
 
 The label checks re-derive everything from the file names alone: latitude/longitude parsed
-here, projected with pyproj directly (not geo.py) to the city's UTM zone, VIGOR's deltas
+here, projected with pyproj directly (not crossview_ros.geo) to the city's UTM zone, VIGOR's deltas
 (da, db) = ((N_tile - N_pano), (E_tile - E_pano)) / gsd and the IoU of two axis-aligned squares
 of side L written out by hand. Only the VigorPairs test needs torch.
 """

@@ -1,7 +1,7 @@
 """VIGOR-layout writer: files, labels and split files checked against independent computations.
 
 The label check re-derives every delta from the latitude/longitude in the file names alone
-(pyproj directly, not geo.py), using VIGOR's reading of the deltas: the panorama sits at row
+(pyproj directly, not crossview_ros.geo), using VIGOR's reading of the deltas: the panorama sits at row
 sat_px/2 + da and column sat_px/2 - db of the tile.
 """
 
@@ -129,7 +129,7 @@ def test_satellite_images_equal_tiles_cut_by_crossview_tiles(written, tmp_path):
 
 
 def test_satellite_centre_shows_the_orthophoto_there(written):
-    """Independent of tiles.py: the tile's central patch equals the orthophoto around its centre."""
+    """Independent of crossview_ros.tiles: the tile's central patch equals the orthophoto around its centre."""
     root, _, _ = written
     name = (root / "splits" / CITY / "satellite_list.txt").read_text().split()[0]
     lat, lon = _parse_latlon(name, "sat")

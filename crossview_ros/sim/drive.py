@@ -7,7 +7,7 @@ exercised on the same kind of motion it meets on a robot.
 
 Conventions (the node depends on them):
 
-- positions are UTM easting/northing in the drive's zone; `lat_deg`/`lon_deg` come from geo.py;
+- positions are UTM easting/northing in the drive's zone; `lat_deg`/`lon_deg` come from crossview_ros.geo;
 - ENU yaw in radians, 0 = east, counter-clockwise, wrapped to (-pi, pi]. The path tangent is a
   UTM grid direction; it is turned into an ENU yaw with geo.yaw_utm_to_enu (grid convergence, up
   to ~3 deg at zone edges, is not ignored);
@@ -173,7 +173,7 @@ class Drive:
     speed_mps: np.ndarray  # (N,)
     yaw_rate_radps: np.ndarray  # (N,)
     distance_m: np.ndarray  # (N,) travelled distance since the start
-    lat_deg: np.ndarray  # (N,) WGS84 via geo.py
+    lat_deg: np.ndarray  # (N,) WGS84 via crossview_ros.geo
     lon_deg: np.ndarray  # (N,)
     zone: UTMZone
     config: DriveConfig

@@ -200,7 +200,7 @@ def write_orthophoto(
     compress: "jpeg" (JPEG-in-TIFF, YCbCr, like survey deliveries; lossy, ~1/6 of deflate's
     size) or "deflate" (lossless, horizontal predictor). The affine is the scene's
     (gsd_m, 0, origin_e_m, 0, -gsd_m, origin_n_m) and the CRS EPSG:326NN/327NN of scene.zone.
-    Tags: CAPTURE_DATE (read by tiles.py), the scene's seed/epoch/datum and any `tags` given.
+    Tags: CAPTURE_DATE (read by crossview_ros.tiles), the scene's seed/epoch/datum and any `tags` given.
     Written to a temporary name beside `path` and renamed, so a crash leaves no half file.
     """
     import rasterio
