@@ -61,7 +61,7 @@ def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="Build, inspect and query tile sets: north-up aerial tiles cut from "
-                    "geo-referenced orthophotos with VIGOR's 50 %% overlap.",
+                    "geo-referenced orthophotos with VIGOR's 50 % overlap.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="{build,info,query,encode,verify}")
 
