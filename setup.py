@@ -55,6 +55,9 @@ extras = {
         "pytest>=7",
         "hypothesis>=6",
         "geographiclib>=2.0",
+        # the checks CI runs beside the tests: the layers in .importlinter, the rules in ruff.toml
+        "import-linter>=2.1",
+        "ruff>=0.5",
     ],
 }
 
@@ -85,7 +88,7 @@ setup(
             "crossview-train = crossview_training.train:main",
             "crossview-eval = crossview_training.evaluate:main",
             "crossview-export = crossview_training.export:main",
-            "crossview-replay = crossview_ros.replay:main",
+            "crossview-replay = crossview_ros.replay.cli:main",
             "crossview-demo = crossview_training.demo:main",
             "localize_node = crossview_ros.nodes.localize_node:main",
         ],

@@ -18,7 +18,8 @@ import numpy as np
 from crossview_ros import geo
 from crossview_ros.bag.writer import typestore
 from crossview_ros.estimate import Fix, Truth
-from crossview_ros.replay import ReplayError, read_bag
+from crossview_ros.bag.drive import read_bag
+from crossview_ros.replay_errors import ReplayError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 VIGOR_SPLITS = ("same_train", "same_test", "cross_train", "cross_test")

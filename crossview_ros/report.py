@@ -21,7 +21,8 @@ from crossview_ros import geo
 from crossview_ros.atomic import write_json_atomic, write_text_atomic
 
 if TYPE_CHECKING:
-    from crossview_ros.replay import DriveBag, Evaluation
+    from crossview_ros.bag.drive import DriveBag
+    from crossview_ros.replay_evaluation import Evaluation
 
 MOSAIC_MAX_PX = 2000  # longest side of the background image
 MARGIN_M = 40.0  # background around the drive's extent
@@ -299,7 +300,10 @@ def _error_table(summary: dict[str, Any]) -> list[str]:
 
 def render_markdown(summary: dict[str, Any], evaluation: Evaluation, images: dict[str, str],
                     background: str) -> str:
-    """report.md from the summary dict (the numbers of summary.json) and the plots written."""
+    """report.md from the summary dict (the numbers of summary.json) and the plots written.
+
+    One document in reading order, a list of lines: longer than 80 lines and clearer so.
+    """
     rep = summary.get("replay", {})
     lat = summary["latency_ms"]
     head = summary["heading"]

@@ -58,6 +58,7 @@ def _parse_fix(text: str) -> tuple[float, float]:
 
 
 def _build_parser() -> argparse.ArgumentParser:
+    """Every subcommand and option with its help, declared in one place (long, and clearer so)."""
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="Build, inspect and query tile sets: north-up aerial tiles cut from "

@@ -7,9 +7,13 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
+import random
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -357,3 +361,93 @@ def test_localize_cli_pools_several_bags_each_its_own_stream(world, capsys):
         assert [r["lat_deg"] for r in half] == [r["lat_deg"] for r in one]
     assert localize_cli.main(base + ["--tiles", str(world["tiles"])] + ["--bag", str(world["bag"])] * 3) == 2
     assert "one --tiles for all or one per bag" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- killed replays, stray nodes
+
+
+def replay_argv(world, out: Path, rate: str = "0.5") -> list[str]:
+    return [sys.executable, "-m", "crossview_ros.replay", str(world["bag"]), "--tiles", str(world["tiles"]),
+            "--model", str(world["model"]), "--out", str(out), "--rate", rate, "--no-progress",
+            *(f"--node-arg={a}" for a in NODE_ARGS)]
+
+
+def children_of(pid: int) -> list[int]:
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            out.append(int(stat.parent.name))
+    return out
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        return "\nState:\tZ" not in Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+
+
+def start_replay_until_playing(world, out: Path, env: dict[str, str]) -> tuple[subprocess.Popen, int]:
+    """crossview-replay as a process, returned once its node runs and frames flow (node.log has content)."""
+    proc = subprocess.Popen(replay_argv(world, out), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
+    deadline = time.monotonic() + 90.0
+    while True:
+        assert proc.poll() is None, proc.stderr.read()
+        nodes = children_of(proc.pid)
+        logs = list(out.parent.glob(f".{out.name}.*.partial/node.log"))
+        if nodes and logs and "datum" in logs[0].read_text(errors="replace"):
+            return proc, nodes[0]
+        assert time.monotonic() < deadline, "the replay's node never started"
+        time.sleep(0.1)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_a_killed_replay_takes_its_node_along_and_the_rerun_is_clean(world, tmp_path, sig):
+    env = {**os.environ, "ROS_DOMAIN_ID": str(random.SystemRandom().randint(120, 200)),
+           "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST"}
+    out = tmp_path / "out"
+    proc, node = start_replay_until_playing(world, out, env)
+    proc.send_signal(sig)
+    code = proc.wait(timeout=60)
+    deadline = time.monotonic() + 20.0
+    while pid_alive(node) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not pid_alive(node), "localize_node outlived its replay"
+    assert not out.exists()
+    if sig == signal.SIGTERM:  # unwound: the node stopped, nothing half-written left
+        assert code == 128 + signal.SIGTERM and "terminated" in proc.stderr.read()
+        assert not list(tmp_path.glob(".out*"))
+    done = subprocess.run(replay_argv(world, out, rate=str(RATE)), env=env, capture_output=True, text=True,
+                          timeout=180)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert not list(tmp_path.glob(".out*")), list(tmp_path.iterdir())  # a SIGKILLed run's folder swept
+    summary = json.loads((out / "summary.json").read_text())
+    fixes = read_outputs(out / "outputs.mcap").get("/crossview/fix", [])
+    # one node answered: one fix per published stamp, its counters no larger than what this replay sent
+    assert len(fixes) == summary["published"] == len({m.header.stamp.sec * 10**9 + m.header.stamp.nanosec
+                                                      for _, m in fixes})
+    assert summary["stray_output_stamps"] == 0
+    assert summary["node_counters"]["frames_received"] <= summary["frames_published_by_replay"]
+
+
+def test_a_replay_refuses_to_start_beside_a_stray_node(world, tmp_path):
+    domain = random.SystemRandom().randint(120, 200)
+    env = {**os.environ, "ROS_DOMAIN_ID": str(domain), "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST"}
+    stray_cmd = replay.node_command(world["tiles"], world["model"], 40.0, -74.0, node_args=NODE_ARGS)
+    stray = subprocess.Popen(stray_cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    try:
+        time.sleep(3.0)  # the stray node up and announced
+        assert stray.poll() is None
+        out = tmp_path / "out"
+        done = subprocess.run(replay_argv(world, out), env=env, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 1, done.stderr[-2000:]
+        assert f"already runs in ROS_DOMAIN_ID {domain}" in done.stderr and "Traceback" not in done.stderr
+        assert not out.exists() and not list(tmp_path.glob(".out*"))
+    finally:
+        stray.send_signal(signal.SIGINT)
+        stray.wait(timeout=20)
