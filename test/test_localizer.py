@@ -425,7 +425,8 @@ def test_mahalanobis_gate_against_a_confident_gnss_prior(tile_dir, model_dir, en
 # --------------------------------------------------------------------------- heading
 
 
-def test_a_bad_tile_image_costs_the_yaw_never_the_position(tile_dir, model_dir, engine, tiles, tmp_path, caplog):
+def test_a_bad_tile_image_costs_the_yaw_never_the_position(tile_dir, model_dir, engine, tiles, tmp_path, caplog,
+                                                            capsys):
     """Every tile image of a copy of the set corrupted: the heading fails, the fix is published as
     without heading (the same position), with one warning."""
     broken = tmp_path / "broken"
@@ -442,6 +443,14 @@ def test_a_bad_tile_image_costs_the_yaw_never_the_position(tile_dir, model_dir, 
     assert want.accepted and est.accepted and est.yaw_enu_rad is None
     assert (est.lat_deg, est.lon_deg, est.tile_id) == (want.lat_deg, want.lon_deg, want.tile_id)
     assert any("heading failed" in r.getMessage() for r in caplog.records)
+    pano = tmp_path / "pano.jpg"  # the same through crossview-localize --heading
+    pano.write_bytes(jpeg(rgb))
+    code = localize_cli.main(["--tiles", str(broken), "--model", str(model_dir), str(pano), "--fix",
+                              f"{fix.lat_deg},{fix.lon_deg},20", "--heading", "--json", "--engine", "onnxruntime",
+                              "--threads", "1", "--set", "max_mahalanobis=1e6", "--quiet"])
+    (cli,) = json.loads(capsys.readouterr().out)["estimates"]
+    assert code == 0 and cli["accepted"] and cli["yaw_enu_rad"] is None
+    assert (cli["lat_deg"], cli["lon_deg"]) == pytest.approx((want.lat_deg, want.lon_deg), abs=1e-9)
 
 
 def test_heading_gives_a_yaw_in_enu(tile_dir, model_dir, engine, tiles):
