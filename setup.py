@@ -89,7 +89,7 @@ setup(
             "crossview-eval = crossview_training.evaluate:main",
             "crossview-export = crossview_training.export:main",
             "crossview-replay = crossview_ros.replay.cli:main",
-            "crossview-demo = crossview_training.demo:main",
+            "crossview-demo = crossview_training.demo_cli:main",
             "localize_node = crossview_ros.nodes.localize_node:main",
         ],
     },
