@@ -237,3 +237,21 @@ def test_help_explains_the_stages(capsys):
     for word in ("dataset", "train", "export", "tiles", "encode", "drive", "calibrate", "replay", "--work", "--preset",
                  "--train-minutes", "Reuse", "Exit codes"):
         assert word in out
+
+
+def test_the_console_script_names_the_extras_when_torch_is_missing(tmp_path):
+    """crossview-demo on a runtime-only install: one line saying what to install, exit 2, no traceback."""
+    hide_torch = (
+        "import importlib.abc, sys\n"
+        "class NoTorch(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'torch' or name.startswith('torch.'):\n"
+        "            raise ModuleNotFoundError(\"No module named 'torch'\", name='torch')\n"
+        "sys.meta_path.insert(0, NoTorch())\n"
+        "from crossview_training.demo_cli import main\n"
+        f"sys.exit(main(['--work', {str(tmp_path / 'work')!r}]))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", hide_torch], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "No module named 'torch'" in done.stderr and "pip install '.[ros,train,replay]'" in done.stderr
+    assert "Traceback" not in done.stderr and not (tmp_path / "work").exists()
