@@ -64,12 +64,16 @@ class CovarianceModel:
     yaw_variance_min_rad2: float
     fix_sigma_scale: float = 1.0  # the GNSS receiver's honesty: its reported sigma times this is its real one
     yaw_variance_power: float = 1.0  # yaw variance = scale x raw^power
+    protection_scale: float = 0.0  # protection level = this x the published sigma (0: not fitted, the Gaussian's)
+    protection_risk: float = 0.01  # the share of fixes beyond the protection level that protection_scale was fitted for
     calibrated: bool = False
     fit: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     PARAMS = ("sigma0_m", "margin_coef", "score_coef", "spread_coef", "offset_coef", "sigma_min_m",
-              "yaw_variance_scale", "yaw_variance_min_rad2", "fix_sigma_scale", "yaw_variance_power")
-    OPTIONAL = {"fix_sigma_scale": 1.0, "yaw_variance_power": 1.0}  # absent from older calibration files
+              "yaw_variance_scale", "yaw_variance_min_rad2", "fix_sigma_scale", "yaw_variance_power",
+              "protection_scale", "protection_risk")
+    OPTIONAL = {"fix_sigma_scale": 1.0, "yaw_variance_power": 1.0,  # absent from older calibration files
+                "protection_scale": 0.0, "protection_risk": 0.01}
 
     @classmethod
     def from_config(cls, config: LocalizerConfig) -> CovarianceModel:
@@ -100,6 +104,17 @@ class CovarianceModel:
         v = np.maximum(self.yaw_variance_min_rad2, self.yaw_variance_scale * raw ** self.yaw_variance_power)
         return float(v) if v.ndim == 0 else v
 
+    def protection_level_m(self, covariance_enu_m2: np.ndarray, risk: float) -> float:
+        """Horizontal protection level: a radius the true error exceeds on at most `risk` of published fixes.
+
+        protection_scale x the covariance's largest sigma, the scale fitted on validation drives for this
+        risk (calibrate: the (1 - risk) quantile of error / sigma, which holds the heavy tail a
+        Gaussian misses); before calibration, or for another risk, the Gaussian's sqrt(-2 ln risk).
+        """
+        sigma = math.sqrt(max(float(np.linalg.eigvalsh(np.asarray(covariance_enu_m2, np.float64)).max()), 0.0))
+        fitted = self.protection_scale > 0 and abs(self.protection_risk - risk) <= 1e-9
+        return float(sigma * (self.protection_scale if fitted else gaussian_protection_scale(risk)))
+
     def to_dict(self) -> dict[str, Any]:
         return {**{p: float(getattr(self, p)) for p in self.PARAMS}, "calibrated": bool(self.calibrated)}
 
@@ -113,10 +128,19 @@ class CovarianceModel:
         vals = {p: float(values.get(p, cls.OPTIONAL.get(p))) for p in cls.PARAMS}
         if not all(math.isfinite(v) for v in vals.values()) or min(
                 vals["sigma0_m"], vals["sigma_min_m"], vals["yaw_variance_scale"], vals["yaw_variance_min_rad2"],
-                vals["fix_sigma_scale"], vals["yaw_variance_power"]) <= 0:
-            raise ValueError(f"covariance parameters must be finite, sigmas and yaw terms > 0: {vals}")
+                vals["fix_sigma_scale"], vals["yaw_variance_power"]) <= 0 or vals["protection_scale"] < 0 or not (
+                0 < vals["protection_risk"] < 1):
+            raise ValueError(f"covariance parameters must be finite, sigmas and yaw terms > 0, protection_scale "
+                             f">= 0 and protection_risk in (0, 1): {vals}")
         return cls(**vals, calibrated=bool(values.get("calibrated", False)), fit=dict(fit or {}))
 
+
+
+def gaussian_protection_scale(risk: float) -> float:
+    """k with P(|e| > k sigma) = risk for an isotropic 2-D Gaussian error (Rayleigh): sqrt(-2 ln risk)."""
+    if not 0 < risk < 1:
+        raise ValueError(f"risk must be in (0, 1), got {risk}")
+    return math.sqrt(-2.0 * math.log(risk))
 
 
 def _solve_monotone(fn: Callable[[float], float], target: float, lo: float = -30.0, hi: float = 30.0) -> float:
@@ -226,7 +250,7 @@ def fit_fix_sigma_scale(fixes: Sequence[Fix], truths: Sequence[Any], *, quantile
 def calibrate(estimates: Sequence[Estimate], truths: Sequence[Any], *, start: CovarianceModel | None = None,
               fit_shape: bool | None = None, quantile: float = 0.95,
               reasons: Sequence[Reason | str] = (Reason.OK, Reason.MAHALANOBIS),
-              min_samples: int = 20) -> CovarianceModel:
+              min_samples: int = 20, protection_risk: float = 0.01) -> CovarianceModel:
     """Fit the covariance model on a validation set so that d^2 follows chi-square (2 dof).
 
     estimates[i] pairs with truths[i] (Truth, or (lat, lon[, yaw_enu_rad])). Used: estimates with
@@ -240,7 +264,10 @@ def calibrate(estimates: Sequence[Estimate], truths: Sequence[Any], *, start: Co
     likelihood (_fit_yaw_power), then yaw_variance_scale so that the same quantile of e^2 / var
     equals the 1-dof quantile (3.84 at 95 %). sigma_min_m, yaw_variance_min_rad2 and
     fix_sigma_scale (fit_fix_sigma_scale, before the drive is localized: it shapes the estimates)
-    are kept from `start` (default: the uncalibrated defaults).
+    are kept from `start` (default: the uncalibrated defaults). Protection level: protection_scale is
+    the (1 - protection_risk) quantile of error / published sigma over the set, the published
+    covariance being the new model's plus what the posterior added beyond its mode (kept from each
+    estimate's covariance), never below the Gaussian's sqrt(-2 ln risk).
     """
     from scipy.stats import chi2
 
@@ -250,7 +277,7 @@ def calibrate(estimates: Sequence[Estimate], truths: Sequence[Any], *, start: Co
         raise ValueError(f"quantile must be in [0.5, 1), got {quantile}")
     start = start or CovarianceModel.from_config(LocalizerConfig())
     wanted = {str(r) for r in reasons}
-    feats, r2, yaw_err2, yaw_raw = [], [], [], []
+    feats, r2, yaw_err2, yaw_raw, added = [], [], [], [], []
     for est, truth in zip(estimates, truths):
         if not est.has_position or str(est.reason) not in wanted:
             continue
@@ -258,6 +285,7 @@ def calibrate(estimates: Sequence[Estimate], truths: Sequence[Any], *, start: Co
         de, dn = geo.offset_enu_m(t.lat_deg, t.lon_deg, est.lat_deg, est.lon_deg)
         r2.append(de * de + dn * dn)
         feats.append([est.margin, est.score, est.spread_m or 0.0, math.hypot(*(est.offset_m or (0.0, 0.0)))])
+        added.append(_added_variance_m2(est, start, feats[-1]))
         if est.yaw_enu_rad is not None and est.yaw_variance_raw_rad2 is not None and t.yaw_enu_rad is not None:
             yaw_err2.append(float(geo.wrap_angle_rad(est.yaw_enu_rad - t.yaw_enu_rad)) ** 2)
             yaw_raw.append(est.yaw_variance_raw_rad2)
@@ -290,6 +318,12 @@ def calibrate(estimates: Sequence[Estimate], truths: Sequence[Any], *, start: Co
         "chi2_2dof_quantile": q2, "share_d2_below_chi2": float(np.mean(d2 <= q2)),
         "median_error_m": float(np.median(np.sqrt(r2a))), "median_sigma_m": float(np.median(sigma)),
     }
+    published_sigma = np.sqrt(sigma ** 2 + np.asarray(added))
+    ratio = np.sqrt(r2a) / published_sigma
+    protection = max(float(np.quantile(ratio, 1.0 - protection_risk, method="higher")),
+                     gaussian_protection_scale(protection_risk))
+    fit.update({"protection_risk": protection_risk, "protection_scale": protection,
+                "share_beyond_protection": float(np.mean(ratio > protection))})
     yaw_scale, yaw_power = start.yaw_variance_scale, start.yaw_variance_power
     fit["yaw_samples"] = len(yaw_err2)
     if len(yaw_err2) >= min_samples:
@@ -299,7 +333,17 @@ def calibrate(estimates: Sequence[Estimate], truths: Sequence[Any], *, start: Co
         sigma0_m=float(math.exp(log_sigma0 + log_scale)), margin_coef=float(coefs[0]), score_coef=float(coefs[1]),
         spread_coef=float(coefs[2]), offset_coef=float(coefs[3]), sigma_min_m=start.sigma_min_m,
         yaw_variance_scale=float(yaw_scale), yaw_variance_min_rad2=start.yaw_variance_min_rad2,
-        fix_sigma_scale=start.fix_sigma_scale, yaw_variance_power=float(yaw_power), calibrated=True, fit=fit)
+        fix_sigma_scale=start.fix_sigma_scale, yaw_variance_power=float(yaw_power), protection_scale=protection,
+        protection_risk=protection_risk, calibrated=True, fit=fit)
+
+
+def _added_variance_m2(est: Estimate, start: CovarianceModel, features: list[float]) -> float:
+    """What the estimate's covariance holds beyond start's model (largest eigenvalue minus sigma^2): the
+    posterior's mass beyond its mode, which calibration keeps while it refits the model."""
+    if est.covariance_enu_m2 is None:
+        return 0.0
+    largest = float(np.linalg.eigvalsh(np.asarray(est.covariance_enu_m2, np.float64)).max())
+    return max(largest - float(start.sigma_m(*features)) ** 2, 0.0)
 
 
 def _calibrate_yaw(e2: np.ndarray, raw: np.ndarray, start: CovarianceModel, fit_shape: bool, quantile: float,

@@ -39,6 +39,8 @@ class Reason(str, enum.Enum):
     OUTSIDE_COVERAGE = "OUTSIDE_COVERAGE"  # no tile centre inside the scope around the fix
     LOW_MARGIN = "LOW_MARGIN"  # retrieval margin not above min_margin: the best tile is ambiguous
     MAHALANOBIS = "MAHALANOBIS"  # the estimate contradicts the GNSS prior (d^2 > max_mahalanobis)
+    AMBIGUOUS = "AMBIGUOUS"  # the posterior holds real mass at distinct places (min_mode_mass): no single fix
+    MISMATCH = "MISMATCH"  # the best match stands no higher above the scope than chance (min_peak_z): wrong imagery
 
     def __str__(self) -> str:
         return self.value
@@ -47,7 +49,7 @@ class Reason(str, enum.Enum):
 BAD_INPUT_REASONS = frozenset({Reason.BAD_IMAGE, Reason.BAD_FIX, Reason.NO_FIX, Reason.BAD_STAMP,
                                Reason.STALE_STAMP, Reason.FUTURE_STAMP, Reason.OUT_OF_ORDER,
                                Reason.OUTSIDE_COVERAGE})
-GATE_REASONS = frozenset({Reason.LOW_MARGIN, Reason.MAHALANOBIS})
+GATE_REASONS = frozenset({Reason.LOW_MARGIN, Reason.MAHALANOBIS, Reason.AMBIGUOUS, Reason.MISMATCH})
 
 
 @dataclass(frozen=True)
@@ -123,6 +125,9 @@ class Estimate:
     offset_m: tuple[float, float] | None = None  # (dE, dN) of the estimate from the tile centre, UTM grid, m
     spread_m: float | None = None  # weighted RMS distance of the agreeing candidates' positions, m
     mahalanobis_d2: float | None = None  # squared Mahalanobis distance to the GNSS prior
+    protection_level_m: float | None = None  # horizontal radius the true error exceeds on at most protection_risk of fixes
+    mode_mass: float | None = None  # posterior mass within mode_radius_m of the estimate (1: one clear place)
+    peak_z: float | None = None  # the best likelihood's robust z-score against the scope's (imagery match)
     latency: Latency = field(default_factory=Latency)
 
     @property

@@ -109,6 +109,10 @@ def localize_streams(localizers: Mapping[Any, Localizer], frames: Sequence[Frame
         loc = localizers[fr.city]
         if k == 0 or frames[k - 1].city != fr.city:
             loc.reset()  # another walk: another stream
+            if loc.odometry is not None:
+                loc.odometry.buffer.clear()  # and another odometry
+        for row in (fr.odometry if fr.odometry is not None else ()):
+            loc.add_odometry(float(row[0]), float(row[1]), float(row[2]), float(row[3]), row[4:])
         estimates.append(loc.localize(fr.data, fix, fr.stamp_s, now_s=fr.stamp_s))
     return estimates
 
@@ -116,7 +120,8 @@ def localize_streams(localizers: Mapping[Any, Localizer], frames: Sequence[Frame
 def calibrate_covariance(localizer: Localizer, frames: Sequence[Frame], estimates: Sequence[Estimate]) -> dict[str, Any]:
     """Fit the covariance model on the batch and save covariance.json beside the model."""
     try:
-        model = calibrate(list(estimates), [fr.truth for fr in frames], start=localizer.covariance)
+        model = calibrate(list(estimates), [fr.truth for fr in frames], start=localizer.covariance,
+                          protection_risk=localizer.config.protection_risk)
     except ValueError as exc:
         raise LocalizeInputError(f"--calibrate: {exc}") from None
     path = save_covariance(model, localizer.meta.path, localizer.meta.model_hash)

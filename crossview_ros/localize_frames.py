@@ -42,6 +42,8 @@ class Frame:
     city: str | None = None  # the tile set it is localized in (a VIGOR city, or a bag's index)
     data: bytes | None = None  # the encoded panorama (bag frames); None = read path
     stamp_s: float | None = None  # bag frames: the panorama's stamp
+    odometry: np.ndarray | None = None  # bag frames: (k, 40) odometry since the previous frame: stamp_s, x_m, y_m,
+    # yaw_rad, then the 36 pose covariance values (what Localizer.add_odometry takes), up to this frame's stamp
 
 
 def spread(count: int, limit: int) -> np.ndarray:
@@ -155,7 +157,8 @@ def read_panorama(path: Path) -> bytes:
 
 def bag_frames(path: Path, limit: int) -> tuple[list[Frame], list[Fix]]:
     """A drive bag's panoramas in stamp order, each with the newest GNSS fix at its stamp (as the node
-    pairs them) and the ground truth (position, and yaw turned from the UTM grid to ENU)."""
+    pairs them), the odometry the node would have received since the previous one, and the ground truth
+    (position, and yaw turned from the UTM grid to ENU)."""
     try:
         bag = read_bag(path)
     except ReplayError as exc:
@@ -165,6 +168,8 @@ def bag_frames(path: Path, limit: int) -> tuple[list[Frame], list[Fix]]:
     order = np.argsort(bag.panorama_stamp_ns, kind="stable")
     order = order[spread(len(order), limit)]
     frames, fixes = [], []
+    odom = np.concatenate([bag.odom_stamp_s[:, None], bag.odom_pose, bag.odom_pose_cov], axis=1)
+    odom_sent = 0
     for i in order:
         stamp_ns = int(bag.panorama_stamp_ns[i])
         k = int(np.searchsorted(fix_stamps, stamp_ns, side="right")) - 1
@@ -179,7 +184,10 @@ def bag_frames(path: Path, limit: int) -> tuple[list[Frame], list[Fix]]:
         lat, lon = float(bag.truth_lat_deg[j]), float(bag.truth_lon_deg[j])
         yaw = float(geo.yaw_utm_to_enu(float(bag.truth_yaw_utm_rad[g]), lat, lon, bag.zone))
         msg = store.deserialize_cdr(bag.panorama_raw[i], "sensor_msgs/msg/CompressedImage")
-        frames.append(Frame(path, Truth(lat, lon, yaw), data=bytes(msg.data), stamp_s=t_s))
+        odom_until = int(np.searchsorted(bag.odom_stamp_s, t_s, side="right"))
+        frames.append(Frame(path, Truth(lat, lon, yaw), data=bytes(msg.data), stamp_s=t_s,
+                            odometry=odom[odom_sent:odom_until]))
+        odom_sent = max(odom_sent, odom_until)
     if not frames:
         raise LocalizeInputError(f"{path} has no panorama after a GNSS fix")
     return frames, fixes

@@ -36,8 +36,9 @@ from crossview_ros.estimate import (
     NAVSAT_STATUS_UNKNOWN, Estimate, Fix, Latency, LocalizerError, Reason, finite_or_none, fix_covariance_enu_m2,
 )
 from crossview_ros.localizer_config import LocalizerConfig
-from crossview_ros.matchers import PoseMatch, Scope, check_engine_against_tiles, create_matcher
+from crossview_ros.matchers import Heading, PoseMatch, Scope, check_engine_against_tiles, create_matcher
 from crossview_ros.model_meta import load_model_meta
+from crossview_ros.odometry import GridOdometry
 from crossview_ros.panorama import decode_panorama
 from crossview_ros.preprocess import preprocess_ground
 from crossview_ros.tiles import TileSet, TileSetError
@@ -127,6 +128,9 @@ class Localizer:
             self.close()
             raise
         self.counts: Counter[Reason] = Counter()  # frames per reason since construction (diagnostics)
+        self.yaw_withheld = 0  # accepted frames published without yaw: a flipped bearing held real mass
+        self.odometry = GridOdometry(config.odom_max_age_s) if config.odometry else None
+        self._course_fix_stamp_s: float | None = None
         self._last_stamp_s: float | None = None
         self._throttle = _Throttle(config.log_throttle_s)
         log.info("localizer ready: %d tiles of %s (zone %s, %g m), %s model %s on %s, covariance %s", len(self.tiles),
@@ -169,6 +173,17 @@ class Localizer:
         restarting, and between panoramas that are not a stream)."""
         self._last_stamp_s = None
         self.matcher.reset()
+        if self.odometry is not None:
+            self.odometry.reset()
+
+    def add_odometry(self, stamp_s: float, x_m: float, y_m: float, yaw_rad: float,
+                     pose_covariance: Any = None) -> str | None:
+        """One odometry pose (base_link in the odom frame; pose_covariance: the 36 values of
+        nav_msgs/Odometry's pose covariance, or None). Thread-safe against localize(). Returns what was
+        wrong with it (the pose is then ignored), or None; ignored when config odometry is false."""
+        if self.odometry is None:
+            return None
+        return self.odometry.add(stamp_s, x_m, y_m, yaw_rad, pose_covariance)
 
     # ----------------------------------------------------------------- the frame
 
@@ -243,12 +258,27 @@ class Localizer:
                        score=pose.score, margin=pose.margin, tile_id=pose.tile_id, offset_m=offset_m,
                        spread_m=pose.spread_m, mahalanobis_d2=d2)
 
-        if cfg.heading:
+        context.update(protection_level_m=self.covariance.protection_level_m(cov, cfg.protection_risk),
+                       mode_mass=pose.mode_mass, peak_z=pose.peak_z)
+
+        heading = None
+        if cfg.heading or (self.odometry is not None and self.matcher.heading_is_free):
             t = time.perf_counter()
-            context.update(self._heading(ground, pose, lat, lon))
+            heading = self._heading(ground, pose)
+            if cfg.heading and heading is not None:
+                context.update(self._yaw(heading, lat, lon))
             times["heading_ms"] = time.perf_counter() - t
 
-        self._gate(pose.margin, d2, from_fix_m, f"tile {pose.tile_id}, score {pose.score:.4f}")
+        try:
+            self._gate(pose, d2, from_fix_m, f"tile {pose.tile_id}, score {pose.score:.4f}")
+        except _Reject as rej:
+            if rej.reason is Reason.MAHALANOBIS:
+                self.matcher.reset()  # a track whose best place the GNSS contradicts must not carry on
+            raise
+        if self.odometry is not None and heading is not None and heading.flip_mass <= cfg.yaw_max_flip_mass:
+            # the view's own yaw votes (not the posterior's, which holds odometry's prior: no self-confirmation)
+            evidence = heading.yaw_grid_rad if heading.evidence_yaw_grid_rad is None else heading.evidence_yaw_grid_rad
+            self.odometry.vote_bearing(stamp, evidence)
         return self._finish(Estimate(stamp_s=stamp, accepted=True, reason=Reason.OK, **context,
                                      latency=self._latency(times, t_start)))
 
@@ -267,19 +297,26 @@ class Localizer:
         if ids.size == 0:
             raise _Reject(Reason.OUTSIDE_COVERAGE, f"no tile within {radius_m:.0f} m of the fix ({lat:.7f}, {lon:.7f})")
         context["tiles_in_scope"] = int(ids.size)
+        if self.odometry is not None and fix.stamp_s != self._course_fix_stamp_s:
+            self._course_fix_stamp_s = fix.stamp_s  # one vote per fix, whatever the frame rate
+            self.odometry.vote_course(float(fix.stamp_s), float(e_fix), float(n_fix), sigma_fix_m)
         prior_grid = geo.enu_cov_to_utm(self._prior_cov(fix_cov, age_s), lat, lon, self.tiles.zone)
-        return Scope(ids, float(e_fix), float(n_fix), prior_grid, stamp, float(fix.stamp_s))
+        return Scope(ids, float(e_fix), float(n_fix), prior_grid, stamp, float(fix.stamp_s), self.odometry)
 
-    def _heading(self, ground: Any, pose: PoseMatch, lat: float, lon: float) -> dict[str, Any]:
-        """yaw_enu_rad and its variances, or nothing when the matcher has no heading for this frame. A
-        heading that fails (a missing or corrupt tile image, a degenerate correlation) costs the yaw,
-        never the position."""
+    def _heading(self, ground: Any, pose: PoseMatch) -> Heading | None:
+        """The matcher's heading, or None when it has none for this frame. A heading that fails (a
+        missing or corrupt tile image, a degenerate correlation) costs the yaw, never the position."""
         try:
-            h = self.matcher.heading(ground, pose)
+            return self.matcher.heading(ground, pose)
         except (ValueError, TileSetError, OSError) as exc:
             self._throttle(logging.WARNING, "heading", "heading failed, estimate without yaw: %s", exc)
-            return {}
-        if h is None:
+            return None
+
+    def _yaw(self, h: Heading, lat: float, lon: float) -> dict[str, Any]:
+        """yaw_enu_rad and its variances; nothing when a flipped bearing holds more than yaw_max_flip_mass
+        (a small variance around one of two opposite bearings would be a confident lie)."""
+        if h.flip_mass > self.config.yaw_max_flip_mass:
+            self.yaw_withheld += 1
             return {}
         yaw = float(geo.yaw_utm_to_enu(h.yaw_grid_rad, lat, lon, self.tiles.zone))
         return {"yaw_enu_rad": yaw, "yaw_variance_raw_rad2": h.variance_raw_rad2,
@@ -287,10 +324,16 @@ class Localizer:
 
     def _covariance_and_d2(self, fix: Fix, fix_cov: np.ndarray, age_s: float, lat: float, lon: float,
                            pose: PoseMatch, offset_m: tuple[float, float]) -> tuple[np.ndarray, float, float]:
-        """The estimate's 2x2 ENU covariance (CovarianceModel), its squared Mahalanobis distance to the
-        GNSS prior (the fix's covariance widened by age x max speed) and its distance from the fix, m."""
+        """The estimate's 2x2 ENU covariance, its squared Mahalanobis distance to the GNSS prior (the fix's
+        covariance widened by age x max speed) and its distance from the fix, m.
+
+        The covariance is the calibrated model's (CovarianceModel) plus the posterior's mass beyond
+        mode_radius_m (sum of p d d^T): a look-alike far away that holds real mass widens it, as the
+        mixture's covariance would."""
         sigma = self.covariance.sigma_m(pose.margin, pose.score, pose.spread_m, math.hypot(*offset_m))
         cov = np.eye(2) * sigma * sigma
+        if pose.far_covariance_m2 is not None:
+            cov = cov + geo.utm_cov_to_enu(pose.far_covariance_m2, lat, lon, self.tiles.zone)
         de, dn = geo.offset_enu_m(float(fix.lat_deg), float(fix.lon_deg), lat, lon)
         innovation = np.array([de, dn])
         return (cov, float(innovation @ np.linalg.solve(cov + self._prior_cov(fix_cov, age_s), innovation)),
@@ -301,9 +344,19 @@ class Localizer:
         fix_sigma_scale) widened by how far the platform may have moved since the fix."""
         return fix_cov + np.eye(2) * (age_s * self.config.max_speed_mps) ** 2
 
-    def _gate(self, margin: float, d2: float, distance_m: float, detail: str) -> None:
-        """LOW_MARGIN, then MAHALANOBIS against the GNSS prior; both keep the estimate in the Estimate."""
+    def _gate(self, pose: PoseMatch, d2: float, distance_m: float, detail: str) -> None:
+        """MISMATCH (the imagery does not stand out), AMBIGUOUS (the posterior holds distinct places),
+        LOW_MARGIN, then MAHALANOBIS against the GNSS prior; each keeps the estimate in the Estimate."""
         cfg = self.config
+        margin = pose.margin
+        if pose.peak_z is not None and cfg.min_peak_z > 0 and not pose.peak_z > cfg.min_peak_z:
+            raise _Reject(Reason.MISMATCH, f"the match stands {pose.peak_z:.2f} robust sigmas above the scope, not "
+                                           f"above min_peak_z {cfg.min_peak_z:g}: the imagery does not match "
+                                           f"({detail})")
+        if pose.mode_mass is not None and not pose.mode_mass >= cfg.min_mode_mass:
+            raise _Reject(Reason.AMBIGUOUS, f"only {100 * pose.mode_mass:.0f} % of the posterior lies within "
+                                            f"mode_radius_m {cfg.mode_radius_m:g} m of the estimate (min_mode_mass "
+                                            f"{cfg.min_mode_mass:g}; {detail})")
         if not margin > cfg.min_margin:
             raise _Reject(Reason.LOW_MARGIN, f"margin {margin:.4f} is not above min_margin {cfg.min_margin:g} "
                                              f"({detail})")

@@ -141,6 +141,21 @@ class LocalizerConfig:
     track_likelihood_weight: float = param(1.0, "1", "retrieval", "exponent on each frame's model likelihood in a "
                                            "track (consecutive views repeat their errors; 1: independent frames)",
                                            lo=0.0, hi=1.0, lo_open=True)
+    odometry: bool = param(True, "bool", "retrieval", "bev track: move the belief by the odometry's displacement "
+                           "and its covariance between frames when odometry arrives (false: the random walk)")
+    odom_max_age_s: float = param(0.5, "s", "retrieval", "odometry newer than a frame by more than this, or older, "
+                                  "is not interpolated: the track falls back to the random walk", lo=0.0, hi=60.0,
+                                  lo_open=True)
+    odom_yaw_uniform_weight: float = param(0.1, "1", "retrieval", "bev track with odometry: share of the bearing "
+                                           "prior (odometry's yaw on the grid) spread evenly, so a clear view can "
+                                           "overrule it", lo=0.0, hi=1.0, lo_open=True, hi_open=True)
+    min_mode_mass: float = param(0.8, "1", "gating", "gate: publish only when at least this share of the posterior "
+                                 "lies within mode_radius_m of the estimate (AMBIGUOUS; 0 = off)", lo=0.0, hi=1.0)
+    mode_radius_m: float = param(10.0, "m", "gating", "radius around the estimate that counts as its mode for "
+                                 "min_mode_mass and the published covariance", lo=0.0, hi=1.0e4, lo_open=True)
+    min_peak_z: float = param(0.0, "1", "gating", "gate: publish only when the best likelihood's robust z-score "
+                              "against the scope is above this (MISMATCH: imagery that does not match; 0 = off)",
+                              lo=0.0, hi=1.0e3)
     min_margin: float = param(0.0, "1", "gating", "gate: publish only when the margin (score units; bev: posterior) "
                               "is above this (LOW_MARGIN)")
     max_mahalanobis: float = param(13.8, "1", "gating", "gate: refuse a squared Mahalanobis distance to the fix "
@@ -151,6 +166,8 @@ class LocalizerConfig:
                                 "baseline", choices=HEADING_METHODS)
     camera_height_m: float = param(2.0, "m", "heading", "camera above the ground for the polar heading; 0 = pooled "
                                    "rows", lo=0.0, hi=100.0)
+    yaw_max_flip_mass: float = param(0.1, "1", "heading", "publish no yaw when the bearings more than 90 deg from the "
+                                     "best one hold more than this share of the heading's probability", lo=0.0, hi=1.0)
     covariance_file: str = param("", "path", "covariance", "'' = <model>/covariance.json if present, 'none' = the "
                                  "cov_* values below, or a calibration file")
     cov_sigma0_m: float = param(25.0, "m", "covariance", "1-sigma at margin = score = spread = offset = 0 "
@@ -171,6 +188,8 @@ class LocalizerConfig:
                                       "1 = proportional)", lo=0.0, hi=4.0, lo_open=True)
     yaw_variance_min_rad2: float = param(1e-4, "rad^2", "covariance", "yaw variance floor",
                                          lo=0.0, hi=10.0, lo_open=True)
+    protection_risk: float = param(0.01, "1", "covariance", "the protection level is the radius the true error "
+                                   "exceeds on at most this share of published fixes", lo=0.0, hi=0.5, lo_open=True)
     log_throttle_s: float = param(5.0, "s", "node", "at most one log line per rejection reason per this many "
                                   "seconds", lo=0.0, hi=3600.0)
 

@@ -336,7 +336,7 @@ def test_localizer_stream_track_and_reset(bev_export, tmp_path):
     def frames(track: bool, reset_before_third: bool = False, weight: float = 1.0, sigma_m: float = 8.0):
         loc = Localizer(LocalizerConfig(tile_set=str(tile_dir), model=str(bev_export), engine="onnxruntime",
                                         engine_threads=1, max_mahalanobis=1e6, scope_min_m=20.0, track=track,
-                                        track_likelihood_weight=weight))
+                                        track_likelihood_weight=weight, min_mode_mass=0.0))
         out = []
         for t in (10.0, 10.5, 11.0):
             if t == 11.0 and reset_before_third:
@@ -368,8 +368,10 @@ def test_localizer_with_a_bev_model(bev_export, tmp_path):
     from crossview_ros.tiles import TilingConfig, build_tile_set
 
     tif, tile_dir, tiles, lat, lon, pano = bev_world(bev_export, tmp_path)
+    # an untrained model on random imagery: its posterior is spread over the scope, so the AMBIGUOUS gate is off here
     config = LocalizerConfig(tile_set=str(tile_dir), model=str(bev_export), engine="onnxruntime", engine_threads=1,
-                             heading=True, max_mahalanobis=1e6, scope_min_m=20.0)
+                             heading=True, max_mahalanobis=1e6, scope_min_m=20.0, min_mode_mass=0.0,
+                             yaw_max_flip_mass=1.0)
     loc = Localizer(config)
     est = loc.localize(pano, Fix(float(lat), float(lon), 10.0, sigma_m=8.0), 10.0, encoding="rgb8", now_s=10.0)
     assert est.accepted and est.reason is Reason.OK and est.yaw_enu_rad is not None
@@ -489,3 +491,55 @@ def test_mirrored_world_keeps_the_ground_to_aerial_correspondence():
     bearing = torch.tensor([math.pi, 0.7, 2.0])
     mirrored = model.north_up(ground.flip(-1), torch.remainder(-bearing, 2 * math.pi))
     assert torch.allclose(mirrored, model.north_up(ground, bearing).flip(-1), atol=1e-5)
+
+
+def test_twins_split_the_posterior_and_their_distance_is_in_the_far_covariance(bev_export):
+    """Two places the likelihood cannot tell apart: each holds about half the posterior, so the mode
+    within a radius smaller than their distance has about half the mass, and the rest of the mass
+    sits one twin-distance away: far covariance ~ (1 - mode_mass) d d^T (the mixture's second moment)."""
+    from crossview_ros.engines import OnnxEngine
+    from crossview_ros.matchers import bev_grid as bev_match
+
+    engine = OnnxEngine(bev_export, threads=1)
+    a, b = (4, 4), (10, 10)
+    smap, ground = twin_scope(engine, a, b)
+    gap = np.subtract(smap.position(*b), smap.position(*a))
+    m = bev_match.match_scope(engine, ground, smap, exclusion_m=5.0, top_k=3, mode_radius_m=0.4 * np.hypot(*gap))
+    assert 0.3 < m.mode_mass < 0.7
+    d = gap if math.dist((m.easting_m, m.northing_m), smap.position(*a)) < 1.0 else -gap
+    want = (1 - m.mode_mass) * np.outer(d, d)
+    np.testing.assert_allclose(m.far_covariance_m2, want, rtol=0.25, atol=0.05 * float(np.abs(want).max()))
+    alone, view = planted_scope(engine, 0, a)  # the same view without its twin: one place
+    one = bev_match.match_scope(engine, view, alone, exclusion_m=5.0, top_k=3, mode_radius_m=6.0)
+    assert one.mode_mass > 0.98 and float(np.abs(one.far_covariance_m2).max()) < 0.02 * float(np.abs(want).max())
+
+
+
+def test_bearing_prior_decides_a_weak_view_and_yields_to_a_clear_one(bev_export):
+    """Odometry's bearing prior (a wrapped Gaussian plus a uniform share): a clear view facing north keeps
+    its bearing against a prior facing south; the same view counted at 5 % (a weak one) takes the
+    prior's bearing."""
+    from crossview_ros.engines import OnnxEngine
+    from crossview_ros.matchers import bev_grid as bev_match
+
+    n_rot = 16
+    prior = bev_match.bearing_log_prior(n_rot, math.pi, math.radians(10.0), 0.1)
+    assert np.exp(prior).sum() == pytest.approx(1.0)
+    assert int(np.argmax(prior)) == n_rot // 2 and np.exp(prior[0]) == pytest.approx(0.1 / n_rot, rel=1e-6)
+    with pytest.raises(ValueError, match="bearing_log_prior"):
+        bev_match.bearing_log_prior(n_rot, 0.0, 0.0, 0.1)
+
+    engine = OnnxEngine(bev_export, threads=1)
+    n_rot = int(engine.meta.bev["rotations"])
+    smap, ground = planted_scope(engine, 0, (6, 4))  # on the coarse grid: the coarse search sees the peak
+    # 80 % of the prior spread evenly: its peak stands ln(1 + 0.2 / 0.8 x n_rot x ~0.9) nats above the other
+    # bearings (0.16 score units at logit_scale 10), less than the clear view's lead over any south-facing pose
+    south = bev_match.bearing_log_prior(n_rot, math.pi, math.radians(10.0), 0.8)
+    clear = bev_match.match_scope(engine, ground, smap, exclusion_m=5.0, top_k=3, bearing_prior=south)
+    assert abs(math.remainder(clear.bearing_rad, 2 * math.pi)) < math.radians(5)
+    weak = bev_match.match_scope(engine, ground, smap, exclusion_m=5.0, top_k=3, bearing_prior=south,
+                                 likelihood_weight=0.05)
+    assert abs(math.remainder(weak.bearing_rad - math.pi, 2 * math.pi)) < math.radians(5)
+    assert clear.bearing_likelihood_rad == pytest.approx(0.0, abs=1e-9)  # the view's own bearing, what votes
+    with pytest.raises(ValueError, match="one value per rotation"):
+        bev_match.match_scope(engine, ground, smap, exclusion_m=5.0, top_k=3, bearing_prior=south[:-1])

@@ -21,6 +21,7 @@ from crossview_ros.bag.writer import (
 from crossview_ros.replay_errors import BagError
 
 NS = 1_000_000_000
+KIND_FIX, KIND_ODOM, KIND_PANORAMA = 0, 1, 2  # playlist kinds, in the order they go at equal stamps
 REQUIRED_TOPICS: dict[str, str] = {  # what the replay and the evaluation read
     TOPIC_DATUM: MSG_STRING,
     TOPIC_PANORAMA: MSG_COMPRESSED,
@@ -62,6 +63,9 @@ class DriveBag:
     odom_stamp_s: np.ndarray  # (O,)
     odom_twist: np.ndarray  # (O, 3) vx, vy (m/s), vyaw (rad/s) in base_link
     odom_twist_cov: np.ndarray  # (O, 36) row-major
+    odom_pose: np.ndarray  # (O, 3) x, y (m), yaw (rad) of base_link in the odom frame
+    odom_pose_cov: np.ndarray  # (O, 36) row-major
+    odom_raw: list[bytes]  # CDR of each odometry message, as stored
     truth_stamp_s: np.ndarray  # (T,) /ground_truth/fix
     truth_lat_deg: np.ndarray
     truth_lon_deg: np.ndarray
@@ -75,10 +79,11 @@ class DriveBag:
         return self.panorama_stamp_ns.astype(np.float64) / NS
 
     def playlist(self) -> list[tuple[int, int, int]]:
-        """(stamp_ns, kind, row) to publish: stamp order, at equal stamps the fix (kind 0) before the
-        panorama (kind 1), then bag order."""
-        items = [(int(f.stamp_ns), 0, i) for i, f in enumerate(self.fixes)]
-        items += [(int(t), 1, i) for i, t in enumerate(self.panorama_stamp_ns)]
+        """(stamp_ns, kind, row) to publish: stamp order, at equal stamps the fix, the odometry, then the
+        panorama (KIND_*), then bag order."""
+        items = [(int(f.stamp_ns), KIND_FIX, i) for i, f in enumerate(self.fixes)]
+        items += [(int(round(t * NS)), KIND_ODOM, i) for i, t in enumerate(self.odom_stamp_s)]
+        items += [(int(t), KIND_PANORAMA, i) for i, t in enumerate(self.panorama_stamp_ns)]
         items.sort()
         return items
 
@@ -123,7 +128,7 @@ def read_bag(path: str | os.PathLike) -> DriveBag:
         conns = [c for c in reader.connections if c.topic in REQUIRED_TOPICS]
         datum: dict = {}
         pano_ns, pano_raw, fixes, fix_raw = [], [], [], []
-        odom_t, odom_v, odom_c = [], [], []
+        odom_t, odom_v, odom_c, odom_p, odom_pc, odom_raw = [], [], [], [], [], []
         gt_t, gt_lat, gt_lon = [], [], []
         gp_t, gp_e, gp_n, gp_yaw = [], [], [], []
         for conn, _log_ns, raw in reader.messages(connections=conns):
@@ -145,6 +150,10 @@ def read_bag(path: str | os.PathLike) -> DriveBag:
                 odom_t.append(stamp_ns(msg.header) / NS)
                 odom_v.append((tw.linear.x, tw.linear.y, tw.angular.z))
                 odom_c.append(np.asarray(msg.twist.covariance, dtype=np.float64))
+                pose = msg.pose.pose
+                odom_p.append((pose.position.x, pose.position.y, yaw_of(pose.orientation)))
+                odom_pc.append(np.asarray(msg.pose.covariance, dtype=np.float64))
+                odom_raw.append(bytes(raw))
             elif topic == TOPIC_GT_FIX:
                 msg = reader.deserialize(raw, conn.msgtype)
                 gt_t.append(stamp_ns(msg.header) / NS)
@@ -184,6 +193,8 @@ def read_bag(path: str | os.PathLike) -> DriveBag:
         panorama_stamp_ns=np.asarray(pano_ns, dtype=np.int64), panorama_raw=pano_raw, fixes=fixes, fix_raw=fix_raw,
         odom_stamp_s=np.asarray(odom_t), odom_twist=np.asarray(odom_v, dtype=np.float64).reshape(-1, 3),
         odom_twist_cov=np.asarray(odom_c, dtype=np.float64).reshape(-1, 36),
+        odom_pose=np.asarray(odom_p, dtype=np.float64).reshape(-1, 3),
+        odom_pose_cov=np.asarray(odom_pc, dtype=np.float64).reshape(-1, 36), odom_raw=odom_raw,
         truth_stamp_s=np.asarray(gt_t), truth_lat_deg=np.asarray(gt_lat), truth_lon_deg=np.asarray(gt_lon),
         truth_pose_stamp_s=np.asarray(gp_t), truth_easting_m=np.asarray(gp_e), truth_northing_m=np.asarray(gp_n),
         truth_yaw_utm_rad=np.asarray(gp_yaw),

@@ -28,6 +28,7 @@ from crossview_ros.engines.base import Engine
 from crossview_ros.index import DescriptorError, check_descriptors
 from crossview_ros.localizer_config import LocalizerConfig
 from crossview_ros.model_meta import EngineError, ModelMeta
+from crossview_ros.odometry import GridOdometry
 from crossview_ros.tiles import TileSet
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,7 @@ class Scope:
     prior_covariance_m2: np.ndarray  # (2, 2) grid axes: the fix's covariance (scaled) widened by its age
     stamp_s: float  # the panorama's stamp
     fix_stamp_s: float
+    odometry: GridOdometry | None = None  # the motion between frames for a track (None: no odometry in use)
 
 
 @dataclass(frozen=True)
@@ -63,6 +65,9 @@ class PoseMatch:
     score: float  # similarity of the chosen place (cosine)
     margin: float  # score units: how far the chosen place stands above the best distinct one
     spread_m: float  # RMS distance of the places the model also believes in, m
+    mode_mass: float | None = None  # posterior mass within mode_radius_m of the pose (None: the family has none)
+    far_covariance_m2: np.ndarray | None = None  # (2, 2) grid: the posterior's second moment beyond mode_radius_m
+    peak_z: float | None = None  # the likelihood at the pose against the scope's, robust z (None: not measured)
 
 
 @dataclass(frozen=True)
@@ -71,6 +76,8 @@ class Heading:
 
     yaw_grid_rad: float
     variance_raw_rad2: float  # the estimator's own variance, before calibration
+    flip_mass: float = 0.0  # probability of the bearings more than 90 deg from this one (a flipped view)
+    evidence_yaw_grid_rad: float | None = None  # the view's own yaw, before any odometry prior (None: the same)
 
 
 class Matcher(abc.ABC):
@@ -78,6 +85,7 @@ class Matcher(abc.ABC):
 
     kind: ClassVar[str]  # model.json's matching kind
     settings: ClassVar[frozenset[str]] = frozenset()  # LocalizerConfig fields only this family reads
+    heading_is_free: ClassVar[bool] = False  # the heading comes with the pose (no extra encode): always asked for
 
     def __init__(self, engine: Engine, tiles: TileSet, config: LocalizerConfig) -> None:
         self.engine = engine

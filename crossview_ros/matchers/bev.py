@@ -21,6 +21,9 @@ from crossview_ros.matchers.base import GroundView, Heading, Matcher, PoseMatch,
 from crossview_ros.tiles import TileSet
 
 
+BEARING_PRIOR_MIN_SIGMA_RAD = math.radians(10.0)  # the odometry bearing prior is never sharper than this
+
+
 @dataclass(frozen=True)
 class _Track:
     """The grid filter's state between frames: the last posterior and what it already holds."""
@@ -36,6 +39,8 @@ class BevPose(PoseMatch):
 
     bearing_rad: float = 0.0  # camera forward, clockwise from grid north
     bearing_variance_rad2: float = 0.0
+    bearing_flip_mass: float = 0.0  # softmax mass of the bearings more than 90 deg from bearing_rad
+    bearing_likelihood_rad: float = 0.0  # the likelihood's own best bearing (what votes for the odometry alignment)
 
 
 @register
@@ -43,8 +48,10 @@ class BevMatcher(Matcher):
     """Dense top-down correlation over the scope (model.json matching "bev")."""
 
     kind = "bev"
+    heading_is_free = True
     settings = frozenset({"match_prior", "track", "track_speed_mps", "track_max_gap_s", "track_uniform_weight",
-                          "track_likelihood_weight"})
+                          "track_likelihood_weight", "odometry", "odom_max_age_s", "min_mode_mass", "mode_radius_m",
+                          "min_peak_z", "yaw_max_flip_mass", "odom_yaw_uniform_weight"})
 
     def __init__(self, engine: Engine, tiles: TileSet, config: LocalizerConfig) -> None:
         super().__init__(engine, tiles, config)
@@ -69,8 +76,7 @@ class BevMatcher(Matcher):
         last = self._track
         track = None
         if cfg.track and last is not None and 0 < scope.stamp_s - last.stamp_s <= cfg.track_max_gap_s:
-            track = last.belief.predict(max(cfg.track_speed_mps * (scope.stamp_s - last.stamp_s),
-                                            last.belief.spacing_m), cfg.track_uniform_weight)
+            track = self._predict(last, scope)
         prior = None
         # a fix already in the track's belief is not multiplied in again (its error would count twice)
         if cfg.match_prior and (track is None or scope.fix_stamp_s != last.fix_stamp_s):
@@ -79,18 +85,46 @@ class BevMatcher(Matcher):
                                    scope.prior_covariance_m2 + np.eye(2) * self.cell_m ** 2)
         match = bev_grid.match_scope(self.engine, ground.features[None], smap, exclusion_m=cfg.fusion_radius_m,
                                      top_k=cfg.top_k, prior=prior, track=track,
-                                     likelihood_weight=cfg.track_likelihood_weight if cfg.track else 1.0)
+                                     likelihood_weight=cfg.track_likelihood_weight if cfg.track else 1.0,
+                                     mode_radius_m=cfg.mode_radius_m, bearing_prior=self._bearing_prior(scope))
         if cfg.track and match.belief is not None:
             self._track = _Track(scope.stamp_s, scope.fix_stamp_s, match.belief)
         return match
 
+    def _predict(self, last: _Track, scope: Scope) -> bev_grid.TrackPrior:
+        """The last belief moved to this frame: by the odometry's displacement and its uncertainty when
+        there is odometry for both stamps (its length only, as a random walk, until the odom frame is
+        aligned with the grid), else by the random walk of track_speed_mps."""
+        cfg = self.config
+        floor_m = last.belief.spacing_m
+        motion = scope.odometry.motion_grid(last.stamp_s, scope.stamp_s) if scope.odometry is not None else None
+        if motion is None:
+            return last.belief.predict(max(cfg.track_speed_mps * (scope.stamp_s - last.stamp_s), floor_m),
+                                       cfg.track_uniform_weight)
+        return last.belief.predict(max(math.sqrt(motion.variance_m2), floor_m), cfg.track_uniform_weight,
+                                   motion.east_m, motion.north_m)
+
+    def _bearing_prior(self, scope: Scope) -> np.ndarray | None:
+        """The bearings' prior from odometry's yaw once the odom frame is aligned with the grid (the
+        alignment absorbs the camera's mounting yaw): a flipped view then needs strong evidence."""
+        if scope.odometry is None or not self.config.track:
+            return None
+        predicted = scope.odometry.yaw_grid(scope.stamp_s)
+        if predicted is None:
+            return None
+        yaw_grid, sigma = predicted
+        # yaw counter-clockwise from grid east -> bearing clockwise from grid north
+        return bev_grid.bearing_log_prior(int(self.meta.bev["rotations"]), math.pi / 2 - yaw_grid,
+                                          max(sigma, BEARING_PRIOR_MIN_SIGMA_RAD), self.config.odom_yaw_uniform_weight)
+
     def refine_pose(self, ground: GroundView, candidates: bev_grid.BevMatch) -> BevPose:
         m = candidates
-        return BevPose(m.easting_m, m.northing_m, m.tile_id, m.score, m.margin, m.spread_m,
-                       bearing_rad=m.bearing_rad, bearing_variance_rad2=m.bearing_variance_rad2)
+        return BevPose(m.easting_m, m.northing_m, m.tile_id, m.score, m.margin, m.spread_m, mode_mass=m.mode_mass,
+                       far_covariance_m2=m.far_covariance_m2, peak_z=m.peak_z, bearing_rad=m.bearing_rad,
+                       bearing_variance_rad2=m.bearing_variance_rad2, bearing_flip_mass=m.bearing_flip_mass,
+                       bearing_likelihood_rad=m.bearing_likelihood_rad)
 
     def heading(self, ground: GroundView, pose: BevPose) -> Heading | None:
-        if not self.config.heading:
-            return None
         # bearing clockwise from grid north -> yaw counter-clockwise from grid east
-        return Heading(math.pi / 2 - pose.bearing_rad, pose.bearing_variance_rad2)
+        return Heading(math.pi / 2 - pose.bearing_rad, pose.bearing_variance_rad2, pose.bearing_flip_mass,
+                       math.pi / 2 - pose.bearing_likelihood_rad)

@@ -47,11 +47,13 @@ class Belief:
     corner_n_m: float  # UTM northing of position [0, 0]
     spacing_m: float  # distance between neighbouring positions, m
 
-    def predict(self, sigma_m: float, uniform_weight: float) -> TrackPrior:
-        """The belief after a move of unknown direction with 1-sigma sigma_m per axis (Gaussian
-        random walk), mixed with uniform_weight of mass spread evenly over the belief's support."""
-        if not (sigma_m > 0 and 0 < uniform_weight < 1):
-            raise ValueError(f"predict needs sigma_m > 0 and uniform_weight in (0, 1), got {sigma_m}, {uniform_weight}")
+    def predict(self, sigma_m: float, uniform_weight: float, shift_e_m: float = 0.0,
+                shift_n_m: float = 0.0) -> TrackPrior:
+        """The belief after a move by (shift_e_m, shift_n_m) (odometry; 0 for a random walk) with 1-sigma
+        sigma_m per axis, mixed with uniform_weight of mass spread evenly over the belief's support."""
+        if not (sigma_m > 0 and 0 < uniform_weight < 1 and math.isfinite(shift_e_m) and math.isfinite(shift_n_m)):
+            raise ValueError(f"predict needs sigma_m > 0, uniform_weight in (0, 1) and a finite shift, got {sigma_m}, "
+                             f"{uniform_weight}, ({shift_e_m}, {shift_n_m})")
         p = np.exp(self.log_p - np.max(self.log_p))
         p /= p.sum()
         s = sigma_m / self.spacing_m  # in positions
@@ -59,8 +61,8 @@ class Belief:
         h, w = p.shape
         blurred = _gauss_matrix(h, pad, s) @ p @ _gauss_matrix(w, pad, s).T  # separable, no wrap-around
         floor = uniform_weight / max(1, int(np.isfinite(self.log_p).sum()))
-        return TrackPrior((1 - uniform_weight) * blurred, floor, self.corner_e_m - pad * self.spacing_m,
-                          self.corner_n_m + pad * self.spacing_m, self.spacing_m)
+        return TrackPrior((1 - uniform_weight) * blurred, floor, self.corner_e_m - pad * self.spacing_m + shift_e_m,
+                          self.corner_n_m + pad * self.spacing_m + shift_n_m, self.spacing_m)
 
 
 def _gauss_matrix(n: int, pad: int, sigma: float) -> np.ndarray:
@@ -112,6 +114,11 @@ class BevMatch:
     tile_ids: np.ndarray  # tiles ranked by their best posterior score (top_k)
     tile_scores: np.ndarray  # those posterior scores (score + log-prior / logit_scale; the score without a prior)
     belief: Belief | None = None  # the posterior over the scope's coarse positions (the next frame's track)
+    mode_mass: float = 1.0  # posterior mass within mode_radius_m of the pose
+    far_covariance_m2: np.ndarray | None = None  # (2, 2) grid: sum of p d d^T over the positions beyond mode_radius_m
+    peak_z: float = math.inf  # likelihood at the pose, robust z-score against the scope's (median, MAD)
+    bearing_flip_mass: float = 0.0  # softmax mass of the bearings more than 90 deg from the best one
+    bearing_likelihood_rad: float = 0.0  # the best bearing of the likelihood alone at the pose (no bearing prior)
 
 
 @dataclass
@@ -179,22 +186,38 @@ class Prior:
         return -0.5 * (inv[0, 0] * de * de + (inv[0, 1] + inv[1, 0]) * de * dn + inv[1, 1] * dn * dn)
 
 
+def bearing_log_prior(n_rot: int, bearing_rad: float, sigma_rad: float, uniform_weight: float) -> np.ndarray:
+    """(n_rot,) natural-log probabilities of the match's bearings (k x 2 pi / n_rot, clockwise from grid
+    north): a wrapped Gaussian around bearing_rad mixed with uniform_weight spread evenly, so that a
+    view that clearly faces elsewhere can still win (odometry's heading, predicted for this frame)."""
+    if not (n_rot > 0 and sigma_rad > 0 and 0 < uniform_weight < 1 and math.isfinite(bearing_rad)):
+        raise ValueError(f"bearing_log_prior needs n_rot > 0, sigma_rad > 0, uniform_weight in (0, 1) and a finite "
+                         f"bearing, got {n_rot}, {sigma_rad}, {uniform_weight}, {bearing_rad}")
+    angles = np.arange(n_rot) * (2 * math.pi / n_rot)
+    d = np.remainder(angles - bearing_rad + math.pi, 2 * math.pi) - math.pi
+    g = np.exp(-0.5 * (d / sigma_rad) ** 2)
+    return np.log((1 - uniform_weight) * g / g.sum() + uniform_weight / n_rot)
+
+
 def match_scope(engine: Any, ground: np.ndarray, smap: ScopeMap, *, exclusion_m: float, top_k: int,
                 prior: Prior | None = None, track: TrackPrior | None = None,
-                likelihood_weight: float = 1.0) -> BevMatch:
+                likelihood_weight: float = 1.0, mode_radius_m: float = 10.0,
+                bearing_prior: np.ndarray | None = None) -> BevMatch:
     """Best bearing and position of the camera in the scope map (see the module docstring).
 
     ground: (1, C, K, K) camera-frame ground features from the engine's ground graph. prior: the
     GNSS fix as a Gaussian; track: the last frame's predicted Belief; the pose then maximises the
     posterior, not the likelihood alone. likelihood_weight: the exponent on the model's likelihood
     in that posterior (below 1 when consecutive frames' errors are correlated, see Localizer's track).
+    mode_radius_m: the radius around the pose whose posterior mass is the match's mode_mass.
+    bearing_prior: (R,) natural-log probabilities of the bearings (bearing_log_prior), or None.
     """
     if not 0 < likelihood_weight <= 1:
         raise ValueError(f"likelihood_weight must be in (0, 1], got {likelihood_weight}")
-    grid = _Grid(engine, ground, smap, (prior, track), likelihood_weight)
+    grid = _Grid(engine, ground, smap, (prior, track), likelihood_weight, bearing_prior)
     coarse = grid.coarse()
     fine = grid.fine(coarse)
-    return grid.result(coarse, fine, exclusion_m, top_k)
+    return grid.result(coarse, fine, exclusion_m, top_k, mode_radius_m)
 
 
 @dataclass
@@ -233,12 +256,17 @@ class _Grid:
     """One frame's match: the engine's score volume over a scope map, and the priors on it."""
 
     def __init__(self, engine: Any, ground: np.ndarray, smap: ScopeMap, priors: tuple[Any, ...],
-                 likelihood_weight: float) -> None:
+                 likelihood_weight: float, bearing_prior: np.ndarray | None = None) -> None:
         meta = engine.meta.bev
         self.engine, self.ground, self.smap, self.priors = engine, ground, smap, priors
         self.weight = likelihood_weight
         self.k, self.stride, self.n_rot = int(meta["kernel_cells"]), int(meta["match_stride"]), int(meta["rotations"])
         self.scale = float(meta["logit_scale"])
+        if bearing_prior is not None and np.shape(bearing_prior) != (self.n_rot,):
+            raise ValueError(f"bearing_prior must have one value per rotation ({self.n_rot}), got {np.shape(bearing_prior)}")
+        # the bearings' prior in score units, 0 without one
+        self.bearing = (np.zeros(self.n_rot) if bearing_prior is None else
+                        np.asarray(bearing_prior, np.float64) / self.scale).astype(np.float32)
         k = self.k
         self.padded = np.pad(smap.fmap, ((0, 0), (k // 2, k // 2 - 1), (k // 2, k // 2 - 1)))[None]
 
@@ -259,10 +287,11 @@ class _Grid:
         tile_of = smap.owner[np.minimum(ii // b, smap.owner.shape[0] - 1)][:, np.minimum(jj // b,
                                                                                         smap.owner.shape[1] - 1)]
         valid = tile_of >= 0
-        post = self.weight * scores.max(axis=0) + self.log_prior(ii[:, None], jj[None, :])
+        turned = self.weight * scores + self.bearing[:, None, None]
+        post = turned.max(axis=0) + self.log_prior(ii[:, None], jj[None, :])
         masked = np.where(valid, post, -np.inf)
         ci, cj = np.unravel_index(int(np.argmax(masked)), masked.shape)
-        return _Coarse(scores, ii, jj, tile_of, valid, post, masked, (int(np.argmax(scores[:, ci, cj])), ci, cj))
+        return _Coarse(scores, ii, jj, tile_of, valid, post, masked, (int(np.argmax(turned[:, ci, cj])), ci, cj))
 
     def _corners(self, lo: int, phase: int, size: int, span: int) -> tuple[int, int]:
         """First and last corner >= 0, < size, in [lo + phase, lo + span) with lo + phase's residue."""
@@ -297,23 +326,24 @@ class _Grid:
             for bb in range(span):
                 if smap.tile_at(i_lo + a, j_lo + bb) < 0:
                     fine[:, a, bb] = -np.inf
-        fine_post = self.weight * fine + self.log_prior(i_lo + np.arange(span)[:, None],
-                                                        j_lo + np.arange(span)[None, :])[None]
+        fine_post = self.weight * fine + self.bearing[:, None, None] + self.log_prior(
+            i_lo + np.arange(span)[:, None], j_lo + np.arange(span)[None, :])[None]
         rots = [(r0 - 1) % n_rot, r0, (r0 + 1) % n_rot]
         sub = fine_post[rots]
         ri, fa, fb = np.unravel_index(int(np.argmax(sub)), sub.shape)
         r_best = rots[ri]
         s0 = float(fine[r_best, fa, fb])
         p0 = float(fine_post[r_best, fa, fb])
-        # sub-cell refinement on the posterior, sub-step on the likelihood (the prior has no bearing)
+        # sub-cell refinement and sub-step of the bearing, both on the posterior
         fp = fine_post[r_best]
         da = _parabola(float(fp[fa - 1, fb]), p0, float(fp[fa + 1, fb])) if 0 < fa < span - 1 else 0.0
         db = _parabola(float(fp[fa, fb - 1]), p0, float(fp[fa, fb + 1])) if 0 < fb < span - 1 else 0.0
         at = fine[:, fa, fb]
-        dr = _parabola(float(at[(r_best - 1) % n_rot]), s0, float(at[(r_best + 1) % n_rot]))
+        bp = self.weight * at + self.bearing
+        dr = _parabola(float(bp[(r_best - 1) % n_rot]), float(bp[r_best]), float(bp[(r_best + 1) % n_rot]))
         return _Fine(int(i_lo), int(j_lo), fine, at, r_best, s0, p0, int(i_lo + fa), int(j_lo + fb), da, db, dr)
 
-    def result(self, c: _Coarse, f: _Fine, exclusion_m: float, top_k: int) -> BevMatch:
+    def result(self, c: _Coarse, f: _Fine, exclusion_m: float, top_k: int, mode_radius_m: float) -> BevMatch:
         """The pose, with the margin against distinct places and the spread from the posterior, the
         bearing variance from the model's softmax, the tiles ranked and the belief for the track."""
         smap, scale, n_rot = self.smap, self.scale, self.n_rot
@@ -329,11 +359,16 @@ class _Grid:
         total = float(p.sum())
         p /= total
         spread = float(math.sqrt(float(np.sum(p * dist ** 2))))
-        q = np.exp((f.at - f.at.max()) * scale)
+        near = dist <= mode_radius_m
+        de, dn = np.where(near, 0.0, pe - east), np.where(near, 0.0, pn - north)
+        far_cov = np.array([[np.sum(p * de * de), np.sum(p * de * dn)], [np.sum(p * de * dn), np.sum(p * dn * dn)]])
+        at_post = self.weight * f.at + self.bearing  # the bearings' posterior at the pose, score units
+        q = np.exp((at_post - at_post.max()) * scale)
         q /= q.sum()
         angles = np.arange(n_rot) * step
         resultant = abs(complex(np.sum(q * np.cos(angles)), np.sum(q * np.sin(angles))))
         bearing_var = float(max(-2.0 * math.log(max(resultant, 1e-9)), (step / 2) ** 2 / 3))
+        off = np.abs(np.remainder(angles - bearing + math.pi, 2 * math.pi) - math.pi) > math.pi / 2
 
         # the tile whose block holds the refined position (a corner refined across a block edge moves on)
         tile_id = smap.tile_at(math.floor(f.i_best + f.di), math.floor(f.j_best + f.dj))
@@ -347,4 +382,18 @@ class _Grid:
         e0, n0 = smap.position(0, 0)
         belief = Belief(shifted - math.log(total), float(e0), float(n0), self.stride * smap.cell_m)
         return BevMatch(float(east), float(north), bearing, f.s0, float(margin), spread, bearing_var, tile_id,
-                        ids[order], per_tile[order], belief)
+                        ids[order], per_tile[order], belief, mode_mass=float(np.sum(p[near])),
+                        far_covariance_m2=far_cov, peak_z=self.peak_z(c, f.s0),
+                        bearing_flip_mass=float(np.sum(q[off])), bearing_likelihood_rad=float(np.argmax(f.at) * step))
+
+    @staticmethod
+    def peak_z(c: _Coarse, s0: float) -> float:
+        """How far the likelihood at the pose stands above the scope's: (s0 - median) / (1.4826 MAD) over
+        the coarse positions' best-bearing likelihoods. Imagery that matches puts the pose far out in
+        the tail; another place's imagery leaves it among the crowd (an a-contrario test)."""
+        lik = c.scores.max(axis=0)[c.valid]
+        if lik.size < 8:
+            return math.inf  # too few places to say what chance looks like
+        med = float(np.median(lik))
+        mad = 1.4826 * float(np.median(np.abs(lik - med)))
+        return float((s0 - med) / max(mad, 1e-6))

@@ -58,6 +58,14 @@ def compressed_to_bytes(msg: Any) -> bytes:
     return bytes(memoryview(msg.data).cast("B"))
 
 
+def odometry_pose(msg: Any) -> tuple[float, float, float, float, list[float]]:
+    """nav_msgs/Odometry -> (stamp_s, x_m, y_m, yaw_rad, pose covariance (36 values)): base_link in the
+    odom frame, as Localizer.add_odometry takes it (it judges non-finite values)."""
+    p, q = msg.pose.pose.position, msg.pose.pose.orientation
+    yaw = math.atan2(2.0 * (q.w * q.z + q.x * q.y), 1.0 - 2.0 * (q.y * q.y + q.z * q.z))
+    return stamp_to_s(msg.header.stamp), float(p.x), float(p.y), yaw, list(msg.pose.covariance)
+
+
 def fix_from_navsat(msg: Any) -> Fix:
     """sensor_msgs/NavSatFix -> localizer.Fix; never raises: NaN, NO_FIX and the like are the Localizer's
     to judge (it rejects the frame with BAD_FIX / NO_FIX and says why)."""

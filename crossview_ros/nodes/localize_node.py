@@ -38,6 +38,7 @@ import rclpy
 from builtin_interfaces.msg import Time
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import PoseWithCovarianceStamped
+from nav_msgs.msg import Odometry
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
 from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
@@ -67,6 +68,7 @@ REJECT_KEYS = tuple(f"rejected_{r}" for r in Reason if r is not Reason.OK)
 # Panoramas: best effort, keep last 1 (design.md: drop stale frames rather than queue them).
 PANORAMA_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.BEST_EFFORT)
 FIX_QOS = qos_profile_sensor_data  # best effort: matches reliable and best-effort GNSS drivers alike
+ODOM_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=50, reliability=ReliabilityPolicy.BEST_EFFORT)
 OUTPUT_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10, reliability=ReliabilityPolicy.RELIABLE)
 
 T = TypeVar("T")
@@ -231,6 +233,7 @@ class LocalizeNode(Node):
         self._period = _Period()
         self._last_scope_tiles = 0
         self._last_reason = ""
+        self._last_protection_m = float("nan")
         self._last_error = ""
         self._throttle = _Throttle(self.config.log_throttle_s)
         self._log_handler: _RosLogHandler | None = None
@@ -327,6 +330,8 @@ class LocalizeNode(Node):
         self.create_subscription(Image, "panorama", lambda m: self._on_panorama(m, False), **qos(PANORAMA_QOS))
         self.create_subscription(CompressedImage, "panorama/compressed", lambda m: self._on_panorama(m, True),
                                  **qos(PANORAMA_QOS))
+        if self.config.odometry:  # the track moves by odometry (nav_msgs/Odometry, e.g. odometry/filtered)
+            self.create_subscription(Odometry, "odom", self._on_odom, **qos(ODOM_QOS))
         self.create_timer(self.settings.diagnostics_period_s, self._publish_diagnostics)
         self.get_logger().info(f"ready: pose_origin {self.settings.pose_origin} in frame "
                                f"{self.settings.pose_frame!r}, heading {'on' if self.config.heading else 'off'}")
@@ -363,6 +368,16 @@ class LocalizeNode(Node):
             self.counts["fixes_received"] += 1
         if self.settings.pose_origin == "datum" and self._enu is None:
             self._take_datum(record.fix)
+
+    def _on_odom(self, msg: Odometry) -> None:
+        try:
+            problem = self.localizer.add_odometry(*convert.odometry_pose(msg))
+        except Exception as exc:  # a malformed message must not take the executor down
+            problem = f"odometry ignored, cannot read it: {exc}"
+        with self._lock:
+            self.counts["odometry_received" if problem is None else "odometry_ignored"] += 1
+        if problem is not None:
+            self._warn("odom", problem)
 
     def _take_datum(self, fix: Any) -> None:
         """The datum from the first fix that passes every check the localizer makes of a fix."""
@@ -423,6 +438,8 @@ class LocalizeNode(Node):
                 self._period.localize_ms.append(est.latency.total_ms)
                 self._last_scope_tiles = est.tiles_in_scope
                 self._last_reason = str(est.reason)
+                if est.accepted and est.protection_level_m is not None:
+                    self._last_protection_m = est.protection_level_m
 
     def _reject(self, reason: Reason, message: str) -> None:
         """A frame the node refuses before the Localizer sees it (same counter keys as the Localizer's)."""
@@ -486,6 +503,7 @@ class LocalizeNode(Node):
             counts = Counter(self.counts)
             period, self._period = self._period, _Period()
             last_scope, last_reason, last_error = self._last_scope_tiles, self._last_reason, self._last_error
+            protection_m = self._last_protection_m
         elapsed_s = max(time.monotonic() - period.started_s, 1e-9)
         if period.errors:
             level, message = DiagnosticStatus.ERROR, f"{period.errors} frame(s) failed: {last_error}"
@@ -510,6 +528,10 @@ class LocalizeNode(Node):
             "processed_rate_hz": f"{len(period.latencies_ms) / elapsed_s:.2f}",
             "estimates_rate_hz": f"{period.estimates / elapsed_s:.2f}",
             "last_scope_tiles": last_scope, "last_reason": last_reason or "none",
+            "protection_level_m": f"{protection_m:.2f}", "yaw_withheld": self.localizer.yaw_withheld,
+            "odometry_received": counts["odometry_received"], "odometry_ignored": counts["odometry_ignored"],
+            "odometry_aligned": str(self.localizer.odometry is not None
+                                    and self.localizer.odometry.alignment.offset() is not None).lower(),
             "pose_origin": self.settings.pose_origin,
             "datum": "unset" if self._enu is None else f"{self._enu.lat0_deg:.7f},{self._enu.lon0_deg:.7f}",
         }

@@ -14,9 +14,9 @@ from typing import Any
 
 from tqdm import tqdm
 
-from crossview_ros.bag.drive import NS, DriveBag
+from crossview_ros.bag.drive import KIND_FIX, KIND_ODOM, NS, DriveBag
 from crossview_ros.bag.drive import stamp_ns as header_stamp_ns
-from crossview_ros.bag.writer import TOPIC_GNSS, TOPIC_PANORAMA, typestore
+from crossview_ros.bag.writer import TOPIC_GNSS, TOPIC_ODOM, TOPIC_PANORAMA, typestore
 from crossview_ros.replay_errors import NodeError, ReplayError
 from crossview_ros.replay_evaluation import (
     NODE_NAME, OUTPUT_TOPICS, TOPIC_DIAGNOSTICS, TOPIC_OUT_FIX, TOPIC_OUT_POSE, Playback, Received, diag_int,
@@ -46,6 +46,7 @@ class Player:
         from rclpy.executors import SingleThreadedExecutor
         from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
         from rclpy.signals import SignalHandlerOptions
+        from nav_msgs.msg import Odometry
         from rosgraph_msgs.msg import Clock
         from sensor_msgs.msg import CompressedImage, NavSatFix
 
@@ -58,6 +59,7 @@ class Player:
         self.clock_pub = self.node.create_publisher(Clock, "/clock", reliable)
         self.pano_pub = self.node.create_publisher(CompressedImage, TOPIC_PANORAMA, reliable)
         self.fix_pub = self.node.create_publisher(NavSatFix, TOPIC_GNSS, reliable)
+        self.odom_pub = self.node.create_publisher(Odometry, TOPIC_ODOM, reliable)
         self._clock_cls = Clock
         self._qos = (QoSProfile, HistoryPolicy, ReliabilityPolicy, DurabilityPolicy)
         self.received: list[Received] = []
@@ -314,9 +316,12 @@ def publish_bag(player: Player, node: NodeProcess, bag: DriveBag, items: list[tu
                     last_clock = now
                 time.sleep(min(CLOCK_PERIOD_S, target - now))
             player.publish_clock(stamp_ns)
-            if kind == 0:
+            if kind == KIND_FIX:
                 player.fix_pub.publish(bag.fix_raw[row])
                 sent.fixes += 1
+                continue
+            if kind == KIND_ODOM:
+                player.odom_pub.publish(bag.odom_raw[row])
                 continue
             sent.published_s.setdefault(stamp_ns, player.now_s())
             player.pano_pub.publish(bag.panorama_raw[row])
