@@ -32,6 +32,7 @@ rclpy = pytest.importorskip("rclpy")
 from builtin_interfaces.msg import Time  # noqa: E402
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus  # noqa: E402
 from geometry_msgs.msg import PoseWithCovarianceStamped  # noqa: E402
+from nav_msgs.msg import Odometry  # noqa: E402
 from rclpy.context import Context  # noqa: E402
 from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
@@ -150,6 +151,18 @@ def test_fix_conversion_never_raises_and_keeps_the_covariance():
     assert convert.up_variance_m2(msg) == convert.UNKNOWN_VARIANCE
     good = convert.fix_from_navsat(fix_msg(40.0, -74.0, Time(sec=1)))
     assert good.covariance_type == NavSatFix.COVARIANCE_TYPE_DIAGONAL_KNOWN and good.status == 0
+
+
+def test_odometry_pose_conversion():
+    msg = Odometry()
+    msg.header.stamp = to_time(12.5)
+    msg.pose.pose.position.x, msg.pose.pose.position.y = 3.0, -4.0
+    q = convert.yaw_to_quaternion(2.0)
+    o = msg.pose.pose.orientation
+    o.x, o.y, o.z, o.w = q
+    msg.pose.covariance[0] = 0.25
+    stamp_s, x, y, yaw, cov = convert.odometry_pose(msg)
+    assert (stamp_s, x, y) == (12.5, 3.0, -4.0) and yaw == pytest.approx(2.0) and cov[0] == 0.25 and len(cov) == 36
 
 
 def test_quaternion_and_covariance_layouts():
@@ -1160,6 +1173,44 @@ class TestBevYawNode:
             e_want, n_want = bev_node.startup["planted"][name]
             lat_w, lon_w = geo.utm_to_latlon(e_want, n_want, world.zone)
             assert geo.distance_m(lat_w, lon_w, out["fix"].latitude, out["fix"].longitude) < 2.0, name
+
+
+    def test_odometry_is_taken_and_bad_odometry_counted(self, bev_node, world):
+        """The bev node takes nav_msgs/Odometry on odom (the track's motion), counts what it refuses, and
+        publishes a protection level in its diagnostics."""
+        probe = bev_node.probe
+        pub = probe.node.create_publisher(Odometry, "/node_bev/odom", 10)
+
+        def odom(x_m: float, stamp_s: float) -> Odometry:
+            msg = Odometry()
+            msg.header.stamp = to_time(stamp_s)
+            msg.header.frame_id, msg.child_frame_id = "odom", "base_link"
+            msg.pose.pose.position.x = x_m
+            msg.pose.pose.orientation.w = 1.0
+            return msg
+
+        x = 0.0
+        wait_until(lambda: pub.get_subscription_count() > 0, 5.0, "the node's odom subscription")
+        deadline = time.monotonic() + 10.0
+        while probe.counter("odometry_received") < 5 and time.monotonic() < deadline:
+            x += 0.1
+            pub.publish(odom(x, bev_node.clock.next()))
+            time.sleep(0.05)
+        assert probe.counter("odometry_received") >= 5
+        while probe.counter("odometry_ignored") < 1 and time.monotonic() < deadline:
+            pub.publish(odom(math.nan, bev_node.clock.next()))
+            time.sleep(0.05)
+        assert probe.counter("odometry_ignored") >= 1
+        wait_until(lambda: "odometry pose ignored" in bev_node.proc.text(), 5.0, "the log line")
+        lat, lon = world.latlon(2, 1.5, -1.0)
+        probe.send_fix(fix_msg(lat, lon, to_time(bev_node.clock.next()), sigma_m=2.0))
+        stamp, delta = bev_node.frame(lambda s: image_msg(bev_node.startup["east"], s))
+        assert delta["estimates_published"] == 1, delta
+        wait_until(lambda: math.isfinite(float(probe.values().get("protection_level_m", "nan"))), 5.0,
+                   "a protection level")
+        assert float(probe.values()["protection_level_m"]) > 0.0
+        assert probe.values()["odometry_aligned"] in ("true", "false")
+        probe.node.destroy_publisher(pub)
 
 
 def test_qos_overrides_apply_to_the_subscriptions(ros, world, tmp_path):
