@@ -40,7 +40,7 @@ class Reason(str, enum.Enum):
     LOW_MARGIN = "LOW_MARGIN"  # retrieval margin not above min_margin: the best tile is ambiguous
     MAHALANOBIS = "MAHALANOBIS"  # the estimate contradicts the GNSS prior (d^2 > max_mahalanobis)
     AMBIGUOUS = "AMBIGUOUS"  # the posterior holds real mass at distinct places (min_mode_mass): no single fix
-    MISMATCH = "MISMATCH"  # the best match stands no higher above the scope than chance (min_peak_z): wrong imagery
+    MISMATCH = "MISMATCH"  # too few recent views point at their estimate by themselves (min_imagery_support)
 
     def __str__(self) -> str:
         return self.value
@@ -127,7 +127,8 @@ class Estimate:
     mahalanobis_d2: float | None = None  # squared Mahalanobis distance to the GNSS prior
     protection_level_m: float | None = None  # horizontal radius the true error exceeds on at most protection_risk of fixes
     mode_mass: float | None = None  # posterior mass within mode_radius_m of the estimate (1: one clear place)
-    peak_z: float | None = None  # the best likelihood's robust z-score against the scope's (imagery match)
+    view_distance_m: float | None = None  # from the estimate to the place the view alone prefers, m
+    imagery_support: float | None = None  # share of the last imagery_window views that point at their estimate
     latency: Latency = field(default_factory=Latency)
 
     @property

@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections import Counter
+from collections import Counter, deque
 from pathlib import Path
 from typing import Any
 
@@ -131,6 +131,7 @@ class Localizer:
         self.yaw_withheld = 0  # accepted frames published without yaw: a flipped bearing held real mass
         self.odometry = GridOdometry(config.odom_max_age_s) if config.odometry else None
         self._course_fix_stamp_s: float | None = None
+        self._views: deque[bool] = deque(maxlen=config.imagery_window)  # did each recent view point at its estimate
         self._last_stamp_s: float | None = None
         self._throttle = _Throttle(config.log_throttle_s)
         log.info("localizer ready: %d tiles of %s (zone %s, %g m), %s model %s on %s, covariance %s", len(self.tiles),
@@ -173,6 +174,7 @@ class Localizer:
         restarting, and between panoramas that are not a stream)."""
         self._last_stamp_s = None
         self.matcher.reset()
+        self._views.clear()
         if self.odometry is not None:
             self.odometry.reset()
 
@@ -259,7 +261,8 @@ class Localizer:
                        spread_m=pose.spread_m, mahalanobis_d2=d2)
 
         context.update(protection_level_m=self.covariance.protection_level_m(cov, cfg.protection_risk),
-                       mode_mass=pose.mode_mass, peak_z=pose.peak_z)
+                       mode_mass=pose.mode_mass, view_distance_m=pose.view_distance_m,
+                       imagery_support=self._imagery_support(pose))
 
         heading = None
         if cfg.heading or (self.odometry is not None and self.matcher.heading_is_free):
@@ -345,14 +348,16 @@ class Localizer:
         return fix_cov + np.eye(2) * (age_s * self.config.max_speed_mps) ** 2
 
     def _gate(self, pose: PoseMatch, d2: float, distance_m: float, detail: str) -> None:
-        """MISMATCH (the imagery does not stand out), AMBIGUOUS (the posterior holds distinct places),
+        """MISMATCH (too few recent views point at their estimates), AMBIGUOUS (the posterior holds distinct places),
         LOW_MARGIN, then MAHALANOBIS against the GNSS prior; each keeps the estimate in the Estimate."""
         cfg = self.config
         margin = pose.margin
-        if pose.peak_z is not None and cfg.min_peak_z > 0 and not pose.peak_z > cfg.min_peak_z:
-            raise _Reject(Reason.MISMATCH, f"the match stands {pose.peak_z:.2f} robust sigmas above the scope, not "
-                                           f"above min_peak_z {cfg.min_peak_z:g}: the imagery does not match "
-                                           f"({detail})")
+        support = self._imagery_support_now()
+        if support is not None and cfg.min_imagery_support > 0 and not support >= cfg.min_imagery_support:
+            raise _Reject(Reason.MISMATCH, f"{sum(self._views)} of the last {cfg.imagery_window} views point within "
+                                           f"mode_radius_m {cfg.mode_radius_m:g} m of their estimate by themselves "
+                                           f"(min_imagery_support {cfg.min_imagery_support:g}): the tiles may not "
+                                           f"show this place ({detail})")
         if pose.mode_mass is not None and not pose.mode_mass >= cfg.min_mode_mass:
             raise _Reject(Reason.AMBIGUOUS, f"only {100 * pose.mode_mass:.0f} % of the posterior lies within "
                                             f"mode_radius_m {cfg.mode_radius_m:g} m of the estimate (min_mode_mass "
@@ -363,6 +368,17 @@ class Localizer:
         if d2 > cfg.max_mahalanobis:
             raise _Reject(Reason.MAHALANOBIS, f"estimate is {distance_m:.1f} m from the fix, squared Mahalanobis "
                                               f"distance {d2:.1f} > max_mahalanobis {cfg.max_mahalanobis:g}")
+
+    def _imagery_support(self, pose: PoseMatch) -> float | None:
+        """Record whether this view, alone, points within mode_radius_m of its estimate; the share of the
+        window that did (the denominator is the whole window: a new stream earns its support)."""
+        if pose.view_distance_m is None:
+            return None
+        self._views.append(pose.view_distance_m <= self.config.mode_radius_m)
+        return self._imagery_support_now()
+
+    def _imagery_support_now(self) -> float | None:
+        return sum(self._views) / self.config.imagery_window if self._views else None
 
     def fix_problem(self, fix: Any, now_s: float) -> tuple[Reason, str] | None:
         """(reason, message) when this fix would make a frame fail (NO_FIX, BAD_FIX, FUTURE_STAMP), None

@@ -153,9 +153,11 @@ class LocalizerConfig:
                                  "lies within mode_radius_m of the estimate (AMBIGUOUS; 0 = off)", lo=0.0, hi=1.0)
     mode_radius_m: float = param(10.0, "m", "gating", "radius around the estimate that counts as its mode for "
                                  "min_mode_mass and the published covariance", lo=0.0, hi=1.0e4, lo_open=True)
-    min_peak_z: float = param(0.0, "1", "gating", "gate: publish only when the best likelihood's robust z-score "
-                              "against the scope is above this (MISMATCH: imagery that does not match; 0 = off)",
-                              lo=0.0, hi=1.0e3)
+    imagery_window: int = param(10, "frames", "gating", "the last this many matched frames judge whether the "
+                                "imagery matches (MISMATCH)", lo=1, hi=10000)
+    min_imagery_support: float = param(0.3, "1", "gating", "gate: publish only when at least this share of the last "
+                                       "imagery_window views, alone, point within mode_radius_m of their estimate "
+                                       "(MISMATCH: wrong or outdated tiles; 0 = off)", lo=0.0, hi=1.0)
     min_margin: float = param(0.0, "1", "gating", "gate: publish only when the margin (score units; bev: posterior) "
                               "is above this (LOW_MARGIN)")
     max_mahalanobis: float = param(13.8, "1", "gating", "gate: refuse a squared Mahalanobis distance to the fix "

@@ -336,7 +336,7 @@ def test_localizer_stream_track_and_reset(bev_export, tmp_path):
     def frames(track: bool, reset_before_third: bool = False, weight: float = 1.0, sigma_m: float = 8.0):
         loc = Localizer(LocalizerConfig(tile_set=str(tile_dir), model=str(bev_export), engine="onnxruntime",
                                         engine_threads=1, max_mahalanobis=1e6, scope_min_m=20.0, track=track,
-                                        track_likelihood_weight=weight, min_mode_mass=0.0))
+                                        track_likelihood_weight=weight, min_mode_mass=0.0, min_imagery_support=0.0))
         out = []
         for t in (10.0, 10.5, 11.0):
             if t == 11.0 and reset_before_third:
@@ -368,10 +368,11 @@ def test_localizer_with_a_bev_model(bev_export, tmp_path):
     from crossview_ros.tiles import TilingConfig, build_tile_set
 
     tif, tile_dir, tiles, lat, lon, pano = bev_world(bev_export, tmp_path)
-    # an untrained model on random imagery: its posterior is spread over the scope, so the AMBIGUOUS gate is off here
+    # an untrained model on random imagery: its posterior is spread over the scope and its view points anywhere,
+    # so the AMBIGUOUS and MISMATCH gates are off here
     config = LocalizerConfig(tile_set=str(tile_dir), model=str(bev_export), engine="onnxruntime", engine_threads=1,
                              heading=True, max_mahalanobis=1e6, scope_min_m=20.0, min_mode_mass=0.0,
-                             yaw_max_flip_mass=1.0)
+                             yaw_max_flip_mass=1.0, min_imagery_support=0.0)
     loc = Localizer(config)
     est = loc.localize(pano, Fix(float(lat), float(lon), 10.0, sigma_m=8.0), 10.0, encoding="rgb8", now_s=10.0)
     assert est.accepted and est.reason is Reason.OK and est.yaw_enu_rad is not None
@@ -543,3 +544,49 @@ def test_bearing_prior_decides_a_weak_view_and_yields_to_a_clear_one(bev_export)
     assert clear.bearing_likelihood_rad == pytest.approx(0.0, abs=1e-9)  # the view's own bearing, what votes
     with pytest.raises(ValueError, match="one value per rotation"):
         bev_match.match_scope(engine, ground, smap, exclusion_m=5.0, top_k=3, bearing_prior=south[:-1])
+
+
+def test_gates_judge_the_posterior_and_the_recent_views(bev_export, tmp_path, monkeypatch):
+    """The localizer's integrity gates on a planned sequence of matches (the matcher's pose with the
+    view distance and mode mass set by the test): MISMATCH until 2 of the last 4 views point at
+    their estimate by themselves, AMBIGUOUS when the mode holds half the posterior, and a published
+    covariance that adds the posterior's far mass to the model's sigma, its protection level the
+    Gaussian's radius of it before calibration."""
+    import dataclasses
+
+    from crossview_ros.covariance import gaussian_protection_scale
+    from crossview_ros.estimate import Fix, Reason
+    from crossview_ros.localizer import Localizer
+    from crossview_ros.localizer_config import LocalizerConfig
+
+    _, tile_dir, _, lat, lon, pano = bev_world(bev_export, tmp_path)
+    loc = Localizer(LocalizerConfig(tile_set=str(tile_dir), model=str(bev_export), engine="onnxruntime",
+                                    engine_threads=1, max_mahalanobis=1e6, scope_min_m=20.0, mode_radius_m=5.0,
+                                    min_mode_mass=0.8, imagery_window=4, min_imagery_support=0.5))
+    far, near = 20.0, 1.0
+    plan = iter([(far, 1.0), (near, 1.0), (near, 1.0), (far, 1.0), (far, 1.0), (far, 1.0), (near, 1.0), (near, 0.5)])
+    far_cov = np.array([[40.0, 0.0], [0.0, 10.0]])
+    real = loc.matcher.refine_pose
+
+    def planned(ground, candidates):
+        distance, mass = next(plan)
+        return dataclasses.replace(real(ground, candidates), view_distance_m=distance, mode_mass=mass,
+                                   far_covariance_m2=far_cov)
+
+    monkeypatch.setattr(loc.matcher, "refine_pose", planned)
+    out = [loc.localize(pano, Fix(float(lat), float(lon), t, sigma_m=8.0), t, encoding="rgb8", now_s=t)
+           for t in 10.0 + 0.5 * np.arange(8)]
+    M, A, OK = Reason.MISMATCH, Reason.AMBIGUOUS, Reason.OK
+    assert [e.reason for e in out] == [M, M, OK, OK, OK, M, M, A]
+    assert [e.imagery_support for e in out] == [0.0, 0.25, 0.5, 0.5, 0.5, 0.25, 0.25, 0.5]
+    assert all(e.has_position and e.protection_level_m > 0 for e in out)  # gated frames keep what they computed
+    ok = out[2]
+    sigma = loc.covariance.sigma_m(ok.margin, ok.score, ok.spread_m, math.hypot(*ok.offset_m))
+    added = np.linalg.eigvalsh(ok.covariance_enu_m2 - np.eye(2) * sigma ** 2)  # the grid -> ENU turn keeps these
+    np.testing.assert_allclose(added, [10.0, 40.0], rtol=1e-9)
+    assert ok.protection_level_m == pytest.approx(gaussian_protection_scale(0.01) * math.sqrt(sigma ** 2 + 40.0))
+    loc.reset()  # a new stream earns its support again
+    plan = iter([(near, 1.0)])
+    assert loc.localize(pano, Fix(float(lat), float(lon), 20.0, sigma_m=8.0), 20.0, encoding="rgb8",
+                        now_s=20.0).reason is M
+    loc.close()

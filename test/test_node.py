@@ -1146,7 +1146,8 @@ def bev_node(ros, world, tmp_path_factory):
     TileSet.open(tile_dir).write_descriptors(blocks.reshape(len(ids), -1), bev_engine.meta.model_hash)
     bev_engine.close()
     config = LocalizerConfig(tile_set=str(tile_dir), model=str(model_dir), engine="onnxruntime", engine_threads=1,
-                             log_throttle_s=0.0, heading=True, max_mahalanobis=1e6, scope_min_m=15.0)
+                             log_throttle_s=0.0, heading=True, max_mahalanobis=1e6, scope_min_m=15.0,
+                             min_imagery_support=0.1)  # each planted view points at itself: one frame is support
     probe = Probe(ros, "/node_bev")
     proc = NodeProcess("/node_bev", node_params(config), work)
     session = Session(proc, probe, Localizer(config), config)

@@ -67,7 +67,7 @@ class PoseMatch:
     spread_m: float  # RMS distance of the places the model also believes in, m
     mode_mass: float | None = None  # posterior mass within mode_radius_m of the pose (None: the family has none)
     far_covariance_m2: np.ndarray | None = None  # (2, 2) grid: the posterior's second moment beyond mode_radius_m
-    peak_z: float | None = None  # the likelihood at the pose against the scope's, robust z (None: not measured)
+    view_distance_m: float | None = None  # from the pose to the place the view alone prefers (None: not measured)
 
 
 @dataclass(frozen=True)

@@ -116,7 +116,7 @@ class BevMatch:
     belief: Belief | None = None  # the posterior over the scope's coarse positions (the next frame's track)
     mode_mass: float = 1.0  # posterior mass within mode_radius_m of the pose
     far_covariance_m2: np.ndarray | None = None  # (2, 2) grid: sum of p d d^T over the positions beyond mode_radius_m
-    peak_z: float = math.inf  # likelihood at the pose, robust z-score against the scope's (median, MAD)
+    view_distance_m: float = 0.0  # from the pose to the place the view alone likes best (no prior, no track)
     bearing_flip_mass: float = 0.0  # softmax mass of the bearings more than 90 deg from the best one
     bearing_likelihood_rad: float = 0.0  # the best bearing of the likelihood alone at the pose (no bearing prior)
 
@@ -383,17 +383,14 @@ class _Grid:
         belief = Belief(shifted - math.log(total), float(e0), float(n0), self.stride * smap.cell_m)
         return BevMatch(float(east), float(north), bearing, f.s0, float(margin), spread, bearing_var, tile_id,
                         ids[order], per_tile[order], belief, mode_mass=float(np.sum(p[near])),
-                        far_covariance_m2=far_cov, peak_z=self.peak_z(c, f.s0),
+                        far_covariance_m2=far_cov, view_distance_m=self.view_distance_m(c, east, north),
                         bearing_flip_mass=float(np.sum(q[off])), bearing_likelihood_rad=float(np.argmax(f.at) * step))
 
-    @staticmethod
-    def peak_z(c: _Coarse, s0: float) -> float:
-        """How far the likelihood at the pose stands above the scope's: (s0 - median) / (1.4826 MAD) over
-        the coarse positions' best-bearing likelihoods. Imagery that matches puts the pose far out in
-        the tail; another place's imagery leaves it among the crowd (an a-contrario test)."""
-        lik = c.scores.max(axis=0)[c.valid]
-        if lik.size < 8:
-            return math.inf  # too few places to say what chance looks like
-        med = float(np.median(lik))
-        mad = 1.4826 * float(np.median(np.abs(lik - med)))
-        return float((s0 - med) / max(mad, 1e-6))
+    def view_distance_m(self, c: _Coarse, east: float, north: float) -> float:
+        """Distance from the pose to the coarse position the likelihood alone prefers (any bearing). With
+        imagery of this place the view often points at the pose by itself; with another place's imagery
+        its best place is anywhere in the scope, so it rarely falls near a pose the priors chose."""
+        lik = np.where(c.valid, c.scores.max(axis=0), -np.inf)
+        i, j = np.unravel_index(int(np.argmax(lik)), lik.shape)
+        e, n = self.smap.position(c.ii[i], c.jj[j])
+        return float(math.hypot(e - east, n - north))
