@@ -3,14 +3,17 @@
 Covariance model (position, ENU, m^2; isotropic):
 
     sigma_m = max(sigma_min_m, sigma0_m * exp(margin_coef * margin + score_coef * score
-                                             + spread_coef * ln(1 + spread_m) + offset_coef * offset_m))
+                                             + spread_coef * ln(1 + spread_m) + offset_coef * offset_m
+                                             + mode_coef * (1 - mode_mass) + view_coef * ln(1 + view_m)))
     covariance = sigma_m^2 * I2
 
 margin: the retrieval margin (cosine, see margin_mode); score: the top-1 cosine; spread_m: the
 score-weighted RMS distance between the positions predicted from the candidates that agree with
 the top-1 (overlapping tiles regress the same point: their disagreement is the offset head's
 spread); offset_m: the distance of the estimate from the chosen tile's centre (near a tile's edge
-another tile should have won). Log-linear, so calibrate() is a convex maximum-likelihood fit of a
+another tile should have won); mode_mass: the posterior's share near the estimate, and view_m: how
+far from the estimate the view alone would have put it (bev models; 1 and 0 otherwise): the
+frame's own difficulty, so that a calibration carries to walks it did not see. Log-linear, so calibrate() is a convex maximum-likelihood fit of a
 2-D Gaussian, followed by one scale that puts the target quantile of the squared Mahalanobis
 errors on the chi-square (2 dof) quantile: 95 % of d^2 below 5.99. Yaw variance =
 max(yaw_variance_min_rad2, yaw_variance_scale * raw^yaw_variance_power), raw being the heading
@@ -63,6 +66,8 @@ class CovarianceModel:
     yaw_variance_scale: float
     yaw_variance_min_rad2: float
     fix_sigma_scale: float = 1.0  # the GNSS receiver's honesty: its reported sigma times this is its real one
+    mode_coef: float = 0.0  # d ln(sigma) / d (1 - mode_mass)
+    view_coef: float = 0.0  # d ln(sigma) / d ln(1 + view_distance_m)
     yaw_variance_power: float = 1.0  # yaw variance = scale x raw^power
     protection_scale: float = 0.0  # protection level = this x the published sigma (0: not fitted, the Gaussian's)
     protection_risk: float = 0.01  # the share of fixes beyond the protection level that protection_scale was fitted for
@@ -71,31 +76,37 @@ class CovarianceModel:
 
     PARAMS = ("sigma0_m", "margin_coef", "score_coef", "spread_coef", "offset_coef", "sigma_min_m",
               "yaw_variance_scale", "yaw_variance_min_rad2", "fix_sigma_scale", "yaw_variance_power",
-              "protection_scale", "protection_risk")
+              "protection_scale", "protection_risk", "mode_coef", "view_coef")
     OPTIONAL = {"fix_sigma_scale": 1.0, "yaw_variance_power": 1.0,  # absent from older calibration files
-                "protection_scale": 0.0, "protection_risk": 0.01}
+                "protection_scale": 0.0, "protection_risk": 0.01, "mode_coef": 0.0, "view_coef": 0.0}
 
     @classmethod
     def from_config(cls, config: LocalizerConfig) -> CovarianceModel:
         return cls(config.cov_sigma0_m, config.cov_margin_coef, config.cov_score_coef, config.cov_spread_coef,
                    config.cov_offset_coef, config.cov_sigma_min_m, config.yaw_variance_scale,
                    config.yaw_variance_min_rad2, fix_sigma_scale=config.cov_fix_sigma_scale,
-                   yaw_variance_power=config.yaw_variance_power, calibrated=False)
+                   yaw_variance_power=config.yaw_variance_power, mode_coef=config.cov_mode_coef,
+                   view_coef=config.cov_view_coef, calibrated=False)
 
     @staticmethod
-    def features(margin: Any, score: Any, spread_m: Any, offset_m: Any) -> np.ndarray:
-        """(..., 4) regressors: margin, score, ln(1 + spread_m), offset_m."""
+    def features(margin: Any, score: Any, spread_m: Any, offset_m: Any, mode_mass: Any = 1.0,
+                 view_m: Any = 0.0) -> np.ndarray:
+        """(..., 6) regressors: margin, score, ln(1 + spread_m), offset_m, 1 - mode_mass, ln(1 + view_m)."""
         return np.stack(np.broadcast_arrays(
             np.asarray(margin, np.float64), np.asarray(score, np.float64),
-            np.log1p(np.maximum(np.asarray(spread_m, np.float64), 0.0)), np.asarray(offset_m, np.float64)), axis=-1)
+            np.log1p(np.maximum(np.asarray(spread_m, np.float64), 0.0)), np.asarray(offset_m, np.float64),
+            1.0 - np.asarray(mode_mass, np.float64), np.log1p(np.maximum(np.asarray(view_m, np.float64), 0.0))),
+            axis=-1)
 
     @property
     def coefs(self) -> np.ndarray:
-        return np.array([self.margin_coef, self.score_coef, self.spread_coef, self.offset_coef])
+        return np.array([self.margin_coef, self.score_coef, self.spread_coef, self.offset_coef, self.mode_coef,
+                         self.view_coef])
 
-    def sigma_m(self, margin: Any, score: Any, spread_m: Any, offset_m: Any) -> Any:
+    def sigma_m(self, margin: Any, score: Any, spread_m: Any, offset_m: Any, mode_mass: Any = 1.0,
+                view_m: Any = 0.0) -> Any:
         """Horizontal 1-sigma per axis, m (scalars in, float out; arrays broadcast)."""
-        z = self.features(margin, score, spread_m, offset_m) @ self.coefs
+        z = self.features(margin, score, spread_m, offset_m, mode_mass, view_m) @ self.coefs
         sigma = np.maximum(self.sigma_min_m, self.sigma0_m * np.exp(np.clip(z, -50.0, 50.0)))
         return float(sigma) if sigma.ndim == 0 else sigma
 
@@ -163,7 +174,7 @@ def _solve_monotone(fn: Callable[[float], float], target: float, lo: float = -30
 # Physical scale of each regressor (margin, score, ln(1 + spread_m), offset_m): the ridge penalty
 # of the fit is on the change of ln(sigma) over one such step, so a regressor that barely varies
 # in the validation set cannot buy a large coefficient.
-_FEATURE_SCALES = np.array([0.1, 0.5, 1.0, 10.0])
+_FEATURE_SCALES = np.array([0.1, 0.5, 1.0, 10.0, 0.2, 1.0])
 _RIDGE = 2.0
 
 
@@ -284,7 +295,9 @@ def calibrate(estimates: Sequence[Estimate], truths: Sequence[Any], *, start: Co
         t = truth_of(truth)
         de, dn = geo.offset_enu_m(t.lat_deg, t.lon_deg, est.lat_deg, est.lon_deg)
         r2.append(de * de + dn * dn)
-        feats.append([est.margin, est.score, est.spread_m or 0.0, math.hypot(*(est.offset_m or (0.0, 0.0)))])
+        feats.append([est.margin, est.score, est.spread_m or 0.0, math.hypot(*(est.offset_m or (0.0, 0.0))),
+                      1.0 if est.mode_mass is None else est.mode_mass,
+                      0.0 if est.view_distance_m is None else est.view_distance_m])
         added.append(_added_variance_m2(est, start, feats[-1]))
         if est.yaw_enu_rad is not None and est.yaw_variance_raw_rad2 is not None and t.yaw_enu_rad is not None:
             yaw_err2.append(float(geo.wrap_angle_rad(est.yaw_enu_rad - t.yaw_enu_rad)) ** 2)
@@ -331,7 +344,8 @@ def calibrate(estimates: Sequence[Estimate], truths: Sequence[Any], *, start: Co
                                               fit)
     return CovarianceModel(
         sigma0_m=float(math.exp(log_sigma0 + log_scale)), margin_coef=float(coefs[0]), score_coef=float(coefs[1]),
-        spread_coef=float(coefs[2]), offset_coef=float(coefs[3]), sigma_min_m=start.sigma_min_m,
+        spread_coef=float(coefs[2]), offset_coef=float(coefs[3]), mode_coef=float(coefs[4]),
+        view_coef=float(coefs[5]), sigma_min_m=start.sigma_min_m,
         yaw_variance_scale=float(yaw_scale), yaw_variance_min_rad2=start.yaw_variance_min_rad2,
         fix_sigma_scale=start.fix_sigma_scale, yaw_variance_power=float(yaw_power), protection_scale=protection,
         protection_risk=protection_risk, calibrated=True, fit=fit)

@@ -333,7 +333,9 @@ class Localizer:
         The covariance is the calibrated model's (CovarianceModel) plus the posterior's mass beyond
         mode_radius_m (sum of p d d^T): a look-alike far away that holds real mass widens it, as the
         mixture's covariance would."""
-        sigma = self.covariance.sigma_m(pose.margin, pose.score, pose.spread_m, math.hypot(*offset_m))
+        sigma = self.covariance.sigma_m(pose.margin, pose.score, pose.spread_m, math.hypot(*offset_m),
+                                        1.0 if pose.mode_mass is None else pose.mode_mass,
+                                        0.0 if pose.view_distance_m is None else pose.view_distance_m)
         cov = np.eye(2) * sigma * sigma
         if pose.far_covariance_m2 is not None:
             cov = cov + geo.utm_cov_to_enu(pose.far_covariance_m2, lat, lon, self.tiles.zone)

@@ -732,3 +732,23 @@ def test_protection_level_holds_the_heavy_tail_a_gaussian_misses():
     assert share_beyond(gaussian, 0.01) > 0.03  # the look-alikes
     with pytest.raises(ValueError, match="protection"):
         CovarianceModel.from_dict({**fitted.to_dict(), "protection_risk": 1.5})
+
+
+def test_calibrate_fits_the_frames_own_difficulty():
+    """Errors whose sigma grows as (1 + view distance) and as e^(2 (1 - mode mass)): the shape fit finds
+    both slopes (view_coef ~1, mode_coef ~2), so a walk with more hard frames gets larger sigmas."""
+    estimates, truths = synthetic_validation(4000, 1.0, seed=40)
+    rng = np.random.default_rng(41)
+    default = CovarianceModel.from_config(LocalizerConfig())
+    out = []
+    for e, t in zip(estimates, truths):
+        view, mass = float(rng.uniform(0.0, 60.0)), float(rng.uniform(0.5, 1.0))
+        sigma = default.sigma_m(e.margin, e.score, e.spread_m, math.hypot(*e.offset_m)) * (1 + view) * math.exp(
+            2.0 * (1 - mass)) / 10.0
+        err = rng.normal(0.0, sigma, 2)
+        lat, lon, _ = geo.LocalENU(t.lat_deg, t.lon_deg).inverse(err[0], err[1])
+        out.append(dataclasses.replace(e, lat_deg=lat, lon_deg=lon, view_distance_m=view, mode_mass=mass))
+    fitted = calibrate(out, truths)
+    assert fitted.view_coef == pytest.approx(1.0, abs=0.15)
+    assert fitted.mode_coef == pytest.approx(2.0, abs=0.4)
+    assert fitted.sigma_m(0.1, 0.5, 1.0, 5.0, 0.6, 40.0) > 5 * fitted.sigma_m(0.1, 0.5, 1.0, 5.0, 1.0, 0.0)
