@@ -155,7 +155,7 @@ class LocalizerConfig:
                                  "min_mode_mass and the published covariance", lo=0.0, hi=1.0e4, lo_open=True)
     imagery_window: int = param(10, "frames", "gating", "the last this many matched frames judge whether the "
                                 "imagery matches (MISMATCH)", lo=1, hi=10000)
-    min_imagery_support: float = param(0.3, "1", "gating", "gate: publish only when at least this share of the last "
+    min_imagery_support: float = param(0.2, "1", "gating", "gate: publish only when at least this share of the last "
                                        "imagery_window views, alone, point within mode_radius_m of their estimate "
                                        "(MISMATCH: wrong or outdated tiles; 0 = off)", lo=0.0, hi=1.0)
     min_margin: float = param(0.0, "1", "gating", "gate: publish only when the margin (score units; bev: posterior) "
