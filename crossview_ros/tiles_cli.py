@@ -87,6 +87,11 @@ def _build_parser() -> argparse.ArgumentParser:
                    help=f"JPEG quality 1..100, jpg only (default {_DEFAULTS.jpeg_quality})")
     b.add_argument("--resampling", choices=RESAMPLING_NAMES, default=_DEFAULTS.resampling,
                    help=f"GDAL resampling kernel (default {_DEFAULTS.resampling})")
+    b.add_argument("--min-inside", type=float, default=_DEFAULTS.min_inside,
+                   help="share of the tile side, centred, that must lie inside the imagery; 0.5 keeps edge tiles "
+                        "whose central half (what a bev model matches) is inside, the rest padded black, so walks "
+                        "near the edge keep their coverage; descriptor models see the padding: keep 1 "
+                        f"(default {_DEFAULTS.min_inside:g})")
     b.add_argument("--overwrite", action="store_true", help="replace an existing tile set at DIR (default: refuse)")
     b.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
@@ -147,6 +152,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
     config = TilingConfig(
         tile_size_m=args.tile_size_m, tile_px=args.tile_px, overlap=args.overlap,
         image_format=args.format, jpeg_quality=args.jpeg_quality, resampling=args.resampling,
+        min_inside=args.min_inside,
     )
     out = build_tile_set(args.ortho, args.out, config, overwrite=args.overwrite, progress=not args.no_progress)
     ts = TileSet.open(out)

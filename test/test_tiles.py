@@ -729,3 +729,33 @@ def test_write_tile_set_refuses_inconsistent_input(tmp_path):
                        tile_px=64, image_format="png", images_dir=tmp_path / "imgs")
     assert not (tmp_path / "a").exists()
 
+
+
+def test_edge_tiles_keep_their_central_half_and_pad_the_rest(tmp_path):
+    """min_inside 0.5: a tile is kept when its central half lies inside the imagery; the rest of an edge
+    tile is black, the central half holds the imagery as a whole-tile build would cut it. On a 142 m
+    square of imagery with 40 m tiles (stride 20 m), whole tiles have centres up to 51 m from its
+    middle (5 x 5 of them), edge tiles up to 61 m (7 x 7)."""
+    x0, y0 = _anchor()
+    tif = write_coordinate_geotiff(tmp_path / "edge.tif", crs=f"EPSG:{ZONE.epsg}", gsd_m=1.0,
+                                   bounds=(x0 - 71, y0 - 71, x0 + 71, y0 + 71), nodata=65535)
+    whole = TileSet.open(build_tile_set([tif], tmp_path / "whole", SMALL_CFG, progress=False))
+    edge_cfg = TilingConfig(tile_size_m=L, tile_px=32, image_format="png", min_inside=0.5)
+    edge = TileSet.open(build_tile_set([tif], tmp_path / "edge", edge_cfg, progress=False))
+    half_side = 71 - L / 4  # a centre may lie this far from x0 when only the central half must be inside
+    assert np.all(np.abs(edge.easting_m - x0) <= half_side) and np.all(np.abs(edge.northing_m - y0) <= half_side)
+    assert np.all(np.abs(whole.easting_m - x0) <= 71 - L / 2)
+    rows = int(round(2 * math.floor(half_side / S) + 1))
+    assert len(edge) == rows * rows == 49 and len(whole) == 25
+    centres = dict(zip(zip(edge.easting_m.tolist(), edge.northing_m.tolist()), range(len(edge))))
+    corner = centres[(x0 + S * math.floor(half_side / S), y0 + S * math.floor(half_side / S))]  # the NE corner tile
+    img = edge.image(corner)
+    quarter = img.shape[0] // 4
+    assert np.all(img[quarter:-quarter, quarter:-quarter].max(axis=-1) > 0)  # the central half: imagery
+    assert np.all(img[:2, :] == 0) and np.all(img[:, -2:] == 0)  # beyond the NE edges: black padding
+    same = {k: v for k, v in centres.items() if k in set(zip(whole.easting_m.tolist(), whole.northing_m.tolist()))}
+    k = next(iter(same))  # a tile wholly inside is cut exactly as in the whole-tile build
+    w = dict(zip(zip(whole.easting_m.tolist(), whole.northing_m.tolist()), range(len(whole))))[k]
+    np.testing.assert_array_equal(edge.image(same[k]), whole.image(w))
+    with pytest.raises(TileSetError, match="min_inside"):
+        TilingConfig(min_inside=0.0)

@@ -33,6 +33,10 @@ class TilingConfig:
     image_format: str = "jpg"  # "jpg" (uint8 RGB) or "png" (lossless, keeps uint16)
     jpeg_quality: int = 95  # 1..100, only used for "jpg"
     resampling: str = "bilinear"  # nearest | bilinear | cubic | average | lanczos (GDAL names)
+    # Side of the centred square, as a share of the tile side, that must lie inside the imagery: 1 = the
+    # whole tile; 0.5 = the central half a bev model stores (edge tiles then pad the rest black, and a walk
+    # near the edge of the imagery keeps its coverage); descriptor models see the padding: keep 1 for them.
+    min_inside: float = 1.0
 
     def __post_init__(self) -> None:
         self.validate()
@@ -53,6 +57,9 @@ class TilingConfig:
         q = self.jpeg_quality
         if isinstance(q, bool) or not isinstance(q, (int, np.integer)) or not 1 <= q <= 100:
             raise TileSetError(f"jpeg_quality must be an int in 1..100, got {q!r}")
+        m = self.min_inside
+        if isinstance(m, bool) or not isinstance(m, (int, float)) or not 0.0 < m <= 1.0:
+            raise TileSetError(f"min_inside must be in (0, 1] (1 = whole tiles, 0.5 = the central half), got {m!r}")
         if self.resampling not in RESAMPLING_NAMES:
             raise TileSetError(f"resampling must be one of {RESAMPLING_NAMES}, got {self.resampling!r}")
 
@@ -71,6 +78,7 @@ class TilingConfig:
             "tile_size_m": float(self.tile_size_m), "tile_px": int(self.tile_px),
             "overlap": float(self.overlap), "image_format": self.image_format,
             "jpeg_quality": int(self.jpeg_quality), "resampling": self.resampling,
+            "min_inside": float(self.min_inside),
         }
 
     @classmethod

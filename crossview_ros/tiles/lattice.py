@@ -1,5 +1,5 @@
-"""Planning a tile set: the UTM zone of the sources and the lattice of tile centres that lie
-wholly inside them."""
+"""Planning a tile set: the UTM zone of the sources and the lattice of tile centres whose central
+square (min_inside of the side; 1 = the whole tile) lies inside them."""
 
 from __future__ import annotations
 
@@ -60,19 +60,20 @@ def plan_lattice(sources: Sequence[RasterSource], zone: geo.UTMZone, config: Til
     Order: north to south, then west to east, so ids follow image reading order.
     """
     L = float(config.tile_size_m)
+    inner = L * float(config.min_inside)  # the part of a tile that must lie inside the imagery
     s = config.stride_m
     zone_crs = f"EPSG:{zone.epsg}"
     chosen: dict[tuple[int, int], int] = {}
     for k, src in enumerate(sources):
         x, y = src.boundary_xy()
         be, bn = geo.transform_points(x, y, src.crs_wkt, zone_crs)
-        i0, i1 = math.ceil((be.min() + L / 2) / s), math.floor((be.max() - L / 2) / s)
-        j0, j1 = math.ceil((bn.min() + L / 2) / s), math.floor((bn.max() - L / 2) / s)
+        i0, i1 = math.ceil((be.min() + inner / 2) / s), math.floor((be.max() - inner / 2) / s)
+        j0, j1 = math.ceil((bn.min() + inner / 2) / s), math.floor((bn.max() - inner / 2) / s)
         if i1 < i0 or j1 < j0:
             continue
         ii, jj = np.meshgrid(np.arange(i0, i1 + 1), np.arange(j0, j1 + 1))
         ii, jj = ii.ravel(), jj.ravel()
-        inside = _tiles_inside(src, ii * s, jj * s, L, zone_crs)
+        inside = _tiles_inside(src, ii * s, jj * s, inner, zone_crs)
         for i, j in zip(ii[inside].tolist(), jj[inside].tolist()):
             chosen.setdefault((i, j), k)
     if not chosen:

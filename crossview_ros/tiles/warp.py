@@ -21,8 +21,9 @@ def warp_tile(src: RasterSource, e_m: float, n_m: float, zone: geo.UTMZone, conf
               ) -> np.ndarray | None:
     """Resample one north-up tile centred at (e_m, n_m) from a window of the source.
 
-    Returns (tile_px, tile_px, bands) in the source dtype, or None when the tile touches the
-    source's nodata (outside its valid coverage).
+    Returns (tile_px, tile_px, bands) in the source dtype, or None when the tile's central square
+    (config.min_inside of its side) touches the source's nodata; outside that square, pixels beyond
+    the imagery or on its nodata are 0 (black padding of an edge tile).
     """
     from rasterio.crs import CRS
     from rasterio.enums import Resampling
@@ -56,8 +57,12 @@ def warp_tile(src: RasterSource, e_m: float, n_m: float, zone: geo.UTMZone, conf
         resampling=Resampling[config.resampling],
         num_threads=1,
     )
-    if src.nodata is not None and np.any(np.all(dst == src.nodata, axis=0)):
-        return None
+    if src.nodata is not None:
+        missing = np.all(dst == src.nodata, axis=0)
+        m = int(round(px * (1.0 - float(config.min_inside)) / 2))
+        if np.any(missing[m:px - m, m:px - m]):
+            return None
+        dst[:, missing] = 0
     return np.moveaxis(dst, 0, -1)
 
 
