@@ -36,7 +36,7 @@ class Reason(str, enum.Enum):
     STALE_STAMP = "STALE_STAMP"  # the fix is older (or newer) than fix_max_age_s from the panorama
     FUTURE_STAMP = "FUTURE_STAMP"  # panorama or fix stamp later than now + max_future_s
     OUT_OF_ORDER = "OUT_OF_ORDER"  # panorama stamp not after the previous frame's
-    OUTSIDE_COVERAGE = "OUTSIDE_COVERAGE"  # no tile centre inside the scope around the fix
+    OUTSIDE_COVERAGE = "OUTSIDE_COVERAGE"  # no tile in the scope, or the fix lies mostly off the tiles (min_prior_inside)
     LOW_MARGIN = "LOW_MARGIN"  # retrieval margin not above min_margin: the best tile is ambiguous
     MAHALANOBIS = "MAHALANOBIS"  # the estimate contradicts the GNSS prior (d^2 > max_mahalanobis)
     AMBIGUOUS = "AMBIGUOUS"  # the posterior holds real mass at distinct places (min_mode_mass): no single fix

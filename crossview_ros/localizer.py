@@ -350,10 +350,15 @@ class Localizer:
         return fix_cov + np.eye(2) * (age_s * self.config.max_speed_mps) ** 2
 
     def _gate(self, pose: PoseMatch, d2: float, distance_m: float, detail: str) -> None:
-        """MISMATCH (too few recent views point at their estimates), AMBIGUOUS (the posterior holds distinct places),
+        """OUTSIDE_COVERAGE (the fix's uncertainty runs mostly off the tiles), MISMATCH (too few recent views
+        point at their estimates), AMBIGUOUS (the posterior holds distinct places),
         LOW_MARGIN, then MAHALANOBIS against the GNSS prior; each keeps the estimate in the Estimate."""
         cfg = self.config
         margin = pose.margin
+        if pose.prior_inside is not None and not pose.prior_inside >= cfg.min_prior_inside:
+            raise _Reject(Reason.OUTSIDE_COVERAGE, f"only {100 * pose.prior_inside:.0f} % of the fix's uncertainty "
+                                                   f"lies on the tiles (min_prior_inside {cfg.min_prior_inside:g}): "
+                                                   f"the platform may be beyond their coverage ({detail})")
         support = self._imagery_support_now()
         if support is not None and cfg.min_imagery_support > 0 and not support >= cfg.min_imagery_support:
             raise _Reject(Reason.MISMATCH, f"{sum(self._views)} of the last {cfg.imagery_window} views point within "

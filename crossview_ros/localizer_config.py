@@ -158,6 +158,9 @@ class LocalizerConfig:
     min_imagery_support: float = param(0.2, "1", "gating", "gate: publish only when at least this share of the last "
                                        "imagery_window views, alone, point within mode_radius_m of their estimate "
                                        "(MISMATCH: wrong or outdated tiles; 0 = off)", lo=0.0, hi=1.0)
+    min_prior_inside: float = param(0.5, "1", "gating", "gate: refuse a frame whose fix has less than this share of "
+                                    "its uncertainty on the tiles (OUTSIDE_COVERAGE: the tiles cannot correct it)",
+                                    lo=0.0, hi=1.0)
     min_margin: float = param(0.0, "1", "gating", "gate: publish only when the margin (score units; bev: posterior) "
                               "is above this (LOW_MARGIN)")
     max_mahalanobis: float = param(13.8, "1", "gating", "gate: refuse a squared Mahalanobis distance to the fix "

@@ -590,3 +590,33 @@ def test_gates_judge_the_posterior_and_the_recent_views(bev_export, tmp_path, mo
     assert loc.localize(pano, Fix(float(lat), float(lon), 20.0, sigma_m=8.0), 20.0, encoding="rgb8",
                         now_s=20.0).reason is M
     loc.close()
+
+
+def test_prior_inside_is_the_share_of_the_fix_on_the_tiles(bev_export):
+    """The GNSS prior's mass on the scope's tiles, against the Gaussian integrated over the map's
+    rectangle (every block has a tile): all of it for a sharp fix in the middle, half for one on the
+    west edge, none for one far off (the midpoint rule over the cells)."""
+    from scipy.stats import norm
+
+    from crossview_ros.engines import OnnxEngine
+    from crossview_ros.matchers import bev_grid as bev_match
+
+    engine = OnnxEngine(bev_export, threads=1)
+    smap, ground = planted_scope(engine, 0, (6, 4))
+    h, w = smap.fmap.shape[1:]
+    (e0, n0), (e1, n1) = smap.position(0, 0), smap.position(h, w)
+
+    def inside(e: float, n: float, sigma_m: float) -> tuple[float, float]:
+        prior = bev_match.Prior(e, n, np.eye(2) * sigma_m ** 2)
+        got = bev_match.match_scope(engine, ground, smap, exclusion_m=5.0, top_k=3, prior=prior).prior_inside
+        want = (norm.cdf((e1 - e) / sigma_m) - norm.cdf((e0 - e) / sigma_m)) * (
+            norm.cdf((n0 - n) / sigma_m) - norm.cdf((n1 - n) / sigma_m))
+        return got, float(want)
+
+    mid_e, mid_n = smap.position(h / 2, w / 2)
+    for e, n, sigma in ((mid_e, mid_n, 3.0), (e0, mid_n, 3.0), (e0, mid_n, 6.0), (mid_e + 8.0, n1, 5.0)):
+        got, want = inside(e, n, sigma)
+        assert got == pytest.approx(want, abs=0.02), (e - e0, n - n0, sigma)
+    assert inside(mid_e, mid_n, 3.0)[0] > 0.97
+    assert inside(e0 - 500.0, mid_n, 3.0)[0] < 1e-6
+    assert bev_match.match_scope(engine, ground, smap, exclusion_m=5.0, top_k=3).prior_inside == 1.0

@@ -68,6 +68,7 @@ class PoseMatch:
     mode_mass: float | None = None  # posterior mass within mode_radius_m of the pose (None: the family has none)
     far_covariance_m2: np.ndarray | None = None  # (2, 2) grid: the posterior's second moment beyond mode_radius_m
     view_distance_m: float | None = None  # from the pose to the place the view alone prefers (None: not measured)
+    prior_inside: float | None = None  # share of the GNSS prior on the scope's tiles (None: not measured)
 
 
 @dataclass(frozen=True)

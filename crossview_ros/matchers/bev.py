@@ -51,7 +51,7 @@ class BevMatcher(Matcher):
     heading_is_free = True
     settings = frozenset({"match_prior", "track", "track_speed_mps", "track_max_gap_s", "track_uniform_weight",
                           "track_likelihood_weight", "odometry", "odom_max_age_s", "min_mode_mass", "mode_radius_m",
-                          "imagery_window", "min_imagery_support", "yaw_max_flip_mass", "odom_yaw_uniform_weight"})
+                          "imagery_window", "min_imagery_support", "min_prior_inside", "yaw_max_flip_mass", "odom_yaw_uniform_weight"})
 
     def __init__(self, engine: Engine, tiles: TileSet, config: LocalizerConfig) -> None:
         super().__init__(engine, tiles, config)
@@ -120,7 +120,8 @@ class BevMatcher(Matcher):
     def refine_pose(self, ground: GroundView, candidates: bev_grid.BevMatch) -> BevPose:
         m = candidates
         return BevPose(m.easting_m, m.northing_m, m.tile_id, m.score, m.margin, m.spread_m, mode_mass=m.mode_mass,
-                       far_covariance_m2=m.far_covariance_m2, view_distance_m=m.view_distance_m, bearing_rad=m.bearing_rad,
+                       far_covariance_m2=m.far_covariance_m2, view_distance_m=m.view_distance_m,
+                       prior_inside=m.prior_inside, bearing_rad=m.bearing_rad,
                        bearing_variance_rad2=m.bearing_variance_rad2, bearing_flip_mass=m.bearing_flip_mass,
                        bearing_likelihood_rad=m.bearing_likelihood_rad)
 

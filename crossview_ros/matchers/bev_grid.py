@@ -117,6 +117,7 @@ class BevMatch:
     mode_mass: float = 1.0  # posterior mass within mode_radius_m of the pose
     far_covariance_m2: np.ndarray | None = None  # (2, 2) grid: sum of p d d^T over the positions beyond mode_radius_m
     view_distance_m: float = 0.0  # from the pose to the place the view alone likes best (no prior, no track)
+    prior_inside: float = 1.0  # share of the GNSS prior's mass on the scope's tiles (1 without a prior)
     bearing_flip_mass: float = 0.0  # softmax mass of the bearings more than 90 deg from the best one
     bearing_likelihood_rad: float = 0.0  # the best bearing of the likelihood alone at the pose (no bearing prior)
 
@@ -384,7 +385,25 @@ class _Grid:
         return BevMatch(float(east), float(north), bearing, f.s0, float(margin), spread, bearing_var, tile_id,
                         ids[order], per_tile[order], belief, mode_mass=float(np.sum(p[near])),
                         far_covariance_m2=far_cov, view_distance_m=self.view_distance_m(c, east, north),
+                        prior_inside=self.prior_inside(c),
                         bearing_flip_mass=float(np.sum(q[off])), bearing_likelihood_rad=float(np.argmax(f.at) * step))
+
+    def prior_inside(self, c: _Coarse) -> float:
+        """Share of the GNSS prior's probability on the scope's tiles (their blocks' cells): a fix
+        whose uncertainty runs mostly off the tiles cannot be corrected by them, however the match looks
+        (the posterior knows nothing of the places beyond, and puts the pose on the nearest edge)."""
+        prior = self.priors[0]
+        if prior is None:
+            return 1.0
+        smap = self.smap
+        cov = np.asarray(prior.covariance_m2, np.float64)
+        total = 2 * math.pi * math.sqrt(max(float(np.linalg.det(cov)), 1e-12)) / smap.cell_m ** 2  # per cell
+        h, w = smap.fmap.shape[1:]
+        pe, pn = smap.position(np.arange(h)[:, None] + 0.5, np.arange(w)[None, :] + 0.5)  # cell centres
+        b = smap.block_cells
+        on_tile = np.repeat(np.repeat(smap.owner >= 0, b, axis=0), b, axis=1)[:h, :w]
+        inside = float(np.sum(np.exp(prior.log_density(pe, pn))[on_tile]))  # the midpoint rule over the blocks
+        return float(min(inside / total, 1.0))
 
     def view_distance_m(self, c: _Coarse, east: float, north: float) -> float:
         """Distance from the pose to the coarse position the likelihood alone prefers (any bearing). With
