@@ -8,9 +8,15 @@ know which model family it runs: model.json's matching kind picks the matcher.
 
 Every frame ends in an Estimate with `accepted` and a `reason` (Reason). Bad input (image, fix,
 stamps, a fix outside the coverage) never raises: the Estimate carries the reason, a message and
-no position, and one throttled log line says what was wrong. Gating rejections (LOW_MARGIN,
-MAHALANOBIS) keep the computed position for diagnostics and calibration: publish only estimates
-with `accepted` True. Artefact problems (missing or corrupt engine, descriptors of another
+no position, and one throttled log line says what was wrong. Gating rejections keep the computed
+position for diagnostics and calibration: publish only estimates with `accepted` True. The gates
+stand between the posterior and a confident wrong fix: the fix's uncertainty mostly off the tiles
+(OUTSIDE_COVERAGE), too few recent views that point at their estimate by themselves (MISMATCH),
+a posterior split between distinct places (AMBIGUOUS), the margin (LOW_MARGIN) and the GNSS
+prior (MAHALANOBIS, which also resets the track). The published covariance adds the posterior's
+mass beyond its mode to the calibrated sigma; the protection level states the radius the error
+exceeds on at most protection_risk of fixes. Odometry (add_odometry, thread-safe) moves the
+matcher's track between frames (crossview_ros.odometry). Artefact problems (missing or corrupt engine, descriptors of another
 model, an unusable calibration file) raise at construction, never at the first frame.
 
 A Localizer is not thread-safe (it keeps the last stamp for the order check and the matcher's
