@@ -90,6 +90,7 @@ setup(
             "crossview-export = crossview_training.export:main",
             "crossview-replay = crossview_ros.replay.cli:main",
             "crossview-demo = crossview_training.demo_cli:main",
+            "crossview-walks = crossview_training.walks:main",
             "localize_node = crossview_ros.nodes.localize_node:main",
         ],
     },

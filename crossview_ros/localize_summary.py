@@ -38,6 +38,18 @@ def percent(mask: np.ndarray) -> float:
     return float(100.0 * np.mean(mask)) if mask.size else float("nan")
 
 
+def protection_summary(published: Sequence[Estimate], error_m: np.ndarray) -> dict[str, Any] | None:
+    """How often the true error of a published fix exceeds its protection level (integrity: at most
+    protection_risk of them should); fixes published without a level are counted apart."""
+    if not published:
+        return None
+    has = np.array([e.protection_level_m is not None for e in published])
+    level_m = np.array([e.protection_level_m for e in published if e.protection_level_m is not None], dtype=float)
+    exceeded = error_m[has] > level_m
+    return {"with_level": int(has.sum()), "without_level": int((~has).sum()), "exceeded": int(exceeded.sum()),
+            "exceeded_percent": percent(exceeded) if exceeded.size else None}
+
+
 def summarize(estimates: Sequence[Estimate], frames: Sequence[Frame], fixes: Sequence[Fix],
               heading: bool) -> dict[str, Any]:
     """Error statistics of a batch against the frames' truth (and of the fixes), as crossview-localize --json prints."""
@@ -66,11 +78,15 @@ def summarize(estimates: Sequence[Estimate], frames: Sequence[Frame], fixes: Seq
         "gnss_error_median_m": float(np.median(gnss)) if gnss.size else None,
         "error_m": None if not err.size else {
             "mean": float(err.mean()), "median": float(np.median(err)), "p90": float(np.percentile(err, 90)),
+            "p95": float(np.percentile(err, 95)),
             "max": float(err.max()), **{f"under_{t}m_percent": percent(err < t) for t in (1, 5, 10, 25, 50)},
             "over_25m_percent": percent(err > 25.0),
         },
         "error_all_positioned_median_m": float(np.median(errors(positioned))) if positioned else None,
         "covariance_share_d2_under_5.99_percent": percent(np.array(d2) < CHI2_2DOF_95) if d2 else None,
+        "published_sigma_under_10m": sum(1 for i in published
+                                         if estimates[i].sigma_m is not None and estimates[i].sigma_m < 10.0),
+        "protection_level": protection_summary([estimates[i] for i in published], err),
         "latency_ms": {
             "p50": float(np.percentile([e.latency.total_ms for e in estimates], 50)),
             "p99": float(np.percentile([e.latency.total_ms for e in estimates], 99)),
@@ -85,7 +101,8 @@ def summarize(estimates: Sequence[Estimate], frames: Sequence[Frame], fixes: Seq
         out["heading"] = None if not yaw_idx else {
             "frames": len(yaw_idx), "median_error_deg": float(np.median(deg)),
             "under_5deg_percent": percent(deg < 5), "under_10deg_percent": percent(deg < 10),
-            "flip_percent": percent(deg > 135), "share_under_3.84_percent": percent(yd2 < CHI2_1DOF_95),
+            "flip_percent": percent(deg > 135), "flip_over_90deg_percent": percent(deg > 90),
+            "share_under_3.84_percent": percent(yd2 < CHI2_1DOF_95),
         }
     return out
 
@@ -99,7 +116,7 @@ def print_summary(s: dict[str, Any], file: TextIO | None = None) -> None:
     e = s["error_m"]
     if e:
         print(f"published error: mean {e['mean']:.2f} m, median {e['median']:.2f} m, p90 {e['p90']:.2f} m, "
-              f"max {e['max']:.1f} m", file=file)
+              f"p95 {e['p95']:.2f} m, max {e['max']:.1f} m", file=file)
         print("  " + ", ".join(f"< {t} m {e[f'under_{t}m_percent']:.1f} %" for t in (1, 5, 10, 25, 50))
               + f", > 25 m {e['over_25m_percent']:.1f} %", file=file)
     if s["error_all_positioned_median_m"] is not None:
@@ -108,10 +125,16 @@ def print_summary(s: dict[str, Any], file: TextIO | None = None) -> None:
     if s["covariance_share_d2_under_5.99_percent"] is not None:
         print(f"covariance: {s['covariance_share_d2_under_5.99_percent']:.1f} % of published d^2 < 5.99 "
               "(honest: 90..98 %)", file=file)
+    pl = s.get("protection_level")
+    if pl and pl["exceeded_percent"] is not None:
+        print(f"protection level: exceeded by {pl['exceeded']} of {pl['with_level']} published fixes "
+              f"({pl['exceeded_percent']:.1f} %)" + (f"; {pl['without_level']} published without one"
+                                                    if pl["without_level"] else ""), file=file)
     h = s.get("heading")
     if h:
         print(f"heading: median error {h['median_error_deg']:.1f} deg, < 5 deg {h['under_5deg_percent']:.1f} %, "
-              f"< 10 deg {h['under_10deg_percent']:.1f} %, flips {h['flip_percent']:.1f} %, "
+              f"< 10 deg {h['under_10deg_percent']:.1f} %, flips (> 135 deg) {h['flip_percent']:.1f} %, "
+              f"> 90 deg {h['flip_over_90deg_percent']:.1f} %, "
               f"yaw d^2 < 3.84 {h['share_under_3.84_percent']:.1f} %", file=file)
     print(f"latency total p50 {s['latency_ms']['p50']:.1f} ms, p99 {s['latency_ms']['p99']:.1f} ms", file=file)
 

@@ -11,7 +11,7 @@ chains them, with typed settings, no argv):
   4 city     crossview-sim city      a held-out city (--test-seed) + orthophoto    WORK/city
   5 tiles    crossview-tiles build   that orthophoto cut like the training tiles   WORK/PRESET/tiles
   6 encode   crossview-tiles encode  the tiles' descriptors with the export        (in place)
-  7 drive    crossview-sim drive     a 2 Hz walk with urban GNSS, as a bag         WORK/drive
+  7 drive    crossview-sim drive     a 2 Hz walk with --gnss GNSS, as a bag        WORK/drive
   8 calibrate crossview-localize      --calibrate on a validation walk (next seed)  WORK/PRESET/calibration
                                      in the held-out city: the receiver's sigma    (+ model/covariance.json)
                                      scale, the position and yaw covariance
@@ -54,7 +54,7 @@ from crossview_ros.localize_frames import LocalizeInputError
 from crossview_ros.model_meta import EngineError
 from crossview_ros.replay import ReplayError
 from crossview_ros.tiles import TileSetError
-from crossview_training.demo_config import PROG, DemoConfig, UsageError
+from crossview_training.demo_config import GNSS_RECEIVERS, PROG, DemoConfig, UsageError
 from crossview_training.demo_pipeline import run_demo
 from crossview_training.demo_stages import STAGES, DemoError, Stages
 from crossview_training.demo_summary import print_summary
@@ -101,6 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--drive-rate-hz", type=float, default=d.drive_rate_hz,
                    help=f"panorama rate of the drive, Hz (default {d.drive_rate_hz:g})")
     g.add_argument("--mode", choices=("walk", "drive"), default=d.mode, help=f"walk or drive (default {d.mode})")
+    g.add_argument("--gnss", choices=GNSS_RECEIVERS, default=d.gnss,
+                   help=f"GNSS receiver of the drive and the calibration walk: urban (bias growing in street "
+                        f"canyons) or uniform (VIGOR's +-100 m) (default {d.gnss})")
     g = p.add_argument_group("replay")
     g.add_argument("--replay-rate", type=float, default=d.replay_rate,
                    help=f"replay speed, x real time (default {d.replay_rate:g}); lower it if the summary reports "
@@ -123,6 +126,7 @@ def config_from_args(args: argparse.Namespace) -> DemoConfig:
         cities=args.cities, city_m=args.city_m, panoramas=args.panoramas, pano_height_px=args.pano_height_px,
         sat_px=args.sat_px, tile_size_m=args.tile_size_m, gsd_m=args.gsd_m, test_city_m=args.test_city_m,
         test_seed=args.test_seed, drive_s=args.drive_s, drive_rate_hz=args.drive_rate_hz, mode=args.mode,
+        gnss=args.gnss,
         replay_rate=args.replay_rate, heading=not args.no_heading, params_file=args.params_file,
         node_args=tuple(args.node_arg), seed=args.seed, overwrite=args.overwrite, progress=not args.no_progress)
 

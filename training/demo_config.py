@@ -13,6 +13,7 @@ DRIVE_TRACK_SPEED_MPS = 12.0  # the drive preset's fastest cruise speed, m/s (si
 MIN_VALIDATION_S = 30.0  # the calibration walk is as long as the drive, and at least this
 SAME_AREA_TRAIN_FRACTION = 0.9  # share of each city's panoramas in same_area_balanced_train (the demo trains on it)
 TEST_CITY_LAT_DEG, TEST_CITY_LON_DEG = 40.7580, -73.9855  # held-out city centre (crossview-sim city's default)
+GNSS_RECEIVERS = ("urban", "uniform")  # crossview-sim drive --gnss: street-canyon bias, or VIGOR's uniform +-100 m
 
 
 class UsageError(ValueError):
@@ -39,6 +40,7 @@ class DemoConfig:
     drive_s: float = 180.0  # length of the drive, seconds
     drive_rate_hz: float = 2.0  # panorama rate of the drive, Hz
     mode: str = "walk"  # walk on sidewalks or drive in a lane
+    gnss: str = "urban"  # receiver of the drive and the calibration walk: urban (street-canyon bias) or uniform (+-100 m)
     replay_rate: float = 4.0  # replay speed, x real time (2 Hz x 4 = 8 panoramas/s to the node)
     heading: bool = True  # the node estimates and publishes the heading too
     params_file: Path | None = None  # node parameters YAML (default: the node's defaults = config/localize.yaml)
@@ -83,6 +85,7 @@ class DemoConfig:
         need(math.isfinite(self.replay_rate) and self.replay_rate > 0,
              f"--replay-rate must be > 0 (x real time), got {self.replay_rate}")
         need(self.mode in ("walk", "drive"), f"--mode must be walk or drive, got {self.mode!r}")
+        need(self.gnss in GNSS_RECEIVERS, f"--gnss must be urban or uniform, got {self.gnss!r}")
         need(self.test_seed not in self.training_seeds(),
              f"--test-seed {self.test_seed} is the seed of a training city ({self.training_seeds()}); the drive "
              "must run in a city no training panorama shows: pick another")

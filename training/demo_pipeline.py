@@ -17,7 +17,7 @@ from typing import Any
 from crossview_ros.atomic import write_json_atomic
 from crossview_ros.model_meta import load_model_meta, sha256_file
 from crossview_ros.replay import replay_bag
-from crossview_ros.tiles import TileSet
+from crossview_ros.tiles import TileSet, min_inside_for
 from crossview_ros.tiles_cli import encode_tile_set
 from crossview_training.demo_config import (
     MIN_VALIDATION_S, TEST_CITY_LAT_DEG, TEST_CITY_LON_DEG, DemoConfig, DemoPaths,
@@ -82,9 +82,10 @@ def tiles_stage(stages: Stages, cfg: DemoConfig, paths: DemoPaths, city: StageRe
                 export: StageResult) -> StageResult:
     tiles_dir = paths.tiles
     tile_size_m = float(export.info["tile_size_m"] or cfg.tile_size_m)
+    min_inside = min_inside_for(load_model_meta(paths.model, verify=False).matching)
 
     def build() -> dict[str, Any]:
-        ts = TileSet.open(make_tiles(paths.city / "orthophoto.tif", tiles_dir, tile_size_m, cfg))
+        ts = TileSet.open(make_tiles(paths.city / "orthophoto.tif", tiles_dir, tile_size_m, cfg, min_inside))
         return {"tiles": len(ts), "created_utc": ts.meta.get("created_utc")}
 
     def check(info: dict[str, Any]) -> bool:
@@ -92,7 +93,8 @@ def tiles_stage(stages: Stages, cfg: DemoConfig, paths: DemoPaths, city: StageRe
         return len(ts) == info["tiles"] and ts.meta.get("created_utc") == info["created_utc"]
 
     return stages.run("tiles", tiles_dir, {"city": city.fingerprint, "tile_size_m": tile_size_m,
-                                           "tile_px": cfg.sat_px}, build, check, scope=cfg.preset)
+                                           "tile_px": cfg.sat_px, "min_inside": min_inside}, build, check,
+                      scope=cfg.preset)
 
 
 def encode_stage(stages: Stages, cfg: DemoConfig, paths: DemoPaths, tiles: StageResult,
@@ -114,7 +116,7 @@ def encode_stage(stages: Stages, cfg: DemoConfig, paths: DemoPaths, tiles: Stage
 def drive_stage(stages: Stages, cfg: DemoConfig, paths: DemoPaths, city: StageResult) -> StageResult:
     drive_dir = paths.drive
     params = {"city": city.fingerprint, "mode": cfg.mode, "duration_s": cfg.drive_s, "rate_hz": cfg.drive_rate_hz,
-              "gnss": "urban", "pano_height_px": cfg.pano_height_px, "seed": cfg.seed}
+              "gnss": cfg.gnss, "pano_height_px": cfg.pano_height_px, "seed": cfg.seed}
     return stages.run(
         "drive", drive_dir, params,
         lambda: {"bag_files": sorted(p.name for p in make_drive(paths.city, drive_dir, cfg).iterdir())},
@@ -126,7 +128,7 @@ def calibrate_stage(stages: Stages, cfg: DemoConfig, paths: DemoPaths, city: Sta
     calib_dir = paths.calibration
     params = {"city": city.fingerprint, "tiles": encode.fingerprint, "model_hash": export.info["model_hash"],
               "mode": cfg.mode, "duration_s": max(cfg.drive_s, MIN_VALIDATION_S), "rate_hz": cfg.drive_rate_hz,
-              "pano_height_px": cfg.pano_height_px, "seed": cfg.seed + 1}
+              "pano_height_px": cfg.pano_height_px, "seed": cfg.seed + 1, "gnss": cfg.gnss}
 
     def build() -> dict[str, Any]:
         calib_dir.mkdir(parents=True, exist_ok=True)

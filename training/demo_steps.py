@@ -93,20 +93,21 @@ def make_city(out: Path, cfg: DemoConfig) -> Path:
     return run_city(out, config, progress=cfg.progress)
 
 
-def make_tiles(ortho: Path, out: Path, tile_size_m: float, cfg: DemoConfig) -> Path:
-    """crossview-tiles build: the orthophoto cut like the training aerial images (same L, same pixels)."""
-    return build_tile_set([ortho], out, TilingConfig(tile_size_m=tile_size_m, tile_px=cfg.sat_px), overwrite=True,
-                          progress=cfg.progress)
+def make_tiles(ortho: Path, out: Path, tile_size_m: float, cfg: DemoConfig, min_inside: float = 1.0) -> Path:
+    """crossview-tiles build: the orthophoto cut like the training aerial images (same L, same pixels),
+    with the edge tiles the model family can use (tiles.min_inside_for)."""
+    return build_tile_set([ortho], out, TilingConfig(tile_size_m=tile_size_m, tile_px=cfg.sat_px,
+                                                     min_inside=min_inside), overwrite=True, progress=cfg.progress)
 
 
 def make_drive(city: Path, out: Path, cfg: DemoConfig, *, duration_s: float | None = None,
                seed: int | None = None) -> Path:
-    """crossview-sim drive: a walk (or drive) with urban GNSS, written as an MCAP bag (the drive's
-    length and seed unless given)."""
+    """crossview-sim drive: a walk (or drive) with the --gnss receiver, written as an MCAP bag (the
+    drive's length and seed unless given)."""
     config = DriveConfig(mode=cfg.mode, rate_hz=cfg.drive_rate_hz,
                          duration_s=cfg.drive_s if duration_s is None else duration_s,
                          seed=cfg.seed if seed is None else seed)
-    return run_drive(city, out, config, gnss="urban", pano_height_px=cfg.pano_height_px, overwrite=True,
+    return run_drive(city, out, config, gnss=cfg.gnss, pano_height_px=cfg.pano_height_px, overwrite=True,
                      progress=cfg.progress)
 
 

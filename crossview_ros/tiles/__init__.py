@@ -24,7 +24,7 @@ the package's interface: `from crossview_ros.tiles import X`.
 """
 
 from crossview_ros.tiles.config import (
-    IMAGE_FORMATS, RESAMPLING_NAMES, VIGOR_TILE_SIZE_M, TileSetError, TilingConfig,
+    IMAGE_FORMATS, RESAMPLING_NAMES, VIGOR_TILE_SIZE_M, TileSetError, TilingConfig, min_inside_for,
 )
 from crossview_ros.tiles.cutting import PLAN_FILE, PLAN_VERSION, build_tile_set
 from crossview_ros.tiles.descriptors import descriptor_fingerprint
@@ -39,6 +39,6 @@ from crossview_ros.tiles.writer import write_tile_set
 __all__ = [
     "DESCRIPTORS_FILE", "FORMAT_NAME", "FORMAT_VERSION", "IMAGES_DIR", "IMAGE_FORMATS", "META_FILE",
     "PARTIAL_SUFFIX", "PLAN_FILE", "PLAN_VERSION", "RESAMPLING_NAMES", "TABLE_COLUMNS", "TABLE_FILE",
-    "VIGOR_TILE_SIZE_M", "Coverage", "OrthoArray", "Tile", "TileSet", "TileSetError", "TilingConfig",
+    "VIGOR_TILE_SIZE_M", "Coverage", "OrthoArray", "Tile", "TileSet", "TileSetError", "TilingConfig", "min_inside_for",
     "VerifyReport", "build_tile_set", "descriptor_fingerprint", "square_iou", "verify_tile_set", "write_tile_set",
 ]

@@ -19,6 +19,12 @@ IMAGE_FORMATS = ("jpg", "png")
 VIGOR_TILE_SIZE_M = 72.96
 
 
+def min_inside_for(matching: str) -> float:
+    """TilingConfig.min_inside for a model family: bev models match only a tile's central half, so
+    edge tiles padded beyond it serve them; descriptor models encode the whole tile, padding included."""
+    return 0.5 if matching == "bev" else 1.0
+
+
 class TileSetError(RuntimeError):
     """A tile set or its inputs are unusable; the message says what is wrong and how to fix it."""
 

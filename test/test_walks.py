@@ -1,0 +1,197 @@
+"""crossview-walks: the pooled figures on hand-built walks against hand-computed values, bad arguments
+(exit 2, nothing written), and a tiny run end to end (two cities, calibration, odometry on and off,
+the mismatch check) that must not write into the model folder and must reuse what it built."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from geographiclib.geodesic import Geodesic
+
+from crossview_ros.estimate import Estimate, Fix, Reason, Truth
+from crossview_ros.localize_frames import Frame
+from crossview_training import walks
+from crossview_training.walks_table import pooled_tables, print_mismatch, print_pooled, walk_result
+
+LAT0, LON0, YAW0 = 40.758, -73.9855, 0.3
+
+
+def frame_and_estimate(k: int, error_m: float, sigma_m: float, *, accepted: bool = True,
+                       yaw_error_rad: float | None = None, yaw_var_rad2: float | None = None,
+                       pl_m: float | None = None) -> tuple[Frame, Fix, Estimate]:
+    """A frame whose truth is at (LAT0, LON0 + k mdeg), and an estimate error_m north of it (geodesic)."""
+    lat, lon = LAT0, LON0 + 1e-3 * k
+    north = Geodesic.WGS84.Direct(lat, lon, 0.0, error_m)
+    yaw = None if yaw_error_rad is None else math.remainder(YAW0 + yaw_error_rad, 2 * math.pi)
+    est = Estimate(stamp_s=float(k), accepted=accepted, reason=Reason.OK if accepted else Reason.AMBIGUOUS,
+                   lat_deg=north["lat2"], lon_deg=north["lon2"], covariance_enu_m2=np.eye(2) * sigma_m ** 2,
+                   yaw_enu_rad=yaw, yaw_variance_rad2=yaw_var_rad2, protection_level_m=pl_m)
+    return Frame(Path(f"f{k}"), Truth(lat, lon, YAW0), city="0", stamp_s=float(k)), Fix(lat, lon, float(k)), est
+
+
+def walk(rows: list[tuple[Frame, Fix, Estimate]], **ids):
+    frames, fixes, estimates = (list(x) for x in zip(*rows))
+    return walk_result(frames, fixes, estimates, True, **ids)
+
+
+def hand_built_walks():
+    a = [frame_and_estimate(0, 1.0, 1.0, yaw_error_rad=0.1, yaw_var_rad2=0.01, pl_m=5.0),  # d2 1, yaw d2 1
+         frame_and_estimate(1, 2.0, 1.0, yaw_error_rad=math.pi - 0.2, yaw_var_rad2=1.0, pl_m=1.5),  # flip, PL exceeded
+         frame_and_estimate(2, 30.0, 20.0, pl_m=None),  # > 25 m, d2 2.25, no yaw, no protection level
+         frame_and_estimate(3, 50.0, 1.0, accepted=False)]  # gated: not published
+    b = [frame_and_estimate(4, 3.0, 2.0, yaw_error_rad=0.05, yaw_var_rad2=0.01, pl_m=10.0),  # d2 2.25, yaw d2 0.25
+         frame_and_estimate(5, 4.0, 1.0, yaw_error_rad=2.0, yaw_var_rad2=0.5, pl_m=3.0)]  # d2 16, 114.6 deg, PL exceeded
+    mismatch = [frame_and_estimate(6, 40.0, 5.0), frame_and_estimate(7, 45.0, 12.0)]
+    ids = {"mode": "walk", "receiver": "urban"}
+    return [walk(a, city_seed=200, walk_seed=0, odometry=True, tiles_city_seed=200, **ids),
+            walk(b, city_seed=201, walk_seed=0, odometry=True, tiles_city_seed=201, **ids),
+            walk(a[:2], city_seed=200, walk_seed=0, odometry=False, tiles_city_seed=200, **ids),
+            walk(mismatch, city_seed=200, walk_seed=0, odometry=True, tiles_city_seed=201, **ids)]
+
+
+def test_pooled_figures_match_the_hand_computed_ones():
+    tables = pooled_tables(hand_built_walks(), ["urban"], heading=True)
+    on = tables["urban"]["odometry"]
+    assert on["walks"] == 2 and on["frames"] == 6 and on["published"] == 5
+    assert on["published_percent"] == pytest.approx(500 / 6)
+    errors = sorted([1.0, 2.0, 30.0, 3.0, 4.0])
+    assert on["error_m"]["median"] == pytest.approx(3.0, abs=1e-6)
+    assert on["error_m"]["p95"] == pytest.approx(4.0 + 0.8 * (30.0 - 4.0), abs=1e-5) == pytest.approx(
+        np.percentile(errors, 95))
+    assert on["error_m"]["over_25m_percent"] == pytest.approx(20.0)
+    # d2: walk a 1, 4, 2.25 (all < 5.99); walk b 2.25, 16 -> pooled 4 of 5, worst walk 1 of 2
+    assert on["covariance_share_d2_under_5.99_percent"] == pytest.approx(80.0)
+    assert on["d2_share_min_over_walks_percent"] == pytest.approx(50.0)
+    # headings published: 0.1 rad, 168.5 deg, 0.05 rad, 114.6 deg -> 2 of 4 beyond 90 deg, 1 of 4 beyond 135
+    h = on["heading"]
+    assert h["frames"] == 4 and h["flip_over_90deg_percent"] == pytest.approx(50.0)
+    assert h["flip_percent"] == pytest.approx(25.0)
+    # yaw d2: 1, (pi - 0.2)^2 = 8.65, 0.25, 8 -> 2 of 4 under 3.84
+    assert h["share_under_3.84_percent"] == pytest.approx(50.0)
+    # protection levels 5 (err 1), 1.5 (err 2: exceeded), 10 (err 3), 3 (err 4: exceeded); one fix without
+    assert on["protection_level"] == {"with_level": 4, "without_level": 1, "exceeded": 2,
+                                      "exceeded_percent": pytest.approx(50.0)}
+    assert on["reasons"] == {"AMBIGUOUS": 1, "OK": 5}
+    assert on["published_sigma_under_10m"] == 4  # the 30 m fix had sigma 20 m
+
+    off = tables["urban"]["no_odometry"]
+    assert off["walks"] == 1 and off["frames"] == 2 and off["error_m"]["median"] == pytest.approx(1.5, abs=1e-6)
+    mm = tables["urban"]["mismatch"]
+    assert mm["walks"] == 1 and mm["published"] == 2 and mm["published_sigma_under_10m"] == 1
+
+
+def test_printed_tables_carry_the_pooled_figures(capsys):
+    tables = pooled_tables(hand_built_walks(), ["urban"], heading=True)
+    print_pooled(tables)
+    print_mismatch(tables)
+    lines = capsys.readouterr().out.splitlines()
+    on = next(line.split() for line in lines if line.split()[:2] == ["urban", "on"])
+    assert on == ["urban", "on", "2", "6", "83.3", "3.00", "24.80", "20.0", "80.0", "50.0", "50.0", "50.0",
+                  "50.00", "1"]
+    assert any("urban odometry on: AMBIGUOUS 1, OK 5" in line for line in lines)
+    mismatch = next(line.split() for line in lines if line.split()[:2] == ["urban", "1"])
+    assert mismatch[:5] == ["urban", "1", "2", "2", "1"]
+
+
+# --------------------------------------------------------------------------- bad arguments
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--city-seeds", "200,200"], "--city-seeds must list distinct seeds"),
+    (["--city-seeds", "a,b"], "--city-seeds takes comma-separated values"),
+    (["--modes", "walk,fly"], "--modes takes walk,drive"),
+    (["--gnss", "gps"], "--gnss takes urban,uniform"),
+    (["--walks", "0"], "--walks must be 1..999"),
+    (["--duration-s", "1"], "--duration-s must be in 2..3600"),
+    (["--lat", "95"], "--lat/--lon"),
+    (["--set", "odometry=false"], "--set odometry: set by crossview-walks itself"),
+    (["--set", "min_mode_mass=3"], "--set: localizer config min_mode_mass = 3"),
+    (["--set", "no_such_key=1"], "--set: "),
+    (["--set", "novalue"], "--set takes KEY=VALUE"),
+    ([], "--model /nonexistent/model: model folder /nonexistent/model does not exist"),
+    (["--walks", "x"], None),  # argparse's own message
+])
+def test_bad_arguments_exit_2_with_one_line_and_write_nothing(tmp_path, capsys, argv, message):
+    work = tmp_path / "work"
+    assert walks.main(["--model", "/nonexistent/model", "--work", str(work), *argv]) == 2
+    err = capsys.readouterr().err
+    assert "error" in err and (message is None or message in err), err
+    if message is not None:
+        assert len(err.strip().splitlines()) == 1, err
+    assert not work.exists()
+
+
+def test_help_explains_the_procedure(capsys):
+    assert walks.main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for word in ("--model", "--work", "--city-seeds", "--walks", "--calibration-walks", "--modes", "--gnss",
+                 "--duration-s", "--set", "--json", "mismatch", "odometry", "Reuse", "Exit codes"):
+        assert word in out, word
+
+
+# --------------------------------------------------------------------------- end to end
+
+
+def model_files(model: Path) -> dict[str, tuple[int, int]]:
+    return {p.name: (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(model.iterdir())}
+
+
+def test_tiny_run_end_to_end_pools_calibrates_on_a_copy_and_reuses(tmp_path, tiny_export, capsys):
+    """Two 200 m cities, one 8 s test walk and two calibration walks each, urban receiver, with the
+    session's tiny (random-weight) model: the pooled figures add up to the walks', the mismatch runs
+    use the other city's tiles, the calibration lives under --work and the model folder is untouched."""
+    model = tiny_export(0)
+    before = model_files(model)
+    work, out = tmp_path / "work", tmp_path / "walks.json"
+    argv = ["--model", str(model), "--work", str(work), "--city-seeds", "300,301", "--city-m", "200",
+            "--gsd-m", "0.5", "--tile-px", "64", "--pano-height-px", "64", "--walks", "1", "--calibration-walks",
+            "2", "--duration-s", "8", "--gnss", "urban", "--modes", "walk", "--set", "max_mahalanobis=1000000",
+            "engine_threads=1", "--json", str(out), "--no-progress"]
+    assert walks.main(argv) == 0, capsys.readouterr().err
+    printed = capsys.readouterr().out
+    report = json.loads(out.read_text())
+    assert model_files(model) == before  # nothing written into the user's model folder
+
+    runs = report["walks"]
+    assert len(runs) == 2 * 3  # 2 cities x 1 test walk x (odometry on, off, mismatch)
+    assert {(r["city_seed"], r["tiles_city_seed"]) for r in runs if r["odometry"]} == {
+        (300, 300), (301, 301), (300, 301), (301, 300)}
+    frames = runs[0]["summary"]["frames"]
+    assert frames == 17  # 8 s at 2 Hz, both ends included
+    pooled = report["pooled"]["urban"]
+    for key, chosen in (("odometry", lambda r: r["odometry"] and r["city_seed"] == r["tiles_city_seed"]),
+                        ("no_odometry", lambda r: not r["odometry"]),
+                        ("mismatch", lambda r: r["city_seed"] != r["tiles_city_seed"])):
+        mine = [r["summary"] for r in runs if chosen(r)]
+        assert pooled[key]["walks"] == len(mine) == 2
+        assert pooled[key]["frames"] == sum(s["frames"] for s in mine)
+        assert pooled[key]["published"] == sum(s["published"] for s in mine)
+        assert pooled[key]["published_sigma_under_10m"] == sum(s["published_sigma_under_10m"] for s in mine)
+
+    calibration = report["calibration"]["urban"]
+    covariance = Path(calibration["covariance_file"])
+    assert covariance.is_file() and work.resolve() in covariance.resolve().parents
+    # 2 cities x 2 calibration walks (seeds 1000, 1001), but for a walk whose receiver never published a fix
+    assert not [w for w in report["left_out"] if w["walk_seed"] < 1000]
+    assert len(calibration["walks"]) == 4 - len(report["left_out"])
+    assert all(w["seed"] >= 1000 for w in calibration["walks"])
+    assert json.loads(covariance.read_text())["model_hash"] == json.loads((model / "model.json").read_text())[
+        "model_hash"]
+    for word in ("pooled over test walks", "mismatch check", "per walk", "calibration urban"):
+        assert word in printed
+
+    stamp = covariance.stat().st_mtime_ns
+    out.unlink()
+    assert walks.main(argv) == 0  # a second run reuses the cities, tiles, bags and calibration
+    assert covariance.stat().st_mtime_ns == stamp
+    assert figures(json.loads(out.read_text())["pooled"]) == figures(report["pooled"])  # same inputs, same figures
+
+
+def figures(pooled: dict) -> str:
+    """The pooled tables without the latencies (wall time, which differs between runs), as comparable text."""
+    return json.dumps({r: {k: {f: v for f, v in s.items() if f != "latency_ms"} for k, s in t.items()}
+                       for r, t in pooled.items()}, sort_keys=True)
