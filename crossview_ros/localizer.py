@@ -288,6 +288,9 @@ class Localizer:
             # the view's own yaw votes (not the posterior's, which holds odometry's prior: no self-confirmation)
             evidence = heading.yaw_grid_rad if heading.evidence_yaw_grid_rad is None else heading.evidence_yaw_grid_rad
             self.odometry.vote_bearing(stamp, evidence)
+        if self.odometry is not None:  # the published positions' course against odometry's
+            self.odometry.vote_course(stamp, pose.easting_m, pose.northing_m,
+                                      math.sqrt(float(np.linalg.eigvalsh(cov).max())), source="estimate")
         return self._finish(Estimate(stamp_s=stamp, accepted=True, reason=Reason.OK, **context,
                                      latency=self._latency(times, t_start)))
 

@@ -226,24 +226,29 @@ class GridOdometry:
     def __init__(self, max_age_s: float) -> None:
         self.buffer = OdometryBuffer(max_age_s)
         self.alignment = OdomAlignment()
-        self._anchor: tuple[float, float, float, float, OdomPose] | None = None  # a fix: stamp, E, N, sigma, odom
+        # per source ("gnss", "estimate"): the last anchor position: stamp, E, N, sigma, odom pose
+        self._anchors: dict[str, tuple[float, float, float, float, OdomPose]] = {}
 
     def reset(self) -> None:
         """Forget the alignment (a new stream); the buffer keeps what it has (odometry is continuous)."""
         self.alignment.clear()
-        self._anchor = None
+        self._anchors.clear()
 
-    def vote_course(self, stamp_s: float, east_m: float, north_m: float, sigma_m: float) -> None:
-        """A GNSS fix on the grid (its 1-sigma per axis): once odometry has carried the platform
-        COURSE_MIN_M from the last anchor fix, the fixes' displacement direction against odometry's
-        votes for the alignment, weighted by its certainty against a frame's bearing vote."""
+    def vote_course(self, stamp_s: float, east_m: float, north_m: float, sigma_m: float,
+                    source: str = "gnss") -> None:
+        """A position on the grid (its 1-sigma per axis) from `source` (GNSS fixes, or the published
+        estimates: positions, not bearings, so a view seen the wrong way round cannot vote twice): once
+        odometry has carried the platform COURSE_MIN_M from that source's last anchor, the positions'
+        displacement direction against odometry's votes for the alignment, weighted by its certainty
+        against a frame's bearing vote."""
         pose = self.buffer.pose_at(stamp_s)
         if pose is None:
             return
-        if self._anchor is None or stamp_s <= self._anchor[0]:
-            self._anchor = (stamp_s, east_m, north_m, sigma_m, pose)
+        anchor = self._anchors.get(source)
+        if anchor is None or stamp_s <= anchor[0]:
+            self._anchors[source] = (stamp_s, east_m, north_m, sigma_m, pose)
             return
-        _, e0, n0, s0, p0 = self._anchor
+        _, e0, n0, s0, p0 = anchor
         travel = math.hypot(pose.x_m - p0.x_m, pose.y_m - p0.y_m)
         if travel < COURSE_MIN_M:
             return
@@ -252,7 +257,7 @@ class GridOdometry:
             course = math.atan2(north_m - n0, east_m - e0)
             odom = math.atan2(pose.y_m - p0.y_m, pose.x_m - p0.x_m)
             self.alignment.vote(course - odom, min((VISION_VOTE_SIGMA_RAD / sigma) ** 2, 4.0))
-        self._anchor = (stamp_s, east_m, north_m, sigma_m, pose)
+        self._anchors[source] = (stamp_s, east_m, north_m, sigma_m, pose)
 
     def add(self, stamp_s: float, x_m: float, y_m: float, yaw_rad: float, pose_covariance: Any = None) -> str | None:
         return self.buffer.add(stamp_s, x_m, y_m, yaw_rad, pose_covariance)

@@ -112,3 +112,22 @@ def test_prediction_moves_the_belief_by_the_odometry_shift():
         float(still.log_density(np.array(e0), np.array(n0))))
     with pytest.raises(ValueError, match="finite shift"):
         b.predict(1.0, 0.01, float("nan"), 0.0)
+
+
+def test_course_votes_align_the_odom_frame_and_keep_their_sources_apart():
+    """Positions 20 m of odometry travel apart vote for the alignment with the direction of their
+    displacement: the odom frame's x axis runs grid north here, so the offset is +90 deg. Each source
+    keeps its own anchors; too uncertain a course (VIGOR's +-100 m fixes) does not vote."""
+    def run(sources: tuple[tuple[str, float], ...]) -> GridOdometry:
+        odo = GridOdometry(max_age_s=1.0)
+        for k in range(81):  # 1 m/s along odom x, a position every 5 s (as they come: the buffer keeps 60 s)
+            odo.add(float(k), float(k), 0.0, 0.0)
+            for name, sigma_m in sources if k % 5 == 0 else ():  # the positions move grid north
+                odo.vote_course(float(k), 500.0, 1000.0 + k, sigma_m, source=name)
+        return odo
+
+    offset, _ = run((("gnss", 1.0),)).alignment.offset()  # 4 votes: 20, 40, 60 and 80 m
+    assert offset == pytest.approx(math.pi / 2, abs=1e-6)
+    assert run((("vague", 60.0),)).alignment.offset() is None
+    both, _ = run((("gnss", 1.0), ("vague", 60.0))).alignment.offset()
+    assert both == pytest.approx(math.pi / 2, abs=1e-6)
