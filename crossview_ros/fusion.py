@@ -25,7 +25,14 @@ stamp order, which robot_localization reaches only with smooth_lagged_data for l
 The raw GNSS input (navsat_transform's odometry/gps) is a switch: FusionConfig.use_gnss. Our
 heading (an imuN input on crossview/heading, yaw only) is fused when the YAML names one: as its
 own input, with its own Mahalanobis gate, so that a run of wrong headings cannot make the
-filter refuse good positions (one test per input, as robot_localization does).
+filter refuse good positions (one test per input, as robot_localization does). A YAML that fuses
+the yaw in the pose input as well is refused: the same heading counted twice, under one gate.
+
+Nothing here keeps the filter from locking itself out: robot_localization has no such mechanism
+either. A track that has drifted takes good poses back only when its covariance P has grown
+enough for the gate (d^2 = D^2 / (P + R) < threshold^2), and P grows by the process noise; so
+config/ekf.yaml chooses the gates (chi-square 99.9 % of our calibrated covariance) and the x, y
+process noise together, and its comments give the resulting re-entry times.
 """
 
 from __future__ import annotations
@@ -185,6 +192,10 @@ class FusionConfig:
                 else cls.__dataclass_fields__["gnss"].default)
         heading = (sensor(heading_keys[0], f"{heading_keys[0]}_pose_rejection_threshold", ("yaw",)) if heading_keys
                    else None)
+        if heading is not None and "yaw" in pose.variables:
+            raise ValueError(f"{path} {node}: {pose_keys[0]}_config fuses the yaw and {heading_keys[0]} fuses the "
+                             "same heading again (crossview/pose carries the yaw of crossview/heading): set yaw "
+                             f"false in {pose_keys[0]}_config so the heading is counted once, under its own gate")
         return cls(process_noise_per_s=q, initial_covariance=p0, initial_state=x0, odom=odom, pose=pose,
                    gnss=gnss, heading=heading, use_gnss=use_gnss, source=f"{path.name} ({node})")
 

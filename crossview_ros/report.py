@@ -1,12 +1,13 @@
 """The replay's report: OUT/report.md with PNG plots and OUT/summary.json, from one Evaluation.
 
 Plots (matplotlib, Agg backend, no display needed): error CDF and error over time of the raw
-GNSS, our fixes and the fused track; the trajectory drawn on the orthophoto (a mosaic of the tile
-set's tile images around the drive, or a GeoTIFF given with --orthophoto); heading error
-histogram; latency histogram. Tables: summary errors, rejections by reason, the node's counters,
-the fusion set-up. Every number in report.md is formatted from the same summary dict that
-summary.json holds, so the two cannot disagree. Files are written into the replay's temporary
-folder, which the replay renames into place.
+GNSS, our fixes and both fused tracks (lines broken where a track has no value, a GNSS dropout
+included); every track drawn on the orthophoto (a mosaic of the tile set's tile images around the
+drive, or a GeoTIFF given with --orthophoto); heading error and latency histograms with their
+median, p95 and p99 marked. Tables: summary errors, the tracks ranked by p95, rejections by
+reason, the node's counters, the fusion set-up. Every number in report.md is formatted from the
+same summary dict that summary.json holds, so the two cannot disagree. Files are written into
+the replay's temporary folder, which the replay renames into place.
 """
 
 from __future__ import annotations
@@ -35,6 +36,9 @@ TRACK_STYLE = {  # name -> (label, matplotlib colour)
 }
 ERROR_FIELDS = {"gnss": "gnss_error_m", "crossview": "error_m", "fused": "fused_error_m",
                 "fused_with_gnss": "fused_gnss_error_m"}
+TRAJECTORY_ORDER = ("gnss", "crossview", "fused_with_gnss", "fused", "truth")  # drawn in this order, truth on top
+GNSS_STALE_INTERVALS = 1.5  # a GNSS value older than this many fix intervals is a dropout, not a fix
+HISTOGRAM_MARKERS = ((50.0, "median", ":"), (95.0, "p95", "--"), (99.0, "p99", "-."))
 
 
 def _pyplot() -> Any:
@@ -71,6 +75,35 @@ def _errors(evaluation: Evaluation, name: str) -> tuple[np.ndarray, np.ndarray]:
     return t, e
 
 
+def gnss_fresh(evaluation: Evaluation) -> np.ndarray:
+    """(N,) True where a frame's raw GNSS value is a fix of its own epoch, False where there is none
+    or it is held over from before a dropout (older than GNSS_STALE_INTERVALS fix intervals, the
+    interval being the median spacing of the distinct fixes the frames saw)."""
+    frames = evaluation.frames
+    ages = np.asarray([math.nan if f.gnss_age_s is None else f.gnss_age_s for f in frames], dtype=np.float64)
+    stamps = np.asarray([f.stamp_s for f in frames], dtype=np.float64)
+    fixes = np.unique(np.round((stamps - ages)[np.isfinite(ages)], 3))
+    if fixes.size < 2:
+        return np.isfinite(ages)
+    limit = GNSS_STALE_INTERVALS * float(np.median(np.diff(fixes))) + 1e-6
+    return np.isfinite(ages) & (ages <= limit)
+
+
+def error_series(evaluation: Evaluation, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """(stamps since the first frame, errors) of one track at every frame, NaN where it has no value
+    (crossview: frame not published; fused: before the first position; GNSS: no fix or a stale one),
+    so that a line breaks across the gap instead of ramping straight over it."""
+    frames = evaluation.frames
+    t0 = frames[0].stamp_s if frames else 0.0
+    key = ERROR_FIELDS[name]
+    t = np.asarray([f.stamp_s - t0 for f in frames], dtype=np.float64)
+    e = np.asarray([math.nan if getattr(f, key) is None or (name == "crossview" and not f.accepted)
+                    else getattr(f, key) for f in frames], dtype=np.float64)
+    if name == "gnss" and frames:
+        e[~gnss_fresh(evaluation)] = math.nan
+    return t, e
+
+
 def plot_error_cdf(evaluation: Evaluation, path: Path) -> Path:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
@@ -83,7 +116,7 @@ def plot_error_cdf(evaluation: Evaluation, path: Path) -> Path:
         e = np.sort(np.maximum(e, 0.01))  # log axis: a centimetre is as good as zero here
         smallest = min(smallest, float(e[0]))
         ax.step(e, np.arange(1, e.size + 1) / e.size, where="post", color=colour,
-                label=f"{label} (n={e.size}, median {np.median(e):.1f} m)",
+                label=f"{label} (n={e.size}, median {np.median(e):.1f} m, p95 {np.percentile(e, 95):.1f} m)",
                 linestyle="--" if name == "fused_with_gnss" else "-")
     for x in (5, 10, 25):
         ax.axvline(x, color="0.85", linewidth=0.8, zorder=0)
@@ -106,13 +139,15 @@ def plot_error_over_time(evaluation: Evaluation, path: Path) -> Path:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8.0, 4.0))
     for name in ERROR_FIELDS:
-        t, e = _errors(evaluation, name)
-        if e.size == 0:
+        t, e = error_series(evaluation, name)
+        if not np.isfinite(e).any():
             continue
         label, colour = TRACK_STYLE[name]
         if name == "crossview":
             ax.plot(t, e, ".", color=colour, markersize=4, label=label)
         else:
+            if name == "gnss" and np.isnan(e).any():
+                label += " (gaps: no fresh fix)"
             ax.plot(t, e, color=colour, linewidth=1.0 if name != "fused_with_gnss" else 0.8,
                     linestyle="--" if name == "fused_with_gnss" else "-", label=label)
     ax.set_xlabel("time since the first panorama [s]")
@@ -243,13 +278,19 @@ def plot_trajectory(evaluation: Evaluation, drive: DriveBag, path: Path, *, tile
     except Exception as exc:  # a background that cannot be read must not cost the report
         background = f"none ({type(exc).__name__}: {exc})"
 
-    for name in ("gnss", "crossview", "fused", "truth"):
+    fresh = gnss_fresh(evaluation)
+    for name in TRAJECTORY_ORDER:
+        if name not in tracks:
+            continue
         xy = to_xy(tracks[name])
         label, colour = TRACK_STYLE[name]
         if name == "crossview":
             ax.plot(xy[:, 0], xy[:, 1], "o", markersize=3, color=colour, label=label, alpha=0.8)
-        elif name == "gnss":
+        elif name == "gnss":  # a fix held over a dropout is not drawn again, nor joined to the next one
+            xy = np.where(fresh[:, None], xy, np.nan) if fresh.size == len(xy) else xy
             ax.plot(xy[:, 0], xy[:, 1], ".-", markersize=3, linewidth=0.7, color=colour, label=label, alpha=0.8)
+        elif name == "fused_with_gnss":
+            ax.plot(xy[:, 0], xy[:, 1], "--", linewidth=1.1, color=colour, label=label)
         else:
             ax.plot(xy[:, 0], xy[:, 1], "-", linewidth=2.0 if name == "truth" else 1.4, color=colour, label=label)
     corners = to_xy(np.array([[e0, n0], [e1, n1]]))
@@ -268,10 +309,21 @@ def plot_trajectory(evaluation: Evaluation, drive: DriveBag, path: Path, *, tile
     return path, background
 
 
-def plot_histogram(values: np.ndarray, path: Path, *, xlabel: str, title: str, bins: Any) -> Path:
+def histogram_markers(values: np.ndarray) -> list[tuple[str, float]]:
+    """(name, value) of the median, p95 and p99 of values: the tail a histogram's bulk hides."""
+    v = np.asarray(values, dtype=np.float64)
+    return [(name, float(np.percentile(v, q))) for q, name, _ in HISTOGRAM_MARKERS] if v.size else []
+
+
+def plot_histogram(values: np.ndarray, path: Path, *, xlabel: str, title: str, bins: Any, unit: str = "") -> Path:
+    """Histogram with vertical lines at its median, p95 and p99 (named with their values in the legend)."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.0, 3.6))
     ax.hist(values, bins=bins, color="tab:blue", edgecolor="white")
+    for (name, value), (_, _, style) in zip(histogram_markers(values), HISTOGRAM_MARKERS):
+        ax.axvline(value, color="black", linestyle=style, linewidth=1.0, label=f"{name} {value:.1f}{unit}")
+    if len(values):
+        ax.legend(fontsize=8)
     ax.set_xlabel(xlabel)
     ax.set_ylabel("frames")
     ax.grid(alpha=0.3)
@@ -296,6 +348,22 @@ def _error_table(summary: dict[str, Any]) -> list[str]:
         rows.append(f"| {label} | {s['count']} | {fmt(s['median_m'])} | {fmt(s['mean_m'])} | {fmt(s['p95_m'])} | "
                     f"{fmt(s['under_5m_pct'], 1)} | {fmt(s['under_10m_pct'], 1)} | {fmt(s['under_25m_pct'], 1)} |")
     return rows
+
+
+RANKED_LABELS = {"gnss": "raw GNSS", "crossview": "crossview fix (published frames)",
+                 "fused": "fused: odometry + crossview pose", "fused_with_gnss": "fused: odometry + crossview pose + GNSS"}
+
+
+def _ranking(summary: dict[str, Any]) -> list[str]:
+    """The tracks best first by p95 (summary['ranking_by_p95']), the best one named."""
+    order = summary.get("ranking_by_p95") or []
+    ranked = [f"{RANKED_LABELS[k]} {fmt(summary['errors'][k]['p95_m'])} m" for k in order
+              if summary["errors"][k]["p95_m"] is not None]
+    if not ranked:
+        return []
+    return [f"Ranked by p95, best first (the tail is what a localizer is trusted for; a median hides a run of "
+            f"wrong positions): {'; '.join(ranked)}. Best track: {RANKED_LABELS[order[0]]}. Each track over its "
+            "own frames (crossview: the published ones).", ""]
 
 
 def render_markdown(summary: dict[str, Any], evaluation: Evaluation, images: dict[str, str],
@@ -328,6 +396,7 @@ def render_markdown(summary: dict[str, Any], evaluation: Evaluation, images: dic
         "",
         "## Horizontal error", "",
         *_error_table(summary), "",
+        *_ranking(summary),
         "Errors are geodesic distances to `/ground_truth/fix` interpolated at each panorama stamp. Raw GNSS: the "
         "newest valid `/gnss/fix` not after the stamp (what the node was given). Crossview: `crossview/fix` of the "
         "frames the node published. Fused: the filter state at every panorama stamp once a position has come in.",
@@ -366,16 +435,16 @@ def render_markdown(summary: dict[str, Any], evaluation: Evaluation, images: dic
     def counts(c: dict[str, int]) -> str:
         return ", ".join(f"{k} {v}" for k, v in c.items())
 
-    fused_med = summary["errors"]["fused"]["median_m"]
-    with_gnss_med = summary["errors"]["fused_with_gnss"]["median_m"]
-    if fused_med is None or with_gnss_med is None:
+    fused_p95 = summary["errors"]["fused"]["p95_m"]
+    with_gnss_p95 = summary["errors"]["fused_with_gnss"]["p95_m"]
+    if fused_p95 is None or with_gnss_p95 is None:
         verdict = "Whether the raw GNSS helps cannot be told: one of the fused tracks is empty."
     else:
-        verdict = (f"Adding the raw GNSS {'lowers' if with_gnss_med < fused_med else 'does not lower'} the fused "
-                   f"median error ({fmt(fused_med)} m without, {fmt(with_gnss_med)} m with); the fused track "
-                   "reported above as primary is odometry + crossview pose.")
+        verdict = (f"Adding the raw GNSS {'lowers' if with_gnss_p95 < fused_p95 else 'does not lower'} the fused "
+                   f"p95 error ({fmt(fused_p95)} m without, {fmt(with_gnss_p95)} m with); the primary fused track "
+                   f"(the lower p95) is {fusion['primary']}.")
     lines += ["", "## Fusion", "",
-              f"Fused track ({fusion['primary']}): {fusion['description']}.", "", verdict, "",
+              f"Fused track (odometry + crossview pose): {fusion['description']}.", "", verdict, "",
               f"Measurements fused: {counts(fusion['accepted'])}; refused by the Mahalanobis gate: "
               f"{counts(fusion['rejected'])}.", "",
               f"Fused + GNSS (navsat_transform's role switched on): {fusion['with_gnss']['description']}; fused "
@@ -410,12 +479,13 @@ def write_report(out_dir: str | Path, evaluation: Evaluation, drive: DriveBag, *
     heading = np.asarray([f.heading_error_deg for f in evaluation.frames if f.heading_error_deg is not None])
     if heading.size:
         images["heading_error"] = plot_histogram(heading, out_dir / "heading_error.png", xlabel="heading error [deg]",
-                                                 title="Heading error", bins=np.arange(0.0, 185.0, 5.0)).name
+                                                 title="Heading error", bins=np.arange(0.0, 185.0, 5.0),
+                                                 unit=" deg").name
     latency = np.asarray([1000.0 * f.latency_s for f in evaluation.frames if f.latency_s is not None])
     if latency.size:
         images["latency"] = plot_histogram(latency, out_dir / "latency.png", xlabel="latency [ms]",
                                            title="Latency: panorama published -> first output received",
-                                           bins=min(50, max(5, latency.size // 3))).name
+                                           bins=min(50, max(5, latency.size // 3)), unit=" ms").name
     summary["plots"] = dict(images)
     summary["trajectory_background"] = background
     write_json_atomic(out_dir / "summary.json", summary)

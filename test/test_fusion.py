@@ -229,9 +229,19 @@ def test_config_mirrors_the_map_block_of_ekf_yaml():
     assert cfg.gnss.rejection_threshold == params["odom1_pose_rejection_threshold"]
     assert cfg.gnss.topic == "/odometry/gps" and not cfg.use_gnss
     assert F.FusionConfig.from_ekf_yaml(CONFIG, use_gnss=True).use_gnss
-    assert "ekf.yaml" in cfg.describe() and "5 sigma" in cfg.describe()
-    # robot_localization's default Q for the planar variables
-    assert np.diag(cfg.process_noise_per_s).tolist() == [0.05, 0.05, 0.06, 0.025, 0.025, 0.02]
+    assert "ekf.yaml" in cfg.describe() and "3.717 sigma" in cfg.describe()
+    # robot_localization's default Q for the planar variables, except x and y (see the next tests)
+    assert np.diag(cfg.process_noise_per_s).tolist() == [1.0, 1.0, 0.06, 0.025, 0.025, 0.02]
+
+
+def test_gates_are_the_chi_square_quantiles_the_yaml_names():
+    """Our covariance is calibrated (d^2 < 5.99 for ~95 %, chi-square 2 dof): the pose gate is the
+    99.9 % quantile of 2 dof, -2 ln(0.001) = 13.82, the heading gate that of 1 dof, z(0.9995)^2 = 10.83."""
+    from statistics import NormalDist
+
+    cfg = F.FusionConfig.from_ekf_yaml(CONFIG)
+    assert cfg.pose.rejection_threshold ** 2 == pytest.approx(-2.0 * math.log(0.001), rel=1e-3)
+    assert cfg.heading.rejection_threshold ** 2 == pytest.approx(NormalDist().inv_cdf(0.9995) ** 2, rel=1e-3)
 
 
 def test_config_errors_say_what_to_fix(tmp_path):
@@ -244,3 +254,114 @@ def test_config_errors_say_what_to_fix(tmp_path):
         F.FusionConfig.from_ekf_yaml(bad)
     with pytest.raises(ValueError, match="no other_node"):
         F.FusionConfig.from_ekf_yaml(CONFIG, node="other_node")
+    text = CONFIG.read_text()
+    pose_yaw = "    pose0_config: [true,  true,  false,   # x, y: fused with the node's covariance; z: not estimated\n" \
+               "                   false, false, false,"
+    assert pose_yaw in text
+    bad.write_text(text.replace(pose_yaw, pose_yaw[:-7] + " true, "))  # yaw in pose0 as well as in imu1
+    with pytest.raises(ValueError, match="pose0_config fuses the yaw and imu1"):
+        F.FusionConfig.from_ekf_yaml(bad)
+
+
+# --------------------------------------------------------------------------- a bad run must not lock the filter out
+
+BAD_START_S = 30.0
+WRONG_POSE_M = 15.0  # a wrong tile: 15 m east, published with the usual 1 m sigma
+GOOD_SIGMA_M = 1.0
+HEADING_SIGMA_RAD = math.radians(3.0)
+SPEED_MPS = 1.3
+ODOMETRY_YAW_BIAS_RADPS = 0.01  # wheel odometry: a small yaw-rate bias the headings normally correct
+
+
+def stream_with_a_bad_run(bad_s: float, duration_s: float = 100.0, seed: int = 0):
+    """A drive at 1.3 m/s with a 90-degree turn every 30 s: 10 Hz odometry twist (honest noise, a
+    0.01 rad/s yaw-rate bias), 2 Hz poses (1 m noise, covariance 1 m^2) and headings (3 deg).
+    From BAD_START_S for bad_s seconds every heading is flipped (pi off, still 3 deg) and every pose
+    lies 15 m east (still 1 m^2). Returns (measurements, truth stamps, x, y)."""
+    rng = np.random.default_rng(seed)
+    dt = 0.02
+    t = np.arange(int(duration_s / dt) + 1) * dt
+    w = np.where(t % 30.0 > 24.0, (math.pi / 2.0) / 6.0, 0.0)
+    yaw = 0.3 + np.concatenate([[0.0], np.cumsum(w[:-1] * dt)])
+    x = np.concatenate([[0.0], np.cumsum(SPEED_MPS * np.cos(yaw[:-1]) * dt)])
+    y = np.concatenate([[0.0], np.cumsum(SPEED_MPS * np.sin(yaw[:-1]) * dt)])
+    ms = [F.odometry_twist(t[k], SPEED_MPS + rng.normal(0.0, 0.02), 0.0,
+                           w[k] + ODOMETRY_YAW_BIAS_RADPS + rng.normal(0.0, 0.01), twist_cov(4e-4, 1e-4))
+          for k in range(0, t.size, 5)]
+    for k in range(0, t.size, 25):
+        if BAD_START_S <= t[k] < BAD_START_S + bad_s:
+            ms.append(F.pose_with_covariance(t[k], x[k] + WRONG_POSE_M, y[k], 0.0, pose_cov(GOOD_SIGMA_M ** 2)))
+            ms.append(F.heading_yaw(t[k], F.wrap_rad(yaw[k] + math.pi), HEADING_SIGMA_RAD ** 2))
+        else:
+            ms.append(F.pose_with_covariance(t[k], x[k] + rng.normal(0.0, GOOD_SIGMA_M),
+                                             y[k] + rng.normal(0.0, GOOD_SIGMA_M), 0.0, pose_cov(GOOD_SIGMA_M ** 2)))
+            ms.append(F.heading_yaw(t[k], F.wrap_rad(yaw[k] + rng.normal(0.0, HEADING_SIGMA_RAD)),
+                                    HEADING_SIGMA_RAD ** 2))
+    return ms, t, x, y
+
+
+def run_with_a_bad_run(cfg: F.FusionConfig, bad_s: float, seed: int = 0) -> dict:
+    """Filter the stream; count what was taken during and after the bad run; the final error."""
+    ms, t, x, y = stream_with_a_bad_run(bad_s, seed=seed)
+    ekf = F.PlanarEKF(cfg)
+    out = {"flips_taken": 0, "good_after": 0, "taken_after": 0, "first_taken_after_s": None}
+    end = BAD_START_S + bad_s
+    for m in sorted(ms, key=lambda m: m.stamp_s):
+        taken = ekf.update(m).accepted
+        if m.kind == "heading" and BAD_START_S <= m.stamp_s < end:
+            out["flips_taken"] += taken
+        if m.kind == "pose" and m.stamp_s >= end:
+            out["good_after"] += 1
+            out["taken_after"] += taken
+            if taken and out["first_taken_after_s"] is None:
+                out["first_taken_after_s"] = m.stamp_s - end
+    ekf.predict_to(float(t[-1]))
+    out["final_error_m"] = math.hypot(ekf.state[0] - x[-1], ekf.state[1] - y[-1])
+    return out
+
+
+def old_config() -> F.FusionConfig:
+    """What config/ekf.yaml said before: robot_localization's default x, y process noise 0.05 m^2/s and
+    5-sigma gates on the pose and the heading. The demo replay locked itself out with it."""
+    cfg = F.FusionConfig.from_ekf_yaml(CONFIG)
+    q = cfg.process_noise_per_s.copy()
+    q[0, 0] = q[1, 1] = 0.05
+    return dataclasses.replace(cfg, process_noise_per_s=q, pose=dataclasses.replace(cfg.pose, rejection_threshold=5.0),
+                               heading=dataclasses.replace(cfg.heading, rejection_threshold=5.0))
+
+
+@pytest.mark.parametrize("bad_s", [5.0, 10.0, 30.0])
+def test_shipped_config_takes_good_poses_back_after_a_run_of_flips_and_wrong_poses(bad_s):
+    """However long the bad run, the shipped filter is back on the good poses within the re-entry time
+    its own numbers give: a track displaced by D = 15 m (the wrong poses) takes a good pose once
+    D^2 / (P + R) < threshold^2, P growing by q per second: t = (D^2 / threshold^2 - R) / q."""
+    cfg = F.FusionConfig.from_ekf_yaml(CONFIG)
+    r = run_with_a_bad_run(cfg, bad_s)
+    if bad_s <= 10.0:  # shorter than the heading gate's ~15 s: no confident flip gets in
+        assert r["flips_taken"] == 0
+    assert_back_on_good_poses(r, reentry_time_s(cfg))
+
+
+def reentry_time_s(cfg: F.FusionConfig) -> float:
+    """(D^2 / threshold^2 - R) / q for D = 15 m, R = 1 m^2: 15.3 s with 3.717 sigma and 1.0 m^2/s."""
+    return (WRONG_POSE_M ** 2 / cfg.pose.rejection_threshold ** 2 - GOOD_SIGMA_M ** 2) / cfg.process_noise_per_s[0, 0]
+
+
+def assert_back_on_good_poses(r: dict, reentry_s: float) -> None:
+    assert 10.0 < reentry_s < 20.0
+    assert r["first_taken_after_s"] is not None and r["first_taken_after_s"] <= reentry_s + 1.0
+    assert r["taken_after"] >= r["good_after"] - 2 * (reentry_s + 1.0) - 2  # 2 Hz: all but those before re-entry
+    assert r["final_error_m"] < 3.0
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_the_old_numbers_lock_the_filter_out_after_the_same_bad_run(seed):
+    """Evidence that the test above can fail: with the old numbers a 10 s bad run lets the confident
+    flips in once P_yaw reaches pi^2 / 25 (~6.6 s at 0.06 rad^2/s), the track turns round, and
+    with P growing by 0.05 m^2/s no good pose is taken again: the track drifts away for good."""
+    r = run_with_a_bad_run(old_config(), 10.0, seed=seed)
+    assert r["flips_taken"] > 0
+    assert r["taken_after"] == 0 and r["good_after"] > 100
+    assert r["final_error_m"] > 10.0
+    shipped = F.FusionConfig.from_ekf_yaml(CONFIG)
+    assert_back_on_good_poses(run_with_a_bad_run(shipped, 10.0, seed=seed), reentry_time_s(shipped))

@@ -273,6 +273,106 @@ def test_report_and_summary_json_agree(result):
     assert not list(out.parent.glob(".out.*"))  # the temporary folder was renamed, nothing left beside
 
 
+# --------------------------------------------------------------------------- ranking and plots
+
+
+def test_tracks_are_ranked_by_p95_not_median():
+    """Track a has the lower median, track b the lower p95: b ranks first; a track with no errors last."""
+    from crossview_ros.replay_evaluation import rank_by_p95
+
+    errors = {"a": {"median_m": 0.8, "p95_m": 27.0}, "b": {"median_m": 1.1, "p95_m": 3.0},
+              "c": {"median_m": None, "p95_m": None}, "d": {"median_m": 2.0, "p95_m": 27.0}}
+    assert rank_by_p95(errors, ("c", "a", "b", "d")) == ["b", "a", "d", "c"]  # a before d: the order given
+
+
+def test_summary_and_report_name_the_best_tracks_by_p95(result):
+    s = result.summary
+    p95 = {k: s["errors"][k]["p95_m"] for k in ("gnss", "crossview", "fused", "fused_with_gnss")}
+    ranked = sorted((k for k in p95 if p95[k] is not None), key=lambda k: p95[k])
+    assert s["ranking_by_p95"][:len(ranked)] == ranked
+    best_fused = min(("fused", "fused_with_gnss"), key=lambda k: p95[k])
+    assert s["fusion"]["primary_track"] == best_fused
+    md = (result.out / "report.md").read_text()
+    assert "Ranked by p95, best first" in md
+    assert f"the primary fused track (the lower p95) is {s['fusion']['primary']}." in md
+
+
+def frame(index: int, stamp_s: float, **values) -> object:
+    """A FrameRecord with nothing but what a test sets (the rest None / False / 0)."""
+    from crossview_ros.replay_evaluation import FrameRecord
+
+    fields = {name: None for name in FrameRecord.__dataclass_fields__}
+    fields.update(index=index, stamp_s=stamp_s, accepted=False, truth_lat_deg=0.0, truth_lon_deg=0.0,
+                  truth_yaw_enu_rad=0.0)
+    fields.update(values)
+    return FrameRecord(**fields)
+
+
+def test_error_over_time_breaks_the_lines_where_a_track_has_no_value():
+    """Frames at 2 Hz, GNSS at 1 Hz with a 5 s dropout (t = 10..15 s): the frames that only hold the fix
+    of t = 10 s for more than 1.5 fix intervals (ages 2.0 .. 4.5 s) are gaps, not a ramp; so are unpublished
+    crossview frames and a fused track before its first position."""
+    from crossview_ros.replay_evaluation import Evaluation
+    from crossview_ros.report import error_series, gnss_fresh
+
+    frames = []
+    for i in range(41):
+        t = 100.0 + 0.5 * i
+        fix_t = 110.0 if 110.0 <= t < 115.0 else math.floor(t)
+        frames.append(frame(i, t, gnss_age_s=t - fix_t, gnss_error_m=0.1 * i, accepted=i % 4 != 3,
+                            error_m=1.0, fused_error_m=None if i < 2 else 2.0, fused_gnss_error_m=3.0))
+    ev = Evaluation(frames=frames, summary={}, rejections={}, diagnostics={}, fusion_description="",
+                    fusion_gnss_description="", stray_stamps_s=[])
+    stale = [i for i, f in enumerate(frames) if f.gnss_age_s > 1.5]
+    assert stale == list(range(24, 30))  # t = 112.0 .. 114.5
+    assert np.flatnonzero(~gnss_fresh(ev)).tolist() == stale
+    t, e = error_series(ev, "gnss")
+    assert t[0] == 0.0 and t[-1] == 20.0 and e.size == 41
+    assert np.flatnonzero(np.isnan(e)).tolist() == stale
+    assert e[23] == pytest.approx(2.3) and e[30] == pytest.approx(3.0)  # the last fresh one, the next fix
+    _, e = error_series(ev, "crossview")
+    assert np.flatnonzero(np.isnan(e)).tolist() == [i for i in range(41) if i % 4 == 3]
+    _, e = error_series(ev, "fused")
+    assert np.flatnonzero(np.isnan(e)).tolist() == [0, 1]
+
+
+def test_histograms_mark_median_p95_and_p99():
+    from crossview_ros.report import histogram_markers
+
+    # 1..100: percentile q sits at index q/100 * 99 (linear), so p95 = 95.05 and p99 = 99.01
+    assert histogram_markers(np.arange(1.0, 101.0)) == [("median", pytest.approx(50.5)), ("p95", pytest.approx(95.05)),
+                                                        ("p99", pytest.approx(99.01))]
+    assert histogram_markers(np.zeros(0)) == []
+
+
+def test_recorded_outputs_re_evaluate_to_the_same_errors_with_every_track_for_the_plot(result, world):
+    """The fused tracks can be recomputed from outputs.mcap and the bag (no node): the same errors per
+    frame; the trajectory gets all five tracks, fused + GNSS at the positions its frames hold."""
+    from rosbags.rosbag2 import Reader
+
+    from crossview_ros.bag.drive import read_bag
+    from crossview_ros.replay_evaluation import Playback, Received, evaluate
+    from crossview_ros.report import TRAJECTORY_ORDER
+
+    received = []
+    with Reader(result.outputs_mcap) as reader:
+        for conn, log_ns, raw in reader.messages():
+            received.append(Received(conn.topic, log_ns / 1e9, bytes(raw)))
+    bag = read_bag(world["bag"])
+    playback = Playback(received=received, published_s={}, frames_published=len(result.frames), fixes_published=0,
+                        node_returncode=0, wall_s=0.0, domain_id=0, node_command=[])
+    ev = evaluate(bag, playback)
+    for key in ("error_m", "gnss_error_m", "fused_error_m", "fused_gnss_error_m"):
+        assert [getattr(f, key) for f in ev.frames] == pytest.approx([getattr(f, key) for f in result.frames])
+    assert set(ev.track_utm) == set(TRAJECTORY_ORDER) == {"truth", "gnss", "crossview", "fused", "fused_with_gnss"}
+    xy = ev.track_utm["fused_with_gnss"]
+    held = [i for i, f in enumerate(ev.frames) if f.fused_gnss_lat_deg is not None]
+    assert held and np.isfinite(xy[held]).all()
+    i = held[-1]
+    e, n, _ = geo.latlon_to_utm(ev.frames[i].fused_gnss_lat_deg, ev.frames[i].fused_gnss_lon_deg, zone=bag.zone)
+    assert xy[i] == pytest.approx([float(e), float(n)], abs=1e-6)
+
+
 # --------------------------------------------------------------------------- failures
 
 
