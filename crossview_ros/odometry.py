@@ -176,13 +176,17 @@ class OdomAlignment:
 
     Each vote is offset = yaw_grid (a frame's bearing, as yaw) - yaw_odom at its stamp. The offset is
     the vote with the most weight within kernel_rad of it, refined to the circular mean of those
-    inliers; it is given only when at least min_votes inliers hold min_share of the window's weight.
+    inliers; it is given only when at least min_votes inliers hold min_share of the window's weight,
+    and (require_course) one of them is a course vote: bearings alone agree just as well on a street
+    seen the wrong way round (two held-out uniform-receiver walks locked onto a flipped alignment
+    that way), a course from positions cannot be flipped by it.
     """
 
     def __init__(self, window: int = 40, kernel_rad: float = math.radians(15.0), min_votes: int = 4,
-                 min_share: float = 0.6) -> None:
+                 min_share: float = 0.6, require_course: bool = True) -> None:
         self.kernel_rad, self.min_votes, self.min_share = kernel_rad, min_votes, min_share
-        self._votes: deque[tuple[float, float]] = deque(maxlen=window)
+        self.require_course = require_course
+        self._votes: deque[tuple[float, float, bool]] = deque(maxlen=window)
         self._cache: tuple[float, float] | None = None
         self._dirty = False
 
@@ -190,9 +194,10 @@ class OdomAlignment:
         self._votes.clear()
         self._cache, self._dirty = None, False
 
-    def vote(self, offset_rad: float, weight: float = 1.0) -> None:
+    def vote(self, offset_rad: float, weight: float = 1.0, course: bool = False) -> None:
+        """One vote; course: it comes from positions' displacement (GNSS or estimates), not a bearing."""
         if math.isfinite(offset_rad) and weight > 0:
-            self._votes.append((wrap_angle_rad(offset_rad), float(weight)))
+            self._votes.append((wrap_angle_rad(offset_rad), float(weight), bool(course)))
             self._dirty = True
 
     def offset(self) -> tuple[float, float] | None:
@@ -211,6 +216,8 @@ class OdomAlignment:
         best = int(np.argmax(support))
         inliers = near[best]
         if inliers.sum() < self.min_votes or support[best] < self.min_share * weights.sum():
+            return None
+        if self.require_course and not any(v[2] for v, keep in zip(self._votes, inliers) if keep):
             return None
         w = weights[inliers]
         resid = wrap_angle_rad(angles[inliers] - angles[best])
@@ -256,7 +263,7 @@ class GridOdometry:
         if sigma <= COURSE_MAX_SIGMA_RAD:
             course = math.atan2(north_m - n0, east_m - e0)
             odom = math.atan2(pose.y_m - p0.y_m, pose.x_m - p0.x_m)
-            self.alignment.vote(course - odom, min((VISION_VOTE_SIGMA_RAD / sigma) ** 2, 4.0))
+            self.alignment.vote(course - odom, min((VISION_VOTE_SIGMA_RAD / sigma) ** 2, 4.0), course=True)
         self._anchors[source] = (stamp_s, east_m, north_m, sigma_m, pose)
 
     def add(self, stamp_s: float, x_m: float, y_m: float, yaw_rad: float, pose_covariance: Any = None) -> str | None:
