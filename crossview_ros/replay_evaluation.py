@@ -166,10 +166,16 @@ def _interp_angle(t: np.ndarray, tp: np.ndarray, angles: np.ndarray) -> np.ndarr
     return np.asarray(geo.wrap_angle_rad(np.interp(t, tp, np.unwrap(angles))))
 
 
+def odometry_measurements(bag: DriveBag) -> list[fusion.Measurement]:
+    """The bag's wheel odometry twist (base_link, with its covariance) as the fused tracks' odom input;
+    public so that crossview-walks fuses the same odometry as the replay."""
+    return [fusion.odometry_twist(float(t), *map(float, v), c)
+            for t, v, c in zip(bag.odom_stamp_s, bag.odom_twist, bag.odom_twist_cov)]
+
+
 def _fusion_measurements(bag: DriveBag, outputs: Outputs, enu: geo.LocalENU) -> tuple[list, list]:
     """(odometry + pose measurements, raw GNSS measurements) for crossview_ros.fusion."""
-    ms = [fusion.odometry_twist(float(t), *map(float, v), c)
-          for t, v, c in zip(bag.odom_stamp_s, bag.odom_twist, bag.odom_twist_cov)]
+    ms = odometry_measurements(bag)
     for stamp, _, msg in outputs.poses:
         p = msg.pose.pose
         ms.append(fusion.pose_with_covariance(stamp / NS, float(p.position.x), float(p.position.y),

@@ -1,6 +1,8 @@
-"""crossview-walks: the pooled figures on hand-built walks against hand-computed values, bad arguments
+"""crossview-walks: the pooled figures on hand-built walks against hand-computed values, the fused
+track on synthetic walks (perfect, biased, with outliers, with wrong odometry), bad arguments
 (exit 2, nothing written), and a tiny run end to end (two cities, calibration, odometry on and off,
-the mismatch check) that must not write into the model folder and must reuse what it built."""
+the mismatch check, the fused tracks) that must not write into the model folder and must reuse what
+it built."""
 
 from __future__ import annotations
 
@@ -12,10 +14,15 @@ import numpy as np
 import pytest
 from geographiclib.geodesic import Geodesic
 
+from crossview_ros import fusion, geo
 from crossview_ros.estimate import Estimate, Fix, Reason, Truth
 from crossview_ros.localize_frames import Frame
+from crossview_ros.nodes import convert
+from crossview_ros.replay_evaluation import find_ekf_config
 from crossview_training import walks
-from crossview_training.walks_table import pooled_tables, print_mismatch, print_pooled, walk_result
+from crossview_training.walks_table import (
+    estimate_measurements, fused_figures, pooled_tables, print_mismatch, print_pooled, print_walks, walk_result,
+)
 
 LAT0, LON0, YAW0 = 40.758, -73.9855, 0.3
 
@@ -90,11 +97,119 @@ def test_printed_tables_carry_the_pooled_figures(capsys):
     print_mismatch(tables)
     lines = capsys.readouterr().out.splitlines()
     on = next(line.split() for line in lines if line.split()[:2] == ["urban", "on"])
-    assert on == ["urban", "on", "2", "6", "83.3", "3.00", "24.80", "20.0", "80.0", "50.0", "50.0", "50.0",
-                  "50.00", "1"]
+    assert on == ["urban", "on", "2", "6", "83.3", "3.00", "24.80", "-", "-", "20.0", "80.0", "50.0", "50.0",
+                  "50.0", "50.00", "1"]  # no fused track on these walks: '-' '-'
     assert any("urban odometry on: AMBIGUOUS 1, OK 5" in line for line in lines)
     mismatch = next(line.split() for line in lines if line.split()[:2] == ["urban", "1"])
     assert mismatch[:5] == ["urban", "1", "2", "2", "1"]
+
+
+# --------------------------------------------------------------------------- fused track
+
+ENU = geo.LocalENU(LAT0, LON0)
+RATE_HZ, SPAN_S, SPEED_MPS = 2.0, 60.0, 1.0  # 121 panoramas; the truth moves east at 1 m/s from (10, 20)
+STAMPS_S = np.arange(0.0, SPAN_S + 1e-9, 1.0 / RATE_HZ)
+
+
+def shipped_fusion() -> fusion.FusionConfig:
+    return fusion.FusionConfig.from_ekf_yaml(find_ekf_config())
+
+
+def synthetic_walk(offset_en_m, odometry_speed_mps: float = SPEED_MPS, accepted=lambda k: True):
+    """Frames along the truth, estimates offset_en_m(k) (E, N) from it (sigma 1 m, yaw 0 +- 0.1 rad),
+    odometry twist at 10 Hz (vx odometry_speed_mps, sigma 1 cm/s)."""
+    frames, fixes, estimates = [], [], []
+    for k, t in enumerate(STAMPS_S):
+        x, y = 10.0 + SPEED_MPS * t, 20.0
+        lat, lon, _ = ENU.inverse(x, y)
+        de, dn = offset_en_m(k)
+        elat, elon, _ = ENU.inverse(x + de, y + dn)
+        ok = accepted(k)
+        frames.append(Frame(Path(f"f{k}"), Truth(float(lat), float(lon), 0.0), city="0", stamp_s=float(t)))
+        fixes.append(Fix(float(lat), float(lon), float(t)))
+        estimates.append(Estimate(stamp_s=float(t), accepted=ok, reason=Reason.OK if ok else Reason.AMBIGUOUS,
+                                  lat_deg=float(elat), lon_deg=float(elon), covariance_enu_m2=np.eye(2),
+                                  yaw_enu_rad=0.0, yaw_variance_rad2=0.01))
+    cov = np.diag([1e-4, 1e-4, 1e-9, 1e-9, 1e-9, 1e-4]).ravel()
+    odometry = [fusion.odometry_twist(float(t), odometry_speed_mps, 0.0, 0.0, cov)
+                for t in np.arange(0.0, SPAN_S + 1e-9, 0.1)]
+    result = walk_result(frames, fixes, estimates, True, city_seed=200, walk_seed=0, mode="walk",
+                         receiver="urban", odometry=True, tiles_city_seed=200)
+    result.fused, result.fused_error_m = fused_figures(result.frames, estimates, odometry, ENU, shipped_fusion(),
+                                                       result.summary["error_m"]["p95"])
+    return result
+
+
+def test_estimates_enter_the_fusion_as_the_node_publishes_them():
+    """Pose and heading inputs equal what the node's converters make of the estimate (nodes/convert.py)."""
+    lat, lon, _ = ENU.inverse(30.0, -40.0)
+    cov = np.array([[4.0, 1.0], [1.2, 9.0]])  # not quite symmetric: the node symmetrizes
+    with_yaw = Estimate(stamp_s=7.5, accepted=True, reason=Reason.OK, lat_deg=float(lat), lon_deg=float(lon),
+                        covariance_enu_m2=cov, yaw_enu_rad=2.0, yaw_variance_rad2=0.04)
+    without = Estimate(stamp_s=8.0, accepted=True, reason=Reason.OK, lat_deg=float(lat), lon_deg=float(lon),
+                       covariance_enu_m2=cov)
+    rejected = Estimate(stamp_s=8.5, accepted=False, reason=Reason.MAHALANOBIS, lat_deg=float(lat),
+                        lon_deg=float(lon), covariance_enu_m2=cov, yaw_enu_rad=1.0, yaw_variance_rad2=0.04)
+    pose, heading, pose2 = estimate_measurements([with_yaw, without, rejected], ENU)
+    for m, est, yaw_var in ((pose, with_yaw, 0.04), (pose2, without, None)):
+        planar = convert.planar_pose(est, "datum", ENU)
+        node = fusion.pose_with_covariance(est.stamp_s, planar.x_m, planar.y_m, planar.yaw_rad or 0.0,
+                                           convert.pose_covariance(planar.covariance_m2, yaw_var))
+        assert m.kind == "pose" and m.stamp_s == est.stamp_s and dict(m.values) == pytest.approx(node.values)
+        np.testing.assert_allclose(m.covariance, node.covariance)
+    assert pose.values == pytest.approx({"x": 30.0, "y": -40.0, "yaw": 2.0}, abs=1e-6)
+    np.testing.assert_allclose(pose.covariance, [[4.0, 1.1, 0.0], [1.1, 9.0, 0.0], [0.0, 0.0, 0.04]])
+    assert set(pose2.values) == {"x", "y"}  # no heading: the yaw's variance 1e6 leaves it out
+    assert heading.kind == "heading" and heading.values == {"yaw": 2.0} and heading.covariance[0, 0] == 0.04
+
+
+def test_fused_track_of_perfect_estimates_lies_on_the_truth():
+    r = synthetic_walk(lambda k: (0.0, 0.0))
+    assert r.fused["frames"] == len(STAMPS_S) == 121
+    assert r.fused["p95_m"] < 0.05 and np.nanmax(r.fused_error_m) < 0.05
+    assert r.fused["accepted"]["pose"] == 121 and r.fused["rejected"]["pose"] == 0
+    assert r.fused["accepted"]["heading"] == 121  # config/ekf.yaml fuses our heading (imu1)
+
+
+def test_fused_track_of_biased_estimates_keeps_the_bias():
+    """Odometry measures only motion: a constant 5 m bias of every pose stays in the track."""
+    r = synthetic_walk(lambda k: (0.0, 5.0))
+    assert r.fused["ours_p95_m"] == pytest.approx(5.0, abs=0.01)
+    assert r.fused["p95_m"] == pytest.approx(5.0, abs=0.05) and r.fused["median_m"] == pytest.approx(5.0, abs=0.05)
+
+
+def test_fused_track_refuses_outliers_and_beats_our_p95():
+    """Every 10th estimate 30 m east (12 of 121: our p95 is 30 m); the gate (3.717 sigma, P + R ~ 2 m^2
+    before a pose: d^2 ~ 450) refuses all 12, so the fused track stays on the truth."""
+    r = synthetic_walk(lambda k: (30.0, 0.0) if k % 10 == 5 else (0.0, 0.0))
+    assert r.fused["ours_p95_m"] == pytest.approx(30.0, abs=0.01)
+    assert r.fused["rejected"]["pose"] == 12 and r.fused["accepted"]["pose"] == 109
+    assert r.fused["p95_m"] < 0.05 and r.fused["not_above_ours"] is True
+
+
+def test_fused_track_drifts_with_wrong_odometry_and_is_flagged():
+    """One published fix at t = 0 (perfect), odometry 20 % fast: the track drifts 0.2 m/s, error 0.2 t;
+    p95 over t = 0 .. 60 s by 0.5 s is 0.2 x 57 = 11.4 m, above our 0 m: flagged."""
+    r = synthetic_walk(lambda k: (0.0, 0.0), odometry_speed_mps=1.2 * SPEED_MPS, accepted=lambda k: k == 0)
+    np.testing.assert_allclose(r.fused_error_m, 0.2 * STAMPS_S, atol=0.02)
+    assert r.fused["p95_m"] == pytest.approx(11.4, abs=0.02) and r.fused["not_above_ours"] is False
+
+
+def test_pooled_and_printed_fused_figures(capsys):
+    outliers = synthetic_walk(lambda k: (30.0, 0.0) if k % 10 == 5 else (0.0, 0.0))
+    drift = synthetic_walk(lambda k: (0.0, 0.0), odometry_speed_mps=1.2 * SPEED_MPS, accepted=lambda k: k == 0)
+    drift.walk_seed = 1
+    fz = pooled_tables([outliers, drift], ["urban"], heading=True)["urban"]["odometry"]["fused"]
+    assert fz["walks"] == 2 and fz["frames"] == 242 and fz["walks_compared"] == 2 and fz["walks_not_above_ours"] == 1
+    assert fz["p95_m"] == pytest.approx(np.percentile(np.r_[np.zeros(121), 0.2 * STAMPS_S], 95), abs=0.02)
+    print_pooled({"urban": pooled_tables([outliers, drift], ["urban"], heading=True)["urban"]})
+    print_walks([{**r.ids(), "summary": r.summary, "fused": r.fused} for r in (outliers, drift)])
+    lines = [line.split() for line in capsys.readouterr().out.splitlines()]
+    pooled = next(row for row in lines if row[:2] == ["urban", "on"])
+    assert pooled[8] == "1/2"
+    per_walk = [row for row in lines if row[:4] in (["200", "0", "walk", "urban"], ["200", "1", "walk", "urban"])]
+    assert [row[9:11] for row in per_walk] == [["0.00", "yes"], ["11.40", "NO"]]
+    assert [row[8] for row in per_walk] == ["30.00", "0.00"]  # ours beside it
 
 
 # --------------------------------------------------------------------------- bad arguments
@@ -181,7 +296,17 @@ def test_tiny_run_end_to_end_pools_calibrates_on_a_copy_and_reuses(tmp_path, tin
     assert all(w["seed"] >= 1000 for w in calibration["walks"])
     assert json.loads(covariance.read_text())["model_hash"] == json.loads((model / "model.json").read_text())[
         "model_hash"]
-    for word in ("pooled over test walks", "mismatch check", "per walk", "calibration urban"):
+    for r in runs:  # a fused track for every walk localized with odometry in its own city, none for the others
+        own_odometry = r["odometry"] and r["city_seed"] == r["tiles_city_seed"]
+        assert (r["fused"] is not None) == own_odometry
+        if own_odometry:
+            assert r["fused"]["ours_p95_m"] == (r["summary"]["error_m"] or {}).get("p95")
+            assert r["fused"]["accepted"]["odom"] > 0
+    fz = pooled["odometry"]["fused"]
+    assert fz["walks"] == 2 and pooled["no_odometry"]["fused"] is None and pooled["mismatch"]["fused"] is None
+    assert fz["walks_not_above_ours"] == sum(bool(r["fused"] and r["fused"]["not_above_ours"]) for r in runs)
+    assert "ekf.yaml (ekf_filter_node_map)" in report["fusion"]  # the shipped config, as the replay fuses
+    for word in ("pooled over test walks", "mismatch check", "per walk", "calibration urban", "fused track"):
         assert word in printed
 
     stamp = covariance.stat().st_mtime_ns

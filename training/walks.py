@@ -22,9 +22,14 @@ What it does (the issue's procedure, so that no single lucky walk stands for the
                covariance, heading on, twice: with odometry (odometry=true) and without
                (odometry=false); and once in the NEXT city's tiles (same coordinates, other
                imagery): the mismatch check, where no fix should be published with sigma < 10 m
+  6 fuse       every test walk localized with odometry in its own city: the fused track of the
+               replay (crossview_ros.fusion, the map-frame EKF of config/ekf.yaml) fed the bag's
+               odometry twist and our accepted estimates as the node publishes them (pose in the
+               datum's ENU plane with its covariance, heading), read at the panorama stamps
 
 then three tables: pooled per receiver and odometry setting (walks, frames, published %, median
-and p95 error of published fixes, > 25 m %, share of d^2 < 5.99 pooled and on the worst walk,
+and p95 error of published fixes, the fused track's p95 and on how many walks it is not above
+ours, > 25 m %, share of d^2 < 5.99 pooled and on the worst walk,
 heading flips > 90 deg and yaw d^2 < 3.84 among published headings, share of published fixes whose
 error exceeds their protection level and the count published without one, and the reasons
 counted), the mismatch check, and one line per walk. --json writes all of it (every walk's
@@ -58,13 +63,14 @@ from typing import Any
 
 from tqdm import tqdm
 
-from crossview_ros import geo
+from crossview_ros import fusion, geo
 from crossview_ros.atomic import write_json_atomic
 from crossview_ros.estimate import LocalizerError
 from crossview_ros.index import DescriptorError
 from crossview_ros.localize_eval import evaluate_bags
 from crossview_ros.localize_frames import LocalizeInputError
 from crossview_ros.model_meta import EngineError, ModelMeta, load_model_meta
+from crossview_ros.replay_evaluation import default_fusion_config
 from crossview_ros.tiles import TileSetError
 from crossview_training.demo_config import TEST_CITY_LAT_DEG, TEST_CITY_LON_DEG
 from crossview_training.demo_stages import canonical
@@ -73,7 +79,7 @@ from crossview_training.walks_build import (
     ensure_tiles, gnss_fix_count, run_config,
 )
 from crossview_training.walks_table import (
-    WalkResult, pooled_tables, print_mismatch, print_pooled, print_walks, walk_result,
+    WalkResult, fused_walk, pooled_tables, print_mismatch, print_pooled, print_walks, walk_result,
 )
 
 PROG = "crossview-walks"
@@ -173,9 +179,10 @@ def walk_specs(cfg: WalksConfig, cities: dict[int, Path]) -> list[WalkSpec]:
 
 
 def localize_receiver(cfg: WalksConfig, receiver: str, tests: Sequence[WalkSpec], tiles: dict[int, Path],
-                      calibration: Calibration) -> list[WalkResult]:
+                      calibration: Calibration, fusion_config: fusion.FusionConfig) -> list[WalkResult]:
     """The receiver's test walks with and without odometry in their city's tiles, and with odometry in
-    the next city's tiles (the mismatch check, when there are two cities or more)."""
+    the next city's tiles (the mismatch check, when there are two cities or more); the walks with
+    odometry in their own city get their fused track."""
     seeds = list(tiles)
     runs = []
     for walk in tests:
@@ -191,6 +198,8 @@ def localize_receiver(cfg: WalksConfig, receiver: str, tests: Sequence[WalkSpec]
         results.append(walk_result(ev.frames, ev.fixes, ev.estimates, config.heading, city_seed=walk.city_seed,
                                    walk_seed=walk.walk_seed, mode=walk.mode, receiver=receiver, odometry=odometry,
                                    tiles_city_seed=tiles_seed))
+        if odometry and tiles_seed == walk.city_seed:
+            fused_walk(walk.path, results[-1], ev.estimates, fusion_config)
     return results
 
 
@@ -226,6 +235,7 @@ def run_walks(cfg: WalksConfig) -> dict[str, Any]:
     specs, left_out = usable(specs)
     results: list[WalkResult] = []
     calibrations = {}
+    fusion_config = default_fusion_config()  # config/ekf.yaml's map-frame filter, as the replay uses
     for receiver in cfg.receivers:
         calib = [(s, tiles[s.city_seed]) for s in specs if s.receiver == receiver and s.calibration]
         if not calib:
@@ -235,7 +245,7 @@ def run_walks(cfg: WalksConfig) -> dict[str, Any]:
         calibrations[receiver] = ensure_calibration(cfg.work, meta, receiver, calib, cfg.settings,
                                                     rebuild=cfg.recalibrate)
         tests = [s for s in specs if s.receiver == receiver and not s.calibration]
-        results += localize_receiver(cfg, receiver, tests, tiles, calibrations[receiver])
+        results += localize_receiver(cfg, receiver, tests, tiles, calibrations[receiver], fusion_config)
     heading = run_config(cfg.settings, model=Path(), tiles=Path(), mode="walk").heading
     return {
         "model": {"path": str(cfg.model), "name": meta.name, "model_hash": meta.model_hash},
@@ -243,8 +253,9 @@ def run_walks(cfg: WalksConfig) -> dict[str, Any]:
         "calibration": {r: {"covariance_file": str(c.covariance_file), "fix_sigma_scale": c.record["fix_sigma_scale"],
                             "fit": c.record["fit"], "summary": c.record["summary"], "walks": c.record["walks"]}
                         for r, c in calibrations.items()},
+        "fusion": fusion_config.describe(),
         "pooled": pooled_tables(results, cfg.receivers, heading),
-        "walks": [{**r.ids(), "summary": r.summary} for r in results],
+        "walks": [{**r.ids(), "summary": r.summary, "fused": r.fused} for r in results],
         "left_out": [{"city_seed": w.city_seed, "walk_seed": w.walk_seed, "mode": w.mode, "receiver": w.receiver,
                       "bag": str(w.path), "why": "no GNSS fix"} for w in left_out],
         "wall_s": time.monotonic() - started,
@@ -260,6 +271,7 @@ def print_report(report: dict[str, Any]) -> None:
               f"{c['covariance_file']}")
     print(f"\n{PROG}: model {report['model']['name']} ({report['model']['path']}), pooled over test walks")
     print_pooled(report["pooled"])
+    print(f"fused track: {report['fusion']}")
     print("\nmismatch check: test walks localized in another city's tiles at the same coordinates (with odometry)")
     print_mismatch(report["pooled"])
     print("\nper walk:")

@@ -1,9 +1,11 @@
 """crossview-walks' figures: each walk's localization kept as a WalkResult, pooled per receiver and
 odometry setting, and printed as the pooled, mismatch and per-walk tables.
 
-Every figure comes from crossview_ros.localize_summary.summarize (the same numbers crossview-localize
-prints), run once on a walk and once on the pooled frames of many walks; this module only adds the
-spread over walks and the layout.
+Every figure of our fixes comes from crossview_ros.localize_summary.summarize (the same numbers
+crossview-localize prints), run once on a walk and once on the pooled frames of many walks; this
+module adds the spread over walks, the layout, and the fused track of each walk localized with
+odometry (fused_walk: the replay's EKF, crossview_ros.fusion with config/ekf.yaml, fed the bag's
+odometry twist and our accepted estimates as the node would publish them).
 """
 
 from __future__ import annotations
@@ -13,15 +15,22 @@ import math
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TextIO
 
+import numpy as np
+
+from crossview_ros import fusion, geo
+from crossview_ros.bag.drive import read_bag
 from crossview_ros.estimate import Estimate, Fix
 from crossview_ros.localize_frames import Frame
 from crossview_ros.localize_summary import summarize
+from crossview_ros.replay_evaluation import odometry_measurements
 from crossview_training.demo_summary import format_table
 
 D2_KEY = "covariance_share_d2_under_5.99_percent"
 MISMATCH_SIGMA_M = 10.0  # a fix against another city's tiles with a sigma under this is a confident wrong fix
+UNKNOWN_VARIANCE = 1e6  # what the node publishes for what an estimate does not observe (nodes/convert.py)
 
 
 @dataclass
@@ -38,6 +47,8 @@ class WalkResult:
     fixes: list[Fix]
     estimates: list[Estimate]
     summary: dict[str, Any]  # summarize() of this walk
+    fused: dict[str, Any] | None = None  # fused_walk()'s figures (walks localized with odometry in their city)
+    fused_error_m: np.ndarray | None = None  # the fused track's error at each frame (NaN before our first pose)
 
     @property
     def mismatched(self) -> bool:
@@ -57,6 +68,70 @@ def walk_result(frames: Sequence[Frame], fixes: Sequence[Fix], estimates: Sequen
                       summary=summarize(estimates, frames, fixes, heading), **ids)
 
 
+def estimate_measurements(estimates: Sequence[Estimate], enu: geo.LocalENU) -> list[fusion.Measurement]:
+    """Our accepted estimates as the node publishes them, as inputs of the fused track.
+
+    Replicates nodes/convert.py (training code may not import crossview_ros.nodes): crossview/pose is
+    planar_pose(est, "datum", enu), x east and y north in the datum's ENU plane with the estimate's own
+    ENU covariance symmetrized (pose_covariance), the yaw with its variance when the estimate has one and
+    variance UNKNOWN_VARIANCE otherwise (fusion then leaves the yaw out); crossview/heading carries the
+    yaw and its variance (orientation_covariance), only when there is one. Rejected estimates publish nothing.
+    """
+    out: list[fusion.Measurement] = []
+    for e in estimates:
+        if not e.accepted:
+            continue
+        x_m, y_m, _ = enu.forward(e.lat_deg, e.lon_deg, 0.0)
+        cov = np.asarray(e.covariance_enu_m2, np.float64)
+        c = np.diag([0.0, 0.0, UNKNOWN_VARIANCE, UNKNOWN_VARIANCE, UNKNOWN_VARIANCE, UNKNOWN_VARIANCE])
+        c[:2, :2] = 0.5 * (cov + cov.T)
+        has_yaw = e.yaw_enu_rad is not None
+        if has_yaw and e.yaw_variance_rad2 is not None:
+            c[5, 5] = float(e.yaw_variance_rad2)
+        out.append(fusion.pose_with_covariance(e.stamp_s, float(x_m), float(y_m),
+                                               float(e.yaw_enu_rad) if has_yaw else 0.0, c.ravel()))
+        if has_yaw and e.yaw_variance_rad2 is not None:
+            out.append(fusion.heading_yaw(e.stamp_s, float(e.yaw_enu_rad), float(e.yaw_variance_rad2)))
+    return out
+
+
+def fused_figures(frames: Sequence[Frame], estimates: Sequence[Estimate], odometry: Sequence[fusion.Measurement],
+                  enu: geo.LocalENU, config: fusion.FusionConfig,
+                  ours_p95_m: float | None) -> tuple[dict[str, Any], np.ndarray]:
+    """The fused track (odometry twist + our poses and headings, no raw GNSS) read at each frame's stamp
+    and measured against the frame's truth (the truth our fixes are measured against): its figures
+    beside our fixes' p95, and its error per frame (NaN before our first published pose).
+
+    The fused p95 is over every frame the track has a position at, including the frames we published
+    nothing for; ours is over our published fixes. not_above_ours: fused p95 <= ours (None when
+    either is missing)."""
+    track = fusion.fuse_track([*odometry, *estimate_measurements(estimates, enu)], [fr.stamp_s for fr in frames],
+                              fusion.with_gnss(config, False))
+    error_m = np.full(len(frames), np.nan)
+    ok = np.isfinite(track.x_m) & np.isfinite(track.y_m)
+    if ok.any():
+        lat, lon, _ = enu.inverse(track.x_m[ok], track.y_m[ok])
+        truth = np.array([[fr.truth.lat_deg, fr.truth.lon_deg] for fr in frames])[ok]
+        error_m[ok] = geo.distance_m(truth[:, 0], truth[:, 1], lat, lon)
+    err = error_m[ok]
+    p95 = float(np.percentile(err, 95)) if err.size else None
+    figures = {"frames": int(err.size), "median_m": float(np.median(err)) if err.size else None, "p95_m": p95,
+               "ours_p95_m": ours_p95_m,
+               "not_above_ours": None if p95 is None or ours_p95_m is None else bool(p95 <= ours_p95_m),
+               "accepted": dict(track.accepted), "rejected": dict(track.rejected)}
+    return figures, error_m
+
+
+def fused_walk(bag: Path, result: WalkResult, estimates: Sequence[Estimate], config: fusion.FusionConfig) -> None:
+    """Set result.fused and result.fused_error_m: the walk's fused track, in the plane of the bag's
+    datum (the node's pose_origin 'datum'), with the bag's odometry twist."""
+    drive = read_bag(bag)
+    enu = geo.LocalENU(drive.datum_lat_deg, drive.datum_lon_deg)
+    ours = (result.summary["error_m"] or {}).get("p95")
+    result.fused, result.fused_error_m = fused_figures(result.frames, estimates, odometry_measurements(drive), enu,
+                                                       config, ours)
+
+
 def pool(results: Sequence[WalkResult], heading: bool) -> dict[str, Any] | None:
     """summarize() of the walks' frames together, plus the number of walks and the worst walk's
     d^2 share (the issue's per-walk floor); None for no walks."""
@@ -70,7 +145,22 @@ def pool(results: Sequence[WalkResult], heading: bool) -> dict[str, Any] | None:
     out["walks"] = len(results)
     out["d2_share_min_over_walks_percent"] = min(shares) if shares else None
     out["walks_without_published_fix"] = sum(1 for r in results if r.summary[D2_KEY] is None)
+    out["fused"] = pool_fused(results)
     return out
+
+
+def pool_fused(results: Sequence[WalkResult]) -> dict[str, Any] | None:
+    """The fused tracks of the walks that have one: p95 and median over their frames pooled, and on how
+    many walks the fused p95 is not above our fixes' p95 (of those where both exist); None for none."""
+    fused = [r for r in results if r.fused is not None and r.fused_error_m is not None]
+    if not fused:
+        return None
+    err = np.concatenate([r.fused_error_m for r in fused])
+    err = err[np.isfinite(err)]
+    flags = [r.fused["not_above_ours"] for r in fused if r.fused["not_above_ours"] is not None]
+    return {"walks": len(fused), "frames": int(err.size), "median_m": float(np.median(err)) if err.size else None,
+            "p95_m": float(np.percentile(err, 95)) if err.size else None, "walks_compared": len(flags),
+            "walks_not_above_ours": sum(flags)}
 
 
 def pooled_tables(results: Sequence[WalkResult], receivers: Sequence[str], heading: bool) -> dict[str, Any]:
@@ -94,14 +184,17 @@ def num(value: float | None, spec: str = ".1f") -> str:
 def pooled_row(receiver: str, odometry: str, s: dict[str, Any]) -> list[str]:
     """One line of the pooled table."""
     e, h, pl = s["error_m"] or {}, s.get("heading") or {}, s.get("protection_level") or {}
+    fz = s.get("fused")
     return [receiver, odometry, str(s["walks"]), str(s["frames"]), num(s["published_percent"]),
-            num(e.get("median"), ".2f"), num(e.get("p95"), ".2f"), num(e.get("over_25m_percent")),
+            num(e.get("median"), ".2f"), num(e.get("p95"), ".2f"), num(fz and fz["p95_m"], ".2f"),
+            f"{fz['walks_not_above_ours']}/{fz['walks_compared']}" if fz else "-", num(e.get("over_25m_percent")),
             num(s[D2_KEY]), num(s["d2_share_min_over_walks_percent"]), num(h.get("flip_over_90deg_percent")),
             num(h.get("share_under_3.84_percent")), num(pl.get("exceeded_percent"), ".2f"),
             str(pl.get("without_level", "-"))]
 
 
-POOLED_HEADERS = ["receiver", "odometry", "walks", "frames", "publ %", "median m", "p95 m", "> 25 m %",
+POOLED_HEADERS = ["receiver", "odometry", "walks", "frames", "publ %", "median m", "p95 m", "fused p95 m",
+                  "fused<=ours walks", "> 25 m %",
                   "d2<5.99 %", "worst walk d2 %", "flips>90 %", "yaw d2<3.84 %", "> PL %", "no PL"]
 
 
@@ -142,10 +235,13 @@ def print_walks(walks: Sequence[dict[str, Any]], file: TextIO | None = None) -> 
         if w["tiles_city_seed"] != w["city_seed"]:
             continue
         s = w["summary"]
-        e, h = s["error_m"] or {}, s.get("heading") or {}
+        e, h, fz = s["error_m"] or {}, s.get("heading") or {}, w.get("fused")
+        flag = None if fz is None else fz["not_above_ours"]
         rows.append([str(w["city_seed"]), str(w["walk_seed"]), w["mode"], w["receiver"],
                      "on" if w["odometry"] else "off", str(s["frames"]), num(s["published_percent"]),
-                     num(e.get("median"), ".2f"), num(e.get("p95"), ".2f"), num(e.get("over_25m_percent")),
+                     num(e.get("median"), ".2f"), num(e.get("p95"), ".2f"), num(fz and fz["p95_m"], ".2f"),
+                     "-" if flag is None else ("yes" if flag else "NO"), num(e.get("over_25m_percent")),
                      num(s[D2_KEY]), num(h.get("flip_over_90deg_percent"))])
     print(format_table(["city", "seed", "mode", "receiver", "odometry", "frames", "publ %", "median m", "p95 m",
-                        "> 25 m %", "d2<5.99 %", "flips>90 %"], rows), file=file or sys.stdout)
+                        "fused p95 m", "fused<=ours", "> 25 m %", "d2<5.99 %", "flips>90 %"], rows),
+          file=file or sys.stdout)
