@@ -16,8 +16,9 @@ a posterior split between distinct places (AMBIGUOUS), the margin (LOW_MARGIN) a
 prior (MAHALANOBIS, which also resets the track). The published covariance adds the posterior's
 mass beyond its mode to the calibrated sigma; the protection level states the radius the error
 exceeds on at most protection_risk of fixes. Odometry (add_odometry, thread-safe) moves the
-matcher's track between frames (crossview_ros.odometry). Artefact problems (missing or corrupt engine, descriptors of another
-model, an unusable calibration file) raise at construction, never at the first frame.
+matcher's track between frames (crossview_ros.odometry). Artefact problems (missing or corrupt
+engine, descriptors of another model, an unusable calibration file) raise at construction, never
+at the first frame.
 
 A Localizer is not thread-safe (it keeps the last stamp for the order check and the matcher's
 track): one per thread.

@@ -2,8 +2,9 @@
 
 score_scope builds the scope's feature map from the tiles' stored blocks and runs the dense match
 (crossview_ros.matchers.bev_grid) with the GNSS prior and, on a stream, the last frame's
-posterior moved by a random walk (a grid filter, `track`): the only state a bev matcher keeps,
-cleared by reset(). The bearing comes with the position: heading needs no second step.
+posterior moved by odometry's displacement (or a random walk without it; a grid filter, `track`),
+with odometry's yaw as a prior on the bearing once its frame is aligned with the grid: the only
+state a bev matcher keeps, cleared by reset(). The bearing comes with the position: heading needs no second step.
 """
 
 from __future__ import annotations
@@ -50,8 +51,9 @@ class BevMatcher(Matcher):
     kind = "bev"
     heading_is_free = True
     settings = frozenset({"match_prior", "track", "track_speed_mps", "track_max_gap_s", "track_uniform_weight",
-                          "track_likelihood_weight", "odometry", "odom_max_age_s", "min_mode_mass", "mode_radius_m",
-                          "imagery_window", "min_imagery_support", "min_prior_inside", "yaw_max_flip_mass", "odom_yaw_uniform_weight"})
+                          "track_likelihood_weight", "odometry", "odom_max_age_s", "odom_yaw_uniform_weight",
+                          "min_mode_mass", "mode_radius_m", "imagery_window", "min_imagery_support",
+                          "min_prior_inside", "yaw_max_flip_mass"})
 
     def __init__(self, engine: Engine, tiles: TileSet, config: LocalizerConfig) -> None:
         super().__init__(engine, tiles, config)

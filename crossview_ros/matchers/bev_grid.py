@@ -18,8 +18,9 @@ the fix's uncertainty then loses to the right one near the fix; within that unce
 model still decides. The margin and the spread are taken on the posterior (in score units).
 
 On a stream, the posterior of the last frame is a second prior (a grid Bayes filter, as
-OrienterNet's sequential localization but without odometry): the Belief over the scope's
-positions, spread by how far the platform may have moved since (a Gaussian random walk), mixed
+OrienterNet's sequential localization): the Belief over the scope's positions, moved by
+odometry's displacement and spread by its uncertainty (or, without odometry, spread by how far
+the platform may have moved since: a Gaussian random walk), mixed
 with a little uniform mass so that a wrong lock can be left when the views disagree with it, and
 multiplied into the next frame's posterior. Independent frames are the special case without it.
 Consecutive views of one street repeat the model's errors (a look-alike that wins one frame wins
