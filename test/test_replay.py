@@ -13,6 +13,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -539,10 +540,17 @@ def test_a_replay_refuses_to_start_beside_a_stray_node(world, tmp_path):
     domain = random.SystemRandom().randint(120, 200)
     env = {**os.environ, "ROS_DOMAIN_ID": str(domain), "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST"}
     stray_cmd = replay.node_command(world["tiles"], world["model"], 40.0, -74.0, node_args=NODE_ARGS)
-    stray = subprocess.Popen(stray_cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    stray = subprocess.Popen(stray_cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(stray.stdout), daemon=True)  # keeps the pipe drained
+    reader.start()
     try:
-        time.sleep(3.0)  # the stray node up and announced
-        assert stray.poll() is None
+        deadline = time.monotonic() + 60.0  # the stray node up (its model loaded: slow on a busy machine)
+        while not any("ready:" in line for line in list(lines)) and time.monotonic() < deadline:
+            assert stray.poll() is None, "".join(lines)[-2000:]
+            time.sleep(0.1)
+        assert any("ready:" in line for line in list(lines)), "".join(lines)[-2000:]
+        time.sleep(1.0)  # and announced on this host
         out = tmp_path / "out"
         done = subprocess.run(replay_argv(world, out), env=env, capture_output=True, text=True, timeout=120)
         assert done.returncode == 1, done.stderr[-2000:]
