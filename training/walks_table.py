@@ -25,12 +25,12 @@ from crossview_ros.bag.drive import read_bag
 from crossview_ros.estimate import Estimate, Fix
 from crossview_ros.localize_frames import Frame
 from crossview_ros.localize_summary import summarize
+from crossview_ros.pose_output import planar_pose, pose_covariance
 from crossview_ros.replay_evaluation import odometry_measurements
 from crossview_training.demo_summary import format_table
 
 D2_KEY = "covariance_share_d2_under_5.99_percent"
 MISMATCH_SIGMA_M = 10.0  # a fix against another city's tiles with a sigma under this is a confident wrong fix
-UNKNOWN_VARIANCE = 1e6  # what the node publishes for what an estimate does not observe (nodes/convert.py)
 
 
 @dataclass
@@ -69,27 +69,19 @@ def walk_result(frames: Sequence[Frame], fixes: Sequence[Fix], estimates: Sequen
 
 
 def estimate_measurements(estimates: Sequence[Estimate], enu: geo.LocalENU) -> list[fusion.Measurement]:
-    """Our accepted estimates as the node publishes them, as inputs of the fused track.
-
-    Replicates nodes/convert.py (training code may not import crossview_ros.nodes): crossview/pose is
-    planar_pose(est, "datum", enu), x east and y north in the datum's ENU plane with the estimate's own
-    ENU covariance symmetrized (pose_covariance), the yaw with its variance when the estimate has one and
-    variance UNKNOWN_VARIANCE otherwise (fusion then leaves the yaw out); crossview/heading carries the
-    yaw and its variance (orientation_covariance), only when there is one. Rejected estimates publish nothing.
-    """
+    """Our accepted estimates as the node publishes them (crossview_ros.pose_output, the node's own
+    conversion), as inputs of the fused track: crossview/pose in the datum's ENU plane with its
+    covariance (the yaw's variance when there is a yaw, UNKNOWN_VARIANCE otherwise: fusion then leaves
+    the yaw out), and crossview/heading when there is a yaw. Rejected estimates publish nothing."""
     out: list[fusion.Measurement] = []
     for e in estimates:
         if not e.accepted:
             continue
-        x_m, y_m, _ = enu.forward(e.lat_deg, e.lon_deg, 0.0)
-        cov = np.asarray(e.covariance_enu_m2, np.float64)
-        c = np.diag([0.0, 0.0, UNKNOWN_VARIANCE, UNKNOWN_VARIANCE, UNKNOWN_VARIANCE, UNKNOWN_VARIANCE])
-        c[:2, :2] = 0.5 * (cov + cov.T)
-        has_yaw = e.yaw_enu_rad is not None
-        if has_yaw and e.yaw_variance_rad2 is not None:
-            c[5, 5] = float(e.yaw_variance_rad2)
-        out.append(fusion.pose_with_covariance(e.stamp_s, float(x_m), float(y_m),
-                                               float(e.yaw_enu_rad) if has_yaw else 0.0, c.ravel()))
+        planar = planar_pose(e, "datum", enu)
+        has_yaw = planar.yaw_rad is not None
+        out.append(fusion.pose_with_covariance(
+            e.stamp_s, planar.x_m, planar.y_m, float(planar.yaw_rad) if has_yaw else 0.0,
+            pose_covariance(planar.covariance_m2, e.yaw_variance_rad2 if has_yaw else None)))
         if has_yaw and e.yaw_variance_rad2 is not None:
             out.append(fusion.heading_yaw(e.stamp_s, float(e.yaw_enu_rad), float(e.yaw_variance_rad2)))
     return out

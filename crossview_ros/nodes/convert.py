@@ -13,15 +13,15 @@ lists that the node copies into messages. Conventions (REP-103/105, design.md):
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from crossview_ros import geo
-from crossview_ros.estimate import Estimate, Fix
+from crossview_ros.estimate import Fix
+from crossview_ros.pose_output import (  # noqa: F401 (the node's output conventions, re-exported for it)
+    UNKNOWN_VARIANCE, PlanarPose, orientation_covariance, planar_pose, pose_covariance,
+)
 
-UNKNOWN_VARIANCE = 1e6  # variance of what the estimate does not observe (z, roll, pitch; yaw without heading)
 IMAGE_CHANNELS = {"rgb8": 3, "bgr8": 3, "mono8": 1}
 COVARIANCE_TYPE_UNKNOWN = 0  # sensor_msgs/NavSatFix
 COVARIANCE_TYPE_KNOWN = 3
@@ -62,8 +62,8 @@ def odometry_pose(msg: Any) -> tuple[float, float, float, float, list[float]]:
     """nav_msgs/Odometry -> (stamp_s, x_m, y_m, yaw_rad, pose covariance (36 values)): base_link in the
     odom frame, as Localizer.add_odometry takes it (it judges non-finite values)."""
     p, q = msg.pose.pose.position, msg.pose.pose.orientation
-    yaw = math.atan2(2.0 * (q.w * q.z + q.x * q.y), 1.0 - 2.0 * (q.y * q.y + q.z * q.z))
-    return stamp_to_s(msg.header.stamp), float(p.x), float(p.y), yaw, list(msg.pose.covariance)
+    return (stamp_to_s(msg.header.stamp), float(p.x), float(p.y), quaternion_to_yaw(q.x, q.y, q.z, q.w),
+            list(msg.pose.covariance))
 
 
 def fix_from_navsat(msg: Any) -> Fix:
@@ -105,48 +105,3 @@ def navsat_covariance(cov_en_m2: np.ndarray, up_var_m2: float) -> list[float]:
     return [float(v) for v in c.ravel()]
 
 
-def pose_covariance(cov_xy_m2: np.ndarray, yaw_var_rad2: float | None) -> list[float]:
-    """(2, 2) x/y covariance + yaw variance -> PoseWithCovariance covariance (36 floats, row-major);
-    z, roll and pitch (and yaw without a heading) get UNKNOWN_VARIANCE."""
-    c = np.zeros((6, 6))
-    c[:2, :2] = 0.5 * (np.asarray(cov_xy_m2, np.float64) + np.asarray(cov_xy_m2, np.float64).T)
-    c[2, 2] = c[3, 3] = c[4, 4] = UNKNOWN_VARIANCE
-    c[5, 5] = UNKNOWN_VARIANCE if yaw_var_rad2 is None else float(yaw_var_rad2)
-    return [float(v) for v in c.ravel()]
-
-
-def orientation_covariance(yaw_var_rad2: float) -> list[float]:
-    """Imu orientation_covariance (roll, pitch, yaw) for a yaw-only measurement, row-major."""
-    return [UNKNOWN_VARIANCE, 0.0, 0.0, 0.0, UNKNOWN_VARIANCE, 0.0, 0.0, 0.0, float(yaw_var_rad2)]
-
-
-@dataclass(frozen=True)
-class PlanarPose:
-    """An estimate expressed in the pose frame: x, y (m), yaw (rad, None without heading), (2, 2) covariance."""
-
-    x_m: float
-    y_m: float
-    yaw_rad: float | None
-    covariance_m2: np.ndarray
-
-
-def planar_pose(est: Estimate, origin: str, enu: geo.LocalENU | None = None) -> PlanarPose:
-    """The estimate in the pose frame.
-
-    origin "datum": x east, y north in the tangent plane of `enu` (geo.LocalENU at the datum); the
-    covariance and the yaw keep the estimate's own ENU axes, which differ from the datum's by the
-    convergence of the meridians (about 1.6e-4 rad per km east-west at 45 deg latitude; ignored).
-    origin "utm": x easting, y northing in the tile set's zone; covariance and yaw rotated onto the
-    grid (geo.enu_cov_to_utm, geo.yaw_enu_to_utm).
-    """
-    cov = np.asarray(est.covariance_enu_m2, np.float64)
-    if origin == "utm":
-        zone = est.utm_zone
-        yaw = None if est.yaw_enu_rad is None else float(
-            geo.yaw_enu_to_utm(est.yaw_enu_rad, est.lat_deg, est.lon_deg, zone))
-        return PlanarPose(float(est.easting_m), float(est.northing_m), yaw,
-                          geo.enu_cov_to_utm(cov, est.lat_deg, est.lon_deg, zone))
-    if origin != "datum" or enu is None:
-        raise ValueError(f"pose origin must be 'utm', or 'datum' with a LocalENU; got {origin!r}, {enu!r}")
-    e_m, n_m, _ = enu.forward(est.lat_deg, est.lon_deg, 0.0)
-    return PlanarPose(float(e_m), float(n_m), est.yaw_enu_rad, cov)
