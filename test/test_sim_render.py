@@ -488,3 +488,31 @@ def test_appearance_parts_do_what_they_say():
     assert err[1] > err[0] > 0
     with pytest.raises(ValueError):
         apply_appearance(img.astype(np.float32), Appearance())
+
+
+def test_season_turns_vegetation_dry_and_leaves_the_rest():
+    from crossview_ros.sim.appearance import apply_season
+
+    image = np.zeros((2, 3, 3), np.uint8)
+    image[0, 0] = (70, 105, 48)  # tree green: greenness (105 - 70) / 105 = 0.33 > 0.15, full weight
+    image[0, 1] = (150, 150, 148)  # grey roof
+    image[0, 2] = (158, 84, 62)  # red roof
+    image[1, 0] = (100, 104, 100)  # barely green: greenness 0.04, weight 0.04 / 0.15 of the season
+    image[1, 1] = (92, 128, 62)  # grass
+    image[1, 2] = (30, 55, 120)  # blue car
+    assert np.array_equal(apply_season(image, 0.0), image)
+    dry = apply_season(image, 1.0)
+    for r, c in ((0, 1), (0, 2), (1, 2)):
+        assert np.array_equal(dry[r, c], image[r, c])
+    for r, c in ((0, 0), (1, 1)):  # fully dry: the pixel's luma times the straw tint
+        luma = image[r, c].astype(float) @ np.array([0.2126, 0.7152, 0.0722])
+        assert np.abs(dry[r, c].astype(float) - luma * np.array([1.35, 1.1, 0.55])).max() <= 1.0
+        assert dry[r, c, 0] > dry[r, c, 1] > dry[r, c, 2]  # straw: red over green over blue
+    half = apply_season(image, 0.5).astype(float)
+    assert np.abs(half[0, 0] - (image[0, 0] + dry[0, 0].astype(float)) / 2).max() <= 1.0
+    weak = (0.04 / 0.15) * 1.0
+    luma = image[1, 0].astype(float) @ np.array([0.2126, 0.7152, 0.0722])
+    expected = image[1, 0] + weak * (luma * np.array([1.35, 1.1, 0.55]) - image[1, 0])
+    assert np.abs(dry[1, 0].astype(float) - expected).max() <= 1.0
+    with pytest.raises(ValueError):
+        apply_season(image, 1.5)

@@ -207,3 +207,57 @@ def test_extra_training_cities_leave_the_test_cities_unchanged():
     assert cross_area_train_cities(["NewYork", "Chicago"]) == ["NewYork"]
     with pytest.raises(ValueError, match="extra_train"):
         default_cities(2, extra_train=-1)
+
+
+def test_each_city_surveyed_under_its_own_sun_and_season(monkeypatch, tmp_path):
+    """aerial_sun None: every city's orthophoto is rendered under a sun of its own, drawn in range
+    and repeatable; a fixed aerial_sun is used as given; season_gap False leaves the survey green."""
+    from crossview_ros.sim import vigor
+
+    suns, seasons = {}, {}
+    real_render, real_season = vigor.render_orthophoto, vigor.apply_season
+
+    def render_spy(scene, sun, *args, **kwargs):
+        suns[scene.shape] = (sun.azimuth_deg, sun.elevation_deg)
+        return real_render(scene, sun, *args, **kwargs)
+
+    def season_spy(image, season):
+        seasons.setdefault(image.shape[:2], []).append(season)
+        return real_season(image, season)
+
+    monkeypatch.setattr(vigor, "render_orthophoto", render_spy)
+    monkeypatch.setattr(vigor, "apply_season", season_spy)
+    config = VigorConfig(panoramas=2, pano_height_px=32, sat_px=64, tile_size_m=40.0, seed=4)
+    drawn = {}
+    for seed, size in ((11, 200.0), (12, 220.0)):
+        city = generate_city(CityConfig(size_m=size, gsd_m=0.5, seed=seed))
+        drawn[seed] = vigor.survey_conditions(city, config)
+        write_vigor_city(tmp_path / str(seed), "C", city, config, progress=False)
+        assert suns[city.scene(0).shape] == (drawn[seed][0].azimuth_deg, drawn[seed][0].elevation_deg)
+        assert seasons[city.scene(0).shape] == [drawn[seed][1]]
+    (sun_a, season_a), (sun_b, season_b) = drawn.values()
+    assert (sun_a.azimuth_deg, sun_a.elevation_deg) != (sun_b.azimuth_deg, sun_b.elevation_deg)
+    for sun, season in drawn.values():
+        assert vigor.AERIAL_SUN_AZIMUTH_DEG[0] <= sun.azimuth_deg < vigor.AERIAL_SUN_AZIMUTH_DEG[1]
+        assert vigor.AERIAL_SUN_ELEVATION_DEG[0] <= sun.elevation_deg <= vigor.AERIAL_SUN_ELEVATION_DEG[1]
+        assert vigor.SEASON_RANGE[0] <= season <= vigor.SEASON_RANGE[1]
+    city = generate_city(CityConfig(size_m=200.0, gsd_m=0.5, seed=11))
+    again = vigor.survey_conditions(city, config)
+    assert (again[0].azimuth_deg, again[1]) == (sun_a.azimuth_deg, season_a)
+    fixed = VigorConfig(panoramas=2, pano_height_px=32, sat_px=64, tile_size_m=40.0, seed=4,
+                        aerial_sun=(200.0, 35.0), season_gap=False)
+    sun, season = vigor.survey_conditions(city, fixed)
+    assert (sun.azimuth_deg, sun.elevation_deg, season) == (200.0, 35.0, 0.0)
+
+
+def test_parallel_cities_write_the_same_bytes_as_one_process(tmp_path):
+    config = VigorConfig(panoramas=3, pano_height_px=32, sat_px=64, tile_size_m=40.0, seed=4)
+    cities = {"A": CityConfig(size_m=200.0, gsd_m=0.5, seed=21), "B": CityConfig(size_m=200.0, gsd_m=0.5, seed=22)}
+    write_vigor_dataset(tmp_path / "serial", cities, config, progress=False)
+    write_vigor_dataset(tmp_path / "parallel", cities, config, progress=False, jobs=2)
+    serial = sorted(p.relative_to(tmp_path / "serial") for p in (tmp_path / "serial").rglob("*") if p.is_file())
+    parallel = sorted(p.relative_to(tmp_path / "parallel") for p in (tmp_path / "parallel").rglob("*") if p.is_file())
+    assert serial == parallel and any(p.suffix == ".jpg" for p in serial)
+    for rel in serial:
+        if rel.suffix in (".jpg", ".png", ".txt"):
+            assert (tmp_path / "serial" / rel).read_bytes() == (tmp_path / "parallel" / rel).read_bytes(), rel

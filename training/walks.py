@@ -75,7 +75,7 @@ from crossview_ros.tiles import TileSetError
 from crossview_training.demo_config import TEST_CITY_LAT_DEG, TEST_CITY_LON_DEG
 from crossview_training.demo_stages import canonical
 from crossview_training.walks_build import (
-    CALIBRATION_SEED_BASE, Calibration, WalkSpec, bag_path, city_config, ensure_bag, ensure_calibration, ensure_city,
+    CALIBRATION_SEED_BASE, DEFAULT_SUN, Calibration, WalkSpec, bag_path, city_config, ensure_bag, ensure_calibration, ensure_city,
     ensure_tiles, gnss_fix_count, run_config,
 )
 from crossview_training.walks_table import (
@@ -113,6 +113,7 @@ class WalksConfig:
     rate_hz: float = 2.0
     pano_height_px: int = 320
     tile_px: int = 640
+    aerial_sun: tuple[float, float] = DEFAULT_SUN  # the held-out cities' survey sun (azimuth, elevation) deg
     settings: dict[str, Any] = field(default_factory=dict)  # --set
     json_out: Path | None = None
     recalibrate: bool = False
@@ -207,7 +208,8 @@ def build_inputs(cfg: WalksConfig, meta: ModelMeta) -> tuple[dict[int, Path], li
     """Cities, their encoded tile sets and every walk's bag (each reused when already built)."""
     cities, tiles = {}, {}
     for seed in tqdm(cfg.city_seeds, desc="cities + tiles", unit="city", disable=not cfg.progress):
-        cities[seed] = ensure_city(cfg.work, city_config(seed, cfg.lat_deg, cfg.lon_deg, cfg.city_m, cfg.gsd_m))
+        cities[seed] = ensure_city(cfg.work, city_config(seed, cfg.lat_deg, cfg.lon_deg, cfg.city_m, cfg.gsd_m),
+                                   cfg.aerial_sun)
         tiles[seed] = ensure_tiles(cfg.work, cities[seed], meta, cfg.tile_px, progress=False)
     specs = walk_specs(cfg, cities)
     todo = [s for s in specs if not s.path.is_dir()]
@@ -303,6 +305,14 @@ def csv_of(kind: type, text: str, flag: str) -> tuple[Any, ...]:
         raise UsageError(f"{flag} takes comma-separated values, got {text!r}") from None
 
 
+def sun_of(text: str) -> tuple[float, float]:
+    """--aerial-sun AZ,EL in degrees, elevation in (0, 90]."""
+    values = csv_of(float, text, "--aerial-sun")
+    if len(values) != 2 or not 0.0 < values[1] <= 90.0:
+        raise UsageError(f"--aerial-sun takes AZIMUTH,ELEVATION in degrees (elevation 0-90), got {text!r}")
+    return values[0], values[1]
+
+
 def build_parser() -> argparse.ArgumentParser:
     d = WalksConfig(model=Path())
     p = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -317,6 +327,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--city-m", type=float, default=d.city_m, help=f"side of each city, m (default {d.city_m:g})")
     g.add_argument("--gsd-m", type=float, default=d.gsd_m, help=f"orthophoto m/px (default {d.gsd_m:g}, the demo's)")
     g.add_argument("--tile-px", type=int, default=d.tile_px, help=f"tile image side, px (default {d.tile_px})")
+    g.add_argument("--aerial-sun", default=",".join(f"{v:g}" for v in d.aerial_sun), metavar="AZ,EL",
+                   help="the held-out cities' survey sun, azimuth,elevation deg (default %(default)s); the walks "
+                        "stay the same, so a run per sun compares one model under two surveys")
     g = p.add_argument_group("walks")
     g.add_argument("--walks", type=int, default=d.walks, help=f"test walks per city and receiver (default {d.walks})")
     g.add_argument("--calibration-walks", type=int, default=d.calibration_walks,
@@ -345,7 +358,8 @@ def config_from_args(args: argparse.Namespace) -> WalksConfig:
         lon_deg=args.lon, city_m=args.city_m, gsd_m=args.gsd_m, walks=args.walks,
         calibration_walks=args.calibration_walks, modes=csv_of(str, args.modes, "--modes"),
         receivers=csv_of(str, args.gnss, "--gnss"), duration_s=args.duration_s, rate_hz=args.rate_hz,
-        pano_height_px=args.pano_height_px, tile_px=args.tile_px, settings=parse_set(args.set),
+        pano_height_px=args.pano_height_px, tile_px=args.tile_px,
+        aerial_sun=sun_of(args.aerial_sun), settings=parse_set(args.set),
         json_out=args.json, recalibrate=args.recalibrate, progress=not args.no_progress)
 
 

@@ -66,17 +66,25 @@ def city_config(seed: int, lat_deg: float, lon_deg: float, size_m: float, gsd_m:
     return CityConfig(datum_lat_deg=lat_deg, datum_lon_deg=lon_deg, size_m=size_m, gsd_m=gsd_m, seed=seed)
 
 
-def city_dir(work: Path, config: CityConfig) -> Path:
-    return work / "cities" / f"seed{config.seed}-{fingerprint(config.to_dict())[:8]}"
+DEFAULT_SUN = (150.0, 55.0)  # crossview-sim city's survey sun (azimuth, elevation) deg
+SURVEY_MARK = "-survey"  # city folder suffix of a survey under another sun: its walks are the default's
 
 
-def ensure_city(work: Path, config: CityConfig) -> Path:
-    """The city's orthophoto.tif and city.json under work/cities/ (built in a staging folder, then renamed)."""
-    out = city_dir(work, config)
+def city_dir(work: Path, config: CityConfig, sun: tuple[float, float] = DEFAULT_SUN) -> Path:
+    name = f"seed{config.seed}-{fingerprint(config.to_dict())[:8]}"
+    if tuple(sun) != DEFAULT_SUN:
+        name += f"{SURVEY_MARK}{sun[0]:g}-{sun[1]:g}"
+    return work / "cities" / name
+
+
+def ensure_city(work: Path, config: CityConfig, sun: tuple[float, float] = DEFAULT_SUN) -> Path:
+    """The city's orthophoto.tif (surveyed under `sun`) and city.json under work/cities/ (built in a
+    staging folder, then renamed)."""
+    out = city_dir(work, config, sun)
     if (out / "city.json").is_file() and (out / "orthophoto.tif").is_file():
         return out
     with staging_dir(out) as tmp:
-        run_city(tmp, config, progress=False)
+        run_city(tmp, config, sun_azimuth_deg=sun[0], sun_elevation_deg=sun[1], progress=False)
         if out.exists():  # an incomplete folder of another writer: replace it
             shutil.rmtree(out)
         tmp.rename(out)
@@ -112,9 +120,10 @@ def model_key(model: ModelMeta) -> str:
 
 def bag_path(work: Path, city: Path, walk_seed: int, mode: str, receiver: str, drive: Mapping[str, Any]) -> Path:
     """Where a walk's bag lives: under its city, named by receiver, mode, seed and a fingerprint of
-    the drive's settings (duration, rate, panorama height)."""
+    the drive's settings (duration, rate, panorama height). A walk sees the streets, not the aerial
+    survey: every survey of one city shares its walks."""
     key = fingerprint(dict(drive))[:8]
-    return work / "bags" / city.name / f"{receiver}-{mode}-seed{walk_seed}-{key}"
+    return work / "bags" / city.name.split(SURVEY_MARK)[0] / f"{receiver}-{mode}-seed{walk_seed}-{key}"
 
 
 def ensure_bag(city: Path, walk: WalkSpec, drive: Mapping[str, Any]) -> Path:

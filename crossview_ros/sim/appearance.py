@@ -9,6 +9,10 @@ saturation, tone curve (gamma and an S-shaped contrast curve), JPEG round trip.
 Every part is switched off by its neutral value (see Appearance's field comments), and
 sample_appearance(enabled=...) leaves the parts not named neutral. apply_appearance is
 deterministic given its rng (only the noise draws from it).
+
+The scene itself also differs between captures: apply_season turns vegetation from summer green
+towards dry straw and autumn brown, so an aerial survey and street images of another season (or
+of another year) disagree on the colour of every park, lawn and tree.
 """
 
 from __future__ import annotations
@@ -193,3 +197,33 @@ def _jpeg_round_trip(image: np.ndarray, quality: int) -> np.ndarray:
     flag = cv2.IMREAD_COLOR if image.ndim == 3 else cv2.IMREAD_GRAYSCALE
     dec = cv2.imdecode(buf, flag)
     return np.ascontiguousarray(dec[..., ::-1]) if image.ndim == 3 else dec
+
+
+# Where dry vegetation's colour goes, per channel, relative to the pixel's luma (straw / brown).
+_DRY_TINT_RGB = np.array([1.35, 1.1, 0.55], np.float32)
+
+
+def apply_season(image: np.ndarray, season: float) -> np.ndarray:
+    """Vegetation of `image` (H, W, 3) uint8 seen in another season: 0 = summer (unchanged), 1 = dry.
+
+    Green-dominant pixels (how much green exceeds red and blue sets the weight, so edges blend)
+    move towards a straw tint of their own luma: texture and shading stay, the hue changes.
+    """
+    if not 0.0 <= season <= 1.0:
+        raise ValueError(f"season must be in [0, 1], got {season}")
+    img = np.asarray(image)
+    if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
+        raise ValueError(f"apply_season needs an (H, W, 3) uint8 image, got {img.dtype} {img.shape}")
+    if season == 0.0:
+        return img.copy()
+    out = np.empty_like(img)
+    for r0 in range(0, img.shape[0], _ROWS_PER_CHUNK):
+        x = img[r0 : r0 + _ROWS_PER_CHUNK].astype(np.float32)
+        r, g, b = x[..., 0], x[..., 1], x[..., 2]
+        greenness = (g - np.maximum(r, b)) / np.maximum(g, 1.0)  # > 0 where green dominates
+        weight = np.float32(season) * np.clip(greenness / 0.15, 0.0, 1.0)
+        luma = x @ np.array([0.2126, 0.7152, 0.0722], np.float32)
+        dry = luma[..., None] * _DRY_TINT_RGB
+        y = x + weight[..., None] * (dry - x)
+        out[r0 : r0 + _ROWS_PER_CHUNK] = np.clip(y + 0.5, 0.0, 255.0).astype(np.uint8)
+    return out

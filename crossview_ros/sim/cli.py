@@ -24,7 +24,7 @@ import numpy as np
 from tqdm import tqdm
 
 from crossview_ros.tiles import VIGOR_TILE_SIZE_M
-from crossview_ros.sim.appearance import apply_appearance, sample_appearance
+from crossview_ros.sim.appearance import apply_appearance, apply_season, sample_appearance
 from crossview_ros.sim.bag import write_drive_bag
 from crossview_ros.sim.city import City, CityConfig, generate_city
 from crossview_ros.sim.drive import DriveConfig, plan_drive
@@ -56,9 +56,9 @@ def load_city(city_dir: str | Path) -> City:
 
 
 def run_city(out: str | Path, config: CityConfig, *, sun_azimuth_deg: float = 150.0,
-             sun_elevation_deg: float = 55.0, preview: str | Path | None = None, progress: bool = True,
-             file: TextIO | None = None) -> Path:
-    """One city: out/orthophoto.tif (surveyed under that sun) + out/city.json; returns `out`.
+             sun_elevation_deg: float = 55.0, season: float = 0.0, preview: str | Path | None = None,
+             progress: bool = True, file: TextIO | None = None) -> Path:
+    """One city: out/orthophoto.tif (surveyed under that sun, in that season) + out/city.json; returns `out`.
 
     Nothing is done when `out` already holds this city with these settings. file: where the one-line
     account goes (None: nowhere); preview: also a 1024 px PNG of the orthophoto there.
@@ -66,6 +66,8 @@ def run_city(out: str | Path, config: CityConfig, *, sun_azimuth_deg: float = 15
     out = Path(out)
     city = generate_city(config)
     doc = {"city": city.city_json(), "aerial_sun": [sun_azimuth_deg, sun_elevation_deg]}
+    if season:
+        doc["season"] = season
     doc = json.loads(json.dumps(doc))
     meta = out / "city.json"
     if meta.exists() and (out / "orthophoto.tif").exists() and json.loads(meta.read_text()) == doc:
@@ -75,7 +77,7 @@ def run_city(out: str | Path, config: CityConfig, *, sun_azimuth_deg: float = 15
     with tqdm(total=3, desc="city", unit="step", disable=not progress) as bar:
         scene = city.scene(0)
         bar.update()
-        image = render_orthophoto(scene, Sun(sun_azimuth_deg, sun_elevation_deg))
+        image = apply_season(render_orthophoto(scene, Sun(sun_azimuth_deg, sun_elevation_deg)), season)
         bar.update()
         write_orthophoto(out / "orthophoto.tif", image, scene)
         bar.update()
@@ -93,18 +95,34 @@ def run_city(out: str | Path, config: CityConfig, *, sun_azimuth_deg: float = 15
 
 def cmd_city(args: argparse.Namespace) -> int:
     run_city(args.out, _city_config_from_args(args), sun_azimuth_deg=args.sun_azimuth_deg,
-             sun_elevation_deg=args.sun_elevation_deg, preview=args.preview, progress=not args.no_progress,
+             sun_elevation_deg=args.sun_elevation_deg, season=args.season, preview=args.preview, progress=not args.no_progress,
              file=sys.stdout)
     return 0
+
+
+def _aerial_sun(text: str) -> tuple[float, float] | None:
+    """--aerial-sun: "per-city" (None) or "AZ,EL" in degrees."""
+    if text == "per-city":
+        return None
+    try:
+        azimuth, elevation = (float(v) for v in text.split(","))
+    except ValueError:
+        raise ValueError(f"--aerial-sun must be per-city or AZIMUTH,ELEVATION in degrees, got {text!r}") from None
+    if not 0.0 < elevation <= 90.0:
+        raise ValueError(f"--aerial-sun elevation must be in (0, 90] deg, got {elevation}")
+    return azimuth, elevation
 
 
 def cmd_vigor(args: argparse.Namespace) -> int:
     config = VigorConfig(panoramas=args.panoramas, pano_height_px=args.pano_height_px, sat_px=args.sat_px,
                          tile_size_m=args.tile_size_m, seed=args.seed,
-                         appearance_gap=not args.no_appearance_gap, time_gap=not args.no_time_gap)
+                         appearance_gap=not args.no_appearance_gap, time_gap=not args.no_time_gap,
+                         aerial_sun=_aerial_sun(args.aerial_sun), season_gap=not args.no_season_gap)
+    if args.jobs < 1:
+        raise ValueError(f"--jobs must be >= 1, got {args.jobs}")
     cities = default_cities(args.cities, size_m=args.size_m, gsd_m=args.gsd_m, seed=args.seed,
                             extra_train=args.extra_train_cities)
-    root = write_vigor_dataset(args.root, cities, config, progress=not args.no_progress)
+    root = write_vigor_dataset(args.root, cities, config, progress=not args.no_progress, jobs=args.jobs)
     print(f"wrote {len(cities)} cities ({', '.join(cities)}) in VIGOR layout to {root}")
     if args.contact_sheet:
         contact_sheet(root, next(iter(cities)), args.contact_sheet)
@@ -224,6 +242,8 @@ def build_parser() -> argparse.ArgumentParser:
     city_options(p)
     p.add_argument("--sun-azimuth-deg", type=float, default=150.0, help="sun bearing for the survey, deg (default 150)")
     p.add_argument("--sun-elevation-deg", type=float, default=55.0, help="sun elevation, deg (default 55)")
+    p.add_argument("--season", type=float, default=0.0,
+                   help="vegetation's season, 0 = summer green .. 1 = dry straw (default 0)")
     p.add_argument("--preview", help="also write a 1024 px PNG preview of the orthophoto here")
     p.set_defaults(func=cmd_city)
 
@@ -241,6 +261,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"satellite image side, m (default {VIGOR_TILE_SIZE_M}, VIGOR)")
     p.add_argument("--no-appearance-gap", action="store_true", help="same colour response in both views")
     p.add_argument("--no-time-gap", action="store_true", help="panoramas of the survey epoch (no moved cars/trees)")
+    p.add_argument("--aerial-sun", default="per-city", metavar="per-city|AZ,EL",
+                   help="the surveys' sun: per-city (each city its own, azimuth 0-360, elevation 30-70 deg; "
+                        "default) or one AZIMUTH,ELEVATION in degrees for every city")
+    p.add_argument("--no-season-gap", action="store_true",
+                   help="every survey and panorama in summer (default: each in a season of its own)")
+    p.add_argument("--jobs", type=int, default=1, help="cities written at once, one process each (default 1)")
     p.add_argument("--contact-sheet", help="also write a contact sheet PNG of the first city here")
     p.set_defaults(func=cmd_vigor)
 

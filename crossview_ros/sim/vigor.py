@@ -29,9 +29,11 @@ from __future__ import annotations
 import json
 import logging
 import math
+import multiprocessing
 import os
 import shutil
 from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,7 +45,7 @@ from tqdm import tqdm
 from crossview_ros.atomic import write_bytes_atomic, write_text_atomic
 from crossview_ros.config import check_known_keys
 from crossview_ros import geo
-from crossview_ros.sim.appearance import apply_appearance, sample_appearance
+from crossview_ros.sim.appearance import apply_appearance, apply_season, sample_appearance
 from crossview_ros.sim.city import City, CityConfig, generate_city
 from crossview_ros.sim.ortho import render_orthophoto, write_orthophoto
 from crossview_ros.sim.render import CameraConfig, Occluder, render_panorama
@@ -54,6 +56,10 @@ log = logging.getLogger(__name__)
 
 FORMAT = "crossview_ros.vigor_synthetic"
 FORMAT_VERSION = 1
+
+AERIAL_SUN_AZIMUTH_DEG = (0.0, 360.0)  # per-city survey suns (VigorConfig.aerial_sun None), uniform
+AERIAL_SUN_ELEVATION_DEG = (30.0, 70.0)
+SEASON_RANGE = (0.0, 0.8)  # apply_season's strength, per city survey and per panorama, uniform
 
 # VIGOR's cross-area protocol: these cities train, the others test (design.md).
 VIGOR_CROSS_AREA_TRAIN = ("NewYork", "Seattle")
@@ -84,7 +90,10 @@ class VigorConfig:
     occluders_max: int = 3  # pedestrians/vehicles close to the camera, 0..n per panorama
     camera_height_m: tuple[float, float] = (1.6, 2.4)  # uniform range of the camera height
     attitude_jitter_deg: float = 1.5  # std of camera pitch and roll
-    aerial_sun: tuple[float, float] = (150.0, 55.0)  # (azimuth bearing, elevation) deg of the survey
+    # (azimuth bearing, elevation) deg of the survey; None = each city its own sun, drawn from
+    # AERIAL_SUN_AZIMUTH_DEG x AERIAL_SUN_ELEVATION_DEG (a model then cannot learn one sun's shadows)
+    aerial_sun: tuple[float, float] | None = None
+    season_gap: bool = True  # each city's survey and each panorama in its own season (apply_season)
     seed: int = 0  # seeds positions, cameras and appearance (the city has its own seed)
 
     def validate(self) -> None:
@@ -109,7 +118,7 @@ class VigorConfig:
         check_known_keys(cls, values)
         values = dict(values)
         for key in ("camera_height_m", "aerial_sun"):
-            if key in values:
+            if values.get(key) is not None:
                 values[key] = tuple(values[key])
         return cls(**values)
 
@@ -282,6 +291,16 @@ def _city_stamp(city_dir: Path, city: City, config: VigorConfig) -> dict[str, An
     return stamp
 
 
+def survey_conditions(city: City, config: VigorConfig) -> tuple[Sun, float]:
+    """The sun and season of a city's aerial survey: config.aerial_sun, or a sun of the city's own
+    (seeded by the dataset's and the city's seeds), and the survey's season (0 without season_gap)."""
+    rng = np.random.default_rng([config.seed, city.config.seed, 4])
+    drawn = Sun(float(rng.uniform(*AERIAL_SUN_AZIMUTH_DEG)), float(rng.uniform(*AERIAL_SUN_ELEVATION_DEG)))
+    season = float(rng.uniform(*SEASON_RANGE))
+    sun = drawn if config.aerial_sun is None else Sun(*config.aerial_sun)
+    return sun, season if config.season_gap else 0.0
+
+
 def _write_city_orthophoto(city_dir: Path, city_name: str, city: City, config: VigorConfig,
                            rng: np.random.Generator) -> Path:
     """The survey orthophoto (kept when present); draws the aerial appearance from `rng` either way,
@@ -290,9 +309,12 @@ def _write_city_orthophoto(city_dir: Path, city_name: str, city: City, config: V
     aerial_appearance = sample_appearance(rng, "aerial") if config.appearance_gap else None
     aerial_rng = np.random.default_rng([config.seed, city.config.seed, 1])
     if not ortho_path.exists():
-        log.info("rendering the orthophoto of %s", city_name)
-        sun = Sun(*config.aerial_sun)
+        sun, season = survey_conditions(city, config)
+        log.info("rendering the orthophoto of %s (sun azimuth %.0f deg, elevation %.0f deg; season %.2f)",
+                 city_name, sun.azimuth_deg, sun.elevation_deg, season)
         image = render_orthophoto(city.scene(0), sun, aerial_appearance, aerial_rng)
+        if season > 0.0:
+            image = apply_season(image, season)
         write_orthophoto(ortho_path, image, city.scene(0))
         del image
     return ortho_path
@@ -337,6 +359,9 @@ def _write_panorama(path: Path, ground_scene: Any, e: float, n: float, city: Cit
     )
     if config.appearance_gap:
         image = apply_appearance(image, sample_appearance(prng, "ground"), prng)
+    season = float(prng.uniform(*SEASON_RANGE))  # drawn last: the draws above keep their values
+    if config.season_gap and season > 0.0:
+        image = apply_season(image, season)
     ok, jpeg = cv2.imencode(".jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR),
                             [cv2.IMWRITE_JPEG_QUALITY, config.jpeg_quality])
     if not ok:
@@ -360,9 +385,12 @@ def _write_splits(split_dir: Path, labels: list[PanoramaLabel], sat_names: list[
 
 def write_vigor_dataset(
     root: str | os.PathLike, cities: dict[str, CityConfig], config: VigorConfig | None = None,
-    *, cross_area_train: Sequence[str] | None = None, progress: bool = True,
+    *, cross_area_train: Sequence[str] | None = None, progress: bool = True, jobs: int = 1,
 ) -> Path:
     """Write several cities and `dataset.json` naming which ones train in the cross-area split.
+
+    jobs > 1 writes that many cities at once, each in its own process (a city's bytes do not
+    depend on it: every draw is seeded by the city and the config).
 
     cross_area_train defaults to VIGOR's (NewYork, Seattle) and their extras (default_cities) among
     the given cities, else the first half of them.
@@ -379,8 +407,11 @@ def write_vigor_dataset(
     if unknown or not 0 < len(cross_area_train) < len(names):
         raise ValueError(f"cross_area_train {list(cross_area_train)} must be a proper subset of {names}")
     root = Path(root)
-    for name, city_config in cities.items():
-        write_vigor_city(root, name, generate_city(city_config), config, progress=progress)
+    if jobs <= 1:
+        for name, city_config in cities.items():
+            write_vigor_city(root, name, generate_city(city_config), config, progress=progress)
+    else:
+        _write_cities_in_parallel(root, cities, config, jobs, progress)
     manifest = {
         "format": FORMAT, "format_version": FORMAT_VERSION,
         "cities": names,
@@ -394,6 +425,22 @@ def write_vigor_dataset(
     }
     write_text_atomic(root / "dataset.json", json.dumps(manifest, indent=2))
     return root
+
+
+def _write_city_job(root: Path, name: str, city_config: CityConfig, config: VigorConfig | None) -> str:
+    write_vigor_city(root, name, generate_city(city_config), config, progress=False)
+    return name
+
+
+def _write_cities_in_parallel(root: Path, cities: dict[str, CityConfig], config: VigorConfig | None,
+                              jobs: int, progress: bool) -> None:
+    """One process per city (spawned: numba and OpenCV threads do not survive a fork well)."""
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=min(jobs, len(cities)), mp_context=context) as pool:
+        futures = [pool.submit(_write_city_job, root, name, c, config) for name, c in cities.items()]
+        for future in tqdm(as_completed(futures), total=len(futures), desc="cities", unit="city",
+                           disable=not progress):
+            log.info("wrote city %s", future.result())
 
 
 def default_cities(count: int = 2, *, size_m: float = 1000.0, gsd_m: float = 0.15, seed: int = 0,
