@@ -91,6 +91,7 @@ setup(
             "crossview-replay = crossview_ros.replay.cli:main",
             "crossview-demo = crossview_training.demo_cli:main",
             "crossview-walks = crossview_training.walks:main",
+            "crossview-dataset = crossview_training.bag_dataset:main",
             "localize_node = crossview_ros.nodes.localize_node:main",
         ],
     },

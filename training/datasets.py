@@ -12,6 +12,14 @@ Splits (VIGOR section 3 and its released loader):
   their panoramas (`pano_label_balanced.txt`), testing on the other cities.
 Aerial images are the union of every city's `satellite_list.txt` in the split's cities.
 
+Two label sets (`labels=`), same line format and sign convention, whole pixels of the 640 px image:
+- "original": `splits/<City>/*.txt` as VIGOR ships them, deltas computed at VIGOR's stated
+  0.114 m/px (its evaluate_from_npy.py), which is wrong by up to 12 % (Seattle);
+- "corrected": SliceMatch's `splits__corrected/<City>/*__corrected.txt` (Lentsch et al., CVPR
+  2023, supplementary A), `round((N_tile - N_pano, E_tile - E_pano) / gsd)` in the point's UTM
+  zone at the city's zoom-20 Web Mercator resolution (VIGOR_CORRECTED_GSD_M); real VIGOR only.
+docs/training.md has the folder layout and the sources.
+
 Images are decoded once into pre-resized uint8 caches (`.crossview_cache/` under the root,
 memory-mapped .npy, written atomically) so that data loading never starves the model.
 """
@@ -37,8 +45,15 @@ log = logging.getLogger(__name__)
 VIGOR_CITIES = ("NewYork", "Seattle", "SanFrancisco", "Chicago")
 VIGOR_CROSS_TRAIN = ("NewYork", "Seattle")
 VIGOR_SAT_PX = 640  # raw VIGOR aerial image side
-VIGOR_GSD_M = 0.114  # VIGOR's stated ground resolution (the corrected labels refine it per city)
+VIGOR_GSD_M = 0.114  # VIGOR's stated ground resolution, behind the original labels
+# m/px of each city's 640 px aerial images behind the corrected labels: Google's zoom 20,
+# 156543.03392 x cos(lat) / 2^20 at the city's latitude (CCVPE's train_VIGOR.py, SliceMatch supp. A)
+VIGOR_CORRECTED_GSD_M = {"NewYork": 0.113248, "Seattle": 0.100817, "SanFrancisco": 0.118141, "Chicago": 0.111262}
 SPLITS = ("same_train", "same_test", "cross_train", "cross_test")
+LABEL_SETS = ("original", "corrected")
+LABEL_FOLDERS = {"original": "splits", "corrected": "splits__corrected"}  # beside the city folders
+_LABEL_FILES = {"same_train": "same_area_balanced_train", "same_test": "same_area_balanced_test",
+                "cross_train": "pano_label_balanced", "cross_test": "pano_label_balanced"}
 
 
 def tile_iou(da_px: np.ndarray, db_px: np.ndarray, size_px: float) -> np.ndarray:
@@ -82,9 +97,21 @@ class VigorSplit:
     sat_city: np.ndarray  # (M,) int
     sat_latlon: np.ndarray  # (M, 2)
     sat_px: int  # raw aerial image side
+    label_set: str = "original"  # which labels were read (LABEL_SETS)
 
     def __len__(self) -> int:
         return len(self.pano_paths)
+
+    def city_gsd_m(self) -> np.ndarray:
+        """(len(cities),) m per raw aerial pixel the deltas were computed with: metres = deltas x this."""
+        if self.label_set == "corrected":
+            unknown = [c for c in self.cities if c not in VIGOR_CORRECTED_GSD_M]
+            if unknown:
+                raise ValueError(f"no corrected-label resolution for cities {unknown} (real VIGOR cities only)")
+            return np.array([VIGOR_CORRECTED_GSD_M[c] for c in self.cities])
+        manifest = dataset_manifest(self.root)
+        gsd = dataset_tile_size_m(self.root) / self.sat_px if manifest else VIGOR_GSD_M
+        return np.full(len(self.cities), gsd)
 
     @property
     def iou(self) -> np.ndarray:
@@ -121,13 +148,33 @@ def dataset_tile_size_m(root: str | os.PathLike) -> float:
     return float(manifest["vigor_config"]["tile_size_m"]) if manifest else VIGOR_TILE_SIZE_M
 
 
-def available_cities(root: Path) -> list[str]:
-    return sorted(p.name for p in (root / "splits").iterdir() if (p / "satellite_list.txt").exists())
+def label_dir(root: str | os.PathLike, labels: str = "original") -> Path:
+    """The folder of a label set (`splits/` or `splits__corrected/`); FileNotFoundError saying where to get it."""
+    if labels not in LABEL_SETS:
+        raise ValueError(f"labels must be one of {LABEL_SETS}, got {labels!r}")
+    path = Path(root) / LABEL_FOLDERS[labels]
+    if path.is_dir():
+        return path
+    if labels == "corrected":
+        raise FileNotFoundError(
+            f"{root} has no splits__corrected/ folder: the corrected labels are a separate download "
+            "(github.com/tudelft-iv/SliceMatch, VIGOR_corrected_labels/splits__corrected); put that folder "
+            "beside splits/, or use labels=original")
+    raise FileNotFoundError(f"{root} has no splits/ folder; is it a VIGOR-layout dataset root?")
 
 
-def cross_area_cities(root: Path) -> tuple[list[str], list[str]]:
+def label_file(split: str, labels: str = "original") -> str:
+    """File name of a split's label lines in a city's label folder."""
+    return _LABEL_FILES[split] + ("__corrected" if labels == "corrected" else "") + ".txt"
+
+
+def available_cities(root: Path, labels: str = "original") -> list[str]:
+    return sorted(p.name for p in label_dir(root, labels).iterdir() if (p / "satellite_list.txt").exists())
+
+
+def cross_area_cities(root: Path, labels: str = "original") -> tuple[list[str], list[str]]:
     """(train, test) cities: dataset.json's roles for our data, VIGOR's for VIGOR."""
-    cities = available_cities(root)
+    cities = available_cities(root, labels)
     roles = dataset_manifest(root).get("cross_area")
     if roles:
         return list(roles["train"]), list(roles["test"])
@@ -138,64 +185,68 @@ def cross_area_cities(root: Path) -> tuple[list[str], list[str]]:
     return train, [c for c in cities if c not in train]
 
 
-def load_vigor_split(root: str | os.PathLike, split: str, cities: Sequence[str] | None = None) -> VigorSplit:
-    """Read one split of a VIGOR-layout root ("same_train", "same_test", "cross_train", "cross_test")."""
+def load_vigor_split(root: str | os.PathLike, split: str, cities: Sequence[str] | None = None, *,
+                     labels: str = "original") -> VigorSplit:
+    """Read one split of a VIGOR-layout root ("same_train", "same_test", "cross_train", "cross_test").
+
+    labels: "original" (`splits/`) or "corrected" (`splits__corrected/`, SliceMatch's files).
+    """
     root = Path(root)
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-    if not (root / "splits").is_dir():
-        raise FileNotFoundError(f"{root} has no splits/ folder; is it a VIGOR-layout dataset root?")
+    folder = label_dir(root, labels)
     if cities is None:
         if split.startswith("same"):
-            cities = available_cities(root)
+            cities = available_cities(root, labels)
         else:
-            train, test = cross_area_cities(root)
+            train, test = cross_area_cities(root, labels)
             cities = train if split == "cross_train" else test
     cities = tuple(cities)
-    label_file = {"same_train": "same_area_balanced_train.txt", "same_test": "same_area_balanced_test.txt",
-                  "cross_train": "pano_label_balanced.txt", "cross_test": "pano_label_balanced.txt"}[split]
+    name = label_file(split, labels)
     sat_paths: list[Path] = []
     sat_city: list[int] = []
     sat_index: dict[tuple[str, str], int] = {}
     pano_paths: list[Path] = []
     pano_city: list[int] = []
-    labels: list[list[int]] = []
+    tiles: list[list[int]] = []
     deltas: list[list[tuple[float, float]]] = []
     for ci, city in enumerate(cities):
-        listing = root / "splits" / city / "satellite_list.txt"
+        listing = folder / city / "satellite_list.txt"
         if not listing.exists():
             raise FileNotFoundError(f"{listing} is missing; city {city!r} is not in this dataset")
-        for name in listing.read_text().split():
-            sat_index[(city, name)] = len(sat_paths)
-            sat_paths.append(root / city / "satellite" / name)
+        for sat in listing.read_text().split():
+            sat_index[(city, sat)] = len(sat_paths)
+            sat_paths.append(root / city / "satellite" / sat)
             sat_city.append(ci)
-        for number, line in enumerate((root / "splits" / city / label_file).read_text().splitlines(), 1):
+        path = folder / city / name
+        if not path.exists():
+            raise FileNotFoundError(f"{path} is missing (the {split} labels of {city})")
+        for number, line in enumerate(path.read_text().splitlines(), 1):
             parts = line.split()
             if not parts:
                 continue
             if len(parts) != 13:
-                raise ValueError(f"{city}/{label_file} line {number}: expected 13 fields, got {len(parts)}")
+                raise ValueError(f"{city}/{name} line {number}: expected 13 fields, got {len(parts)}")
             try:
-                labels.append([sat_index[(city, parts[i])] for i in (1, 4, 7, 10)])
+                tiles.append([sat_index[(city, parts[i])] for i in (1, 4, 7, 10)])
             except KeyError as exc:
-                raise ValueError(f"{city}/{label_file} line {number}: tile {exc.args[0][1]} is not in "
+                raise ValueError(f"{city}/{name} line {number}: tile {exc.args[0][1]} is not in "
                                  "satellite_list.txt") from None
             deltas.append([(float(parts[i]), float(parts[i + 1])) for i in (2, 5, 8, 11)])
             pano_paths.append(root / city / "panorama" / parts[0])
             pano_city.append(ci)
     if not pano_paths:
         raise ValueError(f"split {split} of {root} has no panoramas (cities {cities})")
-    sat_px = VIGOR_SAT_PX
     first = cv2.imread(str(sat_paths[0]), cv2.IMREAD_UNCHANGED)
     if first is None:
         raise FileNotFoundError(f"cannot read aerial image {sat_paths[0]}")
-    sat_px = int(first.shape[0])
     return VigorSplit(
         root=root, split=split, cities=cities, pano_paths=pano_paths, pano_city=np.array(pano_city),
         pano_latlon=np.array([parse_pano_name(p.name) for p in pano_paths]),
-        labels=np.array(labels, dtype=np.int64), deltas_px=np.array(deltas, dtype=np.float64),
+        labels=np.array(tiles, dtype=np.int64), deltas_px=np.array(deltas, dtype=np.float64),
         sat_paths=sat_paths, sat_city=np.array(sat_city),
-        sat_latlon=np.array([parse_sat_name(p.name) for p in sat_paths]), sat_px=sat_px,
+        sat_latlon=np.array([parse_sat_name(p.name) for p in sat_paths]), sat_px=int(first.shape[0]),
+        label_set=labels,
     )
 
 
@@ -322,7 +373,7 @@ class VigorPairs:
     """torch Dataset of (panorama, aerial tile) training pairs from pre-resized caches.
 
     Each item takes the panorama and, with probability `semi_positive_prob`, one of its
-    semi-positives instead of the positive (VIGOR trains on both). Returns a dict of
+    semi-positives on which the camera lies instead of the positive (VIGOR trains on both). Returns a dict of
     ground (3, Hg, Wg) and aerial (3, Ha, Wa) float32 normalised with mean/std, `pano` index,
     `tile` gallery index, `offset` (2,) = (dE, dN)/L of the camera from that tile's centre,
     `iou` with the panorama-centred tile, and `positive` (bool).
@@ -342,6 +393,9 @@ class VigorPairs:
         self.seed = int(seed)
         self.epoch = 0
         self.iou = split.iou  # (N, 4) IoU of each panorama with its positive and semi-positives
+        half = split.sat_px / 2
+        shown = np.all(np.abs(split.deltas_px) <= half, axis=2)  # (N, 4) the camera lies on the tile
+        self.semi_inside = [1 + np.flatnonzero(row[1:]) for row in shown]
 
     def set_epoch(self, epoch: int) -> None:
         """Augmentation draws depend on (seed, epoch, index): reproducible and resumable."""
@@ -363,7 +417,11 @@ class VigorPairs:
         rng = np.random.default_rng([self.seed, self.epoch, int(index)])
         k = 0
         if self.semi_positive_prob > 0 and rng.random() < self.semi_positive_prob:
-            k = int(rng.integers(1, 4))
+            # Only semi-positives that show the camera: real VIGOR's corrected labels put it off
+            # the image for some (|delta| > S/2), where no offset can be learnt (as SliceMatch, CCVPE).
+            inside = self.semi_inside[index]
+            if len(inside):
+                k = int(inside[int(rng.integers(0, len(inside)))])
         tile = int(self.split.labels[index, k])
         pano = np.asarray(self.panos[index])
         sat = np.asarray(self.sats[tile])

@@ -36,7 +36,9 @@ from tqdm import tqdm
 from crossview_ros.tiles import VIGOR_TILE_SIZE_M
 from crossview_training.bev.model import BevModel
 from crossview_training.bev.scoring import bev_similarity
-from crossview_training.datasets import VigorSplit, cached_images, dataset_tile_size_m, load_vigor_split
+from crossview_training.datasets import (
+    LABEL_SETS, VigorSplit, cached_images, dataset_tile_size_m, load_vigor_split,
+)
 from crossview_training.models import load_checkpoint
 
 log = logging.getLogger(__name__)
@@ -263,6 +265,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--data", required=True, help="VIGOR-layout dataset root (real VIGOR or crossview-sim vigor)")
     p.add_argument("--split", default="cross_test", choices=("same_test", "cross_test", "same_train", "cross_train"),
                    help="split to evaluate (default cross_test)")
+    p.add_argument("--labels", default="original", choices=LABEL_SETS,
+                   help="original (splits/) or corrected (splits__corrected/, SliceMatch's; real VIGOR)")
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--checkpoint", help="model checkpoint written by crossview-train")
     what.add_argument("--baseline", choices=sorted(BASELINES), help="a non-learned baseline instead of a model")
@@ -275,7 +279,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        split = load_vigor_split(args.data, args.split)
+        split = load_vigor_split(args.data, args.split, labels=args.labels)
         tile_size_m = args.tile_size_m or dataset_tile_size_m(args.data)
         if args.checkpoint:
             model = load_checkpoint(args.checkpoint)

@@ -61,7 +61,7 @@ class Recipe(ABC):
                  progress: bool = True) -> None:
         self.config, self.device, self.rank, self.world, self.progress = config, device, rank, world, progress
         self.tile_size_m = dataset_tile_size_m(config.data)
-        self.full = load_vigor_split(config.data, f"{config.area}_train")
+        self.full = load_vigor_split(config.data, f"{config.area}_train", labels=config.labels)
         order = np.random.default_rng([config.seed, 0x7A1]).permutation(len(self.full))
         n_val = min(config.val_panoramas, len(self.full) // 5)
         val_idx, self.train_idx = np.sort(order[:n_val]), np.sort(order[n_val:])

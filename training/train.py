@@ -4,6 +4,8 @@
     crossview-train --preset cpu-bev --data DATA --out runs/bev
     crossview-train --preset vgg16-paper --data DATA --out runs/vgg --set epochs=60 lr=2e-5
     torchrun --nproc_per_node 2 -m crossview_training.train --preset cpu-small --data DATA --out runs/ddp
+    crossview-train --preset vgg16-paper --data VIGOR --out runs/vigor --set labels=corrected area=same
+    crossview-train --preset cpu-bev --data MY_DRIVES --out runs/ft --set area=same init_checkpoint=runs/bev/best.pt
 
 One config (TrainConfig) from a preset, then a YAML file (--config), then --set KEY=VALUE
 overrides; unknown keys raise, and so do keys the model's family cannot use. Every family runs
@@ -40,7 +42,9 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from crossview_training.bev_recipe import BevRecipe
-from crossview_training.models import create_model, model_family, model_hash, read_checkpoint, save_checkpoint
+from crossview_training.models import (
+    WeightsError, create_model, model_family, model_hash, read_checkpoint, save_checkpoint,
+)
 from crossview_training.recipe import Recipe, rank_world
 from crossview_training.retrieval_recipe import RetrievalRecipe
 from crossview_training.train_config import (
@@ -131,6 +135,23 @@ class _Run:
         return metrics
 
 
+def init_from_checkpoint(model: torch.nn.Module, path: str, device: torch.device) -> None:
+    """Fine-tuning: start from another run's weights, refused unless its model and config are this run's.
+
+    A resumed run then replaces them with last.pt's (the config, init_checkpoint included, must match).
+    """
+    ckpt = read_checkpoint(path)
+    mine = json.loads(json.dumps(model.config.to_dict()))
+    theirs = json.loads(json.dumps(ckpt["model_config"]))
+    if ckpt["model_name"] != model.name or theirs != mine:
+        diff = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
+        raise ValueError(f"init_checkpoint {path} holds model {ckpt['model_name']!r} with other settings "
+                         f"({', '.join(diff) or 'name'} differ) than this run's {model.name!r}; set model and "
+                         "model_overrides (and the data's tile size) as the checkpoint's")
+    model.load_state_dict({k: v.to(device) for k, v in ckpt["state_dict"].items()})
+    log.info("starting from the weights of %s", path)
+
+
 def _prepare(config: TrainConfig, progress: bool) -> tuple[Recipe, torch.optim.Optimizer, int, int]:
     """Seed, threads, device; the family's recipe (model and data) and the optimiser."""
     rank, world = rank_world()
@@ -139,6 +160,8 @@ def _prepare(config: TrainConfig, progress: bool) -> tuple[Recipe, torch.optim.O
         torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
     recipe = RECIPES[model_family(config.model)](config, device, rank=rank, world=world, progress=progress)
+    if config.init_checkpoint:
+        init_from_checkpoint(recipe.model, config.init_checkpoint, device)
     optimizer = torch.optim.AdamW(recipe.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     if world > 1:  # identical start on every rank; gradients are averaged by hand in the loop
         for t in recipe.model.state_dict().values():
@@ -269,6 +292,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         dist.init_process_group(backend)
     try:
         path = train(config, args.out, progress=not args.no_progress)
+    except (ValueError, FileNotFoundError, WeightsError) as exc:  # the data or init_checkpoint do not fit
+        print(f"crossview-train: error: {exc}", file=sys.stderr)
+        return 2
     finally:
         if dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from crossview_ros.config import check_known_keys
+from crossview_training.datasets import LABEL_SETS
 from crossview_training.models import list_models, model_family
 
 LOSSES = ("infonce", "triplet", "binomial", "hybrid")
@@ -39,12 +40,14 @@ class TrainConfig:
     """Everything a training run depends on; written to <out>/config.json."""
 
     data: str = _f("", "VIGOR-layout dataset root")
+    labels: str = _f("original", "original (splits/) | corrected (splits__corrected/: SliceMatch's labels, real VIGOR)")
     area: str = _f("cross", "cross (train cities of dataset.json) | same (same_area_balanced_train of every city)")
     model: str = _f("small", f"crossview_training.models name: {', '.join(list_models())}")
     model_overrides: dict = _f({}, "config fields of the model (ModelConfig: backbone, dim, ...; BevConfig for bev)")
     ground_size: tuple = _f((128, 256), "(H, W) panorama input (descriptor models)")
     aerial_size: tuple = _f((128, 128), "(H, W) tile input (descriptor models)")
     pretrained_path: str = _f("", "local ImageNet backbone weights; '' = random init (descriptor models)")
+    init_checkpoint: str = _f("", "fine-tune: start from this crossview-train checkpoint (same model and config)")
     epochs: int = _f(20, "passes over the training panoramas")
     batch_size: int = _f(32, "panoramas per step (all ranks together)")
     lr: float = _f(1e-3, "peak AdamW learning rate")
@@ -82,6 +85,8 @@ class TrainConfig:
         self.aerial_size = tuple(int(v) for v in self.aerial_size)
         if self.area not in ("cross", "same"):
             raise ValueError(f"area must be 'cross' or 'same', got {self.area!r}")
+        if self.labels not in LABEL_SETS:
+            raise ValueError(f"labels must be one of {LABEL_SETS}, got {self.labels!r}")
         if self.loss not in LOSSES:
             raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
         if self.mining not in MININGS:
