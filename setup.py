@@ -17,6 +17,7 @@ runtime_requires = [
     "scipy>=1.10",
     "pyproj>=3.5",
     "rasterio>=1.3",
+    "mercantile>=1.2",  # XYZ tile folders: web-map tile bounds
     "pyarrow>=12",
     "opencv-python-headless>=4.8",
     "simplejpeg>=1.7",  # strict JPEG decoding: libjpeg's corrupt-data warnings refuse a frame

@@ -27,7 +27,8 @@ from crossview_ros.engines import ENGINE_KINDS, Engine, EngineError, create_engi
 from crossview_ros.model_meta import ModelMeta, load_model_meta
 from crossview_ros.preprocess import preprocess_aerial
 from crossview_ros.tiles import (
-    IMAGE_FORMATS, RESAMPLING_NAMES, TileSet, TileSetError, TilingConfig, build_tile_set, verify_tile_set,
+    IMAGE_FORMATS, RESAMPLING_NAMES, XYZ_PREFIX, TileSet, TileSetError, TilingConfig, XyzFolder, build_tile_set,
+    verify_tile_set,
 )
 
 log = logging.getLogger(__name__)
@@ -68,11 +69,15 @@ def _build_parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser(
         "build", help="cut orthophotos into a tile set",
-        description="Cut GeoTIFF orthophotos (any CRS) into L x L metre tiles, north-up on the UTM "
-                    "grid of the zone of their centre. Resumable: an interrupted build continues "
-                    "from DIR.partial when rerun with the same options.",
+        description="Cut GeoTIFF orthophotos (any CRS: reprojected by GDAL) or an XYZ tile folder (xyz:DIR, "
+                    "DIR/z/x/y.png|jpg, Web Mercator) into L x L metre tiles, north-up on the UTM grid of the zone "
+                    "of their centre. Logs each source's ground resolution (m/px at its centre) and warns when it "
+                    "is over 1.5x coarser than the tiles. Resumable: an interrupted build continues from "
+                    "DIR.partial when rerun with the same options. See docs/imagery.md.",
     )
-    b.add_argument("ortho", nargs="+", metavar="ORTHO", help="GeoTIFF orthophoto(s); where they overlap the first wins")
+    b.add_argument("ortho", nargs="+", metavar="ORTHO",
+                   help=f"GeoTIFF orthophoto(s) in any CRS, or {XYZ_PREFIX}FOLDER for a folder of z/x/y.png|jpg|jpeg "
+                        "tiles (the deepest zoom present); where they overlap the first wins")
     b.add_argument("--out", required=True, metavar="DIR", help="tile set directory to create")
     b.add_argument("--tile-size-m", type=float, default=_DEFAULTS.tile_size_m,
                    help=f"tile side L in metres (default {_DEFAULTS.tile_size_m:g}, VIGOR: 640 px x 0.114 m)")
@@ -92,6 +97,14 @@ def _build_parser() -> argparse.ArgumentParser:
                         "whose central half (what a bev model matches) is inside, the rest padded black, so walks "
                         "near the edge keep their coverage; descriptor models see the padding: keep 1 "
                         f"(default {_DEFAULTS.min_inside:g})")
+    b.add_argument("--xyz-zoom", type=int, default=None, metavar="Z",
+                   help=f"zoom level of the {XYZ_PREFIX} folders to read (default: the deepest present)")
+    b.add_argument("--xyz-tms", action="store_true",
+                   help=f"the {XYZ_PREFIX} folders number rows from the south (TMS, a {{-y}} URL template); "
+                        "default: from the north (XYZ, as OSM and Google)")
+    b.add_argument("--capture-date", metavar="DATE", default=None,
+                   help="capture date of the imagery, YYYY-MM-DD (or YYYY-MM, YYYY), recorded in the tile set for "
+                        "every source; default: a GeoTIFF's CAPTURE_DATE or TIFFTAG_DATETIME tag, else unknown")
     b.add_argument("--overwrite", action="store_true", help="replace an existing tile set at DIR (default: refuse)")
     b.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
@@ -154,7 +167,18 @@ def _cmd_build(args: argparse.Namespace) -> int:
         image_format=args.format, jpeg_quality=args.jpeg_quality, resampling=args.resampling,
         min_inside=args.min_inside,
     )
-    out = build_tile_set(args.ortho, args.out, config, overwrite=args.overwrite, progress=not args.no_progress)
+    sources: list[str | XyzFolder] = []
+    for text in args.ortho:
+        if text.startswith(XYZ_PREFIX):
+            if not text[len(XYZ_PREFIX):]:
+                raise _UserError(f"{text!r}: give the folder after {XYZ_PREFIX} (e.g. {XYZ_PREFIX}cache/tiles)")
+            sources.append(XyzFolder(text[len(XYZ_PREFIX):], zoom=args.xyz_zoom, tms=args.xyz_tms))
+        else:
+            sources.append(text)
+    if (args.xyz_zoom is not None or args.xyz_tms) and not any(isinstance(s, XyzFolder) for s in sources):
+        raise _UserError(f"--xyz-zoom and --xyz-tms apply to {XYZ_PREFIX}FOLDER sources; none was given")
+    out = build_tile_set(sources, args.out, config, overwrite=args.overwrite, progress=not args.no_progress,
+                         capture_date=args.capture_date)
     ts = TileSet.open(out)
     print(f"wrote {len(ts)} tiles ({ts.tile_size_m:g} m, {ts.tile_px} px, zone {ts.zone}) to {out}")
     return 0
@@ -187,6 +211,13 @@ def _info(ts: TileSet) -> dict[str, Any]:
     }
 
 
+def _source_text(source: dict[str, Any]) -> str:
+    """'name (0.250 m/px, 2023-06-14)': what info says of one source."""
+    notes = ([f"{source['ground_gsd_m']:.3f} m/px"] if source.get("ground_gsd_m") else []) + \
+        ([str(source["capture_date"])] if source.get("capture_date") else [])
+    return f"{source['name']} ({', '.join(notes)})" if notes else str(source["name"])
+
+
 def _cmd_info(args: argparse.Namespace) -> int:
     info = _info(TileSet.open(args.dir))
     if args.json:
@@ -206,7 +237,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
         f"({ext['max_e'] - ext['min_e']:.0f} x {ext['max_n'] - ext['min_n']:.0f} m)",
         f"centres      lat {cen['min_lat']:.6f} .. {cen['max_lat']:.6f}, "
         f"lon {cen['min_lon']:.6f} .. {cen['max_lon']:.6f}",
-        f"sources      {', '.join(s['name'] for s in info['sources']) or 'none'}",
+        f"sources      {', '.join(_source_text(s) for s in info['sources']) or 'none'}",
         f"descriptors  {desc_text}",
         f"created      {info['created_utc']}",
     ]

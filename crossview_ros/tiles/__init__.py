@@ -16,7 +16,8 @@ a crash never leaves a directory that opens as a set. Projection maths lives in 
 resampling is GDAL's (rasterio.warp.reproject), one tile at a time from a window of the source.
 
 Modules: config (TilingConfig, VIGOR_TILE_SIZE_M, TileSetError), layout (file names, meta.json,
-shared file steps), writer (write_tile_set), sources (orthophotos as rasters), lattice (zone and
+shared file steps), writer (write_tile_set), sources (orthophotos as rasters: GeoTIFFs in any CRS, arrays;
+their ground resolution and capture date), xyz (z/x/y tile folders as Web Mercator rasters), lattice (zone and
 tile centres), warp (one tile resampled and encoded), cutting (build_tile_set, resumable),
 descriptors (descriptors.f16.npy), tile_set (TileSet: opening and queries), verify (the cheap
 check at open, the full one after a build or an encode and in `crossview-tiles verify`). The names below are
@@ -31,14 +32,16 @@ from crossview_ros.tiles.descriptors import descriptor_fingerprint
 from crossview_ros.tiles.layout import (
     DESCRIPTORS_FILE, FORMAT_NAME, FORMAT_VERSION, IMAGES_DIR, META_FILE, PARTIAL_SUFFIX, TABLE_COLUMNS, TABLE_FILE,
 )
-from crossview_ros.tiles.sources import OrthoArray
+from crossview_ros.tiles.sources import OrthoArray, ground_resolution_m
 from crossview_ros.tiles.tile_set import Coverage, Tile, TileSet, square_iou
 from crossview_ros.tiles.verify import VerifyReport, verify_tile_set
 from crossview_ros.tiles.writer import write_tile_set
+from crossview_ros.tiles.xyz import XYZ_PREFIX, XyzFolder
 
 __all__ = [
     "DESCRIPTORS_FILE", "FORMAT_NAME", "FORMAT_VERSION", "IMAGES_DIR", "IMAGE_FORMATS", "META_FILE",
     "PARTIAL_SUFFIX", "PLAN_FILE", "PLAN_VERSION", "RESAMPLING_NAMES", "TABLE_COLUMNS", "TABLE_FILE",
     "VIGOR_TILE_SIZE_M", "Coverage", "OrthoArray", "Tile", "TileSet", "TileSetError", "TilingConfig", "min_inside_for",
-    "VerifyReport", "build_tile_set", "descriptor_fingerprint", "square_iou", "verify_tile_set", "write_tile_set",
+    "VerifyReport", "XYZ_PREFIX", "XyzFolder", "build_tile_set", "descriptor_fingerprint", "ground_resolution_m",
+    "square_iou", "verify_tile_set", "write_tile_set",
 ]

@@ -1,11 +1,17 @@
-"""Orthophotos as geo-referenced rasters read by pixel windows: GeoTIFFs through rasterio, or
-in-memory arrays (OrthoArray); each checked to be north-up and of a pixel type tiles can hold."""
+"""Orthophotos as geo-referenced rasters read by pixel windows: GeoTIFFs in any CRS through rasterio,
+in-memory arrays (OrthoArray), or XYZ tile folders (xyz.py); each checked to be north-up and of a pixel
+type tiles can hold. Where imagery is missing is told by a nodata value or by a validity mask (a GeoTIFF's
+alpha band or internal mask, an XYZ folder's absent tiles), and the ground resolution of each source is
+measured at its centre (geodesic metres per pixel: Web Mercator's 1/cos(lat) scale included)."""
 
 from __future__ import annotations
 
 import contextlib
+import datetime
 import hashlib
 import math
+import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,11 +34,16 @@ class OrthoArray:
 
 
 class RasterSource:
-    """A geo-referenced raster (open GeoTIFF or OrthoArray) read by pixel windows."""
+    """A geo-referenced raster (open GeoTIFF, OrthoArray or XYZ folder) read by pixel windows.
+
+    Missing imagery is either pixels equal to `nodata` in every band, or, with `mask_reader`, pixels
+    whose mask is 0 (mask_reader(row0, row1, col0, col1) -> (h, w) uint8, 0 = missing, 255 = valid).
+    """
 
     def __init__(self, *, name: str, crs: Any, transform: affine.Affine, width: int, height: int,
                  bands: list[int], dtype: np.dtype, nodata: float | None, capture_date: str | None,
-                 fingerprint: dict[str, Any], reader: Any) -> None:
+                 fingerprint: dict[str, Any], reader: Any,
+                 mask_reader: Callable[[int, int, int, int], np.ndarray] | None = None) -> None:
         self.name = name
         self.crs = crs  # rasterio CRS
         self.crs_wkt = crs.to_wkt()
@@ -45,10 +56,22 @@ class RasterSource:
         self.capture_date = capture_date
         self.fingerprint = fingerprint
         self._reader = reader
+        self._mask_reader = mask_reader
 
     def read(self, row0: int, row1: int, col0: int, col1: int) -> np.ndarray:
         """Pixels [row0:row1, col0:col1] as (bands, h, w)."""
         return self._reader(row0, row1, col0, col1)
+
+    @property
+    def has_mask(self) -> bool:
+        """Missing imagery is told by a validity mask (read_mask), not by a nodata value."""
+        return self._mask_reader is not None
+
+    def read_mask(self, row0: int, row1: int, col0: int, col1: int) -> np.ndarray:
+        """Validity of pixels [row0:row1, col0:col1] as (h, w) uint8: 0 missing, 255 valid."""
+        if self._mask_reader is None:
+            return np.full((row1 - row0, col1 - col0), 255, np.uint8)
+        return self._mask_reader(row0, row1, col0, col1)
 
     def to_pixel(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Source CRS -> fractional (col, row); pixel (0, 0) spans [0, 1) x [0, 1)."""
@@ -95,6 +118,7 @@ def open_path_source(path: Path, stack: contextlib.ExitStack) -> RasterSource:
     """A GeoTIFF (or any raster GDAL reads) opened for the life of `stack`; TileSetError says
     what is missing (file, CRS, north-up transform, matching band types)."""
     import rasterio
+    from rasterio.enums import MaskFlags
     from rasterio.errors import RasterioIOError
     from rasterio.windows import Window
 
@@ -120,13 +144,67 @@ def open_path_source(path: Path, stack: contextlib.ExitStack) -> RasterSource:
     def read(row0: int, row1: int, col0: int, col1: int) -> np.ndarray:
         return ds.read(bands, window=Window(col0, row0, col1 - col0, row1 - row0))
 
+    def read_mask(row0: int, row1: int, col0: int, col1: int) -> np.ndarray:
+        return ds.dataset_mask(window=Window(col0, row0, col1 - col0, row1 - row0))
+
+    # A nodata value tells missing pixels by itself; without one, an alpha band (gdalwarp -dstalpha) or
+    # an internal mask does: unread, the empty corners of a reprojected raster would be cut as black imagery.
+    flags = ds.mask_flag_enums[bands[0] - 1]
+    masked = ds.nodata is None and (MaskFlags.alpha in flags or MaskFlags.per_dataset in flags)
     return RasterSource(
         name=path.name, crs=ds.crs, transform=transform, width=ds.width, height=ds.height,
         bands=bands, dtype=np.dtype(dtypes.pop()), nodata=ds.nodata,
-        capture_date=tags.get("CAPTURE_DATE") or tags.get("TIFFTAG_DATETIME"),
+        capture_date=tiff_capture_date(tags),
         fingerprint={"path": str(path.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns},
-        reader=read,
+        reader=read, mask_reader=read_mask if masked else None,
     )
+
+
+_DATE_RE = re.compile(r"^(\d{4})(?:-(\d{2})(?:-(\d{2}))?)?$")
+
+
+def check_capture_date(text: str) -> str:
+    """An ISO capture date (YYYY-MM-DD, YYYY-MM or YYYY), stripped; TileSetError for anything else."""
+    value = str(text).strip()
+    m = _DATE_RE.match(value)
+    try:
+        if m is None:
+            raise ValueError
+        datetime.date(int(m[1]), int(m[2] or 1), int(m[3] or 1))
+    except ValueError:
+        raise TileSetError(f"capture date must be YYYY-MM-DD, YYYY-MM or YYYY, got {text!r}") from None
+    return value
+
+
+def tiff_capture_date(tags: dict[str, str]) -> str | None:
+    """The capture date a GeoTIFF states: its CAPTURE_DATE tag (as written), else the date part of
+    TIFFTAG_DATETIME ("YYYY:MM:DD HH:MM:SS", often the processing date: --capture-date overrides it)."""
+    if tags.get("CAPTURE_DATE"):
+        return str(tags["CAPTURE_DATE"]).strip()
+    stamp = str(tags.get("TIFFTAG_DATETIME") or "").strip()
+    m = re.match(r"^(\d{4}):(\d{2}):(\d{2})", stamp)
+    return f"{m[1]}-{m[2]}-{m[3]}" if m else (stamp or None)
+
+
+def ground_resolution_m(src: RasterSource) -> tuple[float, float]:
+    """Geodesic ground metres per pixel (along a row, along a column) at the raster's centre.
+
+    Measured through the source's CRS, so a Web Mercator raster's 1/cos(lat) scale (its pixels are
+    cos(lat) times smaller on the ground than in projected metres) and a lat/lon raster's degrees are both
+    accounted for.
+    """
+    from crossview_ros import geo
+
+    c, r = 0.5 * src.width, 0.5 * src.height
+    h = max(0.5, min(50.0, 0.25 * src.width, 0.25 * src.height))  # half-baseline in pixels
+    cols = np.array([c - h, c + h, c, c])
+    rows = np.array([r, r, r - h, r + h])
+    T = src.transform
+    lon, lat = geo.transform_points(T.a * cols + T.b * rows + T.c, T.d * cols + T.e * rows + T.f,
+                                    src.crs_wkt, "EPSG:4326")
+    along_row = float(geo.distance_m(lat[0], lon[0], lat[1], lon[1])) / (2 * h)
+    along_col = float(geo.distance_m(lat[2], lon[2], lat[3], lon[3])) / (2 * h)
+    return along_row, along_col
 
 
 def open_array_source(src: OrthoArray) -> RasterSource:

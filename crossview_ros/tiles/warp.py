@@ -22,8 +22,8 @@ def warp_tile(src: RasterSource, e_m: float, n_m: float, zone: geo.UTMZone, conf
     """Resample one north-up tile centred at (e_m, n_m) from a window of the source.
 
     Returns (tile_px, tile_px, bands) in the source dtype, or None when the tile's central square
-    (config.min_inside of its side) touches the source's nodata; outside that square, pixels beyond
-    the imagery or on its nodata are 0 (black padding of an edge tile).
+    (config.min_inside of its side) touches missing imagery (the source's nodata, or its mask's zeros);
+    outside that square, pixels beyond the imagery or on missing ones are 0 (black padding of an edge tile).
     """
     from rasterio.crs import CRS
     from rasterio.enums import Resampling
@@ -42,23 +42,24 @@ def warp_tile(src: RasterSource, e_m: float, n_m: float, zone: geo.UTMZone, conf
     row0 = max(0, int(math.floor(rows.min())) - pad)
     row1 = min(src.height, int(math.ceil(rows.max())) + pad)
     window = src.read(row0, row1, col0, col1)
-    dst = np.zeros((window.shape[0], px, px), dtype=src.dtype)
-    if src.nodata is not None:
-        dst.fill(src.nodata)
-    reproject(
-        source=window,
-        destination=dst,
-        src_transform=_shift(src.transform, col0, row0),
-        src_crs=src.crs,
-        src_nodata=src.nodata,
-        dst_transform=affine.Affine(gsd, 0.0, e_m - L / 2, 0.0, -gsd, n_m + L / 2),
-        dst_crs=CRS.from_epsg(zone.epsg),
-        dst_nodata=src.nodata,
-        resampling=Resampling[config.resampling],
-        num_threads=1,
-    )
-    if src.nodata is not None:
-        missing = np.all(dst == src.nodata, axis=0)
+    dst_transform = affine.Affine(gsd, 0.0, e_m - L / 2, 0.0, -gsd, n_m + L / 2)
+    options = dict(src_transform=_shift(src.transform, col0, row0), src_crs=src.crs, dst_transform=dst_transform,
+                   dst_crs=CRS.from_epsg(zone.epsg), resampling=Resampling[config.resampling], num_threads=1)
+    if src.has_mask:
+        # The mask travels as an alpha band: GDAL weighs each source pixel by it and writes the coverage.
+        full = np.iinfo(src.dtype).max
+        alpha = np.clip(src.read_mask(row0, row1, col0, col1), 0, 255).astype(np.float64) * (full / 255.0)
+        stack = np.concatenate([window, np.rint(alpha).astype(src.dtype)[None]])
+        dst = np.zeros((stack.shape[0], px, px), dtype=src.dtype)
+        reproject(source=stack, destination=dst, src_alpha=stack.shape[0], dst_alpha=stack.shape[0], **options)
+        missing, dst = dst[-1] == 0, dst[:-1]
+    else:
+        dst = np.zeros((window.shape[0], px, px), dtype=src.dtype)
+        if src.nodata is not None:
+            dst.fill(src.nodata)
+        reproject(source=window, destination=dst, src_nodata=src.nodata, dst_nodata=src.nodata, **options)
+        missing = np.all(dst == src.nodata, axis=0) if src.nodata is not None else None
+    if missing is not None:
         m = int(round(px * (1.0 - float(config.min_inside)) / 2))
         if np.any(missing[m:px - m, m:px - m]):
             return None

@@ -41,11 +41,15 @@ def _source_entry(source: Any) -> dict[str, Any]:
     if isinstance(source, str):
         return {"name": source, "crs": None, "capture_date": None}
     if isinstance(source, dict):
-        unknown = set(source) - {"name", "crs", "capture_date"}
+        unknown = set(source) - {"name", "crs", "capture_date", "ground_gsd_m"}
         if "name" not in source or unknown:
-            raise TileSetError(f"a source entry needs 'name' (and optionally 'crs', 'capture_date'), got {source!r}")
-        return {"name": str(source["name"]), "crs": source.get("crs"), "capture_date": source.get("capture_date")}
-    raise TileSetError(f"sources must be names or dicts {{name, crs, capture_date}}, got {source!r}")
+            raise TileSetError(f"a source entry needs 'name' (and optionally 'crs', 'capture_date', 'ground_gsd_m'), "
+                               f"got {source!r}")
+        entry = {"name": str(source["name"]), "crs": source.get("crs"), "capture_date": source.get("capture_date")}
+        if source.get("ground_gsd_m") is not None:  # metres per pixel of the imagery at its centre
+            entry["ground_gsd_m"] = float(source["ground_gsd_m"])
+        return entry
+    raise TileSetError(f"sources must be names or dicts {{name, crs, capture_date, ground_gsd_m}}, got {source!r}")
 
 
 def _dictionary_column(values: Sequence[str | None], index: np.ndarray) -> pa.DictionaryArray:
