@@ -7,13 +7,17 @@ A thin front to localizer.Localizer. Three ways in:
     crossview-localize --tiles DIR --model DIR FOLDER_OR_FILES...        (no --fix)
         panoramas named as in VIGOR (`<prefix>,<lat>,<lon>,.jpg`): the name is the truth, the fix
         is drawn with VIGOR's noisy-GPS protocol (uniform +-100 m per axis); prints error statistics
+    crossview-localize --model DIR --tiles DIR --bag BAG [--bag BAG ...] [--topics FILE | --panorama-topic T ...]
+        drive bags or a robot's recordings (MCAP or sqlite3) as the streams the node sees, their topics
+        mapped (docs/recordings.md); against the truth when the bag has one, else the truth-free figures
     crossview-localize --model DIR --vigor ROOT --split cross_test [--limit N] [--tiles DIR]
         the same over a VIGOR-layout split; each city's tile set is --tiles, else ROOT/<City>/.tiles
         (written by crossview-sim); --heading adds heading errors (VIGOR: north in the middle column)
 
---calibrate (batch modes) fits the covariance model on the batch and writes covariance.json beside
-the model, which later runs load. Exit codes: 0 done (single mode: every panorama accepted), 1 some
-panorama rejected (single mode), 2 bad input on the command line (one line on stderr).
+--calibrate (batch modes, with truth) fits the covariance model on the batch and writes
+covariance.json beside the model, which later runs load. Exit codes: 0 done (single mode: every
+panorama accepted), 1 some panorama rejected (single mode), 2 bad input on the command line (one
+line on stderr).
 
 This module is the command line only: the frames come from localize_frames, the batch evaluation
 and calibration from localize_eval (run_calibration: the step the demo calls too), the printed
@@ -36,6 +40,8 @@ import numpy as np
 import yaml
 
 from crossview_ros import geo
+from crossview_ros.bag.topics import FLAGS as TOPIC_FLAGS
+from crossview_ros.bag.topics import add_topic_arguments, topic_map_from_args
 from crossview_ros.cli_args import join_negative_fix
 from crossview_ros.engines import ENGINE_KINDS, EngineError
 from crossview_ros.estimate import Fix, LocalizerError
@@ -49,6 +55,7 @@ from crossview_ros.localize_frames import (
 from crossview_ros.localize_summary import TABLE_HEADER, estimate_row
 from crossview_ros.localizer import Localizer
 from crossview_ros.localizer_config import LocalizerConfig
+from crossview_ros.replay_errors import ReplayError
 from crossview_ros.tiles import TileSetError
 
 log = logging.getLogger(__name__)
@@ -89,9 +96,10 @@ def _build_parser() -> argparse.ArgumentParser:
                    help="override one localizer setting (repeatable), e.g. --set fusion=weighted")
     p.add_argument("--vigor", metavar="ROOT", help="evaluate on a VIGOR-layout dataset root")
     p.add_argument("--bag", metavar="BAG", action="append", default=[],
-                   help="evaluate on a drive bag (crossview-sim drive): its panoramas, GNSS fixes and ground truth, "
-                        "frame by frame as a stream; repeat it to pool several walks (each its own stream), e.g. "
-                        "to --calibrate on walks of several cities")
+                   help="evaluate on a rosbag2 (folder or .mcap/.db3 file): a drive (crossview-sim drive) or a "
+                        "robot's recording, its topics mapped with the flags below; its panoramas, GNSS fixes and "
+                        "truth (without truth: the truth-free figures), frame by frame as a stream; repeat it to "
+                        "pool several walks (each its own stream), e.g. to --calibrate on walks of several cities")
     p.add_argument("--split", choices=VIGOR_SPLITS, default="cross_test", help="VIGOR split (default cross_test)")
     p.add_argument("--limit", type=int, default=0, help="evaluate at most N panoramas, evenly spread (0 = all)")
     p.add_argument("--noise-m", type=float, default=100.0,
@@ -101,6 +109,7 @@ def _build_parser() -> argparse.ArgumentParser:
                    help="batch modes: fit the covariance model on the batch and write covariance.json beside "
                         "the model")
     p.add_argument("--quiet", action="store_true", help="log warnings only")
+    add_topic_arguments(p)
     return p
 
 
@@ -240,9 +249,13 @@ def _run_batch(args: argparse.Namespace, frames: list[Frame], root: Path | None)
 def _run_bag(args: argparse.Namespace, tiles: list[str]) -> int:
     """Drive bags as streams (one --tiles for all, or one per bag), pooled in one summary."""
     tiles = tiles * len(args.bag) if len(tiles) == 1 else tiles
+    try:
+        topics = topic_map_from_args(args)
+    except ReplayError as exc:
+        raise LocalizeInputError(str(exc)) from None
     configs = [_make_config(args, t) for t in tiles]
     return _report(args, evaluate_bags([Path(b) for b in args.bag], configs, limit=args.limit,
-                                       calibrate=args.calibrate))
+                                       calibrate=args.calibrate, topics=topics))
 
 
 def _report(args: argparse.Namespace, ev: Evaluation) -> int:
@@ -254,8 +267,8 @@ def _report(args: argparse.Namespace, ev: Evaluation) -> int:
     doc = {"model": str(loc.meta.path), "model_hash": loc.meta.model_hash, "engine": loc.engine.name,
            "tiles": {str(c): str(lz.tiles.path) for c, lz in ev.localizers.items()},
            "noise_m": args.noise_m, "seed": args.seed, "summary": ev.summary, "calibration": ev.calibration,
-           "estimates": [{"panorama": str(fr.path), "truth_lat_deg": fr.truth.lat_deg,
-                          "truth_lon_deg": fr.truth.lon_deg, "fix_lat_deg": fx.lat_deg,
+           "estimates": [{"panorama": str(fr.path), "truth_lat_deg": None if fr.truth is None else fr.truth.lat_deg,
+                          "truth_lon_deg": None if fr.truth is None else fr.truth.lon_deg, "fix_lat_deg": fx.lat_deg,
                           "fix_lon_deg": fx.lon_deg, **e.to_dict()}
                          for fr, fx, e in zip(ev.frames, ev.fixes, ev.estimates)]}
     print(json.dumps(doc, indent=2))
@@ -287,6 +300,9 @@ def _run(args: argparse.Namespace) -> int:
         raise LocalizeInputError(f"--noise-m must be a finite number of metres >= 0, got {args.noise_m}")
     if args.threads is not None and args.threads < 0:
         raise LocalizeInputError(f"--threads must be >= 0, got {args.threads}")
+    mapped = [f for f in ("topics", *(v[2:].replace("-", "_") for v in TOPIC_FLAGS.values())) if getattr(args, f)]
+    if mapped and not args.bag:
+        raise LocalizeInputError(f"--{mapped[0].replace('_', '-')} maps a bag's topics: it goes with --bag")
     if args.bag:
         if args.panoramas or args.fix or args.vigor:
             raise LocalizeInputError("--bag evaluates a drive bag; give no panoramas, --fix or --vigor with it")

@@ -5,18 +5,21 @@ more tile sets sharing one engine (make_localizers), a batch localized as indepe
 or as the streams of drive bags (evaluate, evaluate_bags), and --calibrate's two fits: the fixes'
 sigma scale before localizing (it shapes the scope, the prior and the gate) and the covariance
 model after, saved as covariance.json beside the model. run_calibration is the one call that the
-demo and `crossview-localize --bag ... --calibrate` share.
+demo and `crossview-localize --bag ... --calibrate` share. Bags are read through a topic mapping
+(crossview_ros.bag.topics); one without truth is evaluated by what needs none, never calibrated.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
+from crossview_ros.bag.topics import TopicMap
 from crossview_ros.covariance import calibrate, fit_fix_sigma_scale, save_covariance
 from crossview_ros.engines import create_engine
 from crossview_ros.estimate import Estimate, Fix
@@ -24,6 +27,8 @@ from crossview_ros.localize_frames import Frame, LocalizeInputError, bag_frames,
 from crossview_ros.localize_summary import print_calibration, print_fix_sigma_scale, print_summary, summarize
 from crossview_ros.localizer import Localizer, engine_options
 from crossview_ros.localizer_config import LocalizerConfig
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -113,7 +118,7 @@ def localize_streams(localizers: Mapping[Any, Localizer], frames: Sequence[Frame
                 loc.odometry.buffer.clear()  # and another odometry
         for row in (fr.odometry if fr.odometry is not None else ()):
             loc.add_odometry(float(row[0]), float(row[1]), float(row[2]), float(row[3]), row[4:])
-        estimates.append(loc.localize(fr.data, fix, fr.stamp_s, now_s=fr.stamp_s))
+        estimates.append(loc.localize(fr.data, fix, fr.stamp_s, encoding=fr.encoding, now_s=fr.stamp_s))
     return estimates
 
 
@@ -133,25 +138,47 @@ def evaluate(localizers: Mapping[Any, Localizer], frames: list[Frame], fixes: li
     """Localize the batch (as streams or independent panoramas), summarize it, and with `calibrate`
     fit the fixes' sigma scale first and the covariance model last. Closes the shared engine."""
     any_loc = next(iter(localizers.values()))
+    if calibrate and any(fr.truth is None for fr in frames):
+        any_loc.engine.close()
+        raise LocalizeInputError("--calibrate needs the truth: the bag has no truth topic; map one with --truth-topic "
+                                 "(an RTK NavSatFix, or a pose with --truth-frame; docs/recordings.md)")
     scale = None
     try:
         if calibrate:
+            groups = len({fr.city for fr in frames})
+            log.info("calibration on %d %s, %d frames: the fixes' sigma scale, then each frame localized, then the "
+                     "covariance model", groups, ("walk" if stream else "city") if groups == 1 else
+                     ("walks" if stream else "cities"), len(frames))
             scale = fit_fix_scale(localizers, frames, fixes)
+            log.info("calibration: fix sigma scale %.3f (the receiver's reported sigma x this is its real one)", scale)
         estimates = (localize_streams if stream else localize_independent)(localizers, frames, fixes)
     finally:
         any_loc.engine.close()
     summary = summarize(estimates, frames, fixes, any_loc.config.heading)
     calibration = calibrate_covariance(any_loc, frames, estimates) if calibrate else None
+    if calibration is not None:
+        log_calibration(calibration)
     return Evaluation(dict(localizers), frames, fixes, estimates, summary, scale, calibration)
 
 
+def log_calibration(calibration: Mapping[str, Any]) -> None:
+    """One log line of what the covariance fit found, so that a calibration run is never silent."""
+    fit, params = calibration["fit"], calibration["params"]
+    yaw = (f"yaw variance {params['yaw_variance_scale']:.3g} x raw^{params['yaw_variance_power']:.2f} "
+           f"on {fit['yaw_samples']} headings" if fit.get("yaw_samples") else "no heading to fit the yaw variance on")
+    log.info("calibration: position sigma0 %.2f m on %d estimates (median error %.2f m, median sigma %.2f m, "
+             "%.1f %% of d^2 < %.2f), protection level %.2f sigma, %s; wrote %s", params["sigma0_m"], fit["samples"],
+             fit["median_error_m"], fit["median_sigma_m"], 100.0 * fit["share_d2_below_chi2"],
+             fit["chi2_2dof_quantile"], fit["protection_scale"], yaw, calibration["path"])
+
+
 def evaluate_bags(bags: Sequence[Path], configs: Sequence[LocalizerConfig], *, limit: int = 0,
-                  calibrate: bool = False) -> Evaluation:
-    """Drive bags frame by frame, each its own stream localized with its config (one per bag), pooled
-    in one summary (and one calibration)."""
+                  calibrate: bool = False, topics: TopicMap | None = None) -> Evaluation:
+    """Bags frame by frame, each its own stream localized with its config (one per bag), pooled in one
+    summary (and one calibration); topics: how to read them (default the simulator's topics)."""
     frames, fixes = [], []
     for i, bag in enumerate(bags):
-        bag_frames_i, bag_fixes = bag_frames(Path(bag), limit)
+        bag_frames_i, bag_fixes = bag_frames(Path(bag), limit, topics)
         frames += [dataclasses.replace(fr, city=str(i)) for fr in bag_frames_i]
         fixes += bag_fixes
     localizers = make_localizers({str(i): config for i, config in enumerate(configs)})
@@ -168,16 +195,17 @@ def print_report(evaluation: Evaluation, file: TextIO | None = None) -> None:
 
 
 def run_calibration(model: Path, tiles: Path, bag: Path, *, report: TextIO | None = None, heading: bool = True,
-                    settings: Mapping[str, Any] | None = None) -> Path:
+                    settings: Mapping[str, Any] | None = None, topics: TopicMap | None = None) -> Path:
     """Calibrate the model's covariance on a drive bag in `tiles` (`crossview-localize --model M --tiles T
     --bag B --calibrate [--heading] [--set K=V ...]`); returns the covariance.json written beside the model.
 
-    settings: more LocalizerConfig keys (the --set values); report: where the text report goes (None: nowhere).
+    settings: more LocalizerConfig keys (the --set values); report: where the text report goes (None: nowhere);
+    topics: the bag's topic mapping (--topics, --truth-topic ...; default the simulator's topics).
     """
     values = {**(settings or {}), "tile_set": str(tiles), "model": str(model)}
     if heading:
         values["heading"] = True
-    evaluation = evaluate_bags([bag], [make_config(values)], calibrate=True)
+    evaluation = evaluate_bags([bag], [make_config(values)], calibrate=True, topics=topics)
     if report is not None:
         print_report(evaluation, report)
     return Path(evaluation.calibration["path"])

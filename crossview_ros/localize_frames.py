@@ -1,7 +1,8 @@
 """Frames for crossview-localize: panoramas with their truth and the fix each is localized with.
 
 Three sources, one Frame type: image files (VIGOR names carry the truth), a VIGOR-layout split,
-and drive bags (panoramas in stamp order with the fix the node would pair them with). Batch
+and drive bags or robot recordings read through a topic mapping (panoramas in stamp order with the
+fix the node would pair them with; the truth when the bag has one). Batch
 frames get VIGOR's noisy-GPS fixes (noisy_fix).
 """
 
@@ -12,13 +13,14 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from crossview_ros import geo
-from crossview_ros.bag.writer import typestore
+from crossview_ros.bag.drive import DriveBag, read_bag
+from crossview_ros.bag.topics import TopicMap
 from crossview_ros.estimate import Fix, Truth
-from crossview_ros.bag.drive import read_bag
 from crossview_ros.replay_errors import ReplayError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
@@ -40,10 +42,11 @@ class Frame:
     path: Path
     truth: Truth | None  # from a VIGOR name, or a bag's ground truth
     city: str | None = None  # the tile set it is localized in (a VIGOR city, or a bag's index)
-    data: bytes | None = None  # the encoded panorama (bag frames); None = read path
+    data: Any = None  # bag frames: JPEG/PNG bytes, or a uint8 array with `encoding`; None = read path
     stamp_s: float | None = None  # bag frames: the panorama's stamp
     odometry: np.ndarray | None = None  # bag frames: (k, 40) odometry since the previous frame: stamp_s, x_m, y_m,
     # yaw_rad, then the 36 pose covariance values (what Localizer.add_odometry takes), up to this frame's stamp
+    encoding: str | None = None  # a raw panorama's rgb8 | bgr8 | mono8 (None: encoded bytes)
 
 
 def spread(count: int, limit: int) -> np.ndarray:
@@ -155,16 +158,16 @@ def read_panorama(path: Path) -> bytes:
         raise LocalizeInputError(f"cannot read panorama {path}: {exc}") from None
 
 
-def bag_frames(path: Path, limit: int) -> tuple[list[Frame], list[Fix]]:
-    """A drive bag's panoramas in stamp order, each with the newest GNSS fix at its stamp (as the node
-    pairs them), the odometry the node would have received since the previous one, and the ground truth
-    (position, and yaw turned from the UTM grid to ENU)."""
+def bag_frames(path: Path, limit: int, topics: TopicMap | None = None) -> tuple[list[Frame], list[Fix]]:
+    """A bag's panoramas in stamp order, each with the newest GNSS fix at its stamp (as the node pairs
+    them), the odometry the node would have received since the previous one, and the ground truth
+    nearest its stamp (position, and ENU yaw where the bag has one; None without truth)."""
     try:
-        bag = read_bag(path)
+        bag = read_bag(path, topics)
     except ReplayError as exc:
         raise LocalizeInputError(str(exc)) from None
-    store = typestore()
-    fix_stamps = np.array([f.stamp_ns for f in bag.fixes], np.int64)
+    bag_fixes = sorted(bag.fixes, key=lambda f: f.stamp_ns)
+    fix_stamps = np.array([f.stamp_ns for f in bag_fixes], np.int64)
     order = np.argsort(bag.panorama_stamp_ns, kind="stable")
     order = order[spread(len(order), limit)]
     frames, fixes = [], []
@@ -175,19 +178,29 @@ def bag_frames(path: Path, limit: int) -> tuple[list[Frame], list[Fix]]:
         k = int(np.searchsorted(fix_stamps, stamp_ns, side="right")) - 1
         if k < 0:
             continue  # no fix yet: the node would reject it as NO_FIX; nothing to evaluate
-        f = bag.fixes[k]
+        f = bag_fixes[k]
         cov = None if f.covariance_enu_m2 is None else np.asarray(f.covariance_enu_m2)[:2, :2]
         fixes.append(Fix(f.lat_deg, f.lon_deg, f.stamp_ns / 1e9, status=f.status, covariance_enu_m2=cov))
         t_s = stamp_ns / 1e9
-        j = int(np.argmin(np.abs(bag.truth_stamp_s - t_s)))
-        g = int(np.argmin(np.abs(bag.truth_pose_stamp_s - t_s)))
-        lat, lon = float(bag.truth_lat_deg[j]), float(bag.truth_lon_deg[j])
-        yaw = float(geo.yaw_utm_to_enu(float(bag.truth_yaw_utm_rad[g]), lat, lon, bag.zone))
-        msg = store.deserialize_cdr(bag.panorama_raw[i], "sensor_msgs/msg/CompressedImage")
+        try:
+            data, encoding = bag.panorama_payload(int(i))
+        except ReplayError as exc:
+            raise LocalizeInputError(str(exc)) from None
         odom_until = int(np.searchsorted(bag.odom_stamp_s, t_s, side="right"))
-        frames.append(Frame(path, Truth(lat, lon, yaw), data=bytes(msg.data), stamp_s=t_s,
-                            odometry=odom[odom_sent:odom_until]))
+        frames.append(Frame(path, _truth_near(bag, t_s), data=data, stamp_s=t_s,
+                            odometry=odom[odom_sent:odom_until], encoding=encoding))
         odom_sent = max(odom_sent, odom_until)
     if not frames:
         raise LocalizeInputError(f"{path} has no panorama after a GNSS fix")
     return frames, fixes
+
+
+def _truth_near(bag: DriveBag, t_s: float) -> Truth | None:
+    """The truth sample nearest the stamp (position, and the nearest true yaw if any); None without truth."""
+    if not bag.has_truth:
+        return None
+    j = int(np.argmin(np.abs(bag.truth_stamp_s - t_s)))
+    yaw = None
+    if bag.has_truth_yaw:
+        yaw = float(bag.truth_yaw_enu_rad[int(np.argmin(np.abs(bag.truth_yaw_stamp_s - t_s)))])
+    return Truth(float(bag.truth_lat_deg[j]), float(bag.truth_lon_deg[j]), yaw)

@@ -1,7 +1,8 @@
 """What crossview-localize prints: the single-mode table row, and a batch's error statistics.
 
-summarize() measures a batch against the frames' truth; print_summary() writes it as text (the
---json output carries the same dict).
+summarize() measures a batch against the frames' truth; a bag without truth by what needs none
+(crossview_ros.truth_free); print_summary() writes it as text (the --json output carries the same
+dict).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from crossview_ros import geo
+from crossview_ros import geo, truth_free
 from crossview_ros.covariance import CHI2_1DOF_95, CHI2_2DOF_95
 from crossview_ros.estimate import Estimate, Fix
 from crossview_ros.localize_frames import Frame
@@ -50,11 +51,72 @@ def protection_summary(published: Sequence[Estimate], error_m: np.ndarray) -> di
             "exceeded_percent": percent(exceeded) if exceeded.size else None}
 
 
+def _streams(estimates: Sequence[Estimate], frames: Sequence[Frame], fixes: Sequence[Fix]) -> list[truth_free.Stream]:
+    """The frames of each recording (Frame.city and path) as truth_free streams, their odometry pieced
+    together from the rows each frame carries."""
+    groups: dict[tuple[str | None, str], list[int]] = {}
+    for i, fr in enumerate(frames):
+        groups.setdefault((fr.city, str(fr.path)), []).append(i)
+    out = []
+    for idx in groups.values():
+        odom = [frames[i].odometry for i in idx if frames[i].odometry is not None and len(frames[i].odometry)]
+        rows = np.concatenate(odom) if odom else np.zeros((0, 3))
+        covs = []
+        for i in idx:
+            cov = fixes[i].covariance_enu_m2
+            covs.append(np.asarray(cov, dtype=np.float64)[:2, :2] if cov is not None else np.full((2, 2), np.nan))
+        est = [estimates[i] for i in idx]
+        out.append(truth_free.Stream(
+            stamp_s=np.array([frames[i].stamp_s for i in idx], dtype=np.float64),
+            accepted=np.array([e.accepted for e in est], dtype=bool),
+            lat_deg=np.array([e.lat_deg if e.accepted else np.nan for e in est], dtype=np.float64),
+            lon_deg=np.array([e.lon_deg if e.accepted else np.nan for e in est], dtype=np.float64),
+            gnss_stamp_s=np.array([fixes[i].stamp_s for i in idx], dtype=np.float64),
+            gnss_lat_deg=np.array([fixes[i].lat_deg for i in idx], dtype=np.float64),
+            gnss_lon_deg=np.array([fixes[i].lon_deg for i in idx], dtype=np.float64),
+            gnss_cov_enu_m2=np.array(covs).reshape(-1, 2, 2),
+            odom_stamp_s=rows[:, 0], odom_xy_m=rows[:, 1:3]))
+    return out
+
+
+def summarize_truth_free(estimates: Sequence[Estimate], frames: Sequence[Frame],
+                         fixes: Sequence[Fix]) -> dict[str, Any] | None:
+    """The truth-free figures of stream frames (None for independent panoramas, which have no stamps)."""
+    if not frames or any(fr.stamp_s is None for fr in frames):
+        return None
+    withheld = Counter(str(e.reason) for e in estimates if not e.accepted)
+    return truth_free.summarize(_streams(estimates, frames, fixes), withheld,
+                                [e.latency.total_ms for e in estimates], "processing, decode to decision")
+
+
 def summarize(estimates: Sequence[Estimate], frames: Sequence[Frame], fixes: Sequence[Fix],
               heading: bool) -> dict[str, Any]:
-    """Error statistics of a batch against the frames' truth (and of the fixes), as crossview-localize --json prints."""
+    """Error statistics of a batch against the frames' truth (and of the fixes), as crossview-localize --json
+    prints; when a frame has no truth: "truth" False, the error figures None and "truth_free" (streams)."""
     n = len(estimates)
     published = [i for i, e in enumerate(estimates) if e.accepted]
+    base: dict[str, Any] = {
+        "frames": n, "published": len(published),
+        "published_percent": percent(np.array([e.accepted for e in estimates])),
+        "reasons": dict(sorted(Counter(str(e.reason) for e in estimates).items())),
+        "truth": all(fr.truth is not None for fr in frames),
+    }
+    latency = {"p50": float(np.percentile([e.latency.total_ms for e in estimates], 50)),
+               "p99": float(np.percentile([e.latency.total_ms for e in estimates], 99))}
+    if not base["truth"]:
+        tf = summarize_truth_free(estimates, frames, fixes)
+        return {**base, "gnss_error_median_m": None, "error_m": None, "error_all_positioned_median_m": None,
+                "covariance_share_d2_under_5.99_percent": None,
+                "published_sigma_under_10m": sum(1 for i in published if estimates[i].sigma_m is not None
+                                                 and estimates[i].sigma_m < 10.0),
+                "protection_level": None, "latency_ms": latency, "heading": None, "truth_free": tf}
+    out = _summarize_truth(estimates, frames, fixes, heading, published)
+    return {**base, **out, "latency_ms": latency}
+
+
+def _summarize_truth(estimates: Sequence[Estimate], frames: Sequence[Frame], fixes: Sequence[Fix], heading: bool,
+                     published: list[int]) -> dict[str, Any]:
+    """The figures against the truth (summarize)."""
     positioned = [i for i, e in enumerate(estimates) if e.has_position]
 
     def errors(idx: list[int]) -> np.ndarray:
@@ -71,10 +133,6 @@ def summarize(estimates: Sequence[Estimate], frames: Sequence[Frame], fixes: Seq
         v = np.array([de, dn])
         d2.append(float(v @ np.linalg.solve(e.covariance_enu_m2, v)))
     out: dict[str, Any] = {
-        "frames": n,
-        "published": len(published),
-        "published_percent": percent(np.array([e.accepted for e in estimates])),
-        "reasons": dict(sorted(Counter(str(e.reason) for e in estimates).items())),
         "gnss_error_median_m": float(np.median(gnss)) if gnss.size else None,
         "error_m": None if not err.size else {
             "mean": float(err.mean()), "median": float(np.median(err)), "p90": float(np.percentile(err, 90)),
@@ -87,13 +145,10 @@ def summarize(estimates: Sequence[Estimate], frames: Sequence[Frame], fixes: Seq
         "published_sigma_under_10m": sum(1 for i in published
                                          if estimates[i].sigma_m is not None and estimates[i].sigma_m < 10.0),
         "protection_level": protection_summary([estimates[i] for i in published], err),
-        "latency_ms": {
-            "p50": float(np.percentile([e.latency.total_ms for e in estimates], 50)),
-            "p99": float(np.percentile([e.latency.total_ms for e in estimates], 99)),
-        },
     }
     if heading:
-        yaw_idx = [i for i in published if estimates[i].yaw_enu_rad is not None]
+        yaw_idx = [i for i in published if estimates[i].yaw_enu_rad is not None
+                   and frames[i].truth.yaw_enu_rad is not None]
         yerr = np.array([abs(float(geo.wrap_angle_rad(estimates[i].yaw_enu_rad - frames[i].truth.yaw_enu_rad)))
                          for i in yaw_idx])
         yd2 = np.array([yerr[k] ** 2 / estimates[i].yaw_variance_rad2 for k, i in enumerate(yaw_idx)])
@@ -131,12 +186,17 @@ def print_summary(s: dict[str, Any], file: TextIO | None = None) -> None:
               f"({pl['exceeded_percent']:.1f} %)" + (f"; {pl['without_level']} published without one"
                                                     if pl["without_level"] else ""), file=file)
     h = s.get("heading")
+    if "heading" in s and h is None and s.get("truth", True):
+        print("heading: no published frame has both a yaw and a true yaw (an RTK fix as truth gives none; map a "
+              "pose as --truth-heading-topic)", file=file)
     if h:
         print(f"heading: median error {h['median_error_deg']:.1f} deg, < 5 deg {h['under_5deg_percent']:.1f} %, "
               f"< 10 deg {h['under_10deg_percent']:.1f} %, flips (> 135 deg) {h['flip_percent']:.1f} %, "
               f"> 90 deg {h['flip_over_90deg_percent']:.1f} %, "
               f"yaw d^2 < 3.84 {h['share_under_3.84_percent']:.1f} %", file=file)
     print(f"latency total p50 {s['latency_ms']['p50']:.1f} ms, p99 {s['latency_ms']['p99']:.1f} ms", file=file)
+    if not s.get("truth", True) and s.get("truth_free"):
+        truth_free.print_lines(s["truth_free"], file)
 
 
 def print_fix_sigma_scale(scale: float, file: TextIO | None = None) -> None:

@@ -30,6 +30,7 @@ import logging
 import math
 import time
 from collections import Counter, deque
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -98,6 +99,50 @@ class _Throttle:
         log.log(level, msg, *args)
 
 
+@dataclass(frozen=True)
+class CoverageBox:
+    """The latitude/longitude extent of a tile set's centres, half a tile wider: what a fix refused as
+    OUTSIDE_COVERAGE is told about (how far off it is, and whether swapping latitude and longitude
+    would put it on the tiles, the commonest mistake in a hand-written fix or a driver's mapping)."""
+
+    lat_min_deg: float
+    lat_max_deg: float
+    lon_min_deg: float
+    lon_max_deg: float
+
+    @classmethod
+    def of(cls, tiles: TileSet) -> CoverageBox:
+        half_m = 0.5 * tiles.tile_size_m
+        lat_lo, lat_hi = float(tiles.lat_deg.min()), float(tiles.lat_deg.max())
+        dlat = half_m / 111_000.0
+        dlon = half_m / (111_000.0 * max(math.cos(math.radians(max(abs(lat_lo), abs(lat_hi)))), 1e-6))
+        return cls(max(lat_lo - dlat, -90.0), min(lat_hi + dlat, 90.0), float(tiles.lon_deg.min()) - dlon,
+                   float(tiles.lon_deg.max()) + dlon)
+
+    def distance_m(self, lat_deg: float, lon_deg: float) -> float:
+        """Geodesic distance from the point to the nearest point of the box (0 inside it)."""
+        lat = min(max(lat_deg, self.lat_min_deg), self.lat_max_deg)
+        lon = min(max(lon_deg, self.lon_min_deg), self.lon_max_deg)
+        return float(geo.distance_m(lat_deg, lon_deg, lat, max(-180.0, min(lon, 180.0))))
+
+    def outside_message(self, lat_deg: float, lon_deg: float, radius_m: float) -> str:
+        """Why no tile lies within radius_m of the fix, for the user to act on."""
+        off_m = self.distance_m(lat_deg, lon_deg)
+        where = (f"covering latitudes {self.lat_min_deg:.5f}..{self.lat_max_deg:.5f} and longitudes "
+                 f"{self.lon_min_deg:.5f}..{self.lon_max_deg:.5f}")
+        if off_m <= radius_m:
+            text = (f"no tile within {radius_m:.0f} m of the fix ({lat_deg:.7f}, {lon_deg:.7f}), which lies in a gap "
+                    f"of the tile set {where}")
+        else:
+            far = f"{off_m / 1000.0:.1f} km" if off_m >= 1000.0 else f"{off_m:.0f} m"
+            text = (f"fix ({lat_deg:.7f}, {lon_deg:.7f}) is {far} outside the tile set {where}; no tile within the "
+                    f"{radius_m:.0f} m search radius")
+        if abs(lon_deg) <= 90.0 and off_m > radius_m and self.distance_m(lon_deg, lat_deg) <= radius_m:
+            text += (f"; latitude and longitude look swapped: ({lon_deg:.7f}, {lat_deg:.7f}) lies on the tiles "
+                     "(NavSatFix.latitude holds the latitude, --fix takes LAT,LON)")
+        return text
+
+
 class Localizer:
     """(panorama, fix, stamp) -> Estimate, with everything loaded and checked at construction."""
 
@@ -141,6 +186,7 @@ class Localizer:
         self._views: deque[bool] = deque(maxlen=config.imagery_window)  # did each recent view point at its estimate
         self._last_stamp_s: float | None = None
         self._throttle = _Throttle(config.log_throttle_s)
+        self._coverage = CoverageBox.of(self.tiles)
         log.info("localizer ready: %d tiles of %s (zone %s, %g m), %s model %s on %s, covariance %s", len(self.tiles),
                  self.tiles.path, self.tiles.zone, self.tiles.tile_size_m, self.matcher.kind, self.meta.model_hash,
                  engine.name, "calibrated" if self.covariance.calibrated else "UNCALIBRATED (defaults; run --calibrate)")
@@ -303,12 +349,11 @@ class Localizer:
         lat, lon = float(fix.lat_deg), float(fix.lon_deg)
         try:
             e_fix, n_fix, _ = geo.latlon_to_utm(lat, lon, zone=self.tiles.zone)
-        except geo.GeoError as exc:
-            raise _Reject(Reason.OUTSIDE_COVERAGE, f"fix ({lat:.7f}, {lon:.7f}) cannot be placed in the tile set's "
-                                                   f"zone {self.tiles.zone}: {exc}") from None
+        except geo.GeoError:  # far outside the tile set's UTM zone
+            raise _Reject(Reason.OUTSIDE_COVERAGE, self._coverage.outside_message(lat, lon, radius_m)) from None
         ids = self.tiles.tiles_within_utm(e_fix, n_fix, radius_m)
         if ids.size == 0:
-            raise _Reject(Reason.OUTSIDE_COVERAGE, f"no tile within {radius_m:.0f} m of the fix ({lat:.7f}, {lon:.7f})")
+            raise _Reject(Reason.OUTSIDE_COVERAGE, self._coverage.outside_message(lat, lon, radius_m))
         context["tiles_in_scope"] = int(ids.size)
         if self.odometry is not None and fix.stamp_s != self._course_fix_stamp_s:
             self._course_fix_stamp_s = fix.stamp_s  # one vote per fix, whatever the frame rate

@@ -36,7 +36,7 @@ SECTIONS: dict[str, str] = {
     "retrieval": "Matching inside the scope: descriptor retrieval and offset fusion, or the bev match and its track.",
     "gating": "Gating: a frame is published only when it passes both gates.",
     "heading": "Heading (yaw) from the panorama against the chosen tile.",
-    "covariance": "Covariance model (UNCALIBRATED defaults: calibrate on a validation drive, see README).",
+    "covariance": "Covariance model (UNCALIBRATED defaults: calibrate on a validation drive, see docs/reference.md).",
     "node": "Node: frames, output conventions, diagnostics and logging.",
 }
 

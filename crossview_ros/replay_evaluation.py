@@ -1,6 +1,7 @@
 """What a replay recorded and how it is judged: the node's outputs decoded, each panorama's error
-against ground truth (ours, raw GNSS, the fused tracks), heading errors, latency, and the summary
-that summary.json and the report show. Plain data in, plain data out: no ROS 2, no processes."""
+against ground truth (ours, raw GNSS, the fused tracks), heading errors, latency, the figures that
+need no truth (crossview_ros.truth_free: all a recording without truth gets), and the summary that
+summary.json and the report show. Plain data in, plain data out: no ROS 2, no processes."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from crossview_ros import fusion, geo
+from crossview_ros import fusion, geo, truth_free
 from crossview_ros.bag.drive import NS, DriveBag, stamp_ns, yaw_of
 from crossview_ros.bag.writer import typestore
 from crossview_ros.replay_errors import ReplayError
@@ -93,9 +94,9 @@ class FrameRecord:
     lon_deg: float | None
     sigma_m: float | None  # our fix's horizontal 1-sigma (largest axis)
     yaw_enu_rad: float | None  # our heading (crossview/heading)
-    truth_lat_deg: float
-    truth_lon_deg: float
-    truth_yaw_enu_rad: float
+    truth_lat_deg: float | None  # None: the bag has no truth (the truth-free report)
+    truth_lon_deg: float | None
+    truth_yaw_enu_rad: float | None  # None: no true heading
     gnss_lat_deg: float | None  # newest valid raw fix not after the stamp
     gnss_lon_deg: float | None
     gnss_age_s: float | None
@@ -108,6 +109,8 @@ class FrameRecord:
     fused_error_m: float | None
     fused_gnss_error_m: float | None
     heading_error_deg: float | None  # |wrap(ours - truth)|
+    gnss_innovation_m: float | None = None  # distance of our fix from the raw GNSS fix (truth_free)
+    gnss_innovation_d2: float | None = None  # its squared Mahalanobis distance under the GNSS covariance
 
 
 @dataclass
@@ -162,10 +165,6 @@ def _stats(errors_m: Sequence[float]) -> dict[str, Any]:
             "under_10m_pct": float(100.0 * np.mean(e < 10.0)), "under_25m_pct": float(100.0 * np.mean(e < 25.0))}
 
 
-def _interp_angle(t: np.ndarray, tp: np.ndarray, angles: np.ndarray) -> np.ndarray:
-    return np.asarray(geo.wrap_angle_rad(np.interp(t, tp, np.unwrap(angles))))
-
-
 def odometry_measurements(bag: DriveBag) -> list[fusion.Measurement]:
     """The bag's wheel odometry twist (base_link, with its covariance) as the fused tracks' odom input;
     public so that crossview-walks fuses the same odometry as the replay."""
@@ -217,7 +216,7 @@ def evaluate(bag: DriveBag, playback: Playback, *, fusion_config: Any = None) ->
     index_of = {int(s): i for i, s in enumerate(stamps_ns)}
     stray = sorted({s / NS for s, _, _ in outputs.fixes + outputs.poses + outputs.headings if s not in index_of})
 
-    truth = _truth_at(bag, enu, stamps_s)
+    truth = _truth_at(bag, enu, stamps_s) if bag.has_truth else None
     config = fusion_config if fusion_config is not None else default_fusion_config()
     ms, gnss_ms = _fusion_measurements(bag, outputs, enu)
     fused = fusion.fuse_track(ms, stamps_s, fusion.with_gnss(config, False))
@@ -226,6 +225,7 @@ def evaluate(bag: DriveBag, playback: Playback, *, fusion_config: Any = None) ->
     diag = outputs.diagnostics[-1][2] if outputs.diagnostics else {}
     rejections = {k[len("rejected_"):]: diag_int(diag, k) for k in sorted(diag) if k.startswith("rejected_")}
     summary = _summary(bag, playback, frames, diag, rejections, fused, fused_g, len(stray))
+    summary["truth_free"] = _truth_free(bag, frames, rejections)
 
     track_utm = _tracks_utm(bag, frames, truth)
     return Evaluation(frames=frames, summary=summary, rejections=rejections, diagnostics=diag,
@@ -245,9 +245,7 @@ class _Truth:
 def _truth_at(bag: DriveBag, enu: geo.LocalENU, stamps_s: np.ndarray) -> _Truth:
     te, tn, _ = enu.forward(bag.truth_lat_deg, bag.truth_lon_deg, np.zeros_like(bag.truth_lat_deg))
     tlat, tlon, _ = enu.inverse(np.interp(stamps_s, bag.truth_stamp_s, te), np.interp(stamps_s, bag.truth_stamp_s, tn))
-    gp_lat, gp_lon = geo.utm_to_latlon(bag.truth_easting_m, bag.truth_northing_m, bag.zone)
-    yaw_enu_truth = np.asarray(geo.yaw_utm_to_enu(bag.truth_yaw_utm_rad, gp_lat, gp_lon, bag.zone))
-    return _Truth(np.asarray(tlat), np.asarray(tlon), _interp_angle(stamps_s, bag.truth_pose_stamp_s, yaw_enu_truth))
+    return _Truth(np.asarray(tlat), np.asarray(tlon), bag.truth_yaw_at(stamps_s))
 
 
 def _track_latlon(track: Any, enu: geo.LocalENU) -> tuple[np.ndarray, np.ndarray]:
@@ -265,11 +263,11 @@ def _opt(v: float) -> float | None:
     return float(v) if math.isfinite(v) else None
 
 
-def _frame_records(bag: DriveBag, playback: Playback, outputs: Outputs, truth: _Truth,
+def _frame_records(bag: DriveBag, playback: Playback, outputs: Outputs, truth: _Truth | None,
                    fused: tuple[np.ndarray, np.ndarray], fused_g: tuple[np.ndarray, np.ndarray]) -> list[FrameRecord]:
     """One FrameRecord per panorama of the bag: ours, the raw GNSS (the newest valid fix not after the
     stamp), both fused tracks, each against the truth; latency and heading error."""
-    valid = [f for f in bag.fixes if f.valid]
+    valid = sorted((f for f in bag.fixes if f.valid), key=lambda f: f.stamp_ns)
     fix_ns = np.asarray([f.stamp_ns for f in valid], dtype=np.int64)
     gnss_rows = np.searchsorted(fix_ns, bag.panorama_stamp_ns, side="right") - 1
     first_out: dict[int, float] = {}
@@ -279,7 +277,7 @@ def _frame_records(bag: DriveBag, playback: Playback, outputs: Outputs, truth: _
     headings = {s: yaw_of(m.orientation) for s, _, m in outputs.headings}
 
     def dist(lat: float | None, lon: float | None, i: int) -> float | None:
-        if lat is None or lon is None or not (math.isfinite(lat) and math.isfinite(lon)):
+        if truth is None or lat is None or lon is None or not (math.isfinite(lat) and math.isfinite(lon)):
             return None
         return float(geo.distance_m(float(truth.lat_deg[i]), float(truth.lon_deg[i]), float(lat), float(lon)))
 
@@ -301,22 +299,58 @@ def _frame_records(bag: DriveBag, playback: Playback, outputs: Outputs, truth: _
             index=i, stamp_s=stamp / NS, published_s=pub, received_s=rec,
             latency_s=None if pub is None or rec is None else rec - pub, accepted=msg is not None,
             lat_deg=lat, lon_deg=lon, sigma_m=sigma, yaw_enu_rad=yaw,
-            truth_lat_deg=float(truth.lat_deg[i]), truth_lon_deg=float(truth.lon_deg[i]),
-            truth_yaw_enu_rad=float(truth.yaw_enu_rad[i]),
+            truth_lat_deg=None if truth is None else float(truth.lat_deg[i]),
+            truth_lon_deg=None if truth is None else float(truth.lon_deg[i]),
+            truth_yaw_enu_rad=None if truth is None else _opt(float(truth.yaw_enu_rad[i])),
             gnss_lat_deg=glat, gnss_lon_deg=glon, gnss_age_s=gage,
             fused_lat_deg=f_lat, fused_lon_deg=f_lon, fused_gnss_lat_deg=g_lat, fused_gnss_lon_deg=g_lon,
             error_m=dist(lat, lon, i), gnss_error_m=dist(glat, glon, i), fused_error_m=dist(f_lat, f_lon, i),
             fused_gnss_error_m=dist(g_lat, g_lon, i),
-            heading_error_deg=None if yaw is None else abs(math.degrees(geo.wrap_angle_rad(yaw - truth.yaw_enu_rad[i]))),
+            heading_error_deg=_heading_error_deg(yaw, truth, i),
+            gnss_innovation_m=None, gnss_innovation_d2=None,  # set by _truth_free
         ))
     return frames
 
 
-def _tracks_utm(bag: DriveBag, frames: list[FrameRecord], truth: _Truth) -> dict[str, np.ndarray]:
-    """(N, 2) UTM easting/northing per frame of every track (truth and TRACK_LABELS) for the report's
-    plot; NaN where a track has no position at that frame."""
+def _heading_error_deg(yaw: float | None, truth: _Truth | None, i: int) -> float | None:
+    """|wrap(ours - true yaw)| in degrees; None without either."""
+    if yaw is None or truth is None or not math.isfinite(float(truth.yaw_enu_rad[i])):
+        return None
+    return abs(math.degrees(geo.wrap_angle_rad(yaw - float(truth.yaw_enu_rad[i]))))
+
+
+def _truth_free(bag: DriveBag, frames: list[FrameRecord], rejections: dict[str, int]) -> dict[str, Any]:
+    """The truth-free figures (crossview_ros.truth_free) of the replay; sets each frame's innovation."""
+    valid = sorted((f for f in bag.fixes if f.valid), key=lambda f: f.stamp_ns)  # as _frame_records pairs them
+    rows = np.searchsorted(np.asarray([f.stamp_ns for f in valid], dtype=np.int64), bag.panorama_stamp_ns,
+                           side="right") - 1
+    paired = [valid[g] if g >= 0 else None for g in rows.tolist()]
+
+    def opt(v: float | None) -> float:
+        return math.nan if v is None else float(v)
+
+    gnss_t = np.array([math.nan if fix is None else fix.stamp_ns / NS for fix in paired])
+    covs = [np.full((2, 2), np.nan) if fix is None or fix.covariance_enu_m2 is None
+            else np.asarray(fix.covariance_enu_m2, dtype=np.float64)[:2, :2] for fix in paired]
+    stream = truth_free.Stream(
+        stamp_s=np.array([f.stamp_s for f in frames]), accepted=np.array([f.accepted for f in frames], dtype=bool),
+        lat_deg=np.array([opt(f.lat_deg) for f in frames]), lon_deg=np.array([opt(f.lon_deg) for f in frames]),
+        gnss_stamp_s=gnss_t, gnss_lat_deg=np.array([opt(f.gnss_lat_deg) for f in frames]),
+        gnss_lon_deg=np.array([opt(f.gnss_lon_deg) for f in frames]), gnss_cov_enu_m2=np.array(covs).reshape(-1, 2, 2),
+        odom_stamp_s=bag.odom_stamp_s, odom_xy_m=bag.odom_pose[:, :2])
+    dist, d2 = truth_free.innovation(stream)
+    for f, d, q in zip(frames, dist, d2):
+        f.gnss_innovation_m, f.gnss_innovation_d2 = _opt(float(d)), _opt(float(q))
+    latency_ms = [1000.0 * f.latency_s for f in frames if f.accepted and f.latency_s is not None]
+    return truth_free.summarize([stream], rejections, latency_ms, "end to end: panorama published -> first output")
+
+
+def _tracks_utm(bag: DriveBag, frames: list[FrameRecord], truth: _Truth | None) -> dict[str, np.ndarray]:
+    """(N, 2) UTM easting/northing per frame of every track (truth, when there is one, and TRACK_LABELS)
+    for the report's plot; NaN where a track has no position at that frame."""
     track_utm: dict[str, np.ndarray] = {}
-    for name, la, lo in (("truth", truth.lat_deg, truth.lon_deg),
+    tracks = [] if truth is None else [("truth", truth.lat_deg, truth.lon_deg)]
+    for name, la, lo in (*tracks,
                          ("gnss", [f.gnss_lat_deg for f in frames], [f.gnss_lon_deg for f in frames]),
                          ("crossview", [f.lat_deg for f in frames], [f.lon_deg for f in frames]),
                          ("fused", [f.fused_lat_deg for f in frames], [f.fused_lon_deg for f in frames]),
@@ -389,7 +423,12 @@ def _summary(bag: DriveBag, playback: Playback, frames: list[FrameRecord], diag:
                                  "rejected": fused_g.rejected}},
         "stray_output_stamps": stray,
         "bag": str(bag.path),
+        "truth": bag.has_truth,  # False: the errors are empty, truth_free holds what could be measured
+        "truth_heading": bag.has_truth_yaw,
+        "topics": dict(bag.topics),  # role -> the bag's topic (crossview_ros.bag.topics)
+        "panorama_type": bag.panorama_msgtype,
         "datum": [bag.datum_lat_deg, bag.datum_lon_deg],
+        "datum_source": bag.datum.get("source", "datum topic"),
         "duration_s": float(bag.panorama_stamp_s[-1] - bag.panorama_stamp_s[0]) if n else 0.0,
     }
 

@@ -5,8 +5,11 @@ GNSS, our fixes and both fused tracks (lines broken where a track has no value, 
 included); every track drawn on the orthophoto (a mosaic of the tile set's tile images around the
 drive, or a GeoTIFF given with --orthophoto); heading error and latency histograms with their
 median, p95 and p99 marked. Tables: summary errors, the tracks ranked by p95, rejections by
-reason, the node's counters, the fusion set-up. Every number in report.md is formatted from the
-same summary dict that summary.json holds, so the two cannot disagree. Files are written into
+reason, the node's counters, the fusion set-up, and what needs no truth (crossview_ros.truth_free:
+publication rate, innovation against GNSS with its histogram, consistency with odometry); a bag
+without truth gets that section, the trajectory and the histograms, and no error figures. Every
+number in report.md is formatted from the same summary dict that summary.json holds, so the two
+cannot disagree. Files are written into
 the replay's temporary folder, which the replay renames into place.
 """
 
@@ -18,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from crossview_ros import geo
+from crossview_ros import geo, truth_free
 from crossview_ros.atomic import write_json_atomic, write_text_atomic
 
 if TYPE_CHECKING:
@@ -239,14 +242,17 @@ def plot_trajectory(evaluation: Evaluation, drive: DriveBag, path: Path, *, tile
     """The tracks on the background; returns the PNG and a line saying what the background is."""
     plt = _pyplot()
     tracks = evaluation.track_utm
-    truth = tracks["truth"]
+    # Keep the view on the drive (the truth, else our fixes and the fused track): far-off GNSS outliers
+    # should not shrink it to a dot.
+    core = [tracks["truth"]] if "truth" in tracks else [tracks[k] for k in ("crossview", "fused") if k in tracks]
     finite = np.vstack([xy[np.all(np.isfinite(xy), axis=1)] for xy in tracks.values()])
     e0, n0 = finite.min(axis=0) - MARGIN_M
     e1, n1 = finite.max(axis=0) + MARGIN_M
-    # Keep the view on the drive: far-off GNSS outliers should not shrink it to a dot.
-    te0, tn0 = np.nanmin(truth, axis=0) - 4 * MARGIN_M
-    te1, tn1 = np.nanmax(truth, axis=0) + 4 * MARGIN_M
-    e0, n0, e1, n1 = max(e0, te0), max(n0, tn0), min(e1, te1), min(n1, tn1)
+    anchor = np.vstack([xy[np.all(np.isfinite(xy), axis=1)] for xy in core])
+    if anchor.size:
+        te0, tn0 = anchor.min(axis=0) - 4 * MARGIN_M
+        te1, tn1 = anchor.max(axis=0) + 4 * MARGIN_M
+        e0, n0, e1, n1 = max(e0, te0), max(n0, tn0), min(e1, te1), min(n1, tn1)
 
     fig, ax = plt.subplots(figsize=(7.5, 7.5))
     background = "none (no tile images; pass --orthophoto)"
@@ -366,6 +372,50 @@ def _ranking(summary: dict[str, Any]) -> list[str]:
             "own frames (crossview: the published ones).", ""]
 
 
+def _topics_line(summary: dict[str, Any]) -> list[str]:
+    """Which topic was which input, and where the datum came from."""
+    topics = summary.get("topics")
+    if not topics:
+        return []
+    roles = ", ".join(f"{role} `{topic}`" for role, topic in topics.items())
+    return [f"Topics: {roles} (panorama type {summary.get('panorama_type', '?').split('/')[-1]}); datum "
+            f"{summary.get('datum_source', '?')}.", ""]
+
+
+def _error_section(summary: dict[str, Any], images: dict[str, str]) -> list[str]:
+    """Horizontal errors against the truth; without truth, a pointer to what was measured instead."""
+    topics = summary.get("topics") or {}
+    if not summary.get("truth", True):
+        return ["## Horizontal error", "",
+                "The bag has no truth topic (map one with `--truth-topic`, docs/recordings.md), so no error can be "
+                "measured: the tables, the CDF and the error over time are left out. See *Without truth* below for "
+                "what a recording without truth tells.", ""]
+    lines = ["## Horizontal error", "", *_error_table(summary), "", *_ranking(summary),
+             f"Errors are geodesic distances to `{topics.get('truth', '/ground_truth/fix')}` interpolated at each "
+             f"panorama stamp. Raw GNSS: the newest valid `{topics.get('fix', '/gnss/fix')}` not after the stamp "
+             "(what the node was given). Crossview: `crossview/fix` of the frames the node published. Fused: the "
+             "filter state at every panorama stamp once a position has come in.", ""]
+    if "error_cdf" in images:
+        lines += [f"![error CDF]({images['error_cdf']})", "", f"![error over time]({images['error_over_time']})", ""]
+    return lines
+
+
+def _truth_free_section(summary: dict[str, Any], images: dict[str, str]) -> list[str]:
+    """What is measured without truth (crossview_ros.truth_free): a table, the innovation histogram."""
+    tf = summary.get("truth_free")
+    if not tf:
+        return []
+    lines = ["## Without truth", "",
+             "What a recording tells without ground truth (with truth too): how often and how fast fixes come, "
+             "how far they lie from the raw GNSS (innovation; d^2 normalised by the receiver's covariance: about "
+             "95 % under 5.99 when that covariance is honest), and whether consecutive fixes move as far as the "
+             "odometry says (|distance between fixes - odometry distance|; the raw GNSS for comparison).", "",
+             *truth_free.markdown_table(tf), ""]
+    if "innovation" in images:
+        lines += [f"![innovation against GNSS]({images['innovation']})", ""]
+    return lines
+
+
 def render_markdown(summary: dict[str, Any], evaluation: Evaluation, images: dict[str, str],
                     background: str) -> str:
     """report.md from the summary dict (the numbers of summary.json) and the plots written.
@@ -381,6 +431,7 @@ def render_markdown(summary: dict[str, Any], evaluation: Evaluation, images: dic
         f"tile set `{rep.get('tiles', '?')}`, model `{rep.get('model', '?')}`, "
         f"replayed at {fmt(rep.get('rate'), 2)} x real time through `localize_node` "
         f"(exit code {rep.get('node_exit_code', '?')}, ROS_DOMAIN_ID {rep.get('ros_domain_id', '?')}).", "",
+        *_topics_line(summary),
         "## Summary", "",
         "| quantity | value |", "|---|---:|",
         f"| frames in the bag | {summary['frames']} |",
@@ -394,21 +445,15 @@ def render_markdown(summary: dict[str, Any], evaluation: Evaluation, images: dic
         f"| heading 180 deg flips [%] | {fmt(None if head['flip_share'] is None else 100.0 * head['flip_share'], 1)} |",
         f"| output stamps that are no panorama stamp | {summary['stray_output_stamps']} |",
         "",
-        "## Horizontal error", "",
-        *_error_table(summary), "",
-        *_ranking(summary),
-        "Errors are geodesic distances to `/ground_truth/fix` interpolated at each panorama stamp. Raw GNSS: the "
-        "newest valid `/gnss/fix` not after the stamp (what the node was given). Crossview: `crossview/fix` of the "
-        "frames the node published. Fused: the filter state at every panorama stamp once a position has come in.",
-        "",
-    ]
-    if "error_cdf" in images:
-        lines += [f"![error CDF]({images['error_cdf']})", "", f"![error over time]({images['error_over_time']})", ""]
-    lines += ["## Trajectory", "", f"Background: {background}.", ""]
+        *_error_section(summary, images),
+        "## Trajectory", "", f"Background: {background}.", ""]
     if "trajectory" in images:
         lines += [f"![trajectory]({images['trajectory']})", ""]
     lines += ["## Heading", ""]
-    if head["count"]:
+    if not summary.get("truth_heading", True):
+        lines += ["The bag has no true heading (a pose-type truth topic or `--truth-heading-topic`), so heading "
+                  "errors cannot be measured.", ""]
+    elif head["count"]:
         lines += [f"Heading error |wrap(crossview/heading yaw - truth yaw)| over {head['count']} frames: median "
                   f"{fmt(head['median_deg'], 1)} deg, {fmt(head['under_10deg_pct'], 1)} % under 10 deg, "
                   f"{fmt(100.0 * head['flip_share'], 1)} % flipped (error > 135 deg). Truth yaw: "
@@ -423,6 +468,7 @@ def render_markdown(summary: dict[str, Any], evaluation: Evaluation, images: dic
                   f"{fmt(lat['mean'], 1)} ms.", "", f"![latency]({images['latency']})", ""]
     else:
         lines += ["No estimate was published, so there is no latency to show.", ""]
+    lines += _truth_free_section(summary, images)
     lines += ["## Rejections", "", "From the node's last `/diagnostics` message.", "",
               "| reason | frames |", "|---|---:|"]
     lines += [f"| {reason} | {count} |" for reason, count in summary["rejections"].items()]
@@ -467,9 +513,10 @@ def write_report(out_dir: str | Path, evaluation: Evaluation, drive: DriveBag, *
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = evaluation.summary
     images: dict[str, str] = {}
-    if evaluation.frames:
+    if evaluation.frames and summary.get("truth", True):
         images["error_cdf"] = plot_error_cdf(evaluation, out_dir / "error_cdf.png").name
         images["error_over_time"] = plot_error_over_time(evaluation, out_dir / "error_over_time.png").name
+    if evaluation.frames:
         traj, background = plot_trajectory(evaluation, drive, out_dir / "trajectory.png",
                                            tiles=None if tiles is None else Path(tiles),
                                            orthophoto=None if orthophoto is None else Path(orthophoto))
@@ -486,6 +533,12 @@ def write_report(out_dir: str | Path, evaluation: Evaluation, drive: DriveBag, *
         images["latency"] = plot_histogram(latency, out_dir / "latency.png", xlabel="latency [ms]",
                                            title="Latency: panorama published -> first output received",
                                            bins=min(50, max(5, latency.size // 3)), unit=" ms").name
+    innovation = np.asarray([f.gnss_innovation_m for f in evaluation.frames if f.gnss_innovation_m is not None])
+    if innovation.size:
+        images["innovation"] = plot_histogram(innovation, out_dir / "innovation.png",
+                                              xlabel="distance of crossview/fix from the raw GNSS fix [m]",
+                                              title="Innovation against GNSS",
+                                              bins=min(50, max(5, innovation.size // 3)), unit=" m").name
     summary["plots"] = dict(images)
     summary["trajectory_background"] = background
     write_json_atomic(out_dir / "summary.json", summary)

@@ -39,3 +39,23 @@ def tiny_export(tmp_path_factory, tiny_model):
         return out
 
     return make
+
+
+@pytest.fixture(scope="session")
+def small_drive(tmp_path_factory, tiny_export):
+    """A small synthetic city (200 m), a drive bag in it (15 s at 2 Hz, 64 px panoramas: 31 frames) and its
+    tile set encoded with the tiny model (seed 0): what test_replay and test_foreign_bag replay."""
+    from crossview_ros import tiles_cli
+    from crossview_ros.sim.cli import main as sim_main
+    from crossview_ros.tiles import TilingConfig, build_tile_set
+
+    root = tmp_path_factory.mktemp("drive")
+    assert sim_main(["city", "--out", str(root / "city"), "--size-m", "200", "--gsd-m", "0.5", "--seed", "3",
+                     "--no-progress"]) == 0
+    assert sim_main(["drive", "--city", str(root / "city"), "--out", str(root / "bag"), "--duration-s", "15",
+                     "--rate-hz", "2", "--pano-height-px", "64", "--seed", "1", "--no-progress"]) == 0
+    model = tiny_export(0)
+    tiles = build_tile_set([root / "city" / "orthophoto.tif"], root / "tiles",
+                           TilingConfig(tile_size_m=TINY_TILE_M, tile_px=64), progress=False)
+    tiles_cli.encode_tile_set(tiles, model, engine="onnxruntime", threads=1, progress=False)
+    return {"root": root, "bag": root / "bag", "tiles": tiles, "model": model}

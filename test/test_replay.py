@@ -27,34 +27,20 @@ from crossview_ros.bag.writer import read_drive_bag, typestore
 from crossview_ros.estimate import Fix, Reason
 from crossview_ros.localizer import Localizer
 from crossview_ros.localizer_config import LocalizerConfig
-from crossview_ros.sim.cli import main as sim_main
-from crossview_ros.tiles import TilingConfig, build_tile_set
 
 pytest.importorskip("rclpy")
 pytest.importorskip("filterpy")
 pytest.importorskip("matplotlib")
 
-TILE_M = 40.0  # conftest.TINY_TILE_M: the tiny model's offsets refer to 40 m tiles
 RATE = 2.0  # twice real time: 15 s of drive in 7.5 s
 # The tiny model has random weights: open the GNSS gate, switch heading on; min_margin comes from `gate`.
 NODE_ARGS = ("-p", "engine_threads:=1", "-p", "max_mahalanobis:=1000000.0", "-p", "heading:=true")
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory, tiny_export):
-    """City (200 m), drive bag (15 s at 2 Hz, 64 px panoramas), tile set encoded with the tiny model."""
-    root = tmp_path_factory.mktemp("replay")
-    assert sim_main(["city", "--out", str(root / "city"), "--size-m", "200", "--gsd-m", "0.5", "--seed", "3",
-                     "--no-progress"]) == 0
-    assert sim_main(["drive", "--city", str(root / "city"), "--out", str(root / "bag"), "--duration-s", "15",
-                     "--rate-hz", "2", "--pano-height-px", "64", "--seed", "1", "--no-progress"]) == 0
-    model = tiny_export(0)
-    from crossview_ros import tiles_cli
-
-    tiles = build_tile_set([root / "city" / "orthophoto.tif"], root / "tiles",
-                           TilingConfig(tile_size_m=TILE_M, tile_px=64), progress=False)
-    tiles_cli.encode_tile_set(tiles, model, engine="onnxruntime", threads=1, progress=False)
-    return {"root": root, "bag": root / "bag", "tiles": tiles, "model": model}
+def world(small_drive):
+    """City (200 m), drive bag (15 s at 2 Hz, 64 px panoramas), tile set encoded with the tiny model (conftest)."""
+    return small_drive
 
 
 @pytest.fixture(scope="module")
@@ -391,13 +377,17 @@ def copy_bag_without(src: Path, dst: Path, drop: str) -> Path:
 
 
 def test_missing_topic_exits_2_and_writes_nothing(world, tmp_path):
-    bag = copy_bag_without(world["bag"], tmp_path / "no_truth", "/ground_truth/pose")
+    """A needed topic missing: one line naming it and the topics the bag has; exit 2, nothing written."""
+    bag = copy_bag_without(world["bag"], tmp_path / "no_gnss", "/gnss/fix")
     out = tmp_path / "out"
     proc = subprocess.run([sys.executable, "-m", "crossview_ros.replay", str(bag), "--tiles", str(world["tiles"]),
                            "--model", str(world["model"]), "--out", str(out), "--no-progress"],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2, proc.stderr
-    assert "missing topic(s) /ground_truth/pose" in proc.stderr and "Traceback" not in proc.stderr
+    error = proc.stderr.strip().splitlines()[-1]
+    assert error.startswith("crossview-replay: error: bag ") and "has no fix topic /gnss/fix (the default)" in error
+    assert "its topics: /crossview/datum (String), /ground_truth/fix (NavSatFix)" in error
+    assert "--fix-topic" in error and "Traceback" not in proc.stderr
     assert not out.exists() and not list(tmp_path.glob(".out*"))
 
 

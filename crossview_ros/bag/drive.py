@@ -1,12 +1,13 @@
-"""The drive bag as the replay and the evaluation read it: what to publish (panoramas, fixes) and
-what to compare against (ground truth fix and pose, odometry), read once with rosbags."""
+"""The drive bag as the replay and the evaluation read it: what to publish (panoramas, fixes, odometry)
+and what to compare against (ground truth), read once with rosbags from an MCAP or sqlite3 rosbag2,
+its topics found by a topic mapping (crossview_ros.bag.topics; the simulator's by default)."""
 
 from __future__ import annotations
 
 import json
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -14,22 +15,14 @@ import numpy as np
 from rosbags.highlevel import AnyReader
 
 from crossview_ros import geo
-from crossview_ros.bag.writer import (
-    MSG_COMPRESSED, MSG_NAVSAT, MSG_ODOM, MSG_POSE, MSG_STRING, TOPIC_DATUM, TOPIC_GNSS, TOPIC_GT_FIX, TOPIC_GT_POSE,
-    TOPIC_ODOM, TOPIC_PANORAMA, typestore,
-)
+from crossview_ros.bag.topics import MSG_IMAGE, POSE_TYPES, REQUIRED_ROLES, TopicMap, resolve
+from crossview_ros.bag.writer import MSG_COMPRESSED, MSG_NAVSAT, typestore
 from crossview_ros.replay_errors import BagError
 
 NS = 1_000_000_000
 KIND_FIX, KIND_ODOM, KIND_PANORAMA = 0, 1, 2  # playlist kinds, in the order they go at equal stamps
-REQUIRED_TOPICS: dict[str, str] = {  # what the replay and the evaluation read
-    TOPIC_DATUM: MSG_STRING,
-    TOPIC_PANORAMA: MSG_COMPRESSED,
-    TOPIC_GNSS: MSG_NAVSAT,
-    TOPIC_ODOM: MSG_ODOM,
-    TOPIC_GT_FIX: MSG_NAVSAT,
-    TOPIC_GT_POSE: MSG_POSE,
-}
+IMAGE_CHANNELS = {"rgb8": 3, "bgr8": 3, "mono8": 1}  # raw panorama encodings the localizer takes
+BAG_SUFFIXES = (".mcap", ".db3")
 
 
 @dataclass
@@ -47,12 +40,17 @@ class FixSample:
                 and abs(self.lat_deg) <= 90.0 and abs(self.lon_deg) <= 180.0)
 
 
+def _empty(width: int = 0) -> np.ndarray:
+    return np.zeros((0, width) if width else 0, dtype=np.float64)
+
+
 @dataclass
 class DriveBag:
-    """What the replay publishes and what the evaluation compares against, read once."""
+    """What the replay publishes and what the evaluation compares against, read once. Odometry and
+    truth arrays are empty when the bag has none (has_odometry, has_truth, has_truth_yaw)."""
 
     path: Path
-    datum: dict  # the /crossview/datum JSON
+    datum: dict  # the /crossview/datum JSON, or the datum derived from the first valid fix
     datum_lat_deg: float
     datum_lon_deg: float
     zone: geo.UTMZone
@@ -60,23 +58,39 @@ class DriveBag:
     panorama_raw: list[bytes]  # CDR of each panorama, as stored
     fixes: list[FixSample]  # in bag order
     fix_raw: list[bytes]
-    odom_stamp_s: np.ndarray  # (O,)
-    odom_twist: np.ndarray  # (O, 3) vx, vy (m/s), vyaw (rad/s) in base_link
-    odom_twist_cov: np.ndarray  # (O, 36) row-major
-    odom_pose: np.ndarray  # (O, 3) x, y (m), yaw (rad) of base_link in the odom frame
-    odom_pose_cov: np.ndarray  # (O, 36) row-major
-    odom_raw: list[bytes]  # CDR of each odometry message, as stored
-    truth_stamp_s: np.ndarray  # (T,) /ground_truth/fix
-    truth_lat_deg: np.ndarray
-    truth_lon_deg: np.ndarray
-    truth_pose_stamp_s: np.ndarray  # (G,) /ground_truth/pose
-    truth_easting_m: np.ndarray
-    truth_northing_m: np.ndarray
-    truth_yaw_utm_rad: np.ndarray
+    odom_stamp_s: np.ndarray = field(default_factory=_empty)  # (O,)
+    odom_twist: np.ndarray = field(default_factory=lambda: _empty(3))  # (O, 3) vx, vy (m/s), vyaw (rad/s) in base_link
+    odom_twist_cov: np.ndarray = field(default_factory=lambda: _empty(36))  # (O, 36) row-major
+    odom_pose: np.ndarray = field(default_factory=lambda: _empty(3))  # (O, 3) x, y (m), yaw (rad) in the odom frame
+    odom_pose_cov: np.ndarray = field(default_factory=lambda: _empty(36))  # (O, 36) row-major
+    odom_raw: list[bytes] = field(default_factory=list)  # CDR of each odometry message, as stored
+    truth_stamp_s: np.ndarray = field(default_factory=_empty)  # (T,) truth positions
+    truth_lat_deg: np.ndarray = field(default_factory=_empty)
+    truth_lon_deg: np.ndarray = field(default_factory=_empty)
+    truth_yaw_stamp_s: np.ndarray = field(default_factory=_empty)  # (G,) true yaw, ENU (rad)
+    truth_yaw_enu_rad: np.ndarray = field(default_factory=_empty)
+    panorama_msgtype: str = MSG_COMPRESSED  # or sensor_msgs/msg/Image
+    topics: dict[str, str] = field(default_factory=dict)  # role -> the bag's topic (crossview_ros.bag.topics)
 
     @property
     def panorama_stamp_s(self) -> np.ndarray:
         return self.panorama_stamp_ns.astype(np.float64) / NS
+
+    @property
+    def raw_panorama(self) -> bool:
+        return self.panorama_msgtype == MSG_IMAGE
+
+    @property
+    def has_odometry(self) -> bool:
+        return self.odom_stamp_s.size > 0
+
+    @property
+    def has_truth(self) -> bool:
+        return self.truth_stamp_s.size > 0
+
+    @property
+    def has_truth_yaw(self) -> bool:
+        return self.truth_yaw_stamp_s.size > 0
 
     def playlist(self) -> list[tuple[int, int, int]]:
         """(stamp_ns, kind, row) to publish: stamp order, at equal stamps the fix, the odometry, then the
@@ -86,6 +100,39 @@ class DriveBag:
         items += [(int(t), KIND_PANORAMA, i) for i, t in enumerate(self.panorama_stamp_ns)]
         items.sort()
         return items
+
+    def panorama_payload(self, row: int) -> tuple[Any, str | None]:
+        """(what Localizer.localize takes, its encoding) of one panorama: JPEG/PNG bytes and None, or a
+        uint8 array and its rgb8 | bgr8 | mono8 encoding; BagError for a raw image it cannot read."""
+        msg = typestore().deserialize_cdr(self.panorama_raw[row], self.panorama_msgtype)
+        if not self.raw_panorama:
+            return bytes(memoryview(msg.data).cast("B")), None
+        try:
+            return image_array(msg), str(msg.encoding)
+        except ValueError as exc:
+            raise BagError(f"bag {self.path}: panorama {row} on {self.topics.get('panorama')}: {exc}") from None
+
+    def truth_yaw_at(self, stamps_s: np.ndarray) -> np.ndarray:
+        """True ENU yaw at the stamps, interpolated on the circle (NaN everywhere without one)."""
+        stamps_s = np.asarray(stamps_s, dtype=np.float64)
+        if not self.has_truth_yaw:
+            return np.full(stamps_s.shape, np.nan)
+        unwrapped = np.interp(stamps_s, self.truth_yaw_stamp_s, np.unwrap(self.truth_yaw_enu_rad))
+        return np.asarray(geo.wrap_angle_rad(unwrapped))
+
+
+def image_array(msg: Any) -> np.ndarray:
+    """sensor_msgs/Image (rgb8, bgr8, mono8) -> (H, W, 3) or (H, W) uint8; ValueError saying what is wrong."""
+    encoding = str(msg.encoding)
+    channels = IMAGE_CHANNELS.get(encoding)
+    if channels is None:
+        raise ValueError(f"image encoding {encoding!r} is not supported; record one of {sorted(IMAGE_CHANNELS)}")
+    height, width, step = int(msg.height), int(msg.width), int(msg.step)
+    data = np.frombuffer(memoryview(msg.data).cast("B"), dtype=np.uint8)
+    if height <= 0 or width <= 0 or step < width * channels or data.size != step * height:
+        raise ValueError(f"image of {width} x {height} px, step {step} B holds {data.size} B of data")
+    rows = data.reshape(height, step)[:, :width * channels]
+    return rows.reshape(height, width, channels) if channels > 1 else rows
 
 
 def stamp_ns(header: Any) -> int:
@@ -98,107 +145,156 @@ def yaw_of(q: Any) -> float:
     return math.atan2(2.0 * (q.w * q.z + q.x * q.y), 1.0 - 2.0 * (q.y * q.y + q.z * q.z))
 
 
-def _check_topics(path: Path, topics: dict[str, str]) -> None:
-    """BagError naming every required topic that is missing or of another type."""
-    missing = [t for t in REQUIRED_TOPICS if t not in topics]
-    wrong = [f"{t} is {topics[t]}, expected {m}" for t, m in REQUIRED_TOPICS.items() if t in topics and topics[t] != m]
-    if missing or wrong:
-        parts = []
-        if missing:
-            parts.append(f"missing topic(s) {', '.join(missing)}")
-        if wrong:
-            parts.append("; ".join(wrong))
-        raise BagError(f"bag {path} cannot be replayed: {'; '.join(parts)}. The replay needs "
-                       f"{', '.join(REQUIRED_TOPICS)} (written by `crossview-sim drive`; a real bag needs "
-                       "ground truth for the evaluation)")
-
-
-def read_bag(path: str | os.PathLike) -> DriveBag:
-    """Read a drive bag; BagError naming every missing or mistyped topic (nothing is started yet)."""
+def bag_location(path: str | os.PathLike) -> Path:
+    """What rosbags opens for `path`: the bag folder, also when given its .mcap/.db3 file (a file with no
+    metadata.yaml beside it is opened on its own); BagError when there is nothing there."""
     path = Path(path)
     if not path.exists():
         raise BagError(f"bag {path} does not exist; record one or make one with `crossview-sim drive`")
+    if path.is_file():
+        if path.suffix not in BAG_SUFFIXES:
+            raise BagError(f"{path} is not a rosbag2 file ({' or '.join(BAG_SUFFIXES)}) nor a bag folder")
+        if (path.parent / "metadata.yaml").is_file():
+            return path.parent
+    return path
+
+
+class _Rows:
+    """Numbers of every mapped message as they come (bag order)."""
+
+    def __init__(self) -> None:
+        self.datum: dict = {}
+        self.pano_ns: list[int] = []
+        self.pano_raw: list[bytes] = []
+        self.fixes: list[FixSample] = []
+        self.fix_raw: list[bytes] = []
+        self.odom: list[tuple] = []  # (stamp_s, (vx, vy, wz), twist cov, (x, y, yaw), pose cov)
+        self.odom_raw: list[bytes] = []
+        self.truth_fix: list[tuple[float, float, float]] = []  # (stamp_s, lat, lon)
+        self.truth_pose: list[tuple[float, float, float, float]] = []  # (stamp_s, x, y, yaw) in truth_frame
+        self.heading_pose: list[tuple[float, float, float, float]] = []
+
+    def add(self, role: str, msg: Any, raw: bytes, log_ns: int, msgtype: str, path: Path) -> None:
+        header = getattr(msg, "header", None)
+        t_ns = stamp_ns(header) if header is not None else 0
+        t_ns = t_ns or int(log_ns)  # a driver that leaves the header stamp at zero: the log time
+        if role == "panorama":
+            self.pano_ns.append(t_ns)
+            self.pano_raw.append(bytes(raw))
+        elif role == "fix":
+            cov = (None if int(msg.position_covariance_type) == 0
+                   else np.asarray(msg.position_covariance, dtype=np.float64).reshape(3, 3))
+            self.fixes.append(FixSample(t_ns, float(msg.latitude), float(msg.longitude), int(msg.status.status), cov))
+            self.fix_raw.append(bytes(raw))
+        elif role == "odom":
+            tw, pose = msg.twist.twist, msg.pose.pose
+            self.odom.append((t_ns / NS, (tw.linear.x, tw.linear.y, tw.angular.z), msg.twist.covariance,
+                              (pose.position.x, pose.position.y, yaw_of(pose.orientation)), msg.pose.covariance))
+            self.odom_raw.append(bytes(raw))
+        elif role == "truth" and msgtype == MSG_NAVSAT:
+            if int(msg.status.status) >= 0 and math.isfinite(msg.latitude) and math.isfinite(msg.longitude):
+                self.truth_fix.append((t_ns / NS, float(msg.latitude), float(msg.longitude)))
+        elif role in ("truth", "truth_heading"):
+            pose = msg.pose.pose if msgtype != POSE_TYPES[1] else msg.pose  # Odometry / *WithCovariance: nested
+            row = (t_ns / NS, float(pose.position.x), float(pose.position.y), yaw_of(pose.orientation))
+            (self.truth_pose if role == "truth" else self.heading_pose).append(row)
+        elif role == "datum" and not self.datum:
+            try:
+                self.datum = json.loads(msg.data)
+            except json.JSONDecodeError as exc:
+                raise BagError(f"bag {path}: datum topic is not JSON ({exc})") from None
+
+
+def read_bag(path: str | os.PathLike, topics: TopicMap | None = None) -> DriveBag:
+    """Read a drive bag through a topic mapping (default: the simulator's topics); BagError, one line,
+    naming what is missing or mistyped and the topics the bag has (nothing is started yet)."""
+    path = Path(path)
+    mapping = topics if topics is not None else TopicMap()
+    location = bag_location(path)
     try:
-        reader_cm = AnyReader([path], default_typestore=typestore())
+        reader_cm = AnyReader([location], default_typestore=typestore())
         reader = reader_cm.__enter__()
     except Exception as exc:  # rosbags raises several types for unreadable bags
-        raise BagError(f"cannot open bag {path}: {exc}") from None
+        raise BagError(f"cannot open bag {path}: {' '.join(str(exc).split())}") from None
+    rows = _Rows()
     try:
-        _check_topics(path, {t: info.msgtype for t, info in reader.topics.items()})
-        conns = [c for c in reader.connections if c.topic in REQUIRED_TOPICS]
-        datum: dict = {}
-        pano_ns, pano_raw, fixes, fix_raw = [], [], [], []
-        odom_t, odom_v, odom_c, odom_p, odom_pc, odom_raw = [], [], [], [], [], []
-        gt_t, gt_lat, gt_lon = [], [], []
-        gp_t, gp_e, gp_n, gp_yaw = [], [], [], []
-        for conn, _log_ns, raw in reader.messages(connections=conns):
-            topic = conn.topic
-            if topic == TOPIC_PANORAMA:
-                msg = reader.deserialize(raw, conn.msgtype)
-                pano_ns.append(stamp_ns(msg.header))
-                pano_raw.append(bytes(raw))
-            elif topic == TOPIC_GNSS:
-                msg = reader.deserialize(raw, conn.msgtype)
-                cov = (None if int(msg.position_covariance_type) == 0
-                       else np.asarray(msg.position_covariance, dtype=np.float64).reshape(3, 3))
-                fixes.append(FixSample(stamp_ns(msg.header), float(msg.latitude), float(msg.longitude),
-                                       int(msg.status.status), cov))
-                fix_raw.append(bytes(raw))
-            elif topic == TOPIC_ODOM:
-                msg = reader.deserialize(raw, conn.msgtype)
-                tw = msg.twist.twist
-                odom_t.append(stamp_ns(msg.header) / NS)
-                odom_v.append((tw.linear.x, tw.linear.y, tw.angular.z))
-                odom_c.append(np.asarray(msg.twist.covariance, dtype=np.float64))
-                pose = msg.pose.pose
-                odom_p.append((pose.position.x, pose.position.y, yaw_of(pose.orientation)))
-                odom_pc.append(np.asarray(msg.pose.covariance, dtype=np.float64))
-                odom_raw.append(bytes(raw))
-            elif topic == TOPIC_GT_FIX:
-                msg = reader.deserialize(raw, conn.msgtype)
-                gt_t.append(stamp_ns(msg.header) / NS)
-                gt_lat.append(msg.latitude)
-                gt_lon.append(msg.longitude)
-            elif topic == TOPIC_GT_POSE:
-                msg = reader.deserialize(raw, conn.msgtype)
-                gp_t.append(stamp_ns(msg.header) / NS)
-                gp_e.append(msg.pose.position.x)
-                gp_n.append(msg.pose.position.y)
-                gp_yaw.append(yaw_of(msg.pose.orientation))
-            elif topic == TOPIC_DATUM and not datum:
-                msg = reader.deserialize(raw, conn.msgtype)
-                try:
-                    datum = json.loads(msg.data)
-                except json.JSONDecodeError as exc:
-                    raise BagError(f"bag {path}: {TOPIC_DATUM} is not JSON ({exc})") from None
+        if not reader.is2:
+            raise BagError(f"{path} is a ROS 1 bag; convert it with `rosbags-convert --src {path}` first")
+        roles = resolve(mapping, {t: info.msgtype for t, info in reader.topics.items()}, path)
+        if "truth" not in roles:  # no truth: no true heading either (a truth-free run)
+            roles.pop("truth_heading", None)
+        by_topic: dict[str, list[str]] = {}
+        for role, topic in roles.items():
+            by_topic.setdefault(topic, []).append(role)
+        conns = [c for c in reader.connections if c.topic in by_topic]
+        for conn, log_ns, raw in reader.messages(connections=conns):
+            msg = reader.deserialize(raw, conn.msgtype)
+            for role in by_topic[conn.topic]:
+                rows.add(role, msg, raw, log_ns, conn.msgtype, path)
+        pano_type = reader.topics[roles["panorama"]].msgtype
+        msgtypes = {role: reader.topics[topic].msgtype for role, topic in roles.items()}
     except BagError:
         raise
     except Exception as exc:
-        raise BagError(f"cannot read bag {path}: {type(exc).__name__}: {exc}") from None
+        raise BagError(f"cannot read bag {path}: {type(exc).__name__}: {' '.join(str(exc).split())}") from None
     finally:
         reader_cm.__exit__(None, None, None)
+    for role in REQUIRED_ROLES:
+        if not (rows.pano_ns if role == "panorama" else rows.fixes):
+            raise BagError(f"bag {path}: the {role} topic {roles[role]} holds no messages")
+    return _build(path, rows, roles, msgtypes, mapping, pano_type)
 
-    for topic, rows in ((TOPIC_PANORAMA, pano_ns), (TOPIC_GNSS, fixes), (TOPIC_GT_FIX, gt_t), (TOPIC_GT_POSE, gp_t),
-                        (TOPIC_ODOM, odom_t)):
-        if not rows:
-            raise BagError(f"bag {path}: topic {topic} holds no messages")
+
+def _datum(path: Path, rows: _Rows, roles: dict[str, str]) -> tuple[dict, float, float, geo.UTMZone]:
+    """The datum message's, else the first valid fix's (in stamp order) datum and UTM zone."""
+    datum = rows.datum
+    if not datum:
+        valid = sorted((f for f in rows.fixes if f.valid), key=lambda f: f.stamp_ns)
+        if not valid:
+            raise BagError(f"bag {path}: no valid fix on {roles['fix']} to take the datum from")
+        first = valid[0]
+        zone = geo.utm_zone(first.lat_deg, first.lon_deg)
+        datum = {"datum_lat_deg": first.lat_deg, "datum_lon_deg": first.lon_deg, "utm_zone": str(zone),
+                 "source": f"first valid fix on {roles['fix']}"}
     try:
         lat0, lon0 = float(datum["datum_lat_deg"]), float(datum["datum_lon_deg"])
         geo.check_latlon(lat0, lon0)
         zone = geo.UTMZone.parse(datum["utm_zone"]) if "utm_zone" in datum else geo.utm_zone(lat0, lon0)
     except (KeyError, TypeError, ValueError) as exc:
-        raise BagError(f"bag {path}: {TOPIC_DATUM} needs datum_lat_deg, datum_lon_deg (and utm_zone): {exc}") from None
-    return DriveBag(
-        path=path, datum=datum, datum_lat_deg=lat0, datum_lon_deg=lon0, zone=zone,
-        panorama_stamp_ns=np.asarray(pano_ns, dtype=np.int64), panorama_raw=pano_raw, fixes=fixes, fix_raw=fix_raw,
-        odom_stamp_s=np.asarray(odom_t), odom_twist=np.asarray(odom_v, dtype=np.float64).reshape(-1, 3),
-        odom_twist_cov=np.asarray(odom_c, dtype=np.float64).reshape(-1, 36),
-        odom_pose=np.asarray(odom_p, dtype=np.float64).reshape(-1, 3),
-        odom_pose_cov=np.asarray(odom_pc, dtype=np.float64).reshape(-1, 36), odom_raw=odom_raw,
-        truth_stamp_s=np.asarray(gt_t), truth_lat_deg=np.asarray(gt_lat), truth_lon_deg=np.asarray(gt_lon),
-        truth_pose_stamp_s=np.asarray(gp_t), truth_easting_m=np.asarray(gp_e), truth_northing_m=np.asarray(gp_n),
-        truth_yaw_utm_rad=np.asarray(gp_yaw),
-    )
+        raise BagError(f"bag {path}: the datum on {roles.get('datum')} needs datum_lat_deg, datum_lon_deg (and "
+                       f"utm_zone): {exc}") from None
+    return datum, lat0, lon0, zone
 
 
-# --------------------------------------------------------------------------- the node's outputs
+def _build(path: Path, rows: _Rows, roles: dict[str, str], msgtypes: dict[str, str], mapping: TopicMap,
+           pano_type: str) -> DriveBag:
+    """The DriveBag from the rows: the datum, odometry as arrays, truth turned into latitude/longitude
+    and ENU yaw."""
+    datum, lat0, lon0, zone = _datum(path, rows, roles)
+    bag = DriveBag(path=path, datum=datum, datum_lat_deg=lat0, datum_lon_deg=lon0, zone=zone,
+                   panorama_stamp_ns=np.asarray(rows.pano_ns, dtype=np.int64), panorama_raw=rows.pano_raw,
+                   fixes=rows.fixes, fix_raw=rows.fix_raw, panorama_msgtype=pano_type, topics=dict(roles))
+    if rows.odom:
+        t, twist, twist_cov, pose, pose_cov = zip(*rows.odom)
+        bag.odom_stamp_s = np.asarray(t, dtype=np.float64)
+        bag.odom_twist = np.asarray(twist, dtype=np.float64).reshape(-1, 3)
+        bag.odom_twist_cov = np.asarray(twist_cov, dtype=np.float64).reshape(-1, 36)
+        bag.odom_pose = np.asarray(pose, dtype=np.float64).reshape(-1, 3)
+        bag.odom_pose_cov = np.asarray(pose_cov, dtype=np.float64).reshape(-1, 36)
+        bag.odom_raw = rows.odom_raw
+    frame = mapping.truth_frame
+    if rows.truth_pose:
+        t, x, y, yaw = (np.asarray(v, dtype=np.float64) for v in zip(*rows.truth_pose))
+        lat, lon, yaw_enu = frame.to_geodetic(x, y, yaw, zone)
+        bag.truth_stamp_s, bag.truth_lat_deg, bag.truth_lon_deg = t, lat, lon
+        bag.truth_yaw_stamp_s, bag.truth_yaw_enu_rad = t, yaw_enu
+    elif rows.truth_fix:
+        bag.truth_stamp_s, bag.truth_lat_deg, bag.truth_lon_deg = (np.asarray(v, dtype=np.float64)
+                                                                   for v in zip(*rows.truth_fix))
+    if rows.heading_pose and ("truth_heading" in mapping.given or msgtypes.get("truth") == MSG_NAVSAT):
+        t, x, y, yaw = (np.asarray(v, dtype=np.float64) for v in zip(*rows.heading_pose))
+        _, _, yaw_enu = frame.to_geodetic(x, y, yaw, zone)
+        bag.truth_yaw_stamp_s, bag.truth_yaw_enu_rad = t, yaw_enu
+    if "truth" in roles and not bag.has_truth:
+        raise BagError(f"bag {path}: the truth topic {roles['truth']} holds no valid position")
+    return bag

@@ -314,7 +314,7 @@ class LocalizeNode(Node):
                                    "from the datum parameter")
         self.add_on_set_parameters_callback(self._on_set_parameters)
         # Every endpoint's history, depth, reliability and durability can be overridden at start-up:
-        # -p qos_overrides./<ns>/panorama.subscription.reliability:=reliable (see README, QoS).
+        # -p qos_overrides./<ns>/panorama.subscription.reliability:=reliable (see docs/reference.md, Parameters: QoS).
         # rclpy writes the overrides into the profile it is given: each endpoint gets its own copy.
         def qos(profile: QoSProfile) -> dict[str, Any]:
             return {"qos_profile": copy.copy(profile),

@@ -8,7 +8,8 @@ was recorded, judged against ground truth) and crossview_ros.replay_errors. The 
 the replay's interface: `from crossview_ros.replay import X`.
 """
 
-from crossview_ros.bag.drive import REQUIRED_TOPICS, DriveBag, FixSample, read_bag
+from crossview_ros.bag.drive import DriveBag, FixSample, read_bag
+from crossview_ros.bag.topics import TopicMap, TruthFrame
 from crossview_ros.replay.cli import ReplayResult, build_parser, main, replay_bag
 from crossview_ros.replay.files import write_frames_csv, write_outputs_mcap
 from crossview_ros.replay.node_process import NodeProcess, node_command
@@ -22,8 +23,9 @@ from crossview_ros.replay_evaluation import (
 )
 
 __all__ = [
-    "EXIT_FAILURE", "EXIT_OK", "EXIT_USAGE", "OUTPUT_TOPICS", "REQUIRED_TOPICS", "BagError", "DriveBag", "Evaluation",
-    "FixSample", "FrameRecord", "NodeError", "NodeProcess", "Playback", "Received", "ReplayError", "ReplayResult",
-    "UsageError", "build_parser", "decode_outputs", "default_fusion_config", "evaluate", "find_ekf_config", "main",
-    "node_command", "play", "read_bag", "replay_bag", "write_frames_csv", "write_outputs_mcap",
+    "EXIT_FAILURE", "EXIT_OK", "EXIT_USAGE", "OUTPUT_TOPICS", "BagError", "DriveBag", "Evaluation", "FixSample",
+    "FrameRecord", "NodeError", "NodeProcess", "Playback", "Received", "ReplayError", "ReplayResult", "TopicMap",
+    "TruthFrame", "UsageError", "build_parser", "decode_outputs", "default_fusion_config", "evaluate",
+    "find_ekf_config", "main", "node_command", "play", "read_bag", "replay_bag", "write_frames_csv",
+    "write_outputs_mcap",
 ]

@@ -2,18 +2,23 @@
 
     crossview-replay BAG --tiles DIR --model DIR --out DIR [--rate 1.0 | --lockstep] [--params-file YAML]
                      [--node-arg ARG ...] [--ekf-config config/ekf.yaml] [--timeout-s 60]
+                     [--topics FILE] [--panorama-topic T] [--fix-topic T] [--odom-topic T] [--truth-topic T]
+                     [--truth-frame utm|enu:LAT,LON[,YAW_DEG]] ...
 
 One step, one function (replay_bag), a thin CLI. The replay:
 
-1. reads the drive bag (rosbags; topics of crossview_ros.bag.writer) and refuses a bag that lacks
-   a topic it needs, naming it (exit code 2);
+1. reads the bag (rosbags: MCAP or sqlite3 rosbag2, the folder or its .mcap/.db3 file) through the
+   topic mapping (the simulator's topics by default; docs/recordings.md) and refuses a bag that lacks
+   a topic it needs, naming the topics it has (exit code 2); without a datum topic the datum is the
+   first valid fix;
 2. starts `localize_node` as a subprocess with use_sim_time, the bag's datum and pose_origin
    "datum", in the replay's ROS_DOMAIN_ID (a random one, discovery limited to this host, when the
    environment sets none), and waits until its subscriptions and publications are matched;
-3. publishes /clock and the bag's /panorama/compressed and /gnss/fix (never ground truth or
-   odometry) in stamp order at `rate` x real time; at equal stamps the fix goes first, so the
-   node pairs a panorama with the fix of its own stamp; with `lockstep`, each panorama is sent
-   only once the node has published or counted the previous one (throughput, no frame dropped);
+3. publishes /clock and the bag's panoramas, fixes and odometry (never ground truth) under the
+   node's topic names (panorama/compressed or panorama, gnss/fix, odom) in stamp order at `rate` x
+   real time; at equal stamps the fix goes first, so the node pairs a panorama with the fix of its
+   own stamp; with `lockstep`, each panorama is sent only once the node has published or counted
+   the previous one (throughput, no frame dropped);
 4. records crossview/fix, crossview/pose, crossview/heading and /diagnostics as they arrive, with
    the wall time of receipt; latency = receipt of the first output of a stamp minus the moment
    the replay published that panorama (one monotonic clock, in this process);
@@ -24,12 +29,14 @@ One step, one function (replay_bag), a thin CLI. The replay:
 Everything goes to a hidden temporary folder beside OUT that is renamed into place at the end:
 a failure (missing topic, node dying, Ctrl-C) leaves no OUT behind.
 
-Evaluation, per panorama of the bag: our fix's horizontal error against /ground_truth/fix at
-that stamp (interpolated), the raw GNSS error (newest fix not after the stamp), the fused track's
-error (crossview_ros.fusion over /odom twist + our /crossview/pose, set up from config/ekf.yaml;
-also with the raw GNSS added), the heading error against /ground_truth/pose (UTM grid yaw turned
-into ENU), the published share, the node's rejections by reason (its last /diagnostics) and
-latency percentiles.
+Evaluation, per panorama of the bag: our fix's horizontal error against the truth at that stamp
+(interpolated), the raw GNSS error (newest fix not after the stamp), the fused track's error
+(crossview_ros.fusion over the odometry twist + our /crossview/pose, set up from config/ekf.yaml;
+also with the raw GNSS added), the heading error against the true yaw (the simulator's
+/ground_truth/pose, UTM grid yaw turned into ENU, or a pose-type truth topic), the published
+share, the node's rejections by reason (its last /diagnostics) and latency percentiles; and, truth or not, what needs no truth (crossview_ros.truth_free): publication
+rate, innovation against the raw GNSS, consistency with odometry. A bag without truth gets only
+that (summary.json "truth": false).
 """
 
 from __future__ import annotations
@@ -48,6 +55,7 @@ from typing import Any
 from crossview_ros import fusion, report
 from crossview_ros.atomic import staging_dir
 from crossview_ros.bag.drive import read_bag
+from crossview_ros.bag.topics import TopicMap, add_topic_arguments, topic_map_from_args
 from crossview_ros.replay_errors import EXIT_OK, EXIT_USAGE, ReplayError, UsageError
 from crossview_ros.replay_evaluation import FrameRecord, default_fusion_config, evaluate
 from crossview_ros.replay.files import write_frames_csv, write_outputs_mcap
@@ -87,7 +95,7 @@ def replay_bag(bag: str | os.PathLike, tiles: str | os.PathLike, model: str | os
                rate: float = 1.0, config: str | os.PathLike | None = None, node_args: Sequence[str] = (),
                progress: bool = True, *, timeout_s: float = 60.0, ekf_config: str | os.PathLike | None = None,
                orthophoto: str | os.PathLike | None = None, overwrite: bool = False, lockstep: bool = False,
-               monitor: Callable[[str, int], None] | None = None) -> ReplayResult:
+               monitor: Callable[[str, int], None] | None = None, topics: TopicMap | None = None) -> ReplayResult:
     """Replay `bag` through localize_node and write OUT (module docstring); returns the records.
 
     config: the node's --params-file; node_args: more ROS arguments for it (e.g. "-p", "heading:=true");
@@ -95,14 +103,15 @@ def replay_bag(bag: str | os.PathLike, tiles: str | os.PathLike, model: str | os
     ignored (every frame processed, at the node's own pace; the node's diagnostics_period_s is set to
     LOCKSTEP_DIAGNOSTICS_PERIOD_S unless node_args set it); monitor(event, node_pid): see play();
     ekf_config: robot_localization YAML whose map block sets up the fused track (default
-    config/ekf.yaml); orthophoto: a GeoTIFF to draw the trajectory on (default: the tile set's tiles).
+    config/ekf.yaml); orthophoto: a GeoTIFF to draw the trajectory on (default: the tile set's tiles);
+    topics: which topic is which input (crossview_ros.bag.topics; default the simulator's).
     Raises ReplayError (UsageError, BagError, NodeError) with exit_code; OUT is then not written.
     """
     _check_arguments(rate, tiles, model, config, out, overwrite)
     out, tiles, model = Path(out), Path(tiles).resolve(), Path(model).resolve()
     fusion_config = (fusion.FusionConfig.from_ekf_yaml(ekf_config) if ekf_config is not None
                      else default_fusion_config())
-    drive = read_bag(bag)
+    drive = read_bag(bag, topics)
     with staging_dir(out) as work:  # a killed replay's leftover is removed by the next
         extra = ("-p", f"diagnostics_period_s:={LOCKSTEP_DIAGNOSTICS_PERIOD_S}") if lockstep else ()
         cmd = node_command(tiles, model, drive.datum_lat_deg, drive.datum_lon_deg,
@@ -140,7 +149,8 @@ def replay_bag(bag: str | os.PathLike, tiles: str | os.PathLike, model: str | os
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="crossview-replay", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("bag", help="drive bag folder (crossview-sim drive, or a recording with the same topics)")
+    p.add_argument("bag", help="rosbag2 folder or its .mcap/.db3 file: a drive (crossview-sim drive) or a robot's "
+                               "recording (map its topics below)")
     p.add_argument("--tiles", required=True, help="tile set folder encoded with --model")
     p.add_argument("--model", required=True, help="exported model folder")
     p.add_argument("--out", required=True, help="output folder (outputs.mcap, report.md, *.png, summary.json)")
@@ -160,6 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="longest wait for the node to connect, and to finish after the last frame (default 60)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_topic_arguments(p)
     return p
 
 
@@ -179,7 +190,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = replay_bag(args.bag, args.tiles, args.model, args.out, rate=args.rate, config=args.params_file,
                             node_args=args.node_arg, progress=not args.no_progress, timeout_s=args.timeout_s,
                             ekf_config=args.ekf_config, orthophoto=args.orthophoto, overwrite=args.overwrite,
-                            lockstep=args.lockstep)
+                            lockstep=args.lockstep, topics=topic_map_from_args(args))
     except ReplayError as exc:
         print(f"crossview-replay: error: {exc}", file=sys.stderr)
         return exc.exit_code
@@ -200,8 +211,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     def med(stats: dict) -> str:
         return "n/a" if stats["median_m"] is None else f"{stats['median_m']:.1f} m"
 
-    print(f"wrote {result.out}: {s['published']}/{s['frames']} frames published ({100 * s['published_share']:.0f} %), "
-          f"median error crossview {med(ours)}, raw GNSS {med(gnss)}, fused {med(fused)}; see {result.report}")
+    head = f"wrote {result.out}: {s['published']}/{s['frames']} frames published ({100 * s['published_share']:.0f} %)"
+    if s["truth"]:
+        print(f"{head}, median error crossview {med(ours)}, raw GNSS {med(gnss)}, fused {med(fused)}; "
+              f"see {result.report}")
+    else:
+        g = s["truth_free"]["gnss_innovation"]
+        print(f"{head}; no truth: median innovation against GNSS {med(g)}; see {result.report}")
     return EXIT_OK
 
 

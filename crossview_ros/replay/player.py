@@ -1,5 +1,7 @@
 """The replay's ROS 2 side: publishes /clock and the bag's panoramas and fixes to the node, records
-what the node publishes, and runs one playback (play) from start-up through the last frame."""
+what the node publishes, and runs one playback (play) from start-up through the last frame. The
+node always gets the simulator's topic names (panorama/compressed or panorama for a raw Image,
+gnss/fix, odom), whatever the bag calls them (crossview_ros.bag.topics)."""
 
 from __future__ import annotations
 
@@ -35,12 +37,13 @@ DISCOVERY_S = 1.0  # before starting the node: time for a stray localize_node in
 SETTLE_S = 0.5  # after discovery matched both ways, let the node's side finish matching too
 DELIVERY_S = 0.3  # after the node reports all frames processed, outputs still in flight
 STOP_TIMEOUT_S = 10.0  # SIGINT -> exit; then SIGTERM, then SIGKILL
+TOPIC_PANORAMA_RAW = "/panorama"  # the node's sensor_msgs/Image input
 
 
 class Player:
     """The replay's rclpy side: its own context, a node with the publishers and recorders, a spin thread."""
 
-    def __init__(self, domain_id: int) -> None:
+    def __init__(self, domain_id: int, raw_panorama: bool = False) -> None:
         import rclpy
         from rclpy.context import Context
         from rclpy.executors import SingleThreadedExecutor
@@ -48,7 +51,7 @@ class Player:
         from rclpy.signals import SignalHandlerOptions
         from nav_msgs.msg import Odometry
         from rosgraph_msgs.msg import Clock
-        from sensor_msgs.msg import CompressedImage, NavSatFix
+        from sensor_msgs.msg import CompressedImage, Image, NavSatFix
 
         self.context = Context()
         rclpy.init(context=self.context, domain_id=domain_id, signal_handler_options=SignalHandlerOptions.NO)
@@ -57,7 +60,9 @@ class Player:
                               durability=DurabilityPolicy.VOLATILE)
         # Reliable publishers match the node's best-effort subscriptions as well as reliable ones.
         self.clock_pub = self.node.create_publisher(Clock, "/clock", reliable)
-        self.pano_pub = self.node.create_publisher(CompressedImage, TOPIC_PANORAMA, reliable)
+        self.pano_topic = TOPIC_PANORAMA_RAW if raw_panorama else TOPIC_PANORAMA  # the node subscribes to both
+        self.pano_pub = self.node.create_publisher(Image if raw_panorama else CompressedImage, self.pano_topic,
+                                                   reliable)
         self.fix_pub = self.node.create_publisher(NavSatFix, TOPIC_GNSS, reliable)
         self.odom_pub = self.node.create_publisher(Odometry, TOPIC_ODOM, reliable)
         self._clock_cls = Clock
@@ -133,7 +138,7 @@ class Player:
     def matched(self) -> dict[str, bool]:
         """Which links are up: the node subscribes to our three topics and we to its estimate topics."""
         out = {"/clock": self.clock_pub.get_subscription_count() > 0,
-               TOPIC_PANORAMA: self.pano_pub.get_subscription_count() > 0,
+               self.pano_topic: self.pano_pub.get_subscription_count() > 0,
                TOPIC_GNSS: self.fix_pub.get_subscription_count() > 0}
         for topic in (TOPIC_OUT_FIX, TOPIC_OUT_POSE, TOPIC_DIAGNOSTICS):
             sub = self.subs.get(topic)
@@ -210,7 +215,7 @@ def play(bag: DriveBag, cmd: list[str], log_path: Path, *, rate: float = 1.0, ti
     """
     env, domain = ros_environment()
     started = time.monotonic()
-    player = Player(domain)
+    player = Player(domain, raw_panorama=bag.raw_panorama)
     node = None
     try:
         check_no_other_localizer(player, domain)

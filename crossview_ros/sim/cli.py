@@ -31,7 +31,7 @@ from crossview_ros.sim.drive import DriveConfig, plan_drive
 from crossview_ros.sim.gnss import UniformGnss, UrbanGnss, simulate_gnss
 from crossview_ros.sim.odometry import wheel_odometry
 from crossview_ros.sim.ortho import render_orthophoto, write_orthophoto
-from crossview_ros.sim.render import CameraConfig, render_panorama
+from crossview_ros.sim.render import CameraConfig, compile_renderer, render_panorama
 from crossview_ros.sim.scene import Sun
 from crossview_ros.sim.vigor import VigorConfig, default_cities, write_vigor_dataset
 
@@ -182,6 +182,7 @@ def drive_panoramas(
     camera = CameraConfig(height_m=1.7 if drive.config.mode == "walk" else 2.0)
     sun = Sun(float(rng.uniform(0.0, 360.0)), float(rng.uniform(25.0, 65.0)))
     appearance = sample_appearance(rng, "ground") if appearance_gap else None
+    compile_renderer(scene)  # before the bar: a fresh install's first panorama would set its ETA
     for k in tqdm(range(len(drive)), desc="panoramas", unit="pano", disable=not progress):
         image = render_panorama(scene, float(drive.easting_m[k]), float(drive.northing_m[k]),
                                 float(drive.yaw_enu_rad[k]), height_px=height_px, camera=camera, sun=sun)

@@ -45,7 +45,9 @@ render_walls (each building's wall directions), render_attitude (pitch and roll)
 
 from __future__ import annotations
 
+import logging
 import math
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -57,6 +59,8 @@ from crossview_ros.sim.render_attitude import apply_attitude
 from crossview_ros.sim.render_kernel import render_level
 from crossview_ros.sim.render_walls import building_wall_axes
 from crossview_ros.sim.scene import Scene, Sun
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -108,6 +112,22 @@ def render_panorama(
         scene, easting_m, northing_m, yaw_enu_rad, height_px=height_px, camera=camera, sun=sun, occluders=occluders
     )
     return image
+
+
+def compile_renderer(scene: Scene) -> float:
+    """Render one 4 x 8 panorama (tilted camera, sun, an occluder) so that numba compiles every kernel,
+    or loads it from its cache, now: called before a progress bar starts, since on a fresh install the
+    first panorama takes ~15 s and the bar's first ETA would read hours. Returns the seconds it took."""
+    started = time.monotonic()
+    rows, cols = scene.shape
+    e = scene.origin_e_m + 0.5 * cols * scene.gsd_m
+    n = scene.origin_n_m - 0.5 * rows * scene.gsd_m
+    render_panorama(scene, e, n, 0.0, height_px=4, camera=CameraConfig(pitch_rad=0.01, roll_rad=0.01),
+                    sun=Sun(180.0, 45.0), occluders=(Occluder(e + 1.0, n, 0.3, 1.7, (90, 90, 90)),))
+    took_s = time.monotonic() - started
+    if took_s > 5.0:  # compiled, not loaded from the cache
+        log.info("compiled the panorama renderer in %.0f s (numba, once per install)", took_s)
+    return took_s
 
 
 def render_panorama_with_range(

@@ -48,7 +48,7 @@ from crossview_ros import geo
 from crossview_ros.sim.appearance import apply_appearance, apply_season, sample_appearance
 from crossview_ros.sim.city import City, CityConfig, generate_city
 from crossview_ros.sim.ortho import render_orthophoto, write_orthophoto
-from crossview_ros.sim.render import CameraConfig, Occluder, render_panorama
+from crossview_ros.sim.render import CameraConfig, Occluder, compile_renderer, render_panorama
 from crossview_ros.sim.scene import Material, Sun
 from crossview_ros.tiles import VIGOR_TILE_SIZE_M, TileSet, TilingConfig, build_tile_set
 
@@ -258,6 +258,7 @@ def write_vigor_city(
     gsd = config.tile_size_m / config.sat_px
     ground_scene = city.scene(1 if config.time_gap else 0)
     labels: list[PanoramaLabel] = []
+    compile_renderer(ground_scene)  # before the bar: a fresh install's first panorama would set its ETA
     bar = tqdm(positions, desc=f"{city_name} panoramas", unit="pano", disable=not progress)
     for index, (e, n, coverage) in enumerate(bar):
         lat, lon = geo.utm_to_latlon(e, n, city.zone)
