@@ -71,14 +71,17 @@ class CovarianceModel:
     yaw_variance_power: float = 1.0  # yaw variance = scale x raw^power
     protection_scale: float = 0.0  # protection level = this x the published sigma (0: not fitted, the Gaussian's)
     protection_risk: float = 0.01  # the share of fixes beyond the protection level that protection_scale was fitted for
+    # the mean best score of imagery_window views below which the imagery is not this place's (0: not fitted)
+    imagery_score_floor: float = 0.0
     calibrated: bool = False
     fit: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     PARAMS = ("sigma0_m", "margin_coef", "score_coef", "spread_coef", "offset_coef", "sigma_min_m",
               "yaw_variance_scale", "yaw_variance_min_rad2", "fix_sigma_scale", "yaw_variance_power",
-              "protection_scale", "protection_risk", "mode_coef", "view_coef")
+              "protection_scale", "protection_risk", "mode_coef", "view_coef", "imagery_score_floor")
     OPTIONAL = {"fix_sigma_scale": 1.0, "yaw_variance_power": 1.0,  # absent from older calibration files
-                "protection_scale": 0.0, "protection_risk": 0.01, "mode_coef": 0.0, "view_coef": 0.0}
+                "protection_scale": 0.0, "protection_risk": 0.01, "mode_coef": 0.0, "view_coef": 0.0,
+                "imagery_score_floor": 0.0}
 
     @classmethod
     def from_config(cls, config: LocalizerConfig) -> CovarianceModel:
@@ -140,7 +143,7 @@ class CovarianceModel:
         if not all(math.isfinite(v) for v in vals.values()) or min(
                 vals["sigma0_m"], vals["sigma_min_m"], vals["yaw_variance_scale"], vals["yaw_variance_min_rad2"],
                 vals["fix_sigma_scale"], vals["yaw_variance_power"]) <= 0 or vals["protection_scale"] < 0 or not (
-                0 < vals["protection_risk"] < 1):
+                0 < vals["protection_risk"] < 1) or vals["imagery_score_floor"] < 0:
             raise ValueError(f"covariance parameters must be finite, sigmas and yaw terms > 0, protection_scale "
                              f">= 0 and protection_risk in (0, 1): {vals}")
         return cls(**vals, calibrated=bool(values.get("calibrated", False)), fit=dict(fit or {}))
@@ -261,7 +264,8 @@ def fit_fix_sigma_scale(fixes: Sequence[Fix], truths: Sequence[Any], *, quantile
 def calibrate(estimates: Sequence[Estimate], truths: Sequence[Any], *, start: CovarianceModel | None = None,
               fit_shape: bool | None = None, quantile: float = 0.95,
               reasons: Sequence[Reason | str] = (Reason.OK, Reason.MAHALANOBIS),
-              min_samples: int = 20, protection_risk: float = 0.01) -> CovarianceModel:
+              min_samples: int = 20, protection_risk: float = 0.01,
+              imagery_score_floor: float | None = None) -> CovarianceModel:
     """Fit the covariance model on a validation set so that d^2 follows chi-square (2 dof).
 
     estimates[i] pairs with truths[i] (Truth, or (lat, lon[, yaw_enu_rad])). Used: estimates with
@@ -278,7 +282,8 @@ def calibrate(estimates: Sequence[Estimate], truths: Sequence[Any], *, start: Co
     are kept from `start` (default: the uncalibrated defaults). Protection level: protection_scale is
     the (1 - protection_risk) quantile of error / published sigma over the set, the published
     covariance being the new model's plus what the posterior added beyond its mode (kept from each
-    estimate's covariance), never below the Gaussian's sqrt(-2 ln risk).
+    estimate's covariance), never below the Gaussian's sqrt(-2 ln risk). imagery_score_floor: the
+    MISMATCH gate's floor (fit_imagery_floor), None = start's.
     """
     from scipy.stats import chi2
 
@@ -348,7 +353,45 @@ def calibrate(estimates: Sequence[Estimate], truths: Sequence[Any], *, start: Co
         view_coef=float(coefs[5]), sigma_min_m=start.sigma_min_m,
         yaw_variance_scale=float(yaw_scale), yaw_variance_min_rad2=start.yaw_variance_min_rad2,
         fix_sigma_scale=start.fix_sigma_scale, yaw_variance_power=float(yaw_power), protection_scale=protection,
-        protection_risk=protection_risk, calibrated=True, fit=fit)
+        protection_risk=protection_risk, calibrated=True, fit=fit,
+        imagery_score_floor=start.imagery_score_floor if imagery_score_floor is None else float(imagery_score_floor))
+
+
+IMAGERY_FLOOR_QUANTILE = 0.995  # of the background windows' mean score: where the MISMATCH floor sits
+
+
+def window_mean_scores(scores: Sequence[float | None], window: int) -> np.ndarray:
+    """The MISMATCH gate's statistic frame by frame along one stream: the mean best score of the last
+    `window` views that were matched (None: a frame that never reached the matcher, NaN out)."""
+    recent: list[float] = []
+    out = np.full(len(scores), np.nan)
+    for k, score in enumerate(scores):
+        if score is None or not math.isfinite(score):
+            continue
+        recent = (recent + [float(score)])[-window:]
+        out[k] = float(np.mean(recent))
+    return out
+
+
+def fit_imagery_floor(background: np.ndarray, own: np.ndarray, *, quantile: float = IMAGERY_FLOOR_QUANTILE,
+                      min_samples: int = 20) -> tuple[float, dict[str, Any]]:
+    """The MISMATCH floor on the window mean score, a-contrario: the `quantile` of the windows where the
+    views were matched against another place's imagery (background: the calibration walks localized
+    with their fixes moved off their own place), so that imagery that is not this place passes the
+    gate in at most 1 - quantile of windows whatever the model's score scale; `own` (the same walks
+    at their place) gives the share of their windows it withholds. 0 (gate off) with too few samples."""
+    background = np.asarray(background, np.float64)
+    background = background[np.isfinite(background)]
+    own = np.asarray(own, np.float64)
+    own = own[np.isfinite(own)]
+    if len(background) < min_samples or len(own) < min_samples:
+        return 0.0, {"imagery_background_windows": int(len(background)), "imagery_score_floor": 0.0}
+    floor = float(np.quantile(background, quantile))
+    return floor, {"imagery_background_windows": int(len(background)), "imagery_own_windows": int(len(own)),
+                   "imagery_floor_quantile": quantile, "imagery_score_floor": floor,
+                   "imagery_background_median": float(np.median(background)),
+                   "imagery_own_median": float(np.median(own)),
+                   "imagery_own_withheld_share": float(np.mean(own < floor))}
 
 
 def _added_variance_m2(est: Estimate, start: CovarianceModel, features: list[float]) -> float:

@@ -40,7 +40,7 @@ class Reason(str, enum.Enum):
     LOW_MARGIN = "LOW_MARGIN"  # retrieval margin not above min_margin: the best tile is ambiguous
     MAHALANOBIS = "MAHALANOBIS"  # the estimate contradicts the GNSS prior (d^2 > max_mahalanobis)
     AMBIGUOUS = "AMBIGUOUS"  # the posterior holds real mass at distinct places (min_mode_mass): no single fix
-    MISMATCH = "MISMATCH"  # too few recent views point at their estimate by themselves (min_imagery_support)
+    MISMATCH = "MISMATCH"  # the recent views do not match the imagery (min_imagery_support, min_imagery_score)
 
     def __str__(self) -> str:
         return self.value

@@ -13,16 +13,22 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import time
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
+import numpy as np
+
 from crossview_ros.bag.topics import TopicMap
-from crossview_ros.covariance import calibrate, fit_fix_sigma_scale, save_covariance
+from crossview_ros import geo
+from crossview_ros.covariance import (
+    calibrate, fit_fix_sigma_scale, fit_imagery_floor, save_covariance, window_mean_scores,
+)
 from crossview_ros.engines import create_engine
-from crossview_ros.estimate import Estimate, Fix
+from crossview_ros.estimate import Estimate, Fix, Reason
 from crossview_ros.localize_frames import Frame, LocalizeInputError, bag_frames, read_panorama
 from crossview_ros.localize_summary import print_calibration, print_fix_sigma_scale, print_summary, summarize
 from crossview_ros.localizer import Localizer, engine_options
@@ -122,13 +128,63 @@ def localize_streams(localizers: Mapping[Any, Localizer], frames: Sequence[Frame
     return estimates
 
 
-def calibrate_covariance(localizer: Localizer, frames: Sequence[Frame], estimates: Sequence[Estimate]) -> dict[str, Any]:
-    """Fit the covariance model on the batch and save covariance.json beside the model."""
+BACKGROUND_OFFSET_M = 250.0  # the calibration walks' fixes moved this far to see another place's imagery
+_DIRECTIONS = [(math.sin(a), math.cos(a)) for a in np.radians(np.arange(0.0, 360.0, 45.0))]
+
+
+def background_fixes(localizers: Mapping[Any, Localizer], frames: Sequence[Frame], fixes: Sequence[Fix],
+                     offset_m: float = BACKGROUND_OFFSET_M) -> list[Fix]:
+    """Each stream's fixes moved offset_m in the one of 8 directions that keeps most of its true positions on
+    its tiles: localized with them, the views meet imagery of another place (the MISMATCH floor's background)."""
+    moved = list(fixes)
+    streams: dict[Any, list[int]] = {}
+    for k, fr in enumerate(frames):
+        streams.setdefault(fr.city, []).append(k)
+    def on_tiles(tiles: Any, k: int, d: tuple[float, float]) -> bool:
+        t = frames[k].truth
+        lat, lon, _ = geo.LocalENU(t.lat_deg, t.lon_deg).inverse(offset_m * d[0], offset_m * d[1])
+        return bool(tiles.tiles_covering(lat, lon))
+
+    for city, ks in streams.items():
+        tiles = localizers[city].tiles
+        best = max(_DIRECTIONS, key=lambda d: sum(on_tiles(tiles, k, d) for k in ks[::5]))
+        for k in ks:
+            f = fixes[k]
+            lat, lon, _ = geo.LocalENU(f.lat_deg, f.lon_deg).inverse(offset_m * best[0], offset_m * best[1])
+            moved[k] = dataclasses.replace(f, lat_deg=float(lat), lon_deg=float(lon))
+    return moved
+
+
+def stream_window_means(frames: Sequence[Frame], estimates: Sequence[Estimate], window: int) -> np.ndarray:
+    """The MISMATCH gate's window mean score frame by frame, stream by stream (NaN: not matched); frames that
+    ran off the tiles (OUTSIDE_COVERAGE) are left out, as their scores are of padding."""
+    out = np.full(len(frames), np.nan)
+    streams: dict[Any, list[int]] = {}
+    for k, fr in enumerate(frames):
+        streams.setdefault(fr.city, []).append(k)
+    for ks in streams.values():
+        means = window_mean_scores([estimates[k].score for k in ks], window)
+        for k, m in zip(ks, means):
+            if estimates[k].reason is not Reason.OUTSIDE_COVERAGE:
+                out[k] = m
+    return out
+
+
+def calibrate_covariance(localizer: Localizer, frames: Sequence[Frame], estimates: Sequence[Estimate],
+                         background: Sequence[Estimate] | None = None) -> dict[str, Any]:
+    """Fit the covariance model on the batch and save covariance.json beside the model; with `background`
+    (the same streams localized by background_fixes) the MISMATCH gate's imagery floor too."""
+    floor, floor_fit = None, {}
+    if background is not None:
+        window = localizer.config.imagery_window
+        floor, floor_fit = fit_imagery_floor(stream_window_means(frames, background, window),
+                                             stream_window_means(frames, estimates, window))
     try:
         model = calibrate(list(estimates), [fr.truth for fr in frames], start=localizer.covariance,
-                          protection_risk=localizer.config.protection_risk)
+                          protection_risk=localizer.config.protection_risk, imagery_score_floor=floor)
     except ValueError as exc:
         raise LocalizeInputError(f"--calibrate: {exc}") from None
+    model.fit.update(floor_fit)
     path = save_covariance(model, localizer.meta.path, localizer.meta.model_hash)
     return {"path": str(path), "params": model.to_dict(), "fit": dict(model.fit)}
 
@@ -152,10 +208,15 @@ def evaluate(localizers: Mapping[Any, Localizer], frames: list[Frame], fixes: li
             scale = fit_fix_scale(localizers, frames, fixes)
             log.info("calibration: fix sigma scale %.3f (the receiver's reported sigma x this is its real one)", scale)
         estimates = (localize_streams if stream else localize_independent)(localizers, frames, fixes)
+        background = None
+        if calibrate and stream:
+            log.info("calibration: the walks again with their fixes moved %.0f m, for the imagery floor (MISMATCH)",
+                     BACKGROUND_OFFSET_M)
+            background = localize_streams(localizers, frames, background_fixes(localizers, frames, fixes))
     finally:
         any_loc.engine.close()
     summary = summarize(estimates, frames, fixes, any_loc.config.heading)
-    calibration = calibrate_covariance(any_loc, frames, estimates) if calibrate else None
+    calibration = calibrate_covariance(any_loc, frames, estimates, background) if calibrate else None
     if calibration is not None:
         log_calibration(calibration)
     return Evaluation(dict(localizers), frames, fixes, estimates, summary, scale, calibration)
@@ -170,6 +231,14 @@ def log_calibration(calibration: Mapping[str, Any]) -> None:
              "%.1f %% of d^2 < %.2f), protection level %.2f sigma, %s; wrote %s", params["sigma0_m"], fit["samples"],
              fit["median_error_m"], fit["median_sigma_m"], 100.0 * fit["share_d2_below_chi2"],
              fit["chi2_2dof_quantile"], fit["protection_scale"], yaw, calibration["path"])
+    if fit.get("imagery_own_windows"):
+        log.info("calibration: imagery floor %.3f (MISMATCH below it): %.1f %% of windows on another place's imagery "
+                 "pass it, %.1f %% of the walks' own are withheld (median score %.3f own, %.3f elsewhere)",
+                 fit["imagery_score_floor"], 100.0 * (1.0 - fit["imagery_floor_quantile"]),
+                 100.0 * fit["imagery_own_withheld_share"], fit["imagery_own_median"], fit["imagery_background_median"])
+    elif "imagery_background_windows" in fit:
+        log.info("calibration: no imagery floor (only %d windows on another place's imagery); the MISMATCH gate "
+                 "keeps to min_imagery_support", fit["imagery_background_windows"])
 
 
 def evaluate_bags(bags: Sequence[Path], configs: Sequence[LocalizerConfig], *, limit: int = 0,

@@ -184,6 +184,7 @@ class Localizer:
         self.odometry = GridOdometry(config.odom_max_age_s) if config.odometry else None
         self._course_fix_stamp_s: float | None = None
         self._views: deque[bool] = deque(maxlen=config.imagery_window)  # did each recent view point at its estimate
+        self._scores: deque[float] = deque(maxlen=config.imagery_window)  # each recent view's best score
         self._last_stamp_s: float | None = None
         self._throttle = _Throttle(config.log_throttle_s)
         self._coverage = CoverageBox.of(self.tiles)
@@ -228,6 +229,7 @@ class Localizer:
         self._last_stamp_s = None
         self.matcher.reset()
         self._views.clear()
+        self._scores.clear()
         if self.odometry is not None:
             self.odometry.reset()
 
@@ -420,6 +422,12 @@ class Localizer:
                                            f"mode_radius_m {cfg.mode_radius_m:g} m of their estimate by themselves "
                                            f"(min_imagery_support {cfg.min_imagery_support:g}): the tiles may not "
                                            f"show this place ({detail})")
+        floor = self.imagery_score_floor
+        if floor > 0 and self._scores and not float(np.mean(self._scores)) >= floor:
+            raise _Reject(Reason.MISMATCH, f"the last {len(self._scores)} views score {np.mean(self._scores):.3f} on "
+                                           f"average, below the imagery floor {floor:.3f} (min_imagery_score; "
+                                           f"calibrated on another place's imagery): the tiles may not show this "
+                                           f"place ({detail})")
         if pose.mode_mass is not None and not pose.mode_mass >= cfg.min_mode_mass:
             raise _Reject(Reason.AMBIGUOUS, f"only {100 * pose.mode_mass:.0f} % of the posterior lies within "
                                             f"mode_radius_m {cfg.mode_radius_m:g} m of the estimate (min_mode_mass "
@@ -432,12 +440,21 @@ class Localizer:
                                               f"distance {d2:.1f} > max_mahalanobis {cfg.max_mahalanobis:g}")
 
     def _imagery_support(self, pose: PoseMatch) -> float | None:
-        """Record whether this view, alone, points within mode_radius_m of its estimate; the share of the
-        window that did (the denominator is the whole window: a new stream earns its support)."""
+        """Record this view's best score (the imagery floor's window) and whether it, alone, points within
+        mode_radius_m of its estimate; the share of the window that did (the denominator is the whole
+        window: a new stream earns its support)."""
+        if math.isfinite(pose.score):
+            self._scores.append(float(pose.score))
         if pose.view_distance_m is None:
             return None
         self._views.append(pose.view_distance_m <= self.config.mode_radius_m)
         return self._imagery_support_now()
+
+    @property
+    def imagery_score_floor(self) -> float:
+        """The MISMATCH gate's floor on the window mean score: min_imagery_score, or (-1) the calibrated one."""
+        chosen = self.config.min_imagery_score
+        return float(self.covariance.imagery_score_floor if chosen < 0 else chosen)
 
     def _imagery_support_now(self) -> float | None:
         return sum(self._views) / self.config.imagery_window if self._views else None

@@ -158,6 +158,10 @@ class LocalizerConfig:
     min_imagery_support: float = param(0.2, "1", "gating", "gate: publish only when at least this share of the last "
                                        "imagery_window views, alone, point within mode_radius_m of their estimate "
                                        "(MISMATCH: wrong or outdated tiles; 0 = off)", lo=0.0, hi=1.0)
+    min_imagery_score: float = param(-1.0, "score", "gating", "gate: publish only when the mean best score of the "
+                                     "last imagery_window matched views is at least this (MISMATCH: imagery of another "
+                                     "place scores low); -1 = the calibrated floor (covariance.json "
+                                     "imagery_score_floor; off until calibrated), 0 = off", lo=-1.0, hi=1.0)
     min_prior_inside: float = param(0.5, "1", "gating", "gate: refuse a frame whose fix has less than this share of "
                                     "its uncertainty on the tiles (OUTSIDE_COVERAGE: the tiles cannot correct it)",
                                     lo=0.0, hi=1.0)

@@ -620,3 +620,47 @@ def test_prior_inside_is_the_share_of_the_fix_on_the_tiles(bev_export):
     assert inside(mid_e, mid_n, 3.0)[0] > 0.97
     assert inside(e0 - 500.0, mid_n, 3.0)[0] < 1e-6
     assert bev_match.match_scope(engine, ground, smap, exclusion_m=5.0, top_k=3).prior_inside == 1.0
+
+
+def test_imagery_score_floor_withholds_views_that_score_like_another_place(bev_export, tmp_path, monkeypatch):
+    """The MISMATCH gate on the mean best score of the last imagery_window views: a planned run of scores
+    against a floor of 0.5 (explicit min_imagery_score, then the same as the calibrated floor with -1,
+    and 0 = off), the window mean computed by hand."""
+    import dataclasses
+
+    from crossview_ros.covariance import CovarianceModel
+    from crossview_ros.estimate import Fix, Reason
+    from crossview_ros.localizer import Localizer
+    from crossview_ros.localizer_config import LocalizerConfig
+
+    _, tile_dir, _, lat, lon, pano = bev_world(bev_export, tmp_path)
+    scores = [0.9, 0.2, 0.3, 0.8, 0.9, 0.1]
+    window = 3
+    means = [np.mean(scores[max(0, k - window + 1): k + 1]) for k in range(len(scores))]
+    expected = [Reason.OK if m >= 0.5 else Reason.MISMATCH for m in means]
+    assert expected == [Reason.OK, Reason.OK, Reason.MISMATCH, Reason.MISMATCH, Reason.OK, Reason.OK]
+
+    def run(**settings):
+        loc = Localizer(LocalizerConfig(tile_set=str(tile_dir), model=str(bev_export), engine="onnxruntime",
+                                        engine_threads=1, max_mahalanobis=1e6, scope_min_m=20.0, min_mode_mass=0.0,
+                                        min_imagery_support=0.0, imagery_window=window, **settings))
+        plan = iter(scores)
+        real = loc.matcher.refine_pose
+        monkeypatch.setattr(loc.matcher, "refine_pose",
+                            lambda g, c: dataclasses.replace(real(g, c), score=next(plan), mode_mass=1.0))
+        return loc, [loc.localize(pano, Fix(float(lat), float(lon), t, sigma_m=8.0), t, encoding="rgb8", now_s=t)
+                     for t in 10.0 + 0.5 * np.arange(len(scores))]
+
+    loc, out = run(min_imagery_score=0.5)
+    assert [e.reason for e in out] == expected
+    assert "below the imagery floor 0.500" in out[2].message
+    loc.close()
+    loc, out = run(min_imagery_score=0.0)
+    assert all(e.reason is Reason.OK for e in out)
+    loc.close()
+    calibrated = dataclasses.replace(CovarianceModel.from_config(LocalizerConfig()), imagery_score_floor=0.5,
+                                     calibrated=True)
+    monkeypatch.setattr(Localizer, "_load_covariance", lambda self: calibrated)
+    loc, out = run()  # min_imagery_score -1: the calibrated floor
+    assert loc.imagery_score_floor == 0.5 and [e.reason for e in out] == expected
+    loc.close()

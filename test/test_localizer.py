@@ -752,3 +752,24 @@ def test_calibrate_fits_the_frames_own_difficulty():
     assert fitted.view_coef == pytest.approx(1.0, abs=0.15)
     assert fitted.mode_coef == pytest.approx(2.0, abs=0.4)
     assert fitted.sigma_m(0.1, 0.5, 1.0, 5.0, 0.6, 40.0) > 5 * fitted.sigma_m(0.1, 0.5, 1.0, 5.0, 1.0, 0.0)
+
+
+def test_window_mean_scores_and_the_imagery_floor():
+    """The gate's statistic along a stream (unmatched frames skipped), and the floor at the background's
+    quantile with the share of the walks' own windows it withholds, against numpy on the same numbers."""
+    from crossview_ros.covariance import fit_imagery_floor, window_mean_scores
+
+    means = window_mean_scores([0.4, None, 0.2, float("nan"), 0.6, 0.8], 2)
+    np.testing.assert_allclose(means, [0.4, np.nan, 0.3, np.nan, 0.4, 0.7])
+    rng = np.random.default_rng(3)
+    background, own = rng.normal(0.2, 0.03, 400), rng.normal(0.45, 0.08, 300)
+    floor, fit = fit_imagery_floor(np.r_[background, np.nan], own, quantile=0.99)
+    assert floor == pytest.approx(np.quantile(background, 0.99))
+    assert fit["imagery_own_withheld_share"] == pytest.approx(np.mean(own < floor))
+    assert fit["imagery_background_windows"] == 400 and fit["imagery_own_windows"] == 300
+    assert fit_imagery_floor(background[:5], own)[0] == 0.0  # too few windows: the gate stays off
+    model = CovarianceModel.from_config(LocalizerConfig())
+    values = {**model.to_dict(), "imagery_score_floor": floor}
+    assert CovarianceModel.from_dict(values).imagery_score_floor == pytest.approx(floor)
+    with pytest.raises(ValueError):
+        CovarianceModel.from_dict({**values, "imagery_score_floor": -0.1})
