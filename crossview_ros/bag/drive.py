@@ -18,10 +18,10 @@ from crossview_ros import geo
 from crossview_ros.bag.topics import MSG_IMAGE, POSE_TYPES, REQUIRED_ROLES, TopicMap, resolve
 from crossview_ros.bag.writer import MSG_COMPRESSED, MSG_NAVSAT, typestore
 from crossview_ros.replay_errors import BagError
+from crossview_ros.raw_image import image_to_array
 
 NS = 1_000_000_000
 KIND_FIX, KIND_ODOM, KIND_PANORAMA = 0, 1, 2  # playlist kinds, in the order they go at equal stamps
-IMAGE_CHANNELS = {"rgb8": 3, "bgr8": 3, "mono8": 1}  # raw panorama encodings the localizer takes
 BAG_SUFFIXES = (".mcap", ".db3")
 
 
@@ -108,7 +108,7 @@ class DriveBag:
         if not self.raw_panorama:
             return bytes(memoryview(msg.data).cast("B")), None
         try:
-            return image_array(msg), str(msg.encoding)
+            return image_to_array(msg), str(msg.encoding)
         except ValueError as exc:
             raise BagError(f"bag {self.path}: panorama {row} on {self.topics.get('panorama')}: {exc}") from None
 
@@ -119,20 +119,6 @@ class DriveBag:
             return np.full(stamps_s.shape, np.nan)
         unwrapped = np.interp(stamps_s, self.truth_yaw_stamp_s, np.unwrap(self.truth_yaw_enu_rad))
         return np.asarray(geo.wrap_angle_rad(unwrapped))
-
-
-def image_array(msg: Any) -> np.ndarray:
-    """sensor_msgs/Image (rgb8, bgr8, mono8) -> (H, W, 3) or (H, W) uint8; ValueError saying what is wrong."""
-    encoding = str(msg.encoding)
-    channels = IMAGE_CHANNELS.get(encoding)
-    if channels is None:
-        raise ValueError(f"image encoding {encoding!r} is not supported; record one of {sorted(IMAGE_CHANNELS)}")
-    height, width, step = int(msg.height), int(msg.width), int(msg.step)
-    data = np.frombuffer(memoryview(msg.data).cast("B"), dtype=np.uint8)
-    if height <= 0 or width <= 0 or step < width * channels or data.size != step * height:
-        raise ValueError(f"image of {width} x {height} px, step {step} B holds {data.size} B of data")
-    rows = data.reshape(height, step)[:, :width * channels]
-    return rows.reshape(height, width, channels) if channels > 1 else rows
 
 
 def stamp_ns(header: Any) -> int:

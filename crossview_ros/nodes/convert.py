@@ -17,12 +17,12 @@ from typing import Any
 
 import numpy as np
 
+from crossview_ros.raw_image import IMAGE_CHANNELS, image_to_array  # noqa: F401 (re-exported for the node)
 from crossview_ros.estimate import Fix
 from crossview_ros.pose_output import (  # noqa: F401 (the node's output conventions, re-exported for it)
     UNKNOWN_VARIANCE, PlanarPose, orientation_covariance, planar_pose, pose_covariance,
 )
 
-IMAGE_CHANNELS = {"rgb8": 3, "bgr8": 3, "mono8": 1}
 COVARIANCE_TYPE_UNKNOWN = 0  # sensor_msgs/NavSatFix
 COVARIANCE_TYPE_KNOWN = 3
 
@@ -30,27 +30,6 @@ COVARIANCE_TYPE_KNOWN = 3
 def stamp_to_s(stamp: Any) -> float:
     """builtin_interfaces/Time -> float seconds (ns resolution kept to ~0.1 us at Unix times)."""
     return int(stamp.sec) + int(stamp.nanosec) * 1e-9
-
-
-def image_to_array(msg: Any) -> np.ndarray:
-    """sensor_msgs/Image (rgb8, bgr8, mono8) -> (H, W, 3) or (H, W) uint8 view; ValueError saying what is wrong.
-
-    Row padding (step > width x channels) is dropped; the data must hold exactly step x height bytes.
-    """
-    encoding = str(msg.encoding)
-    channels = IMAGE_CHANNELS.get(encoding)
-    if channels is None:
-        raise ValueError(f"image encoding {encoding!r} is not supported; publish one of {sorted(IMAGE_CHANNELS)}")
-    height, width, step = int(msg.height), int(msg.width), int(msg.step)
-    if height <= 0 or width <= 0:
-        raise ValueError(f"image is empty ({width} x {height} px)")
-    if step < width * channels:
-        raise ValueError(f"image step {step} B is smaller than width x channels = {width * channels} B")
-    data = np.frombuffer(memoryview(msg.data).cast("B"), dtype=np.uint8)
-    if data.size != step * height:
-        raise ValueError(f"image data holds {data.size} B, but step x height = {step * height} B")
-    rows = data.reshape(height, step)[:, :width * channels]
-    return rows.reshape(height, width, channels) if channels > 1 else rows
 
 
 def compressed_to_bytes(msg: Any) -> bytes:
