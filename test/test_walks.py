@@ -320,3 +320,22 @@ def figures(pooled: dict) -> str:
     """The pooled tables without the latencies (wall time, which differs between runs), as comparable text."""
     return json.dumps({r: {k: {f: v for f, v in s.items() if f != "latency_ms"} for k, s in t.items()}
                        for r, t in pooled.items()}, sort_keys=True)
+
+
+def test_a_survey_under_another_sun_is_another_city_folder_with_the_same_walks(tmp_path):
+    """--aerial-sun: the held-out city is rendered again under that sun in a folder of its own, while its
+    walks (which see the streets, not the survey) are the default survey's bags; a bad sun exits 2."""
+    from crossview_training import walks_build
+
+    config = walks_build.city_config(200, 40.0, -74.0, 600.0, 0.15)
+    default = walks_build.city_dir(tmp_path, config)
+    other = walks_build.city_dir(tmp_path, config, (100.0, 25.0))
+    assert default.name == walks_build.city_dir(tmp_path, config, walks_build.DEFAULT_SUN).name
+    assert other != default and other.name.startswith(default.name) and other.name.endswith("100-25")
+    drive = {"duration_s": 90.0, "rate_hz": 2.0, "pano_height_px": 320}
+    assert (walks_build.bag_path(tmp_path, other, 3, "walk", "urban", drive)
+            == walks_build.bag_path(tmp_path, default, 3, "walk", "urban", drive))
+    assert walks.sun_of("100,25") == (100.0, 25.0)
+    for bad in ("100", "100,0", "100,95", "a,b"):
+        with pytest.raises(walks.UsageError):
+            walks.sun_of(bad)
