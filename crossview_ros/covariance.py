@@ -379,18 +379,20 @@ def fit_imagery_floor(background: np.ndarray, own: np.ndarray, *, quantile: floa
     views were matched against another place's imagery (background: the calibration walks localized
     with their fixes moved off their own place), so that imagery that is not this place passes the
     gate in at most 1 - quantile of windows whatever the model's score scale; `own` (the same walks
-    at their place) gives the share of their windows it withholds. 0 (gate off) with too few samples."""
+    at their place; +inf for windows the gate does not judge) gives the share of their windows it
+    withholds. NaN: no window. 0 (gate off) with too few samples."""
     background = np.asarray(background, np.float64)
     background = background[np.isfinite(background)]
     own = np.asarray(own, np.float64)
-    own = own[np.isfinite(own)]
+    own = own[~np.isnan(own)]
+    judged = own[np.isfinite(own)]
     if len(background) < min_samples or len(own) < min_samples:
         return 0.0, {"imagery_background_windows": int(len(background)), "imagery_score_floor": 0.0}
     floor = float(np.quantile(background, quantile))
     return floor, {"imagery_background_windows": int(len(background)), "imagery_own_windows": int(len(own)),
                    "imagery_floor_quantile": quantile, "imagery_score_floor": floor,
                    "imagery_background_median": float(np.median(background)),
-                   "imagery_own_median": float(np.median(own)),
+                   "imagery_own_median": float(np.median(judged)) if len(judged) else float("nan"),
                    "imagery_own_withheld_share": float(np.mean(own < floor))}
 
 

@@ -155,9 +155,11 @@ def background_fixes(localizers: Mapping[Any, Localizer], frames: Sequence[Frame
     return moved
 
 
-def stream_window_means(frames: Sequence[Frame], estimates: Sequence[Estimate], window: int) -> np.ndarray:
-    """The MISMATCH gate's window mean score frame by frame, stream by stream (NaN: not matched); frames that
-    ran off the tiles (OUTSIDE_COVERAGE) are left out, as their scores are of padding."""
+def stream_window_means(frames: Sequence[Frame], estimates: Sequence[Estimate], window: int,
+                        trust_support: float = 1.0, trusted: float = np.nan) -> np.ndarray:
+    """The MISMATCH gate's window mean score frame by frame, stream by stream (NaN: not matched); `trusted`
+    where the gate does not judge it (views agreeing with the track on at least trust_support of the
+    window); frames that ran off the tiles (OUTSIDE_COVERAGE) are left out, as their scores are of padding."""
     out = np.full(len(frames), np.nan)
     streams: dict[Any, list[int]] = {}
     for k, fr in enumerate(frames):
@@ -165,8 +167,9 @@ def stream_window_means(frames: Sequence[Frame], estimates: Sequence[Estimate], 
     for ks in streams.values():
         means = window_mean_scores([estimates[k].score for k in ks], window)
         for k, m in zip(ks, means):
-            if estimates[k].reason is not Reason.OUTSIDE_COVERAGE:
-                out[k] = m
+            support = estimates[k].imagery_support
+            if estimates[k].reason is not Reason.OUTSIDE_COVERAGE and np.isfinite(m):
+                out[k] = trusted if support is not None and support >= trust_support else m
     return out
 
 
@@ -176,9 +179,9 @@ def calibrate_covariance(localizer: Localizer, frames: Sequence[Frame], estimate
     (the same streams localized by background_fixes) the MISMATCH gate's imagery floor too."""
     floor, floor_fit = None, {}
     if background is not None:
-        window = localizer.config.imagery_window
-        floor, floor_fit = fit_imagery_floor(stream_window_means(frames, background, window),
-                                             stream_window_means(frames, estimates, window))
+        window, trust = localizer.config.imagery_window, localizer.config.imagery_trust_support
+        floor, floor_fit = fit_imagery_floor(stream_window_means(frames, background, window, trust),
+                                             stream_window_means(frames, estimates, window, trust, np.inf))
     try:
         model = calibrate(list(estimates), [fr.truth for fr in frames], start=localizer.covariance,
                           protection_risk=localizer.config.protection_risk, imagery_score_floor=floor)

@@ -423,11 +423,13 @@ class Localizer:
                                            f"(min_imagery_support {cfg.min_imagery_support:g}): the tiles may not "
                                            f"show this place ({detail})")
         floor = self.imagery_score_floor
-        if floor > 0 and self._scores and not float(np.mean(self._scores)) >= floor:
+        trusted = support is not None and support >= cfg.imagery_trust_support
+        if floor > 0 and self._scores and not trusted and not float(np.mean(self._scores)) >= floor:
             raise _Reject(Reason.MISMATCH, f"the last {len(self._scores)} views score {np.mean(self._scores):.3f} on "
                                            f"average, below the imagery floor {floor:.3f} (min_imagery_score; "
-                                           f"calibrated on another place's imagery): the tiles may not show this "
-                                           f"place ({detail})")
+                                           f"calibrated on another place's imagery), and fewer than "
+                                           f"imagery_trust_support {cfg.imagery_trust_support:g} of them point at "
+                                           f"their estimate: the tiles may not show this place ({detail})")
         if pose.mode_mass is not None and not pose.mode_mass >= cfg.min_mode_mass:
             raise _Reject(Reason.AMBIGUOUS, f"only {100 * pose.mode_mass:.0f} % of the posterior lies within "
                                             f"mode_radius_m {cfg.mode_radius_m:g} m of the estimate (min_mode_mass "

@@ -640,14 +640,16 @@ def test_imagery_score_floor_withholds_views_that_score_like_another_place(bev_e
     expected = [Reason.OK if m >= 0.5 else Reason.MISMATCH for m in means]
     assert expected == [Reason.OK, Reason.OK, Reason.MISMATCH, Reason.MISMATCH, Reason.OK, Reason.OK]
 
-    def run(**settings):
+    def run(view_distance_m=50.0, **settings):
         loc = Localizer(LocalizerConfig(tile_set=str(tile_dir), model=str(bev_export), engine="onnxruntime",
                                         engine_threads=1, max_mahalanobis=1e6, scope_min_m=20.0, min_mode_mass=0.0,
-                                        min_imagery_support=0.0, imagery_window=window, **settings))
+                                        min_imagery_support=0.0, imagery_window=window, mode_radius_m=5.0,
+                                        **settings))
         plan = iter(scores)
         real = loc.matcher.refine_pose
         monkeypatch.setattr(loc.matcher, "refine_pose",
-                            lambda g, c: dataclasses.replace(real(g, c), score=next(plan), mode_mass=1.0))
+                            lambda g, c: dataclasses.replace(real(g, c), score=next(plan), mode_mass=1.0,
+                                                             view_distance_m=view_distance_m))
         return loc, [loc.localize(pano, Fix(float(lat), float(lon), t, sigma_m=8.0), t, encoding="rgb8", now_s=t)
                      for t in 10.0 + 0.5 * np.arange(len(scores))]
 
@@ -657,6 +659,14 @@ def test_imagery_score_floor_withholds_views_that_score_like_another_place(bev_e
     loc.close()
     loc, out = run(min_imagery_score=0.0)
     assert all(e.reason is Reason.OK for e in out)
+    loc.close()
+    # views that keep pointing at their estimate by themselves (support 1 >= imagery_trust_support) are
+    # trusted whatever they score; the same scores with views pointing elsewhere are not
+    loc, out = run(view_distance_m=1.0, min_imagery_score=0.5, imagery_trust_support=0.7)
+    assert all(e.reason is Reason.OK for e in out)
+    loc.close()
+    loc, out = run(view_distance_m=50.0, min_imagery_score=0.5, imagery_trust_support=0.7)
+    assert [e.reason for e in out] == expected
     loc.close()
     calibrated = dataclasses.replace(CovarianceModel.from_config(LocalizerConfig()), imagery_score_floor=0.5,
                                      calibrated=True)

@@ -768,6 +768,10 @@ def test_window_mean_scores_and_the_imagery_floor():
     assert fit["imagery_own_withheld_share"] == pytest.approx(np.mean(own < floor))
     assert fit["imagery_background_windows"] == 400 and fit["imagery_own_windows"] == 300
     assert fit_imagery_floor(background[:5], own)[0] == 0.0  # too few windows: the gate stays off
+    # windows the gate does not judge (+inf: trusted views) count as kept in the withheld share
+    _, fit = fit_imagery_floor(background, np.r_[own, np.full(300, np.inf)], quantile=0.99)
+    assert fit["imagery_own_withheld_share"] == pytest.approx(np.mean(own < floor) / 2)
+    assert fit["imagery_own_median"] == pytest.approx(np.median(own))
     model = CovarianceModel.from_config(LocalizerConfig())
     values = {**model.to_dict(), "imagery_score_floor": floor}
     assert CovarianceModel.from_dict(values).imagery_score_floor == pytest.approx(floor)
