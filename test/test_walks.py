@@ -339,3 +339,31 @@ def test_a_survey_under_another_sun_is_another_city_folder_with_the_same_walks(t
     for bad in ("100", "100,0", "100,95", "a,b"):
         with pytest.raises(walks.UsageError):
             walks.sun_of(bad)
+
+
+def test_compare_two_runs_pools_the_shared_walks_and_resamples_walks(tmp_path, capsys):
+    """--compare: the pooled > 25 m share of each report over the walks both hold (odometry on, own tiles),
+    against hand-computed counts; the interval of B - A comes from resampling walks, so it holds the
+    difference, and a walk that only one report has (or a foreign-tile run) is left out."""
+    from crossview_training.walks_table import compare_runs
+
+    def walk(seed, published, over_pct, odometry=True, tiles=200):
+        return {"city_seed": 200, "walk_seed": seed, "mode": "walk", "receiver": "urban", "odometry": odometry,
+                "tiles_city_seed": tiles, "summary": {"published": published,
+                                                      "error_m": {"over_25m_percent": over_pct}}}
+
+    a = {"walks": [walk(0, 100, 0.0), walk(1, 50, 10.0), walk(2, 100, 0.0, odometry=False), walk(3, 80, 50.0)]}
+    b = {"walks": [walk(0, 100, 2.0), walk(1, 50, 0.0), walk(0, 100, 90.0, tiles=201), walk(4, 10, 100.0)]}
+    (row,) = compare_runs(a, b, resamples=2000)
+    assert row["walks"] == 2  # seeds 0 and 1
+    assert row["a_over_25m_percent"] == pytest.approx(100 * 5 / 150)
+    assert row["b_over_25m_percent"] == pytest.approx(100 * 2 / 150)
+    lo, hi = row["interval_95_points"]
+    assert lo <= row["difference_points"] <= hi and lo < 0
+    paths = []
+    for name, report in (("a", a), ("b", b)):
+        paths.append(tmp_path / f"{name}.json")
+        paths[-1].write_text(json.dumps(report))
+    assert walks.main(["--compare", str(paths[0]), str(paths[1])]) == 0
+    assert "B - A points" in capsys.readouterr().out
+    assert walks.main(["--compare", str(paths[0]), str(tmp_path / "missing.json")]) == 2

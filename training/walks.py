@@ -79,7 +79,8 @@ from crossview_training.walks_build import (
     ensure_tiles, gnss_fix_count, run_config,
 )
 from crossview_training.walks_table import (
-    WalkResult, fused_walk, pooled_tables, print_mismatch, print_pooled, print_walks, walk_result,
+    WalkResult, compare_runs, fused_walk, pooled_tables, print_comparison, print_mismatch, print_pooled, print_walks,
+    walk_result,
 )
 
 PROG = "crossview-walks"
@@ -316,7 +317,11 @@ def sun_of(text: str) -> tuple[float, float]:
 def build_parser() -> argparse.ArgumentParser:
     d = WalksConfig(model=Path())
     p = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", type=Path, required=True, help="exported model folder (crossview-export); only read")
+    p.add_argument("--model", type=Path, help="exported model folder (crossview-export); only read; required "
+                                                "unless --compare")
+    p.add_argument("--compare", type=Path, nargs=2, metavar=("A.json", "B.json"),
+                   help="instead of running: compare two runs' --json reports (> 25 m share per receiver, B - A, "
+                        "with a 95 %% interval from resampling the walks both hold)")
     p.add_argument("--work", type=Path, default=d.work, help=f"folder for cities, tiles, bags, calibrations "
                                                              f"(default ./{d.work}); reused by later runs")
     g = p.add_argument_group("cities")
@@ -363,6 +368,21 @@ def config_from_args(args: argparse.Namespace) -> WalksConfig:
         json_out=args.json, recalibrate=args.recalibrate, progress=not args.no_progress)
 
 
+def compare_reports(a: Path, b: Path) -> int:
+    """--compare: the > 25 m shares of two reports and their difference's interval; 2 when unreadable."""
+    try:
+        reports = [json.loads(Path(path).read_text()) for path in (a, b)]
+        rows = compare_runs(*reports)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        print(f"{PROG}: error: --compare needs two crossview-walks --json reports: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if not rows:
+        print(f"{PROG}: error: {a} and {b} hold no test walk in common", file=sys.stderr)
+        return EXIT_USAGE
+    print_comparison(rows, (str(a), str(b)))
+    return EXIT_OK
+
+
 EXPECTED_FAILURES = (  # errors of the steps that explain themselves (no traceback needed)
     LocalizeInputError, LocalizerError, EngineError, TileSetError, DescriptorError, geo.GeoError, FileNotFoundError,
     FileExistsError,
@@ -378,7 +398,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     log.setLevel(logging.INFO)
     logging.getLogger("crossview_ros.localizer").setLevel(logging.ERROR)  # gated frames: counted in the table
+    if args.compare:
+        return compare_reports(*args.compare)
     try:
+        if args.model is None:
+            raise UsageError("--model is required (or --compare A.json B.json)")
         cfg = config_from_args(args)
         report = run_walks(cfg)
     except UsageError as exc:

@@ -237,3 +237,51 @@ def print_walks(walks: Sequence[dict[str, Any]], file: TextIO | None = None) -> 
     print(format_table(["city", "seed", "mode", "receiver", "odometry", "frames", "publ %", "median m", "p95 m",
                         "fused p95 m", "fused<=ours", "> 25 m %", "d2<5.99 %", "flips>90 %"], rows),
           file=file or sys.stdout)
+
+
+def _over_25(walk: dict[str, Any]) -> tuple[int, int]:
+    """(published fixes, of them > 25 m off) of one walk's summary."""
+    s = walk["summary"]
+    published = int(s["published"])
+    return published, int(round(published * s["error_m"]["over_25m_percent"] / 100.0)) if published else 0
+
+
+def _test_walks(report: dict[str, Any], receiver: str) -> dict[tuple[int, int, str], tuple[int, int]]:
+    """A report's test walks of one receiver (odometry on, own tiles) by (city, seed, mode): _over_25."""
+    return {(w["city_seed"], w["walk_seed"], w["mode"]): _over_25(w) for w in report["walks"]
+            if w["receiver"] == receiver and w["odometry"] and w["tiles_city_seed"] == w["city_seed"]}
+
+
+def compare_runs(a: dict[str, Any], b: dict[str, Any], *, resamples: int = 5000, seed: int = 0) -> list[dict[str, Any]]:
+    """Pooled > 25 m share of two crossview-walks reports (--json) per receiver, over the test walks both hold
+    (odometry on, their own tiles), and a 95 % interval of the difference b - a by resampling those walks
+    with replacement, paired: the walks, not the frames, are the independent draws (a look-alike lock
+    takes a run of frames of one walk)."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for receiver in sorted({w["receiver"] for w in a["walks"]} & {w["receiver"] for w in b["walks"]}):
+        wa, wb = _test_walks(a, receiver), _test_walks(b, receiver)
+        keys = sorted(set(wa) & set(wb))
+        if not keys:
+            continue
+        xa, xb = np.array([wa[k] for k in keys], float), np.array([wb[k] for k in keys], float)
+
+        def share(x: np.ndarray) -> float:
+            return 100.0 * float(x[:, 1].sum()) / max(float(x[:, 0].sum()), 1.0)
+
+        draws = rng.integers(0, len(keys), (resamples, len(keys)))
+        diffs = np.array([share(xb[i]) - share(xa[i]) for i in draws])
+        lo, hi = np.percentile(diffs, [2.5, 97.5])
+        rows.append({"receiver": receiver, "walks": len(keys), "a_over_25m_percent": share(xa),
+                     "b_over_25m_percent": share(xb), "difference_points": share(xb) - share(xa),
+                     "interval_95_points": [float(lo), float(hi)]})
+    return rows
+
+
+def print_comparison(rows: Sequence[dict[str, Any]], names: tuple[str, str], file: TextIO | None = None) -> None:
+    print(f"> 25 m share of published fixes, A = {names[0]}, B = {names[1]} (odometry on, own tiles; 95 % interval "
+          "of B - A by resampling walks)", file=file)
+    table = [[r["receiver"], str(r["walks"]), num(r["a_over_25m_percent"], ".2f"), num(r["b_over_25m_percent"], ".2f"),
+              f"{r['difference_points']:+.2f}",
+              f"[{r['interval_95_points'][0]:+.2f}, {r['interval_95_points'][1]:+.2f}]"] for r in rows]
+    print(format_table(["receiver", "walks", "A %", "B %", "B - A points", "95 % interval"], table), file=file)
