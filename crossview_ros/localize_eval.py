@@ -169,7 +169,8 @@ def stream_window_means(frames: Sequence[Frame], estimates: Sequence[Estimate], 
         for k, m in zip(ks, means):
             support = estimates[k].imagery_support
             if estimates[k].reason is not Reason.OUTSIDE_COVERAGE and np.isfinite(m):
-                out[k] = trusted if support is not None and support >= trust_support else m
+                spared = support is not None and trust_support < 1.0 and support >= trust_support
+                out[k] = trusted if spared else m
     return out
 
 

@@ -423,7 +423,7 @@ class Localizer:
                                            f"(min_imagery_support {cfg.min_imagery_support:g}): the tiles may not "
                                            f"show this place ({detail})")
         floor = self.imagery_score_floor
-        trusted = support is not None and support >= cfg.imagery_trust_support
+        trusted = support is not None and cfg.imagery_trust_support < 1.0 and support >= cfg.imagery_trust_support
         if floor > 0 and self._scores and not trusted and not float(np.mean(self._scores)) >= floor:
             raise _Reject(Reason.MISMATCH, f"the last {len(self._scores)} views score {np.mean(self._scores):.3f} on "
                                            f"average, below the imagery floor {floor:.3f} (min_imagery_score; "

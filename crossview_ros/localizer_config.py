@@ -162,10 +162,10 @@ class LocalizerConfig:
                                      "last imagery_window matched views is at least this (MISMATCH: imagery of another "
                                      "place scores low); -1 = the calibrated floor (covariance.json "
                                      "imagery_score_floor; off until calibrated), 0 = off", lo=-1.0, hi=1.0)
-    imagery_trust_support: float = param(0.7, "1", "gating", "the imagery floor (min_imagery_score) judges only "
-                                         "windows where fewer than this share of the views point at their estimate "
-                                         "by themselves (views that keep agreeing with the track show matching "
-                                         "imagery); 1 = every window", lo=0.0, hi=1.0, lo_open=True)
+    imagery_trust_support: float = param(1.0, "1", "gating", "below 1, the imagery floor (min_imagery_score) "
+                                         "spares windows where at least this share of the views point at their "
+                                         "estimate by themselves (more fixes, but a track locked on a look-alike "
+                                         "is spared too); 1 = every window is judged", lo=0.0, hi=1.0, lo_open=True)
     min_prior_inside: float = param(0.5, "1", "gating", "gate: refuse a frame whose fix has less than this share of "
                                     "its uncertainty on the tiles (OUTSIDE_COVERAGE: the tiles cannot correct it)",
                                     lo=0.0, hi=1.0)

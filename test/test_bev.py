@@ -668,6 +668,9 @@ def test_imagery_score_floor_withholds_views_that_score_like_another_place(bev_e
     loc, out = run(view_distance_m=50.0, min_imagery_score=0.5, imagery_trust_support=0.7)
     assert [e.reason for e in out] == expected
     loc.close()
+    loc, out = run(view_distance_m=1.0, min_imagery_score=0.5)  # the default 1: every window is judged
+    assert [e.reason for e in out] == expected
+    loc.close()
     calibrated = dataclasses.replace(CovarianceModel.from_config(LocalizerConfig()), imagery_score_floor=0.5,
                                      calibrated=True)
     monkeypatch.setattr(Localizer, "_load_covariance", lambda self: calibrated)
