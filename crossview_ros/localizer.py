@@ -425,11 +425,12 @@ class Localizer:
         floor = self.imagery_score_floor
         trusted = support is not None and cfg.imagery_trust_support < 1.0 and support >= cfg.imagery_trust_support
         if floor > 0 and self._scores and not trusted and not float(np.mean(self._scores)) >= floor:
+            spared = (f", and fewer than imagery_trust_support {cfg.imagery_trust_support:g} of them point at their "
+                      "estimate" if cfg.imagery_trust_support < 1.0 else "")
             raise _Reject(Reason.MISMATCH, f"the last {len(self._scores)} views score {np.mean(self._scores):.3f} on "
                                            f"average, below the imagery floor {floor:.3f} (min_imagery_score; "
-                                           f"calibrated on another place's imagery), and fewer than "
-                                           f"imagery_trust_support {cfg.imagery_trust_support:g} of them point at "
-                                           f"their estimate: the tiles may not show this place ({detail})")
+                                           f"calibrated on another place's imagery){spared}: the tiles may not show "
+                                           f"this place ({detail})")
         if pose.mode_mass is not None and not pose.mode_mass >= cfg.min_mode_mass:
             raise _Reject(Reason.AMBIGUOUS, f"only {100 * pose.mode_mass:.0f} % of the posterior lies within "
                                             f"mode_radius_m {cfg.mode_radius_m:g} m of the estimate (min_mode_mass "
