@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
 # The GPU reference model: the synthetic VIGOR set with per-city suns and seasons (10 training
 # cities), the bev any-yaw recipe on one GPU, exported to ONNX. Written for a lent GPU machine
-# that has PyTorch, timm and ONNX but no package registry: the other wheels travel in .whl/
-# (see docs/results.md for how they are fetched). Run from the repository root:
+# that has PyTorch, timm and ONNX but no package registry: the other wheels travel in .whl/ (git
+# ignores it), fetched beforehand on a machine with PyPI for that machine's Python (3.12):
+#   pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl \
+#     affine apsw backports.zstd click-plugins cligj lz4 pyproj rasterio rosbags ruamel.yaml
+# Run from the repository root:
 #   OUT=/some/folder BUDGET_S=540 bash scripts/gpu_reference_model.sh
 # Writes $OUT/models.tgz (small/ and wide/: model.json, *.onnx, config.json, metrics.csv) and the logs.
 set -euo pipefail
