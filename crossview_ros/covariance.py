@@ -360,19 +360,6 @@ def calibrate(estimates: Sequence[Estimate], truths: Sequence[Any], *, start: Co
 IMAGERY_FLOOR_QUANTILE = 0.995  # of the background windows' mean score: where the MISMATCH floor sits
 
 
-def window_mean_scores(scores: Sequence[float | None], window: int) -> np.ndarray:
-    """The MISMATCH gate's statistic frame by frame along one stream: the mean best score of the last
-    `window` views that were matched (None: a frame that never reached the matcher, NaN out)."""
-    recent: list[float] = []
-    out = np.full(len(scores), np.nan)
-    for k, score in enumerate(scores):
-        if score is None or not math.isfinite(score):
-            continue
-        recent = (recent + [float(score)])[-window:]
-        out[k] = float(np.mean(recent))
-    return out
-
-
 def fit_imagery_floor(background: np.ndarray, own: np.ndarray, *, quantile: float = IMAGERY_FLOOR_QUANTILE,
                       min_samples: int = 20) -> tuple[float, dict[str, Any]]:
     """The MISMATCH floor on the window mean score, a-contrario: the `quantile` of the windows where the

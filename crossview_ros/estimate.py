@@ -129,6 +129,7 @@ class Estimate:
     mode_mass: float | None = None  # posterior mass within mode_radius_m of the estimate (1: one clear place)
     view_distance_m: float | None = None  # from the estimate to the place the view alone prefers, m
     imagery_support: float | None = None  # share of the last imagery_window views that point at their estimate
+    imagery_score: float | None = None  # mean best score of the last imagery_window matched views (MISMATCH floor)
     latency: Latency = field(default_factory=Latency)
 
     @property

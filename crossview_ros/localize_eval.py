@@ -25,7 +25,7 @@ import numpy as np
 from crossview_ros.bag.topics import TopicMap
 from crossview_ros import geo
 from crossview_ros.covariance import (
-    calibrate, fit_fix_sigma_scale, fit_imagery_floor, save_covariance, window_mean_scores,
+    calibrate, fit_fix_sigma_scale, fit_imagery_floor, save_covariance,
 )
 from crossview_ros.engines import create_engine
 from crossview_ros.estimate import Estimate, Fix, Reason
@@ -155,22 +155,14 @@ def background_fixes(localizers: Mapping[Any, Localizer], frames: Sequence[Frame
     return moved
 
 
-def stream_window_means(frames: Sequence[Frame], estimates: Sequence[Estimate], window: int,
-                        trust_support: float = 1.0, trusted: float = np.nan) -> np.ndarray:
-    """The MISMATCH gate's window mean score frame by frame, stream by stream (NaN: not matched); `trusted`
-    where the gate does not judge it (views agreeing with the track on at least trust_support of the
-    window); frames that ran off the tiles (OUTSIDE_COVERAGE) are left out, as their scores are of padding."""
-    out = np.full(len(frames), np.nan)
-    streams: dict[Any, list[int]] = {}
-    for k, fr in enumerate(frames):
-        streams.setdefault(fr.city, []).append(k)
-    for ks in streams.values():
-        means = window_mean_scores([estimates[k].score for k in ks], window)
-        for k, m in zip(ks, means):
-            support = estimates[k].imagery_support
-            if estimates[k].reason is not Reason.OUTSIDE_COVERAGE and np.isfinite(m):
-                spared = support is not None and trust_support < 1.0 and support >= trust_support
-                out[k] = trusted if spared else m
+def gate_scores(localizer: Localizer, estimates: Sequence[Estimate], trusted: float = np.nan) -> np.ndarray:
+    """The imagery floor's statistic of each frame as the gate read it (Estimate.imagery_score; NaN: not
+    matched); `trusted` where the gate does not judge it (Localizer.imagery_trusted); frames that ran off
+    the tiles (OUTSIDE_COVERAGE) are left out, as their scores are of padding."""
+    out = np.full(len(estimates), np.nan)
+    for k, est in enumerate(estimates):
+        if est.imagery_score is not None and est.reason is not Reason.OUTSIDE_COVERAGE:
+            out[k] = trusted if localizer.imagery_trusted(est.imagery_support) else est.imagery_score
     return out
 
 
@@ -180,9 +172,8 @@ def calibrate_covariance(localizer: Localizer, frames: Sequence[Frame], estimate
     (the same streams localized by background_fixes) the MISMATCH gate's imagery floor too."""
     floor, floor_fit = None, {}
     if background is not None:
-        window, trust = localizer.config.imagery_window, localizer.config.imagery_trust_support
-        floor, floor_fit = fit_imagery_floor(stream_window_means(frames, background, window, trust),
-                                             stream_window_means(frames, estimates, window, trust, np.inf))
+        floor, floor_fit = fit_imagery_floor(gate_scores(localizer, background),
+                                             gate_scores(localizer, estimates, np.inf))
     try:
         model = calibrate(list(estimates), [fr.truth for fr in frames], start=localizer.covariance,
                           protection_risk=localizer.config.protection_risk, imagery_score_floor=floor)

@@ -315,9 +315,10 @@ class Localizer:
                        score=pose.score, margin=pose.margin, tile_id=pose.tile_id, offset_m=offset_m,
                        spread_m=pose.spread_m, mahalanobis_d2=d2)
 
+        support = self._imagery_support(pose)
         context.update(protection_level_m=self.covariance.protection_level_m(cov, cfg.protection_risk),
                        mode_mass=pose.mode_mass, view_distance_m=pose.view_distance_m,
-                       imagery_support=self._imagery_support(pose))
+                       imagery_support=support, imagery_score=self._imagery_score_now())
 
         heading = None
         if cfg.heading or (self.odometry is not None and self.matcher.heading_is_free):
@@ -422,12 +423,11 @@ class Localizer:
                                            f"mode_radius_m {cfg.mode_radius_m:g} m of their estimate by themselves "
                                            f"(min_imagery_support {cfg.min_imagery_support:g}): the tiles may not "
                                            f"show this place ({detail})")
-        floor = self.imagery_score_floor
-        trusted = support is not None and cfg.imagery_trust_support < 1.0 and support >= cfg.imagery_trust_support
-        if floor > 0 and self._scores and not trusted and not float(np.mean(self._scores)) >= floor:
+        floor, score = self.imagery_score_floor, self._imagery_score_now()
+        if floor > 0 and score is not None and not self.imagery_trusted(support) and not score >= floor:
             spared = (f", and fewer than imagery_trust_support {cfg.imagery_trust_support:g} of them point at their "
                       "estimate" if cfg.imagery_trust_support < 1.0 else "")
-            raise _Reject(Reason.MISMATCH, f"the last {len(self._scores)} views score {np.mean(self._scores):.3f} on "
+            raise _Reject(Reason.MISMATCH, f"the last {len(self._scores)} views score {score:.3f} on "
                                            f"average, below the imagery floor {floor:.3f} (min_imagery_score; "
                                            f"calibrated on another place's imagery){spared}: the tiles may not show "
                                            f"this place ({detail})")
@@ -458,6 +458,16 @@ class Localizer:
         """The MISMATCH gate's floor on the window mean score: min_imagery_score, or (-1) the calibrated one."""
         chosen = self.config.min_imagery_score
         return float(self.covariance.imagery_score_floor if chosen < 0 else chosen)
+
+    def _imagery_score_now(self) -> float | None:
+        """The imagery floor's statistic: the mean best score of the recent matched views (None before the first)."""
+        return float(np.mean(self._scores)) if self._scores else None
+
+    def imagery_trusted(self, support: float | None) -> bool:
+        """Whether imagery_trust_support spares a window with this support from the imagery floor (the gate,
+        and calibration fitting the floor on the windows the gate judges)."""
+        trust = self.config.imagery_trust_support
+        return support is not None and trust < 1.0 and support >= trust
 
     def _imagery_support_now(self) -> float | None:
         return sum(self._views) / self.config.imagery_window if self._views else None

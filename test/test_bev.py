@@ -655,6 +655,7 @@ def test_imagery_score_floor_withholds_views_that_score_like_another_place(bev_e
 
     loc, out = run(min_imagery_score=0.5)
     assert [e.reason for e in out] == expected
+    np.testing.assert_allclose([e.imagery_score for e in out], means)  # what the gate read, and calibration reads
     assert "below the imagery floor 0.500" in out[2].message
     loc.close()
     loc, out = run(min_imagery_score=0.0)
