@@ -128,7 +128,7 @@ def stamp_ns(header: Any) -> int:
 
 def yaw_of(q: Any) -> float:
     """The yaw of a quaternion, rad (the rotation about z)."""
-    return math.atan2(2.0 * (q.w * q.z + q.x * q.y), 1.0 - 2.0 * (q.y * q.y + q.z * q.z))
+    return geo.quaternion_to_yaw(q.x, q.y, q.z, q.w)
 
 
 def bag_location(path: str | os.PathLike) -> Path:

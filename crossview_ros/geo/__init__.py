@@ -24,11 +24,13 @@ what was wrong and what is allowed.
 
 Modules: checks (GeoError, input checks), utm (zones, WGS84 <-> UTM), crs (any CRS to any),
 enu (local ENU frames, geodesic offsets and distances), grid (ENU vs UTM grid axes:
-convergence, covariance and yaw rotation), angles (yaw and bearing conventions), navsat
+convergence, covariance and yaw rotation), angles (yaw, bearing and quaternion conventions), navsat
 (NavSatFix covariance layout). Callers use `from crossview_ros import geo; geo.X`.
 """
 
-from crossview_ros.geo.angles import bearing_deg_from_yaw_enu, wrap_angle_rad, yaw_enu_from_bearing_deg
+from crossview_ros.geo.angles import (
+    bearing_deg_from_yaw_enu, quaternion_to_yaw, wrap_angle_rad, yaw_enu_from_bearing_deg,
+)
 from crossview_ros.geo.checks import ArrayLike, GeoError, check_latlon
 from crossview_ros.geo.crs import transform_points
 from crossview_ros.geo.enu import LocalENU, distance_m, offset_enu_m
@@ -45,6 +47,6 @@ __all__ = [
     "MAX_CENTRAL_MERIDIAN_OFFSET_DEG", "UTM_LAT_MAX_DEG", "UTM_LAT_MIN_DEG", "ArrayLike", "GeoError",
     "LocalENU", "UTMZone", "bearing_deg_from_yaw_enu", "check_latlon", "distance_m", "enu_cov_to_utm",
     "grid_convergence_rad", "latlon_to_utm", "matrix_to_navsat_cov", "navsat_cov_to_matrix", "offset_enu_m",
-    "transform_points", "utm_cov_to_enu", "utm_to_latlon", "utm_zone", "wrap_angle_rad",
+    "quaternion_to_yaw", "transform_points", "utm_cov_to_enu", "utm_to_latlon", "utm_zone", "wrap_angle_rad",
     "yaw_enu_from_bearing_deg", "yaw_enu_to_utm", "yaw_utm_to_enu",
 ]

@@ -35,3 +35,8 @@ def bearing_deg_from_yaw_enu(yaw_enu_rad: ArrayLike) -> Any:
     b = np.mod(90.0 - np.degrees(np.asarray(yaw_enu_rad, float)), 360.0)
     b = np.where(b >= 360.0, 0.0, b)
     return as_output(b, scalar)
+
+
+def quaternion_to_yaw(x: float, y: float, z: float, w: float) -> float:
+    """Yaw (rad, (-pi, pi]) of a quaternion (x, y, z, w); exact for rotations about z."""
+    return math.atan2(2.0 * (w * z + x * y), 1.0 - 2.0 * (y * y + z * z))

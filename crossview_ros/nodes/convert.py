@@ -19,6 +19,7 @@ import numpy as np
 
 from crossview_ros.raw_image import IMAGE_CHANNELS, image_to_array  # noqa: F401 (re-exported for the node)
 from crossview_ros.estimate import Fix
+from crossview_ros.geo import quaternion_to_yaw  # noqa: F401 (re-exported for the node)
 from crossview_ros.pose_output import (  # noqa: F401 (the node's output conventions, re-exported for it)
     UNKNOWN_VARIANCE, PlanarPose, orientation_covariance, planar_pose, pose_covariance,
 )
@@ -69,11 +70,6 @@ def up_variance_m2(msg: Any) -> float:
 def yaw_to_quaternion(yaw_rad: float) -> tuple[float, float, float, float]:
     """Rotation about z by yaw -> quaternion (x, y, z, w)."""
     return 0.0, 0.0, math.sin(0.5 * yaw_rad), math.cos(0.5 * yaw_rad)
-
-
-def quaternion_to_yaw(x: float, y: float, z: float, w: float) -> float:
-    """Yaw (rad, (-pi, pi]) of a quaternion (x, y, z, w); exact for rotations about z."""
-    return math.atan2(2.0 * (w * z + x * y), 1.0 - 2.0 * (y * y + z * z))
 
 
 def navsat_covariance(cov_en_m2: np.ndarray, up_var_m2: float) -> list[float]:
