@@ -30,6 +30,7 @@ class Reason(str, enum.Enum):
 
     OK = "OK"  # accepted: publish
     BAD_IMAGE = "BAD_IMAGE"  # wrong encoding, dtype or shape (width != 2 height), corrupt or truncated JPEG/PNG
+    BAD_CAMERA = "BAD_CAMERA"  # no or a bad CameraInfo (zero focal length, unknown model), image size not its CameraInfo's
     BAD_FIX = "BAD_FIX"  # NaN/inf/out-of-range latitude or longitude, bad covariance, status or fix stamp
     NO_FIX = "NO_FIX"  # NavSatStatus STATUS_NO_FIX
     BAD_STAMP = "BAD_STAMP"  # the panorama stamp is NaN, inf or negative
@@ -46,7 +47,7 @@ class Reason(str, enum.Enum):
         return self.value
 
 
-BAD_INPUT_REASONS = frozenset({Reason.BAD_IMAGE, Reason.BAD_FIX, Reason.NO_FIX, Reason.BAD_STAMP,
+BAD_INPUT_REASONS = frozenset({Reason.BAD_IMAGE, Reason.BAD_CAMERA, Reason.BAD_FIX, Reason.NO_FIX, Reason.BAD_STAMP,
                                Reason.STALE_STAMP, Reason.FUTURE_STAMP, Reason.OUT_OF_ORDER,
                                Reason.OUTSIDE_COVERAGE})
 GATE_REASONS = frozenset({Reason.LOW_MARGIN, Reason.MAHALANOBIS, Reason.AMBIGUOUS, Reason.MISMATCH})

@@ -30,6 +30,7 @@ import logging
 import math
 import time
 from collections import Counter, deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from crossview_ros import geo
+from crossview_ros.camera import Camera, CameraError, CameraFrame, CameraRig
 from crossview_ros.covariance import COVARIANCE_FILE, CovarianceModel, load_covariance
 from crossview_ros.engines import Engine, create_engine
 from crossview_ros.estimate import (
@@ -47,7 +49,7 @@ from crossview_ros.localizer_config import LocalizerConfig
 from crossview_ros.matchers import Heading, PoseMatch, Scope, check_engine_against_tiles, create_matcher
 from crossview_ros.model_meta import load_model_meta
 from crossview_ros.odometry import GridOdometry
-from crossview_ros.panorama import decode_panorama
+from crossview_ros.panorama import decode_image, decode_panorama
 from crossview_ros.preprocess import preprocess_ground
 from crossview_ros.tiles import TileSet, TileSetError
 
@@ -253,7 +255,8 @@ class Localizer:
                  now_s: float | None = None) -> Estimate:
         """Localize one panorama; never raises on bad input (see Reason).
 
-        panorama: uint8 array with encoding rgb8 | bgr8 | mono8, or JPEG/PNG bytes (decode_panorama).
+        panorama: uint8 array with encoding rgb8 | bgr8 | mono8, or JPEG/PNG bytes (decode_panorama);
+        or a CameraFrame: the images of cameras that are not 360° (crossview_ros.camera, camera_rig).
         fix: the latest GNSS fix; stamp_s: the panorama's stamp (s); now_s: the current time on the
         same clock (default time.time(); the node passes its clock, which follows /clock in replay).
         Engine failures (a bug or a broken GPU, not bad input) do raise.
@@ -283,10 +286,7 @@ class Localizer:
                                               f"the panorama (more than fix_max_age_s {cfg.fix_max_age_s:g} s)")
 
         t = time.perf_counter()
-        try:
-            rgb = decode_panorama(panorama, encoding, max_pixels=cfg.max_panorama_pixels)
-        except ValueError as exc:
-            raise _Reject(Reason.BAD_IMAGE, str(exc)) from None
+        rgb, visibility = self._decode(panorama, encoding)
         times["decode_ms"] = time.perf_counter() - t
 
         t = time.perf_counter()
@@ -297,7 +297,7 @@ class Localizer:
         x = preprocess_ground(self.meta, rgb)
         times["preprocess_ms"] = time.perf_counter() - t
         t = time.perf_counter()
-        ground = self.matcher.encode_ground(x)
+        ground = self.matcher.encode_ground(x, visibility)
         times["encode_ms"] = time.perf_counter() - t
 
         t = time.perf_counter()
@@ -343,6 +343,36 @@ class Localizer:
                                       math.sqrt(float(np.linalg.eigvalsh(cov).max())), source="estimate")
         return self._finish(Estimate(stamp_s=stamp, accepted=True, reason=Reason.OK, **context,
                                      latency=self._latency(times, t_start)))
+
+    def camera_rig(self, cameras: Sequence[Camera]) -> CameraRig:
+        """The rig of these cameras on this model's panorama (size and camera height from model.json):
+        what a CameraFrame for localize() carries. CameraError when the model cannot take partial views."""
+        if not self.matcher.partial_views:
+            raise CameraError(f"model {self.meta.name} is a {self.matcher.kind} model: it needs a whole 360° "
+                              "panorama; cameras that are not 360° need a bev model")
+        return CameraRig(cameras, self.meta.ground.size_hw, self.matcher.camera_height_m)
+
+    def _decode(self, frame: Any, encoding: str | None) -> tuple[np.ndarray, np.ndarray | None]:
+        """A panorama, or a rig's images composed into one: (RGB, visibility or None when whole)."""
+        max_pixels = self.config.max_panorama_pixels
+        if not isinstance(frame, CameraFrame):
+            try:
+                return decode_panorama(frame, encoding, max_pixels=max_pixels), None
+            except ValueError as exc:
+                raise _Reject(Reason.BAD_IMAGE, str(exc)) from None
+        images = []
+        for cam, image, enc in zip(frame.rig.cameras, frame.images, frame.encodings):
+            try:
+                images.append(decode_image(image, enc, max_pixels=max_pixels))
+            except ValueError as exc:
+                raise _Reject(Reason.BAD_IMAGE, f"camera {cam.name}: {exc}") from None
+        if frame.rig.size_hw != self.meta.ground.size_hw:
+            raise _Reject(Reason.BAD_CAMERA, f"the rig composes {frame.rig.size_hw} panoramas, the model takes "
+                                             f"{self.meta.ground.size_hw}; build it with Localizer.camera_rig")
+        try:
+            return frame.rig.compose(images), frame.rig.visibility
+        except CameraError as exc:
+            raise _Reject(Reason.BAD_CAMERA, str(exc)) from None
 
     def _scope(self, fix: Fix, fix_cov: np.ndarray, stamp: float, age_s: float, context: dict[str, Any]) -> Scope:
         """The tiles within the search radius of the fix, and the GNSS prior on the tile set's grid."""

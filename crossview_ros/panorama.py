@@ -1,4 +1,4 @@
-"""Panorama messages to pixels: sensor_msgs/Image arrays or CompressedImage bytes -> RGB uint8.
+"""Image messages to pixels: sensor_msgs/Image arrays or CompressedImage bytes -> RGB uint8.
 
 Refuses what would decode into a silently wrong image, with a ValueError that says what is wrong:
 a wrong encoding, a panorama that is not equirectangular, a truncated JPEG/PNG, a JPEG whose data
@@ -29,21 +29,27 @@ def decode_panorama(panorama: Any, encoding: str | None = None, *, max_pixels: i
     (sensor_msgs/Image encodings), or JPEG/PNG bytes (sensor_msgs/CompressedImage data; the
     format is recognised from the bytes, `encoding` may be None or the message's format string).
     """
-    if isinstance(panorama, np.ndarray) and not (panorama.ndim == 1 and panorama.dtype == np.uint8
-                                                 and encoding not in ARRAY_ENCODINGS):
-        rgb = _from_array(panorama, encoding)
-        _check_pixels(rgb.shape[1], rgb.shape[0], max_pixels)
-    else:
-        try:
-            data = bytes(memoryview(panorama).cast("B"))
-        except TypeError:
-            raise ValueError(f"panorama must be a uint8 array or JPEG/PNG bytes, got "
-                             f"{type(panorama).__name__}") from None
-        rgb = _from_bytes(data, max_pixels)
+    rgb = decode_image(panorama, encoding, max_pixels=max_pixels)
     h, w = rgb.shape[:2]
     if w != 2 * h or h < MIN_PANORAMA_HEIGHT_PX:
         raise ValueError(f"panorama must be equirectangular, width == 2 x height >= {2 * MIN_PANORAMA_HEIGHT_PX} "
                          f"px, got {w} x {h} px")
+    return rgb
+
+
+def decode_image(image: Any, encoding: str | None = None, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Any camera image as decode_panorama takes it -> (H, W, 3) RGB uint8, whatever its aspect."""
+    if isinstance(image, np.ndarray) and not (image.ndim == 1 and image.dtype == np.uint8
+                                              and encoding not in ARRAY_ENCODINGS):
+        rgb = _from_array(image, encoding)
+        _check_pixels(rgb.shape[1], rgb.shape[0], max_pixels)
+    else:
+        try:
+            data = bytes(memoryview(image).cast("B"))
+        except TypeError:
+            raise ValueError(f"image must be a uint8 array or JPEG/PNG bytes, got "
+                             f"{type(image).__name__}") from None
+        rgb = _from_bytes(data, max_pixels)
     return np.ascontiguousarray(rgb)
 
 

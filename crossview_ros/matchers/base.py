@@ -87,6 +87,7 @@ class Matcher(abc.ABC):
     kind: ClassVar[str]  # model.json's matching kind
     settings: ClassVar[frozenset[str]] = frozenset()  # LocalizerConfig fields only this family reads
     heading_is_free: ClassVar[bool] = False  # the heading comes with the pose (no extra encode): always asked for
+    partial_views: ClassVar[bool] = False  # takes a panorama only part of which cameras see (encode_ground visibility)
 
     def __init__(self, engine: Engine, tiles: TileSet, config: LocalizerConfig) -> None:
         self.engine = engine
@@ -94,8 +95,13 @@ class Matcher(abc.ABC):
         self.tiles = tiles
         self.config = config
 
-    def encode_ground(self, x: np.ndarray) -> GroundView:
-        """x (1, 3, Hg, Wg) float32 from crossview_ros.preprocess -> the panorama's GroundView."""
+    def encode_ground(self, x: np.ndarray, visibility: np.ndarray | None = None) -> GroundView:
+        """x (1, 3, Hg, Wg) float32 from crossview_ros.preprocess -> the panorama's GroundView.
+
+        visibility: (Hg, Wg) bool, which pixels some camera sees (None: all); only a family with
+        partial_views takes a partial one."""
+        if visibility is not None and not self.partial_views and not np.all(visibility):
+            raise ValueError(f"a {self.kind} model needs a whole panorama")
         descriptor, features = self.engine.encode_ground(x)
         return GroundView(descriptor[0], features[0])
 

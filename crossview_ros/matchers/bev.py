@@ -17,11 +17,12 @@ import numpy as np
 from crossview_ros.engines.base import Engine
 from crossview_ros.estimate import LocalizerError
 from crossview_ros.localizer_config import LocalizerConfig
-from crossview_ros.matchers import bev_grid
+from crossview_ros.matchers import bev_grid, bev_view
 from crossview_ros.matchers.base import GroundView, Heading, Matcher, PoseMatch, Scope, register
 from crossview_ros.tiles import TileSet
 
 
+DEFAULT_CAMERA_HEIGHT_M = 2.0  # models exported before model.json stated their camera height
 BEARING_PRIOR_MIN_SIGMA_RAD = math.radians(10.0)  # the odometry bearing prior is never sharper than this
 
 
@@ -50,6 +51,7 @@ class BevMatcher(Matcher):
 
     kind = "bev"
     heading_is_free = True
+    partial_views = True
     settings = frozenset({"match_prior", "track", "track_speed_mps", "track_max_gap_s", "track_uniform_weight",
                           "track_likelihood_weight", "odometry", "odom_max_age_s", "odom_yaw_uniform_weight",
                           "min_mode_mass", "mode_radius_m", "imagery_window", "min_imagery_support",
@@ -64,7 +66,30 @@ class BevMatcher(Matcher):
             raise LocalizerError(f"model {self.meta.name} matches {2 * self.block_cells} cells of {self.cell_m:.4f} m "
                                  f"per tile but the tile set's tiles are {tiles.tile_size_m:g} m; cut the tiles at "
                                  "the model's size")
+        self.camera_height_m = float(bev.get("camera_height_m", DEFAULT_CAMERA_HEIGHT_M))
         self._track: _Track | None = None
+        self._visible_cells: tuple[bytes, np.ndarray] | None = None  # the last mask's cells (a rig's mask is fixed)
+
+    def encode_ground(self, x: np.ndarray, visibility: np.ndarray | None = None) -> GroundView:
+        """The ground features with the cells no camera sees zeroed: only the seen ground is correlated,
+        and a view that sees less scores (and so believes) less."""
+        view = super().encode_ground(x)
+        if visibility is None or np.all(visibility):
+            return view
+        cells = self.visible_cells(np.asarray(visibility, bool))
+        features = view.features * cells[None]
+        return GroundView(features.reshape(-1), features)
+
+    def visible_cells(self, visibility: np.ndarray) -> np.ndarray:
+        """(K, K) share of each ground feature cell that the panorama visibility covers (cached per mask)."""
+        key = np.packbits(visibility).tobytes()
+        if self._visible_cells is None or self._visible_cells[0] != key:
+            k = int(self.meta.bev["kernel_cells"])
+            n = bev_view.SAMPLES_PER_CELL
+            cells = bev_view.cell_visibility(visibility, res_m=self.cell_m / n, cells=k, stride=n,
+                                             height_m=self.camera_height_m)
+            self._visible_cells = (key, cells.astype(np.float32))
+        return self._visible_cells[1]
 
     def reset(self) -> None:
         self._track = None

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from crossview_ros.config import check_known_keys
+from crossview_ros.matchers.bev_view import ground_plane_pixels
 from crossview_ros.tiles import VIGOR_TILE_SIZE_M
 
 STRIDE = 4  # input pixels per feature cell side (aerial and BEV)
@@ -86,13 +86,8 @@ def bev_sampling_grid(config: BevConfig, side: int | None = None) -> Tensor:
     """
     h_px, w_px = config.pano_size
     side = config.kernel_cells * STRIDE if side is None else int(side)
-    xs = (torch.arange(side, dtype=torch.float64) + 0.5 - side / 2) * config.res_m
-    y, x = torch.meshgrid(-xs, xs, indexing="ij")  # row 0 = farthest forward
-    dist = torch.hypot(x, y).clamp(min=0.25)
-    azimuth = torch.remainder(torch.atan2(x, y), 2 * math.pi)  # clockwise from forward
-    depression = torch.atan(config.camera_height_m / dist)
-    col = azimuth / (2 * math.pi) * w_px - 0.5 + 1.0  # +1: the padded column on the left
-    row = (math.pi / 2 + depression) / math.pi * h_px - 0.5
+    row, col = ground_plane_pixels(config.pano_size, config.res_m, side, config.camera_height_m)
+    row, col = torch.from_numpy(row), torch.from_numpy(col) + 1.0  # +1: the padded column on the left
     gx = (col + 0.5) / (w_px + 2) * 2 - 1  # align_corners=False
     gy = (row + 0.5) / h_px * 2 - 1
     return torch.stack([gx, gy], dim=-1).float()[None]
