@@ -18,12 +18,16 @@ import torch
 from torch import Tensor
 
 from crossview_training.bev.data import REGION_PX, BevBatch, batch_loss, build_mosaics, sample_batch, view_bank
+from crossview_training.bev.fov import mask_bank
 from crossview_training.bev.model import STRIDE
 from crossview_training.datasets import VigorSplit, cached_images
 from crossview_training.evaluate import Descriptors, bev_descriptors
 from crossview_training.models import create_model
 from crossview_training.recipe import Recipe
 from crossview_training.train_config import TrainConfig
+
+
+FOV_MASKS = 512  # random camera rigs whose masks fov_sampling draws from
 
 
 class BevRecipe(Recipe):
@@ -53,6 +57,9 @@ class BevRecipe(Recipe):
         self.model = model.to(device)
         self.steps_per_epoch = max(1, len(self.train_idx) // config.batch_size)
         self.rng = np.random.default_rng([config.seed, 0xBE7])
+        self.fov = None
+        if config.fov_sampling > 0:
+            self.fov = (mask_bank(cfg, FOV_MASKS, config.seed, progress=progress), config.fov_sampling)
 
     def start_epoch(self, epoch: int, first_step: int) -> int:
         return self.steps_per_epoch
@@ -61,10 +68,10 @@ class BevRecipe(Recipe):
         c = self.config
         batch = sample_batch(self.rng, self.bank, self.pano_en, self.full.pano_city, self.train_idx, self.mosaics,
                              self.model.config, batch_size=c.batch_size, region_px=self.region_px,
-                             rotation_deg=c.rotation_deg, photometric=c.photometric, mirror=c.mirror)
+                             rotation_deg=c.rotation_deg, photometric=c.photometric, mirror=c.mirror, fov=self.fov)
         d = self.device
         batch = BevBatch(views=batch.views.to(d), bearing_rad=batch.bearing_rad.to(d), region=batch.region.to(d),
-                         target=batch.target.to(d))
+                         target=batch.target.to(d), cells=None if batch.cells is None else batch.cells.to(d))
         loss, acc = batch_loss(self.model, batch)
         return loss, {"acc": acc}
 

@@ -61,6 +61,8 @@ class TrainConfig:
     rotation_deg: float = _f(0.0, "random panorama roll in +-deg (0 = keep VIGOR's north alignment)")
     photometric: float = _f(0.2, "strength of colour jitter on both views (0 = off)")
     mirror: float = _f(0.0, "bev: chance a batch's world is mirrored east-west")
+    fov_sampling: float = _f(0.0, "bev: share of views cut to a random camera rig's field of view (one model for "
+                                  "panoramas, forward cameras and rigs; 0 = whole panoramas only)")
     workers: int = _f(0, "DataLoader worker processes (descriptor models)")
     seed: int = _f(0, "data order, augmentation, init")
     time_budget_min: float = _f(0.0, "stop cleanly (checkpoint written) after this many minutes; 0 = none")
@@ -113,6 +115,7 @@ _RETRIEVAL_ONLY = "descriptor-model training only"
 UNSUPPORTED_FIELDS: dict[str, dict[str, str]] = {
     "descriptor": {
         "mirror": "mirrored worlds are drawn for bev region batches only (a retrieval pair has no region)",
+        "fov_sampling": "a descriptor model needs a whole panorama (cameras that are not 360° need a bev model)",
     },
     "bev": {
         "ground_size": "a bev model's panorama size is model_overrides.pano_size",

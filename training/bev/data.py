@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm import tqdm
 
+from crossview_training.bev.fov import MaskBank
 from crossview_training.bev.model import (
     STRIDE, VIGOR_BEARING_DEG, BevConfig, BevModel, bev_sampling_grid, project_ground, rotation_grid,
 )
@@ -131,11 +132,13 @@ class BevBatch:
     bearing_rad: Tensor  # (Q,) forward bearing of each view's camera, clockwise from north
     region: Tensor  # (1, 3, R, R) normalised north-up aerial region holding every camera
     target: Tensor  # (Q,) each camera's cell among the region's flattened positions
+    cells: Tensor | None = None  # (Q, 1, K, K) share of each feature cell the view's camera sees (None: all)
 
 
 def sample_batch(rng: np.random.Generator, bank: np.ndarray, pano_en: np.ndarray, pano_city: np.ndarray,
                  train_idx: np.ndarray, mosaics: dict[int, CityMosaic], config: BevConfig, *, batch_size: int,
-                 region_px: int, rotation_deg: float, photometric: float, mirror: float = 0.0) -> BevBatch:
+                 region_px: int, rotation_deg: float, photometric: float, mirror: float = 0.0,
+                 fov: tuple[MaskBank, float] | None = None) -> BevBatch:
     """One training batch: an aerial region of a city, the size of a search scope, and up to
     batch_size panoramas whose cameras stand in it; each must find its cell among all its positions.
 
@@ -143,6 +146,8 @@ def sample_batch(rng: np.random.Generator, bank: np.ndarray, pano_en: np.ndarray
     and one aerial pass serves the whole batch. With probability `mirror` the batch's world is
     mirrored east-west: the region flipped left-right, each ground view flipped about its forward
     axis and each bearing b turned into -b, a city that could exist (its panoramas see it so).
+    With fov = (bank, share), that share of the views sees only a random camera rig's ground
+    (crossview_training.bev.fov): black outside, its cells weighted by what they see.
     """
     k = config.kernel_cells
     margin = STRIDE * k / 2  # the camera of a view that fits the region exactly at its edge
@@ -176,7 +181,14 @@ def sample_batch(rng: np.random.Generator, bank: np.ndarray, pano_en: np.ndarray
         views = views.flip(-1)
         bearing = -bearing
     cell = np.clip(np.round(cam / STRIDE - k / 2), 0, n_pos - 1).astype(int)
-    return BevBatch(views=normalise(jitter(views, rng, photometric), config),
+    views = jitter(views, rng, photometric)
+    cells = torch.ones(len(idx), 1, k, k)
+    if fov is not None and fov[1] > 0:
+        cut = torch.from_numpy(rng.random(len(idx)) < fov[1])
+        pixel_mask, cell_mask = fov[0].draw(rng, len(idx))
+        views = torch.where(cut[:, None, None, None], views * pixel_mask, views)
+        cells = torch.where(cut[:, None, None, None], cell_mask, cells)
+    return BevBatch(views=normalise(views, config), cells=cells,
                     bearing_rad=torch.from_numpy(np.remainder(bearing, 2 * np.pi)),
                     region=normalise(jitter(unit_images(region), rng, photometric / 2), config),
                     target=torch.from_numpy(cell[:, 0] * n_pos + cell[:, 1]))
@@ -184,7 +196,10 @@ def sample_batch(rng: np.random.Generator, bank: np.ndarray, pano_en: np.ndarray
 
 def batch_loss(model: BevModel, batch: BevBatch) -> tuple[Tensor, float]:
     """Cross-entropy of each panorama's true cell among all positions of the region; and its accuracy."""
-    ground = model.north_up(model.bev_features(batch.views), batch.bearing_rad)
+    features = model.bev_features(batch.views)
+    if batch.cells is not None:
+        features = features * batch.cells  # what no camera sees is not correlated (as at run time)
+    ground = model.north_up(features, batch.bearing_rad)
     aerial = model.aerial_features(batch.region)
     logits = (model.correlate(ground, aerial)[0] * model.logit_scale).flatten(1)  # (Q, positions)
     loss = F.cross_entropy(logits, batch.target)
