@@ -48,7 +48,8 @@ from crossview_ros.estimate import Estimate, Fix, Reason  # noqa: E402
 from crossview_ros.localizer import Localizer  # noqa: E402
 from crossview_ros.localizer_config import LocalizerConfig  # noqa: E402
 from crossview_ros.nodes import convert  # noqa: E402
-from crossview_ros.nodes.localize_node import HARDWARE_ID, REJECT_KEYS, NewestSlot  # noqa: E402
+from crossview_ros.nodes.localize_node import HARDWARE_ID, REJECT_KEYS  # noqa: E402
+from crossview_ros.nodes.plumbing import NewestSlot  # noqa: E402
 from crossview_ros.nodes.parameters import PARAMETERS, YAML_NODE_KEY, format_yaml_value  # noqa: E402
 
 DOMAIN_ID = random.SystemRandom().randint(1, 100)

@@ -12,12 +12,16 @@ the diagnostics timer. One worker thread owns the Localizer (not thread-safe) an
 So a slow frame never blocks the executor, and the node never queues stale frames.
 
 Topics (relative, remappable): subscribes `panorama` (sensor_msgs/Image rgb8|bgr8|mono8) and
-`panorama/compressed` (CompressedImage JPEG/PNG), both best effort keep-last 1, and `gnss/fix`
-(NavSatFix, best effort so that any publisher matches); publishes `crossview/fix` (NavSatFix),
-`crossview/pose` (PoseWithCovarianceStamped), `crossview/heading` (Imu, only with a yaw) and
-`/diagnostics`. Every output's header.stamp is the panorama's. Exit codes: 0 clean shutdown
+`panorama/compressed` (CompressedImage JPEG/PNG), both best effort keep-last 1, or with the
+`cameras` parameter set, per camera N `N/image`, `N/image/compressed` and `N/camera_info`
+(CameraInfo), all best effort keep-last 1 (nodes/cameras.py: a capture is one image per camera
+within camera_sync_s); and `gnss/fix` (NavSatFix, best effort so that any publisher matches);
+publishes `crossview/fix` (NavSatFix), `crossview/pose` (PoseWithCovarianceStamped),
+`crossview/heading` (Imu, only with a yaw) and `/diagnostics`. Every output's header.stamp is the
+panorama's (a capture's: its newest image's). Exit codes: 0 clean shutdown
 (SIGINT, SIGTERM), 1 an unexpected failure, 2 a start-up failure (bad parameter or ROS
-argument, missing or corrupt tile set or model) with one ERROR line saying what to fix.
+argument, missing or corrupt tile set or model, cameras without a bev model) with one ERROR line
+saying what to fix.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Generic, TypeVar
+from typing import Any
 
 import numpy as np
 import rclpy
@@ -54,7 +58,8 @@ from crossview_ros import geo
 from crossview_ros.estimate import Estimate, Fix, Reason
 from crossview_ros.localizer import Localizer
 from crossview_ros.localizer_config import LocalizerConfig
-from crossview_ros.nodes import convert
+from crossview_ros.nodes import cameras, convert
+from crossview_ros.nodes.plumbing import NewestSlot, RosLogHandler, Throttle
 from crossview_ros.nodes.parameters import (
     BY_NAME, DYNAMIC_KEYS, NODE_NAME, PARAMETERS, NodeSettings, ParamSpec, check_frame_id, is_ros_own, parse_datum,
     localizer_config, node_settings,
@@ -71,7 +76,6 @@ FIX_QOS = qos_profile_sensor_data  # best effort: matches reliable and best-effo
 ODOM_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=50, reliability=ReliabilityPolicy.BEST_EFFORT)
 OUTPUT_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10, reliability=ReliabilityPolicy.RELIABLE)
 
-T = TypeVar("T")
 _TYPES = {"bool": Parameter.Type.BOOL, "integer": Parameter.Type.INTEGER, "double": Parameter.Type.DOUBLE,
           "string": Parameter.Type.STRING, "double_array": Parameter.Type.DOUBLE_ARRAY}
 
@@ -95,87 +99,6 @@ def descriptor(spec: ParamSpec) -> ParameterDescriptor:
             d.floating_point_range = [FloatingPointRange(from_value=float(spec.range[0]),
                                                          to_value=float(spec.range[1]), step=0.0)]
     return d
-
-
-# --------------------------------------------------------------------------- logging
-
-
-class _RosLogHandler(logging.Handler):
-    """Forwards the library's Python log records (Localizer, engines) to the node's ROS logger."""
-
-    def __init__(self, ros_logger: Any) -> None:
-        super().__init__()
-        self.ros_logger = ros_logger
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            msg = self.format(record)
-            if record.levelno >= logging.ERROR:
-                self.ros_logger.error(msg)
-            elif record.levelno >= logging.WARNING:
-                self.ros_logger.warning(msg)
-            elif record.levelno >= logging.INFO:
-                self.ros_logger.info(msg)
-            else:
-                self.ros_logger.debug(msg)
-        except Exception:  # a log line must never take the node down
-            self.handleError(record)
-
-
-class _Throttle:
-    """At most one call per key per period (the node's own rejections; the Localizer throttles its own)."""
-
-    def __init__(self, period_s: float) -> None:
-        self.period_s = period_s
-        self._last: dict[str, float] = {}
-        self._lock = threading.Lock()
-
-    def ready(self, key: str) -> bool:
-        now = time.monotonic()
-        with self._lock:
-            last = self._last.get(key)
-            if last is not None and now - last < self.period_s:
-                return False
-            self._last[key] = now
-            return True
-
-
-# --------------------------------------------------------------------------- state shared by the threads
-
-
-class NewestSlot(Generic[T]):
-    """A mailbox of one item: put() replaces what is still waiting (newest wins), take() blocks.
-
-    How the node drops stale frames instead of queueing them: the executor puts, the worker takes.
-    """
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self._item: T | None = None
-        self._closed = False
-
-    def put(self, item: T) -> bool:
-        """Store `item`; True when it replaced one that nobody had taken (a dropped item)."""
-        with self._cond:
-            replaced = self._item is not None
-            self._item = item
-            self._cond.notify()
-            return replaced
-
-    def take(self, timeout_s: float | None = None) -> T | None:
-        """The waiting item (removing it); None once closed, or when timeout_s passes with nothing."""
-        with self._cond:
-            self._cond.wait_for(lambda: self._item is not None or self._closed, timeout=timeout_s)
-            if self._closed:
-                return None
-            item, self._item = self._item, None
-            return item
-
-    def close(self) -> None:
-        """Wake every taker with None; later puts are kept but never taken."""
-        with self._cond:
-            self._closed = True
-            self._cond.notify_all()
 
 
 @dataclass(frozen=True)
@@ -224,6 +147,7 @@ class LocalizeNode(Node):
         except (TypeError, ValueError) as exc:
             raise StartupError(f"invalid parameter: {exc}") from None
         self.localizer: Localizer | None = None
+        self.cameras: cameras.CameraInputs | None = None  # start() sets it when `cameras` names some
         self._lock = threading.Lock()
         self._frames: NewestSlot[_Frame] = NewestSlot()
         self._fix: _FixRecord | None = None
@@ -235,8 +159,8 @@ class LocalizeNode(Node):
         self._last_reason = ""
         self._last_protection_m = float("nan")
         self._last_error = ""
-        self._throttle = _Throttle(self.config.log_throttle_s)
-        self._log_handler: _RosLogHandler | None = None
+        self._throttle = Throttle(self.config.log_throttle_s)
+        self._log_handler: RosLogHandler | None = None
         # Several robots' nodes publish on the one /diagnostics: the namespace tells them apart.
         self.diagnostic_name = f"{self.get_fully_qualified_name().lstrip('/')}: localization"
 
@@ -264,12 +188,17 @@ class LocalizeNode(Node):
             if spec.array:
                 value = [] if value is None else [float(v) for v in value]
             values[spec.name] = value
+        try:
+            self.camera_settings = cameras.declare_parameters(self)
+        except ValueError as exc:
+            raise StartupError(f"invalid parameter: {exc}") from None
+        valid = {*BY_NAME, *self.camera_settings.parameter_names}
         # rclpy has no public accessor for the overrides it was given; without one this check is skipped.
         overrides = getattr(self, "_parameter_overrides", {}) or {}
-        unknown = sorted(n for n in overrides if n not in BY_NAME and not is_ros_own(n))
+        unknown = sorted(n for n in overrides if n not in valid and not is_ros_own(n))
         if unknown:
-            raise StartupError(f"unknown parameter(s) {unknown} for {NODE_NAME}; valid: {sorted(BY_NAME)} "
-                               "(see config/localize.yaml)")
+            raise StartupError(f"unknown parameter(s) {unknown} for {NODE_NAME}; valid: {sorted(valid)} "
+                               "(see config/localize.yaml, config/cameras_example.yaml)")
         return values
 
     def _on_set_parameters(self, params: list[Parameter]) -> SetParametersResult:
@@ -300,7 +229,7 @@ class LocalizeNode(Node):
     def start(self) -> None:
         """Build the Localizer (loads and checks the artefacts), then create topics, timer and worker."""
         lib_log = logging.getLogger("crossview_ros")
-        self._log_handler = _RosLogHandler(self.get_logger())
+        self._log_handler = RosLogHandler(self.get_logger())
         self._log_handler.setFormatter(logging.Formatter("%(message)s"))
         lib_log.addHandler(self._log_handler)
         lib_log.setLevel(logging.INFO)
@@ -309,6 +238,11 @@ class LocalizeNode(Node):
             self.localizer = Localizer(self.config)
         except Exception as exc:  # TileSetError, EngineError, LocalizerError, runtime errors of a corrupt file
             raise StartupError(f"cannot start the localizer: {exc}") from None
+        if self.camera_settings.names:
+            try:
+                self.cameras = cameras.CameraInputs(self.camera_settings, self.localizer, self, self._warn)
+            except ValueError as exc:  # CameraError: the model takes only whole panoramas
+                raise StartupError(f"cannot start: {exc}") from None
         if self.settings.datum is not None:
             self.get_logger().info(f"datum ({self.settings.datum[0]:.7f}, {self.settings.datum[1]:.7f}) "
                                    "from the datum parameter")
@@ -327,9 +261,12 @@ class LocalizeNode(Node):
         self._worker = threading.Thread(target=self._work, name="crossview_localizer_worker", daemon=True)
         self._worker.start()
         self.create_subscription(NavSatFix, "gnss/fix", self._on_fix, **qos(FIX_QOS))
-        self.create_subscription(Image, "panorama", lambda m: self._on_panorama(m, False), **qos(PANORAMA_QOS))
-        self.create_subscription(CompressedImage, "panorama/compressed", lambda m: self._on_panorama(m, True),
-                                 **qos(PANORAMA_QOS))
+        if self.cameras is not None:  # a capture of the cameras takes a panorama's place
+            self.cameras.subscribe(self, qos, lambda capture: self._on_panorama(capture, False))
+        else:
+            self.create_subscription(Image, "panorama", lambda m: self._on_panorama(m, False), **qos(PANORAMA_QOS))
+            self.create_subscription(CompressedImage, "panorama/compressed", lambda m: self._on_panorama(m, True),
+                                     **qos(PANORAMA_QOS))
         if self.config.odometry:  # the track moves by odometry (nav_msgs/Odometry, e.g. odometry/filtered)
             self.create_subscription(Odometry, "odom", self._on_odom, **qos(ODOM_QOS))
         self.create_timer(self.settings.diagnostics_period_s, self._publish_diagnostics)
@@ -419,11 +356,16 @@ class LocalizeNode(Node):
                                         f"{self.resolve_topic_name('gnss/fix')}")
         else:
             try:
-                panorama = convert.compressed_to_bytes(msg) if frame.compressed else convert.image_to_array(msg)
+                if isinstance(msg, cameras.Capture):
+                    panorama, encoding = self.cameras.frame(msg), None
+                else:
+                    panorama = convert.compressed_to_bytes(msg) if frame.compressed else convert.image_to_array(msg)
+                    encoding = None if frame.compressed else str(msg.encoding)
+            except cameras.FrameRefused as exc:
+                self._reject(exc.reason, f"frame {stamp_s:.3f} rejected, {exc.reason}: {exc}")
             except ValueError as exc:
                 self._reject(Reason.BAD_IMAGE, f"frame {stamp_s:.3f} rejected, BAD_IMAGE: {exc}")
             else:
-                encoding = None if frame.compressed else str(msg.encoding)
                 now_s = self.get_clock().now().nanoseconds * 1e-9
                 est = self.localizer.localize(panorama, fix.fix, stamp_s, encoding=encoding, now_s=now_s)
                 if est.accepted:
@@ -534,6 +476,7 @@ class LocalizeNode(Node):
                                     and self.localizer.odometry.alignment.offset() is not None).lower(),
             "pose_origin": self.settings.pose_origin,
             "datum": "unset" if self._enu is None else f"{self._enu.lat0_deg:.7f},{self._enu.lon0_deg:.7f}",
+            **(self.cameras.diagnostic_values() if self.cameras is not None else {}),
         }
         status = DiagnosticStatus(level=level, name=self.diagnostic_name, message=message, hardware_id=HARDWARE_ID,
                                   values=[KeyValue(key=k, value=str(v)) for k, v in values.items()])
@@ -546,6 +489,8 @@ class LocalizeNode(Node):
 
 USAGE = """usage: localize_node --ros-args -p tile_set:=DIR -p model:=DIR [--params-file config/localize.yaml]
                      [-r __ns:=/NAMESPACE] [-r panorama:=TOPIC ...]
+                     [-p cameras:=[front] ...: per camera N, N/image, N/image/compressed, N/camera_info
+                      instead of panorama; mounts in config/cameras_example.yaml]
 
 Corrects GNSS fixes by matching panoramas against aerial tiles (crossview_ros). Every parameter,
 with unit and default, is listed in config/localize.yaml. Exit codes: 0 shutdown, 1 failure,
