@@ -9,7 +9,8 @@ A thin front to localizer.Localizer. Three ways in:
         is drawn with VIGOR's noisy-GPS protocol (uniform +-100 m per axis); prints error statistics
     crossview-localize --model DIR --tiles DIR --bag BAG [--bag BAG ...] [--topics FILE | --panorama-topic T ...]
         drive bags or a robot's recordings (MCAP or sqlite3) as the streams the node sees, their topics
-        mapped (docs/recordings.md); against the truth when the bag has one, else the truth-free figures
+        mapped (docs/recordings.md); against the truth when the bag has one, else the truth-free figures;
+        --cameras FILE: a rig of cameras that are not 360° (a rig file: mounts and topics) instead of panoramas
     crossview-localize --model DIR --vigor ROOT --split cross_test [--limit N] [--tiles DIR]
         the same over a VIGOR-layout split; each city's tile set is --tiles, else ROOT/<City>/.tiles
         (written by crossview-sim); --heading adds heading errors (VIGOR: north in the middle column)
@@ -300,7 +301,8 @@ def _run(args: argparse.Namespace) -> int:
         raise LocalizeInputError(f"--noise-m must be a finite number of metres >= 0, got {args.noise_m}")
     if args.threads is not None and args.threads < 0:
         raise LocalizeInputError(f"--threads must be >= 0, got {args.threads}")
-    mapped = [f for f in ("topics", *(v[2:].replace("-", "_") for v in TOPIC_FLAGS.values())) if getattr(args, f)]
+    mapped = [f for f in ("topics", "cameras", *(v[2:].replace("-", "_") for v in TOPIC_FLAGS.values()))
+              if getattr(args, f)]
     if mapped and not args.bag:
         raise LocalizeInputError(f"--{mapped[0].replace('_', '-')} maps a bag's topics: it goes with --bag")
     if args.bag:

@@ -22,8 +22,10 @@ from typing import Any, TextIO
 
 import numpy as np
 
+from crossview_ros.bag.captures import CameraImages
 from crossview_ros.bag.topics import TopicMap
 from crossview_ros import geo
+from crossview_ros.camera import CameraError, CameraFrame, CameraRig
 from crossview_ros.covariance import (
     calibrate, fit_fix_sigma_scale, fit_imagery_floor, save_covariance,
 )
@@ -111,11 +113,25 @@ def localize_independent(localizers: Mapping[Any, Localizer], frames: Sequence[F
     return estimates
 
 
+def camera_frame(localizer: Localizer, images: CameraImages, rigs: dict[Any, CameraRig]) -> CameraFrame:
+    """A bag's capture as the Localizer takes it; the rig is built once per localizer and set of cameras
+    (it changes only with a CameraInfo) and kept in `rigs`. LocalizeInputError for a model that cannot
+    take cameras that are not 360°."""
+    key = (id(localizer), images.cameras)
+    if key not in rigs:
+        try:
+            rigs[key] = localizer.camera_rig(images.cameras)
+        except CameraError as exc:
+            raise LocalizeInputError(f"--cameras: {exc}") from None
+    return CameraFrame(rigs[key], images.images, images.encodings)
+
+
 def localize_streams(localizers: Mapping[Any, Localizer], frames: Sequence[Frame],
                      fixes: Sequence[Fix]) -> list[Estimate]:
     """Frames as the streams they were recorded in (stamps, fixes and gating as in the node); a reset
-    where the stream (Frame.city) changes."""
+    where the stream (Frame.city) changes. A rig's captures (CameraImages) go in as CameraFrames."""
     estimates = []
+    rigs: dict[Any, CameraRig] = {}
     for k, (fr, fix) in enumerate(zip(frames, fixes)):
         loc = localizers[fr.city]
         if k == 0 or frames[k - 1].city != fr.city:
@@ -124,7 +140,8 @@ def localize_streams(localizers: Mapping[Any, Localizer], frames: Sequence[Frame
                 loc.odometry.buffer.clear()  # and another odometry
         for row in (fr.odometry if fr.odometry is not None else ()):
             loc.add_odometry(float(row[0]), float(row[1]), float(row[2]), float(row[3]), row[4:])
-        estimates.append(loc.localize(fr.data, fix, fr.stamp_s, encoding=fr.encoding, now_s=fr.stamp_s))
+        data = camera_frame(loc, fr.data, rigs) if isinstance(fr.data, CameraImages) else fr.data
+        estimates.append(loc.localize(data, fix, fr.stamp_s, encoding=fr.encoding, now_s=fr.stamp_s))
     return estimates
 
 

@@ -1,8 +1,9 @@
 """Frames for crossview-localize: panoramas with their truth and the fix each is localized with.
 
 Three sources, one Frame type: image files (VIGOR names carry the truth), a VIGOR-layout split,
-and drive bags or robot recordings read through a topic mapping (panoramas in stamp order with the
-fix the node would pair them with; the truth when the bag has one). Batch
+and drive bags or robot recordings read through a topic mapping (panoramas, or with a rig file the
+cameras' captures, in stamp order with the fix the node would pair them with; the truth when the bag
+has one). Batch
 frames get VIGOR's noisy-GPS fixes (noisy_fix).
 """
 
@@ -42,7 +43,8 @@ class Frame:
     path: Path
     truth: Truth | None  # from a VIGOR name, or a bag's ground truth
     city: str | None = None  # the tile set it is localized in (a VIGOR city, or a bag's index)
-    data: Any = None  # bag frames: JPEG/PNG bytes, or a uint8 array with `encoding`; None = read path
+    data: Any = None  # bag frames: JPEG/PNG bytes, a uint8 array with `encoding`, or a rig's CameraImages
+    # (localize_eval makes the CameraFrame with the localizer's rig); None = read path
     stamp_s: float | None = None  # bag frames: the panorama's stamp
     odometry: np.ndarray | None = None  # bag frames: (k, 40) odometry since the previous frame: stamp_s, x_m, y_m,
     # yaw_rad, then the 36 pose covariance values (what Localizer.add_odometry takes), up to this frame's stamp
@@ -159,9 +161,10 @@ def read_panorama(path: Path) -> bytes:
 
 
 def bag_frames(path: Path, limit: int, topics: TopicMap | None = None) -> tuple[list[Frame], list[Fix]]:
-    """A bag's panoramas in stamp order, each with the newest GNSS fix at its stamp (as the node pairs
-    them), the odometry the node would have received since the previous one, and the ground truth
-    nearest its stamp (position, and ENU yaw where the bag has one; None without truth)."""
+    """A bag's panoramas (or, with topics.cameras, its cameras' captures) in stamp order, each with the newest
+    GNSS fix at its stamp (as the node pairs them), the odometry the node would have received since the
+    previous one, and the ground truth nearest its stamp (position, and ENU yaw where the bag has one; None
+    without truth)."""
     try:
         bag = read_bag(path, topics)
     except ReplayError as exc:
@@ -183,7 +186,10 @@ def bag_frames(path: Path, limit: int, topics: TopicMap | None = None) -> tuple[
         fixes.append(Fix(f.lat_deg, f.lon_deg, f.stamp_ns / 1e9, status=f.status, covariance_enu_m2=cov))
         t_s = stamp_ns / 1e9
         try:
-            data, encoding = bag.panorama_payload(int(i))
+            if bag.cameras:
+                data, encoding = bag.capture(int(i)), None
+            else:
+                data, encoding = bag.panorama_payload(int(i))
         except ReplayError as exc:
             raise LocalizeInputError(str(exc)) from None
         odom_until = int(np.searchsorted(bag.odom_stamp_s, t_s, side="right"))
@@ -191,7 +197,7 @@ def bag_frames(path: Path, limit: int, topics: TopicMap | None = None) -> tuple[
                             odometry=odom[odom_sent:odom_until], encoding=encoding))
         odom_sent = max(odom_sent, odom_until)
     if not frames:
-        raise LocalizeInputError(f"{path} has no panorama after a GNSS fix")
+        raise LocalizeInputError(f"{path} has no {'capture' if bag.cameras else 'panorama'} after a GNSS fix")
     return frames, fixes
 
 

@@ -1,6 +1,8 @@
-"""The drive bag as the replay and the evaluation read it: what to publish (panoramas, fixes, odometry)
-and what to compare against (ground truth), read once with rosbags from an MCAP or sqlite3 rosbag2,
-its topics found by a topic mapping (crossview_ros.bag.topics; the simulator's by default)."""
+"""The drive bag as the replay and the evaluation read it: what to publish (panoramas, or a rig's camera
+images with their CameraInfo; fixes, odometry) and what to compare against (ground truth), read once with
+rosbags from an MCAP or sqlite3 rosbag2, its topics found by a topic mapping (crossview_ros.bag.topics;
+the simulator's by default). With cameras (TopicMap.cameras) the frames are the rig's captures
+(crossview_ros.bag.captures) instead of panoramas."""
 
 from __future__ import annotations
 
@@ -15,7 +17,8 @@ import numpy as np
 from rosbags.highlevel import AnyReader
 
 from crossview_ros import geo
-from crossview_ros.bag.topics import MSG_IMAGE, POSE_TYPES, REQUIRED_ROLES, TopicMap, resolve
+from crossview_ros.bag.captures import CAMERA_SYNC_S, CameraImages, CameraTrack, sync_captures
+from crossview_ros.bag.topics import IMAGE_ROLE, INFO_ROLE, MSG_IMAGE, POSE_TYPES, REQUIRED_ROLES, TopicMap, resolve
 from crossview_ros.bag.writer import MSG_COMPRESSED, MSG_NAVSAT, typestore
 from crossview_ros.replay_errors import BagError
 from crossview_ros.raw_image import image_to_array
@@ -54,8 +57,8 @@ class DriveBag:
     datum_lat_deg: float
     datum_lon_deg: float
     zone: geo.UTMZone
-    panorama_stamp_ns: np.ndarray  # (P,) in bag order
-    panorama_raw: list[bytes]  # CDR of each panorama, as stored
+    panorama_stamp_ns: np.ndarray  # (P,) the frames' stamps in bag order: panoramas, or the cameras' captures
+    panorama_raw: list[bytes]  # CDR of each panorama, as stored (none with cameras)
     fixes: list[FixSample]  # in bag order
     fix_raw: list[bytes]
     odom_stamp_s: np.ndarray = field(default_factory=_empty)  # (O,)
@@ -71,6 +74,8 @@ class DriveBag:
     truth_yaw_enu_rad: np.ndarray = field(default_factory=_empty)
     panorama_msgtype: str = MSG_COMPRESSED  # or sensor_msgs/msg/Image
     topics: dict[str, str] = field(default_factory=dict)  # role -> the bag's topic (crossview_ros.bag.topics)
+    cameras: tuple[CameraTrack, ...] = ()  # with TopicMap.cameras: the rig's cameras, in the rig file's order
+    capture_rows: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.int64))  # (P, cameras) image rows
 
     @property
     def panorama_stamp_s(self) -> np.ndarray:
@@ -100,6 +105,16 @@ class DriveBag:
         items += [(int(t), KIND_PANORAMA, i) for i, t in enumerate(self.panorama_stamp_ns)]
         items.sort()
         return items
+
+    def capture(self, row: int) -> CameraImages:
+        """Frame `row` of a rig's bag: each camera's image and its intrinsics at the capture's stamp."""
+        if not self.cameras:
+            raise BagError(f"bag {self.path} is read without cameras; its frames are panoramas")
+        stamp = int(self.panorama_stamp_ns[row])
+        payloads = [track.image_payload(int(r), f"bag {self.path}")
+                    for track, r in zip(self.cameras, self.capture_rows[row])]
+        return CameraImages(tuple(t.cameras[t.info_index(stamp)] for t in self.cameras),
+                            tuple(p[0] for p in payloads), tuple(p[1] for p in payloads))
 
     def panorama_payload(self, row: int) -> tuple[Any, str | None]:
         """(what Localizer.localize takes, its encoding) of one panorama: JPEG/PNG bytes and None, or a
@@ -159,12 +174,17 @@ class _Rows:
         self.truth_fix: list[tuple[float, float, float]] = []  # (stamp_s, lat, lon)
         self.truth_pose: list[tuple[float, float, float, float]] = []  # (stamp_s, x, y, yaw) in truth_frame
         self.heading_pose: list[tuple[float, float, float, float]] = []
+        self.cameras: dict[str, CameraTrack] = {}  # with TopicMap.cameras, made by read_bag
 
     def add(self, role: str, msg: Any, raw: bytes, log_ns: int, msgtype: str, path: Path) -> None:
         header = getattr(msg, "header", None)
         t_ns = stamp_ns(header) if header is not None else 0
         t_ns = t_ns or int(log_ns)  # a driver that leaves the header stamp at zero: the log time
-        if role == "panorama":
+        if role.startswith(IMAGE_ROLE):
+            self.cameras[role[len(IMAGE_ROLE):]].add_image(t_ns, raw)
+        elif role.startswith(INFO_ROLE):
+            self.cameras[role[len(INFO_ROLE):]].add_info(t_ns, msg, raw, f"bag {path}")
+        elif role == "panorama":
             self.pano_ns.append(t_ns)
             self.pano_raw.append(bytes(raw))
         elif role == "fix":
@@ -212,12 +232,15 @@ def read_bag(path: str | os.PathLike, topics: TopicMap | None = None) -> DriveBa
         by_topic: dict[str, list[str]] = {}
         for role, topic in roles.items():
             by_topic.setdefault(topic, []).append(role)
+        for cam in (mapping.cameras.cameras if mapping.cameras is not None else ()):
+            image = roles[IMAGE_ROLE + cam.name]
+            rows.cameras[cam.name] = CameraTrack(cam, image, reader.topics[image].msgtype, roles[INFO_ROLE + cam.name])
         conns = [c for c in reader.connections if c.topic in by_topic]
         for conn, log_ns, raw in reader.messages(connections=conns):
             msg = reader.deserialize(raw, conn.msgtype)
             for role in by_topic[conn.topic]:
                 rows.add(role, msg, raw, log_ns, conn.msgtype, path)
-        pano_type = reader.topics[roles["panorama"]].msgtype
+        pano_type = reader.topics[roles["panorama"]].msgtype if "panorama" in roles else MSG_COMPRESSED
         msgtypes = {role: reader.topics[topic].msgtype for role, topic in roles.items()}
     except BagError:
         raise
@@ -226,8 +249,10 @@ def read_bag(path: str | os.PathLike, topics: TopicMap | None = None) -> DriveBa
     finally:
         reader_cm.__exit__(None, None, None)
     for role in REQUIRED_ROLES:
-        if not (rows.pano_ns if role == "panorama" else rows.fixes):
+        if role in roles and not (rows.pano_ns if role == "panorama" else rows.fixes):
             raise BagError(f"bag {path}: the {role} topic {roles[role]} holds no messages")
+    for track in rows.cameras.values():
+        track.check(f"bag {path}")
     return _build(path, rows, roles, msgtypes, mapping, pano_type)
 
 
@@ -260,6 +285,13 @@ def _build(path: Path, rows: _Rows, roles: dict[str, str], msgtypes: dict[str, s
     bag = DriveBag(path=path, datum=datum, datum_lat_deg=lat0, datum_lon_deg=lon0, zone=zone,
                    panorama_stamp_ns=np.asarray(rows.pano_ns, dtype=np.int64), panorama_raw=rows.pano_raw,
                    fixes=rows.fixes, fix_raw=rows.fix_raw, panorama_msgtype=pano_type, topics=dict(roles))
+    if rows.cameras:
+        tracks = tuple(rows.cameras.values())
+        bag.cameras = tracks
+        bag.panorama_stamp_ns, bag.capture_rows = sync_captures([t.image_stamp_ns for t in tracks])
+        if not len(bag.panorama_stamp_ns):
+            raise BagError(f"bag {path}: the images of cameras {', '.join(t.name for t in tracks)} never lie within "
+                           f"{CAMERA_SYNC_S:g} s of each other: no capture to localize")
     if rows.odom:
         t, twist, twist_cov, pose, pose_cov = zip(*rows.odom)
         bag.odom_stamp_s = np.asarray(t, dtype=np.float64)

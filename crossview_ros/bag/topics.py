@@ -19,6 +19,10 @@ The message type is read from the bag: a raw or a compressed panorama, a NavSatF
 `none` (YAML null) switches a role off. Frames of pose-type truth: `utm` (the datum's zone, or
 `utm:33N`) or `enu:LAT,LON[,YAW_DEG]`, a local frame with its origin at LAT, LON whose x axis points
 YAW_DEG counter-clockwise from east (0: x east, y north; 90: x north, y west).
+
+Cameras that are not 360° replace the panorama: `--cameras FILE` (a rig file, crossview_ros.bag.rig)
+names each camera's mount and topics; their images make the frames (crossview_ros.bag.captures) and
+the panorama role is off.
 """
 
 from __future__ import annotations
@@ -34,9 +38,10 @@ import numpy as np
 import yaml
 
 from crossview_ros import geo
+from crossview_ros.bag.rig import RigSpec, load_rig_file, resolve_cameras
 from crossview_ros.bag.writer import (
-    MSG_COMPRESSED, MSG_NAVSAT, MSG_ODOM, MSG_POSE, MSG_STRING, TOPIC_DATUM, TOPIC_GNSS, TOPIC_GT_FIX, TOPIC_GT_POSE,
-    TOPIC_ODOM, TOPIC_PANORAMA,
+    MSG_CAMERA_INFO, MSG_COMPRESSED, MSG_NAVSAT, MSG_ODOM, MSG_POSE, MSG_STRING, TOPIC_DATUM, TOPIC_GNSS, TOPIC_GT_FIX,
+    TOPIC_GT_POSE, TOPIC_ODOM, TOPIC_PANORAMA,
 )
 from crossview_ros.replay_errors import BagError
 
@@ -56,6 +61,8 @@ FLAGS = {"panorama": "--panorama-topic", "fix": "--fix-topic", "odom": "--odom-t
          "truth_heading": "--truth-heading-topic", "datum": "--datum-topic", "truth_frame": "--truth-frame"}
 FILE_KEYS = (*ROLE_TYPES, "truth_frame")
 OFF = "none"  # a flag value that switches a role off
+CAMERAS_FLAG = "--cameras"
+IMAGE_ROLE, INFO_ROLE = "image:", "camera_info:"  # + a camera's name: the roles of its topics
 DOC = "docs/recordings.md"
 
 
@@ -141,6 +148,7 @@ class TopicMap:
     datum: str | None = TOPIC_DATUM
     truth_frame: TruthFrame = field(default_factory=lambda: TruthFrame("utm"))
     given: frozenset[str] = frozenset()
+    cameras: RigSpec | None = None  # --cameras: the frames are these cameras' captures, not panoramas
 
     def updated(self, values: Mapping[str, Any], source: str) -> TopicMap:
         """This mapping with `values` (role -> topic, None/"none" = off; truth_frame) set and marked given."""
@@ -164,6 +172,8 @@ class TopicMap:
         """The mapping as the YAML file writes it (summary.json carries it too)."""
         out: dict[str, Any] = {f.name: getattr(self, f.name) for f in fields(self) if f.name in ROLE_TYPES}
         out["truth_frame"] = str(self.truth_frame)
+        if self.cameras is not None:
+            out["cameras"] = self.cameras.to_dict()["cameras"]
         return out
 
 
@@ -202,6 +212,11 @@ def add_topic_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--datum-topic", metavar="TOPIC",
                    help=f"the simulator's datum JSON, or none (default {TOPIC_DATUM} if there; without it the datum "
                         "is the first valid fix)")
+    g.add_argument(CAMERAS_FLAG, metavar="FILE",
+                   help="cameras that are not 360 degrees instead of the panorama: a rig file (YAML, cameras: {NAME: "
+                        "{height_m, x_m, y_m, yaw_deg, pitch_deg, roll_deg, image_topic, info_topic}}); intrinsics "
+                        "from the bag's CameraInfo; needs a bev model (crossview-sim drive --cameras writes "
+                        "BAG/cameras.yaml)")
 
 
 def topic_map_from_args(args: argparse.Namespace) -> TopicMap:
@@ -210,7 +225,10 @@ def topic_map_from_args(args: argparse.Namespace) -> TopicMap:
     if getattr(args, "topics", None):
         mapping = mapping.updated(load_topic_file(args.topics), f"--topics {args.topics}")
     flags = {role: getattr(args, flag[2:].replace("-", "_"), None) for role, flag in FLAGS.items()}
-    return mapping.updated({k: v for k, v in flags.items() if v is not None}, "flags")
+    mapping = mapping.updated({k: v for k, v in flags.items() if v is not None}, "flags")
+    if getattr(args, "cameras", None):
+        mapping = replace(mapping, cameras=load_rig_file(args.cameras))
+    return mapping
 
 
 def describe_topics(bag_topics: Mapping[str, str]) -> str:
@@ -222,9 +240,11 @@ def resolve(mapping: TopicMap, bag_topics: Mapping[str, str], path: Path) -> dic
     """role -> topic of the roles this bag has; BagError (one line naming the bag's topics) when a needed
     or named topic is missing or of a type that role does not take."""
     roles: dict[str, str] = {}
+    if mapping.cameras is not None and "panorama" in mapping.given:
+        raise BagError(f"{CAMERAS_FLAG} takes the frames from the rig's cameras: give no panorama topic with it")
     for role, types in ROLE_TYPES.items():
         topic = getattr(mapping, role)
-        if topic is None:
+        if topic is None or (role == "panorama" and mapping.cameras is not None):
             continue
         how = f"given by {FLAGS[role]}/--topics" if role in mapping.given else "the default"
         if topic not in bag_topics:
@@ -241,4 +261,8 @@ def resolve(mapping: TopicMap, bag_topics: Mapping[str, str], path: Path) -> dic
                 and "truth_frame" not in mapping.given):
             raise BagError(f"bag {path}: {role} topic {roles[role]} is a pose ({bag_topics[roles[role]]}): say its "
                            f"frame with --truth-frame utm | utm:ZONE | enu:LAT,LON[,YAW_DEG] ({DOC})")
+    if mapping.cameras is not None:
+        found = resolve_cameras(mapping.cameras, bag_topics, path, ROLE_TYPES["panorama"], MSG_CAMERA_INFO)
+        for name, (image, info) in found.items():
+            roles[IMAGE_ROLE + name], roles[INFO_ROLE + name] = image, info
     return roles

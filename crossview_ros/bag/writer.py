@@ -20,6 +20,8 @@ Topics (header stamp = bag log time = Unix time of the sample):
 | `/odom`                | nav_msgs/msg/Odometry           | `odom` (`base_link`) | odometry rate  |
 | `/ground_truth/pose`   | geometry_msgs/msg/PoseStamped   | `utm`                | drive rate_hz  |
 | `/ground_truth/fix`    | sensor_msgs/msg/NavSatFix       | `base_link`          | drive rate_hz  |
+| `/N/image/compressed`  | sensor_msgs/msg/CompressedImage | `N`                  | drive rate_hz  |
+| `/N/camera_info`       | sensor_msgs/msg/CameraInfo      | `N`                  | drive rate_hz  |
 
 - `/crossview/datum`: JSON with datum_lat_deg, datum_lon_deg, seed, utm_zone, the caller's other
   keys, and a `bag` block (format, version, topics, frames, drive config, GNSS model).
@@ -31,6 +33,9 @@ Topics (header stamp = bag log time = Unix time of the sample):
 - `/ground_truth/pose`: x = UTM easting, y = northing in the datum's zone, z = 0, yaw against
   the UTM grid.
 - `/ground_truth/fix`: true latitude/longitude, status FIX, covariance type UNKNOWN (exact).
+- `/N/image/compressed`, `/N/camera_info` (only with `crossview-sim drive --cameras RIG`): camera N of
+  the rig, its JPEG view of each panorama and its CameraInfo, at the panorama's stamp; the rig file of
+  their mounts is written beside metadata.yaml (crossview_ros.bag.rig.RIG_SIDECAR).
 
 Frames: the camera, the GNSS antenna and base_link coincide in the horizontal plane (no lever
 arms; no /tf is written). `utm` is the UTM grid of the zone in the datum message; its yaw
@@ -44,7 +49,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -81,6 +86,7 @@ MSG_COMPRESSED = "sensor_msgs/msg/CompressedImage"
 MSG_NAVSAT = "sensor_msgs/msg/NavSatFix"
 MSG_ODOM = "nav_msgs/msg/Odometry"
 MSG_POSE = "geometry_msgs/msg/PoseStamped"
+MSG_CAMERA_INFO = "sensor_msgs/msg/CameraInfo"
 
 TOPICS: dict[str, str] = {
     TOPIC_DATUM: MSG_STRING,
@@ -171,24 +177,28 @@ def check_target(path: Path, overwrite: bool) -> None:
         raise FileExistsError(f"{path} exists; pass overwrite=True or choose another path")
 
 
-def write_bag(path: str | Path, messages: Iterable[tuple[str, int, Any]], *, overwrite: bool = False) -> Path:
-    """Write (topic, stamp_ns, message) in order as an MCAP bag with the TOPICS connections.
+def write_bag(path: str | Path, messages: Iterable[tuple[str, int, Any]], *, overwrite: bool = False,
+              topics: Mapping[str, str] | None = None, sidecars: Mapping[str, str] | None = None) -> Path:
+    """Write (topic, stamp_ns, message) in order as an MCAP bag with the connections of `topics`
+    (topic -> message type; default TOPICS). A message is a typestore message or its CDR bytes.
 
     The stream may be a generator (messages built while the bag is written); an exception
-    from it leaves no bag behind. The stamp is the log time. Returns the bag directory
-    (`<path>/<name>.mcap` + metadata.yaml)."""
+    from it leaves no bag behind. The stamp is the log time. sidecars: file name -> text, written
+    beside metadata.yaml (a rig file). Returns the bag directory (`<path>/<name>.mcap` + metadata.yaml)."""
     path = Path(path)
     check_target(path, overwrite)
     with staging_dir(path) as work:  # a killed run's leftover is removed by the next
         bag = work / path.name  # the MCAP file inside is named after this directory
-        _write(bag, messages)
+        _write(bag, messages, dict(TOPICS if topics is None else topics))
+        for name, text in (sidecars or {}).items():
+            (bag / name).write_text(text, encoding="utf-8")
         if path.exists():
             os.replace(path, work / "replaced")
         os.replace(bag, path)
     return path
 
 
-def _write(bag: Path, messages: Iterable[tuple[str, int, Any]]) -> None:
+def _write(bag: Path, messages: Iterable[tuple[str, int, Any]], topics: Mapping[str, str]) -> None:
     ts = typestore()
     with Writer(bag, version=Writer.VERSION_LATEST, storage_plugin=StoragePlugin.MCAP) as writer:
         conns = {
@@ -198,10 +208,11 @@ def _write(bag: Path, messages: Iterable[tuple[str, int, Any]]) -> None:
                 typestore=ts,
                 offered_qos_profiles=[QOS_LATCHED if topic == TOPIC_DATUM else QOS_SENSOR],
             )
-            for topic, msgtype in TOPICS.items()
+            for topic, msgtype in topics.items()
         }
         for topic, t_ns, msg in messages:
-            writer.write(conns[topic], t_ns, ts.serialize_cdr(msg, TOPICS[topic]))
+            raw = bytes(msg) if isinstance(msg, (bytes, bytearray, memoryview)) else ts.serialize_cdr(msg, topics[topic])
+            writer.write(conns[topic], t_ns, raw)
 
 
 class DriveMessages:
@@ -275,6 +286,19 @@ class DriveMessages:
                 None,
             ),
         }
+
+    def camera_image(self, t_ns: int, frame_id: str, jpeg: bytes) -> Any:
+        """A camera's view as sensor_msgs/CompressedImage (JPEG)."""
+        return self.t[MSG_COMPRESSED](header=self.header(t_ns, frame_id), format="jpeg",
+                                      data=np.frombuffer(jpeg, dtype=np.uint8))
+
+    def camera_info(self, t_ns: int, frame_id: str, fields: Mapping[str, Any]) -> Any:
+        """sensor_msgs/CameraInfo from width, height, distortion_model, d, k, r, p (CameraModel.camera_info_fields)."""
+        roi = self.t["sensor_msgs/msg/RegionOfInterest"](x_offset=0, y_offset=0, height=0, width=0, do_rectify=False)
+        arrays = {key: np.asarray(fields[key], dtype=np.float64) for key in ("d", "k", "r", "p")}
+        return self.t[MSG_CAMERA_INFO](header=self.header(t_ns, frame_id), height=int(fields["height"]),
+                                       width=int(fields["width"]), distortion_model=str(fields["distortion_model"]),
+                                       **arrays, binning_x=0, binning_y=0, roi=roi)
 
     def fix(self, t_ns: int, lat_lon_alt: tuple | None, sigma_enu_m: Sequence[float] = ()) -> Any:
         """/gnss/fix: lat_lon_alt None = STATUS_NO_FIX (NaN position, covariance UNKNOWN);

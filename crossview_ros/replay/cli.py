@@ -3,7 +3,7 @@
     crossview-replay BAG --tiles DIR --model DIR --out DIR [--rate 1.0 | --lockstep] [--params-file YAML]
                      [--node-arg ARG ...] [--ekf-config config/ekf.yaml] [--timeout-s 60]
                      [--topics FILE] [--panorama-topic T] [--fix-topic T] [--odom-topic T] [--truth-topic T]
-                     [--truth-frame utm|enu:LAT,LON[,YAW_DEG]] ...
+                     [--truth-frame utm|enu:LAT,LON[,YAW_DEG]] [--cameras RIG_FILE] ...
 
 One step, one function (replay_bag), a thin CLI. The replay:
 
@@ -15,7 +15,9 @@ One step, one function (replay_bag), a thin CLI. The replay:
    "datum", in the replay's ROS_DOMAIN_ID (a random one, discovery limited to this host, when the
    environment sets none), and waits until its subscriptions and publications are matched;
 3. publishes /clock and the bag's panoramas, fixes and odometry (never ground truth) under the
-   node's topic names (panorama/compressed or panorama, gnss/fix, odom) in stamp order at `rate` x
+   node's topic names (panorama/compressed or panorama, gnss/fix, odom; with --cameras a rig file,
+   each camera's images and CameraInfo on N/image/compressed or N/image and N/camera_info, the node
+   given `cameras` and each camera's mount as parameters) in stamp order at `rate` x
    real time; at equal stamps the fix goes first, so the node pairs a panorama with the fix of its
    own stamp; with `lockstep`, each panorama is sent only once the node has published or counted
    the previous one (throughput, no frame dropped);
@@ -59,7 +61,7 @@ from crossview_ros.bag.topics import TopicMap, add_topic_arguments, topic_map_fr
 from crossview_ros.replay_errors import EXIT_OK, EXIT_USAGE, ReplayError, UsageError
 from crossview_ros.replay_evaluation import FrameRecord, default_fusion_config, evaluate
 from crossview_ros.replay.files import write_frames_csv, write_outputs_mcap
-from crossview_ros.replay.node_process import node_command
+from crossview_ros.replay.node_process import camera_parameters, node_command
 from crossview_ros.replay.player import LOCKSTEP_DIAGNOSTICS_PERIOD_S, play
 
 
@@ -114,9 +116,10 @@ def replay_bag(bag: str | os.PathLike, tiles: str | os.PathLike, model: str | os
     drive = read_bag(bag, topics)
     with staging_dir(out) as work:  # a killed replay's leftover is removed by the next
         extra = ("-p", f"diagnostics_period_s:={LOCKSTEP_DIAGNOSTICS_PERIOD_S}") if lockstep else ()
+        rig = camera_parameters(topics.cameras) if topics is not None and topics.cameras is not None else []
         cmd = node_command(tiles, model, drive.datum_lat_deg, drive.datum_lon_deg,
                            params_file=Path(config).resolve() if config is not None else None,
-                           node_args=(*extra, *node_args))
+                           node_args=(*extra, *rig, *node_args))
         playback = play(drive, cmd, work / "node.log", rate=rate, timeout_s=timeout_s, progress=progress,
                         lockstep=lockstep, monitor=monitor)
         evaluation = evaluate(drive, playback, fusion_config=fusion_config)
@@ -128,6 +131,7 @@ def replay_bag(bag: str | os.PathLike, tiles: str | os.PathLike, model: str | os
             "lockstep": playback.lockstep, "publish_s": playback.publish_s, "frames_lost": playback.frames_lost,
             "frames_per_s": playback.frames_published / playback.publish_s if playback.publish_s > 0 else None,
             "fixes_published_by_replay": playback.fixes_published,
+            "cameras": None if not drive.cameras else {t.name: t.image_topic for t in drive.cameras},
         }
         result = work / "result"
         result.mkdir()

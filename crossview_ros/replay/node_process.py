@@ -14,6 +14,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from crossview_ros.bag.rig import RigSpec
+from crossview_ros.camera import MOUNT_KEYS
 from crossview_ros.child_process import start_child
 from crossview_ros.replay_errors import NodeError, ReplayError
 from crossview_ros.replay_evaluation import NODE_NAME
@@ -27,7 +29,7 @@ STOP_TIMEOUT_S = 10.0  # SIGINT -> exit; then SIGTERM, then SIGKILL
 DOMAIN_IDS = tuple(range(1, 102)) + tuple(range(215, 233))
 LOG_TAIL_LINES = 25
 
-__all__ = ["NODE_NAME", "NodeProcess", "node_command", "ros_environment", "tail"]
+__all__ = ["NODE_NAME", "NodeProcess", "camera_parameters", "node_command", "ros_environment", "tail"]
 
 
 def node_command(tiles: Path, model: Path, datum_lat_deg: float, datum_lon_deg: float, *,
@@ -46,6 +48,17 @@ def node_command(tiles: Path, model: Path, datum_lat_deg: float, datum_lon_deg: 
             "-p", f"datum:=[{float(datum_lat_deg)!r},{float(datum_lon_deg)!r}]", "-p", "pose_origin:=datum"]
     cmd += list(node_args)
     return cmd
+
+
+def camera_parameters(rig: RigSpec) -> list[str]:
+    """The node's ROS arguments for a rig (crossview_ros.nodes.cameras): `cameras` and each camera's mount.
+    Names are quoted (a camera called `on` stays a string); mounts are written with a decimal point (doubles)."""
+    names = ",".join(f"'{name}'" for name in rig.names)
+    out = ["-p", f"cameras:=[{names}]"]
+    for cam in rig.cameras:
+        for key in MOUNT_KEYS:
+            out += ["-p", f"{cam.name}.{key}:={float(getattr(cam.mount, key)):.9f}"]
+    return out
 
 
 def tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:

@@ -1,7 +1,9 @@
 """The replay's ROS 2 side: publishes /clock and the bag's panoramas and fixes to the node, records
 what the node publishes, and runs one playback (play) from start-up through the last frame. The
 node always gets the simulator's topic names (panorama/compressed or panorama for a raw Image,
-gnss/fix, odom), whatever the bag calls them (crossview_ros.bag.topics)."""
+gnss/fix, odom), whatever the bag calls them (crossview_ros.bag.topics); a rig's cameras go to the
+node's camera topics (per camera N: N/image/compressed or N/image, and N/camera_info before each
+image), each capture's images together, their CameraInfo also once before the first frame."""
 
 from __future__ import annotations
 
@@ -9,13 +11,14 @@ import importlib
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
 
+from crossview_ros.bag.captures import CameraTrack
 from crossview_ros.bag.drive import KIND_FIX, KIND_ODOM, NS, DriveBag
 from crossview_ros.bag.drive import stamp_ns as header_stamp_ns
 from crossview_ros.bag.writer import TOPIC_GNSS, TOPIC_ODOM, TOPIC_PANORAMA, typestore
@@ -43,7 +46,7 @@ TOPIC_PANORAMA_RAW = "/panorama"  # the node's sensor_msgs/Image input
 class Player:
     """The replay's rclpy side: its own context, a node with the publishers and recorders, a spin thread."""
 
-    def __init__(self, domain_id: int, raw_panorama: bool = False) -> None:
+    def __init__(self, domain_id: int, raw_panorama: bool = False, cameras: Sequence[CameraTrack] = ()) -> None:
         import rclpy
         from rclpy.context import Context
         from rclpy.executors import SingleThreadedExecutor
@@ -51,7 +54,7 @@ class Player:
         from rclpy.signals import SignalHandlerOptions
         from nav_msgs.msg import Odometry
         from rosgraph_msgs.msg import Clock
-        from sensor_msgs.msg import CompressedImage, Image, NavSatFix
+        from sensor_msgs.msg import CameraInfo, CompressedImage, Image, NavSatFix
 
         self.context = Context()
         rclpy.init(context=self.context, domain_id=domain_id, signal_handler_options=SignalHandlerOptions.NO)
@@ -61,8 +64,18 @@ class Player:
         # Reliable publishers match the node's best-effort subscriptions as well as reliable ones.
         self.clock_pub = self.node.create_publisher(Clock, "/clock", reliable)
         self.pano_topic = TOPIC_PANORAMA_RAW if raw_panorama else TOPIC_PANORAMA  # the node subscribes to both
-        self.pano_pub = self.node.create_publisher(Image if raw_panorama else CompressedImage, self.pano_topic,
-                                                   reliable)
+        self.cameras = tuple(cameras)
+        self.camera_pubs: list[tuple[Any, Any]] = []  # (image, CameraInfo) publisher per camera, in rig order
+        self.pano_pub = None
+        if self.cameras:
+            for track in self.cameras:
+                image_type, suffix = (CompressedImage, "image/compressed") if track.compressed else (Image, "image")
+                self.camera_pubs.append((
+                    self.node.create_publisher(image_type, f"/{track.name}/{suffix}", reliable),
+                    self.node.create_publisher(CameraInfo, f"/{track.name}/camera_info", reliable)))
+        else:
+            self.pano_pub = self.node.create_publisher(Image if raw_panorama else CompressedImage, self.pano_topic,
+                                                       reliable)
         self.fix_pub = self.node.create_publisher(NavSatFix, TOPIC_GNSS, reliable)
         self.odom_pub = self.node.create_publisher(Odometry, TOPIC_ODOM, reliable)
         self._clock_cls = Clock
@@ -138,12 +151,27 @@ class Player:
     def matched(self) -> dict[str, bool]:
         """Which links are up: the node subscribes to our three topics and we to its estimate topics."""
         out = {"/clock": self.clock_pub.get_subscription_count() > 0,
-               self.pano_topic: self.pano_pub.get_subscription_count() > 0,
                TOPIC_GNSS: self.fix_pub.get_subscription_count() > 0}
+        if self.pano_pub is not None:
+            out[self.pano_topic] = self.pano_pub.get_subscription_count() > 0
+        for pubs in self.camera_pubs:
+            out.update({pub.topic_name: pub.get_subscription_count() > 0 for pub in pubs})
         for topic in (TOPIC_OUT_FIX, TOPIC_OUT_POSE, TOPIC_DIAGNOSTICS):
             sub = self.subs.get(topic)
             out[topic] = sub is not None and sub.get_publisher_count() > 0
         return out
+
+    def publish_camera_infos(self, stamp_ns: int) -> None:
+        """Each camera's CameraInfo in force at a stamp (the node parses a repeat no further)."""
+        for track, (_, info_pub) in zip(self.cameras, self.camera_pubs):
+            info_pub.publish(track.info_raw[track.info_index(stamp_ns)])
+
+    def publish_capture(self, bag: DriveBag, row: int) -> None:
+        """One capture: each camera's CameraInfo, then each camera's image."""
+        stamp = int(bag.panorama_stamp_ns[row])
+        self.publish_camera_infos(stamp)
+        for track, (image_pub, _), image_row in zip(self.cameras, self.camera_pubs, bag.capture_rows[row]):
+            image_pub.publish(track.image_raw[int(image_row)])
 
     def close(self) -> None:
         import rclpy
@@ -215,7 +243,7 @@ def play(bag: DriveBag, cmd: list[str], log_path: Path, *, rate: float = 1.0, ti
     """
     env, domain = ros_environment()
     started = time.monotonic()
-    player = Player(domain, raw_panorama=bag.raw_panorama)
+    player = Player(domain, raw_panorama=bag.raw_panorama, cameras=bag.cameras)
     node = None
     try:
         check_no_other_localizer(player, domain)
@@ -283,6 +311,8 @@ def connect(player: Player, node: NodeProcess, t0_ns: int, domain: int, timeout_
             last_clock = time.monotonic()
         time.sleep(0.01)
     settle_end = time.monotonic() + SETTLE_S
+    if player.cameras:  # the node knows each camera's intrinsics before the first capture comes
+        player.publish_camera_infos(t0_ns)
     while time.monotonic() < settle_end:
         player.publish_clock(t0_ns)
         time.sleep(CLOCK_PERIOD_S)
@@ -307,7 +337,7 @@ def publish_bag(player: Player, node: NodeProcess, bag: DriveBag, items: list[tu
     scan = [len(player.snapshot())]
     mono0 = time.monotonic()
     last_clock = 0.0
-    with tqdm(total=len(bag.panorama_raw), desc="replay (lockstep)" if lockstep else "replay", unit="frame",
+    with tqdm(total=len(bag.panorama_stamp_ns), desc="replay (lockstep)" if lockstep else "replay", unit="frame",
               disable=not progress) as bar:
         for stamp_ns, kind, row in items:
             target = mono0 + (stamp_ns - t0_ns) / NS / rate
@@ -329,7 +359,10 @@ def publish_bag(player: Player, node: NodeProcess, bag: DriveBag, items: list[tu
                 player.odom_pub.publish(bag.odom_raw[row])
                 continue
             sent.published_s.setdefault(stamp_ns, player.now_s())
-            player.pano_pub.publish(bag.panorama_raw[row])
+            if player.cameras:
+                player.publish_capture(bag, row)
+            else:
+                player.pano_pub.publish(bag.panorama_raw[row])
             sent.frames += 1
             if lockstep and not await_frame(player, node, stamp_ns, sent.frames, scan, timeout_s):
                 sent.lost += 1

@@ -4,24 +4,29 @@ Turns the simulator's arrays (Drive, GnssTrack, Odometry) and a stream of encode
 into the bag's message stream, in stamp order (at equal stamps: the panorama with its ground
 truth, then the GNSS fix, then odometry), with the datum message first. The datum document
 carries, besides the caller's keys, a `bag` block with the format, topics, frames, the drive's
-configuration and the GNSS model.
+configuration and the GNSS model. With cameras (crossview_ros.sim.cameras), each panorama is followed
+by each camera's CameraInfo and JPEG view at its stamp, and the rig file of their mounts goes into
+the bag folder (crossview_ros.bag.rig.RIG_SIDECAR) and the datum's `bag.cameras`.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from crossview_ros.bag.rig import RIG_SIDECAR, RigCamera, RigSpec, rig_file_text
 from crossview_ros.bag.writer import (
     FORMAT,
     FORMAT_VERSION,
     FRAME_BASE,
     FRAME_ODOM,
     FRAME_UTM,
+    MSG_CAMERA_INFO,
+    MSG_COMPRESSED,
     TOPIC_DATUM,
     TOPIC_GNSS,
     TOPIC_ODOM,
@@ -32,6 +37,7 @@ from crossview_ros.bag.writer import (
     stamp_ns,
     write_bag,
 )
+from crossview_ros.camera import Camera
 from crossview_ros.geo import yaw_enu_to_utm
 from crossview_ros.sim.drive import Drive
 from crossview_ros.sim.gnss import GnssTrack
@@ -45,33 +51,68 @@ def write_drive_bag(
     drive: Drive,
     gnss: GnssTrack,
     odometry: Odometry,
-    panoramas: Iterable[bytes],
+    panoramas: Iterable[bytes] | Iterable[tuple[bytes, Sequence[bytes]]],
     datum: dict,
     *,
     overwrite: bool = False,
+    cameras: Sequence[Camera] = (),
 ) -> Path:
     """Write one simulated drive with its GNSS fixes and odometry as an MCAP bag.
 
     `panoramas` yields one encoded JPEG per drive stamp, in order (it may be a generator, so
-    panoramas are rendered while the bag is written). `datum` needs datum_lat_deg,
-    datum_lon_deg and seed, or is City.city_json(); utm_zone is added from the drive.
-    Returns the bag directory (`<path>/<name>.mcap` + metadata.yaml)."""
+    panoramas are rendered while the bag is written); with `cameras`, a (panorama JPEG, the cameras'
+    JPEG views in their order) pair per stamp. `datum` needs datum_lat_deg, datum_lon_deg and seed,
+    or is City.city_json(); utm_zone is added from the drive.
+    Returns the bag directory (`<path>/<name>.mcap` + metadata.yaml, and the rig file with cameras)."""
     path = Path(path)
     check_target(path, overwrite)
     if str(gnss.zone) != str(drive.zone):
         raise ValueError(f"GNSS track zone {gnss.zone} differs from the drive's zone {drive.zone}")
     datum_doc = datum_document(datum, str(drive.zone))
+    topics = {**TOPICS, **camera_topics(cameras)}
     datum_doc["bag"] = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
-        "topics": TOPICS,
+        "topics": topics,
         "frames": {"ground_truth_pose": FRAME_UTM, "odom": FRAME_ODOM, "base": FRAME_BASE},
         "drive": drive.config.to_dict(),
         "gnss_model": gnss.model,
         "gnss_publish_no_fix": bool(gnss.publish_no_fix),
     }
+    sidecars = {}
+    if cameras:
+        datum_doc["bag"]["cameras"] = rig_spec(cameras).to_dict()["cameras"]
+        sidecars[RIG_SIDECAR] = rig_file_text(rig_spec(cameras))
     datum_json = json.dumps(datum_doc, sort_keys=True, allow_nan=False)
-    return write_bag(path, _messages(drive, gnss, odometry, panoramas, datum_json), overwrite=overwrite)
+    return write_bag(path, _messages(drive, gnss, odometry, panoramas, datum_json, tuple(cameras)),
+                     overwrite=overwrite, topics=topics, sidecars=sidecars)
+
+
+def camera_topics(cameras: Sequence[Camera]) -> dict[str, str]:
+    """topic -> message type of each camera's view and CameraInfo."""
+    out = {}
+    for cam in cameras:
+        out[f"/{cam.name}/image/compressed"] = MSG_COMPRESSED
+        out[f"/{cam.name}/camera_info"] = MSG_CAMERA_INFO
+    return out
+
+
+def rig_spec(cameras: Sequence[Camera]) -> RigSpec:
+    """The rig file of simulated cameras: their mounts, the default topics."""
+    return RigSpec(tuple(RigCamera(cam.name, cam.mount) for cam in cameras))
+
+
+def camera_messages(build: DriveMessages, t_ns: int, cameras: Sequence[Camera],
+                    views: Sequence[bytes], what: str) -> Iterator[tuple[str, int, Any]]:
+    """Each camera's CameraInfo and JPEG view at one stamp; ValueError when the views do not match the cameras."""
+    if len(views) != len(cameras):
+        raise ValueError(f"{what}: {len(views)} views for {len(cameras)} cameras")
+    for cam, jpeg in zip(cameras, views):
+        jpeg = bytes(jpeg)
+        if jpeg[:2] != b"\xff\xd8":
+            raise ValueError(f"{what}: the view of camera {cam.name} is not a JPEG")
+        yield f"/{cam.name}/camera_info", t_ns, build.camera_info(t_ns, cam.name, cam.model.camera_info_fields())
+        yield f"/{cam.name}/image/compressed", t_ns, build.camera_image(t_ns, cam.name, jpeg)
 
 
 def _events(drive: Drive, gnss: GnssTrack, odometry: Odometry) -> list[tuple[int, int, int]]:
@@ -87,7 +128,8 @@ def _events(drive: Drive, gnss: GnssTrack, odometry: Odometry) -> list[tuple[int
 
 
 def _messages(
-    drive: Drive, gnss: GnssTrack, odometry: Odometry, panoramas: Iterable[bytes], datum_json: str
+    drive: Drive, gnss: GnssTrack, odometry: Odometry, panoramas: Iterable[Any], datum_json: str,
+    cameras: tuple[Camera, ...] = (),
 ) -> Iterator[tuple[str, int, Any]]:
     """(topic, stamp_ns, message) of the whole drive; ValueError when the panoramas do not
     match the drive's stamps one to one or one is not a JPEG."""
@@ -99,12 +141,13 @@ def _messages(
     g, o = gnss, odometry
     for t_ns, kind, i in _events(drive, gnss, odometry):
         if kind == _PANORAMA:
-            jpeg = next(images, None)
-            if jpeg is None:
+            item = next(images, None)
+            if item is None:
                 raise ValueError(
                     f"panoramas ran out after {i} images; "
                     f"the drive has {len(drive.stamp_s)} stamps"
                 )
+            jpeg, views = item if cameras else (item, ())
             jpeg = bytes(jpeg)
             if jpeg[:2] != b"\xff\xd8":
                 raise ValueError(
@@ -114,6 +157,7 @@ def _messages(
                                   drive.lat_deg[i], drive.lon_deg[i])
             for topic, msg in msgs.items():
                 yield topic, t_ns, msg
+            yield from camera_messages(build, t_ns, cameras, views, f"panorama {i}")
         elif kind == _FIX:
             if g.valid[i]:
                 fix = build.fix(t_ns, (g.lat_deg[i], g.lon_deg[i], g.altitude_m[i]),

@@ -10,16 +10,39 @@ are free.
 Named rigs (RIGS) are what the pooled walks compare: `forward90` a 90° forward camera,
 `rig4` four 100° cameras looking forward, left, back and right, `fisheye` one forward
 equidistant fisheye of 190°, and `panorama` the 360° panorama itself.
+
+`crossview-sim drive --cameras RIG` writes the views into the drive bag; for a drive bag made
+without them, the converter adds them, rendered from the bag's (JPEG) panoramas:
+
+    python -m crossview_ros.sim.cameras BAG OUT --rig forward90|rig4|fisheye [--overwrite]
+
+OUT is BAG with, per camera N, /N/image/compressed and /N/camera_info after each panorama (same
+stamp), the rig in the datum's `bag.cameras` and the rig file OUT/cameras.yaml
+(crossview_ros.bag.rig); read it with `--cameras OUT/cameras.yaml`.
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import math
-from collections.abc import Sequence
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
 
+import cv2
 import numpy as np
+from rosbags.highlevel import AnyReader
 
+from crossview_ros.bag.drive import bag_location
+from crossview_ros.bag.rig import RIG_SIDECAR, rig_file_text
+from crossview_ros.bag.writer import (
+    MSG_STRING, TOPIC_DATUM, TOPIC_PANORAMA, DriveMessages, check_target, typestore, write_bag,
+)
 from crossview_ros.camera import Camera, CameraModel, CameraMount
+from crossview_ros.replay_errors import ReplayError
+from crossview_ros.sim.bag import camera_messages, camera_topics, rig_spec
 
 PANORAMA_RIG = "panorama"
 
@@ -44,6 +67,16 @@ def rig_cameras(name: str, height_m: float) -> list[Camera]:
 
 
 RIGS = ("forward90", "rig4", "fisheye", PANORAMA_RIG)
+CAMERA_RIGS = tuple(r for r in RIGS if r != PANORAMA_RIG)  # the rigs of cameras that are not 360°
+JPEG_QUALITY = 90  # the drive bag's panoramas and views
+
+
+def encode_jpeg(image_rgb: np.ndarray, what: str) -> bytes:
+    """An RGB uint8 image as the drive bag's JPEG."""
+    ok, jpeg = cv2.imencode(".jpg", cv2.cvtColor(image_rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+    if not ok:
+        raise RuntimeError(f"JPEG encoding of {what} failed")
+    return jpeg.tobytes()
 
 
 def view_maps(camera: Camera, pano_hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -78,8 +111,6 @@ class ViewRenderer:
         self._maps = [view_maps(cam, self.pano_hw) for cam in self.cameras]
 
     def __call__(self, panorama: np.ndarray) -> list[np.ndarray]:
-        import cv2
-
         if panorama.shape[:2] != self.pano_hw:
             raise ValueError(f"panorama is {panorama.shape[:2]}, the renderer was built for {self.pano_hw}")
         padded = np.concatenate([panorama[:, -1:], panorama, panorama[:, :1]], axis=1)
@@ -89,3 +120,87 @@ class ViewRenderer:
             view[~ok] = 0
             views.append(view)
         return views
+
+
+# --------------------------------------------------------------------------- the converter
+
+
+def _datum_with_cameras(doc: dict, ts: Any, cameras: Sequence[Camera], topics: dict[str, str]) -> Any:
+    """The datum message with the rig and its topics added to its `bag` block (as drive --cameras writes it)."""
+    block = dict(doc.get("bag", {}))
+    block["topics"] = topics
+    block["cameras"] = rig_spec(cameras).to_dict()["cameras"]
+    return ts.types[MSG_STRING](data=json.dumps({**doc, "bag": block}, sort_keys=True, allow_nan=False))
+
+
+def add_cameras(src: str | Path, dst: str | Path, rig: str, *, overwrite: bool = False) -> Path:
+    """Write `dst`: the drive bag `src` with the views of rig `rig` (module docstring); returns dst.
+    ValueError when src is not a simulated drive bag or already has camera topics."""
+    if rig not in CAMERA_RIGS:
+        raise ValueError(f"rig {rig!r}: use one of {list(CAMERA_RIGS)}")
+    dst = Path(dst)
+    check_target(dst, overwrite)
+    ts = typestore()
+    with AnyReader([bag_location(src)], default_typestore=ts) as reader:
+        source_topics = {c.topic: c.msgtype for c in reader.connections}
+        if not {TOPIC_PANORAMA, TOPIC_DATUM} <= set(source_topics):
+            raise ValueError(f"{src} is not a drive bag of crossview-sim (it has {sorted(source_topics)})")
+        datum_conns = [c for c in reader.connections if c.topic == TOPIC_DATUM]
+        _, _, datum_raw = next(reader.messages(connections=datum_conns))
+        datum = json.loads(ts.deserialize_cdr(datum_raw, MSG_STRING).data)
+        mode = datum.get("bag", {}).get("drive", {}).get("mode")
+        if mode not in ("walk", "drive"):
+            raise ValueError(f"{src}: its datum names no drive mode (walk or drive), so the camera height is unknown")
+        cameras = rig_cameras(rig, camera_height_m(mode))
+        extra = camera_topics(cameras)
+        if set(extra) & set(source_topics):
+            raise ValueError(f"{src} already has camera topics {sorted(set(extra) & set(source_topics))}")
+        topics = {**source_topics, **extra}
+        build = DriveMessages()
+        renderers: dict[tuple[int, int], ViewRenderer] = {}
+
+        def messages() -> Iterator[tuple[str, int, Any]]:
+            for conn, log_ns, raw in reader.messages():
+                if conn.topic == TOPIC_DATUM:
+                    yield conn.topic, log_ns, _datum_with_cameras(datum, ts, cameras, topics)
+                    continue
+                yield conn.topic, log_ns, bytes(raw)
+                if conn.topic != TOPIC_PANORAMA:
+                    continue
+                msg = ts.deserialize_cdr(raw, conn.msgtype)
+                bgr = cv2.imdecode(np.frombuffer(bytes(memoryview(msg.data).cast("B")), np.uint8), cv2.IMREAD_COLOR)
+                if bgr is None:
+                    raise ValueError(f"{src}: a panorama at {log_ns / 1e9:.3f} s is not a JPEG that OpenCV decodes")
+                pano = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+                if pano.shape[:2] not in renderers:
+                    renderers[pano.shape[:2]] = ViewRenderer(cameras, pano.shape[:2])
+                renderer = renderers[pano.shape[:2]]
+                t_ns = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+                views = [encode_jpeg(v, f"view at {t_ns / 1e9:.3f} s") for v in renderer(pano)]
+                yield from camera_messages(build, t_ns, cameras, views, f"panorama at {t_ns / 1e9:.3f} s")
+
+        return write_bag(dst, messages(), overwrite=overwrite, topics=topics,
+                         sidecars={RIG_SIDECAR: rig_file_text(rig_spec(cameras))})
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """python -m crossview_ros.sim.cameras BAG OUT --rig RIG: exit 0 done, 2 bad input (one line on stderr)."""
+    p = argparse.ArgumentParser(prog="python -m crossview_ros.sim.cameras", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("src", help="drive bag of crossview-sim drive")
+    p.add_argument("dst", help="bag folder to write: the drive with the rig's views")
+    p.add_argument("--rig", required=True, choices=CAMERA_RIGS, help="the camera rig to render")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
+    args = p.parse_args(argv)
+    try:
+        out = add_cameras(args.src, args.dst, args.rig, overwrite=args.overwrite)
+    except (ValueError, FileExistsError, OSError, ReplayError) as exc:
+        print(f"crossview_ros.sim.cameras: error: {exc}", file=sys.stderr)
+        return 2
+    names = ", ".join(c.name for c in rig_cameras(args.rig, 2.0))
+    print(f"wrote {out} with the views of {args.rig} ({names}); read it with --cameras {out / 'cameras.yaml'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -2,7 +2,8 @@
 
     crossview-sim city   --out DIR                 orthophoto.tif + city.json of one city
     crossview-sim vigor  --root DIR                two or more cities in VIGOR's on-disk layout
-    crossview-sim drive  --city DIR --out BAG      a drive through a city as a rosbag2 (MCAP)
+    crossview-sim drive  --city DIR --out BAG      a drive through a city as a rosbag2 (MCAP), [--cameras RIG]
+                                                   with pinhole or fisheye views and their CameraInfo
     crossview-sim sheet  --root DIR --out PNG      contact sheet: tiles beside their panoramas
 
 Every command is seeded (same seed, same bytes), shows progress, and writes atomically; `vigor`
@@ -17,7 +18,7 @@ import logging
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 import cv2
 import numpy as np
@@ -26,6 +27,7 @@ from tqdm import tqdm
 from crossview_ros.tiles import VIGOR_TILE_SIZE_M
 from crossview_ros.sim.appearance import apply_appearance, apply_season, sample_appearance
 from crossview_ros.sim.bag import write_drive_bag
+from crossview_ros.sim.cameras import CAMERA_RIGS, ViewRenderer, camera_height_m, encode_jpeg, rig_cameras
 from crossview_ros.sim.city import City, CityConfig, generate_city
 from crossview_ros.sim.drive import DriveConfig, plan_drive
 from crossview_ros.sim.gnss import UniformGnss, UrbanGnss, simulate_gnss
@@ -172,14 +174,14 @@ def cmd_sheet(args: argparse.Namespace) -> int:
     return 0
 
 
-def drive_panoramas(
+def drive_images(
     city: City, drive, *, height_px: int, seed: int, appearance_gap: bool = True, time_gap: bool = True,
     progress: bool = True,
-) -> Iterator[bytes]:
-    """JPEG panoramas along a drive, rendered lazily (column 0 = direction of travel)."""
+) -> Iterator[np.ndarray]:
+    """RGB panoramas along a drive, rendered lazily (column 0 = direction of travel)."""
     rng = np.random.default_rng([seed, 0xD81])
     scene = city.scene(1 if time_gap else 0)
-    camera = CameraConfig(height_m=1.7 if drive.config.mode == "walk" else 2.0)
+    camera = CameraConfig(height_m=camera_height_m(drive.config.mode))
     sun = Sun(float(rng.uniform(0.0, 360.0)), float(rng.uniform(25.0, 65.0)))
     appearance = sample_appearance(rng, "ground") if appearance_gap else None
     compile_renderer(scene)  # before the bar: a fresh install's first panorama would set its ETA
@@ -188,31 +190,55 @@ def drive_panoramas(
                                 float(drive.yaw_enu_rad[k]), height_px=height_px, camera=camera, sun=sun)
         if appearance is not None:
             image = apply_appearance(image, appearance, np.random.default_rng([seed, 0xD82, k]))
-        ok, jpeg = cv2.imencode(".jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 90])
-        if not ok:
-            raise RuntimeError(f"JPEG encoding of panorama {k} failed")
-        yield jpeg.tobytes()
+        yield image
+
+
+def drive_panoramas(
+    city: City, drive, *, height_px: int, seed: int, appearance_gap: bool = True, time_gap: bool = True,
+    progress: bool = True,
+) -> Iterator[bytes]:
+    """JPEG panoramas along a drive, rendered lazily (column 0 = direction of travel)."""
+    images = drive_images(city, drive, height_px=height_px, seed=seed, appearance_gap=appearance_gap,
+                          time_gap=time_gap, progress=progress)
+    for k, image in enumerate(images):
+        yield encode_jpeg(image, f"panorama {k}")
+
+
+def with_views(images: Iterator[np.ndarray], renderer: ViewRenderer) -> Iterator[tuple[bytes, list[bytes]]]:
+    """(panorama JPEG, each camera's JPEG view) per RGB panorama: the views come from the panorama before
+    its JPEG, as a camera would see the scene."""
+    for k, image in enumerate(images):
+        views = renderer(image)
+        yield encode_jpeg(image, f"panorama {k}"), [encode_jpeg(v, f"view {k}") for v in views]
 
 
 def run_drive(city_dir: str | Path, out: str | Path, config: DriveConfig, *, gnss: str = "urban",
               pano_height_px: int = 320, overwrite: bool = False, progress: bool = True,
-              file: TextIO | None = None) -> Path:
+              file: TextIO | None = None, cameras: str | None = None) -> Path:
     """A drive through the city of `city_dir` (its city.json) as a rosbag2 MCAP bag at `out`; returns it.
 
     config.seed seeds the route, the GNSS and odometry noise and the panoramas' appearance; gnss:
     "urban" (Gauss-Markov bias growing in street canyons) or "uniform" (VIGOR's +-100 m). file:
-    where the one-line account goes (None: nowhere).
+    where the one-line account goes (None: nowhere). cameras: a rig of crossview_ros.sim.cameras
+    (forward90, rig4, fisheye) whose views and CameraInfo go into the bag beside the panoramas, the
+    cameras at the panorama's optical centre; its rig file goes into the bag folder.
     """
+    rig = rig_cameras(cameras, camera_height_m(config.mode)) if cameras else []
     city = load_city(city_dir)
     drive = plan_drive(city.streets, city.zone, config)
     rng = np.random.default_rng([config.seed, 0x6A55])
     model = UrbanGnss() if gnss == "urban" else UniformGnss()
     track = simulate_gnss(drive, model, rng, canyon_depth=city.canyon_depth)
     odometry = wheel_odometry(drive, np.random.default_rng([config.seed, 0x0D0]))
-    panoramas = drive_panoramas(city, drive, height_px=pano_height_px, seed=config.seed, progress=progress)
-    bag = write_drive_bag(out, drive, track, odometry, panoramas, city.city_json(), overwrite=overwrite)
+    if rig:
+        images = drive_images(city, drive, height_px=pano_height_px, seed=config.seed, progress=progress)
+        frames: Iterator[Any] = with_views(images, ViewRenderer(rig, (pano_height_px, 2 * pano_height_px)))
+    else:
+        frames = drive_panoramas(city, drive, height_px=pano_height_px, seed=config.seed, progress=progress)
+    bag = write_drive_bag(out, drive, track, odometry, frames, city.city_json(), overwrite=overwrite, cameras=rig)
     if file is not None:
-        print(f"wrote {bag}: {len(drive)} panoramas over {drive.distance_m[-1]:.0f} m, "
+        views = f", views of cameras {', '.join(c.name for c in rig)} ({cameras})" if rig else ""
+        print(f"wrote {bag}: {len(drive)} panoramas over {drive.distance_m[-1]:.0f} m{views}, "
               f"{int(track.published.sum())} GNSS fixes ({gnss})", file=file)
     return Path(bag)
 
@@ -220,7 +246,7 @@ def run_drive(city_dir: str | Path, out: str | Path, config: DriveConfig, *, gns
 def cmd_drive(args: argparse.Namespace) -> int:
     config = DriveConfig(mode=args.mode, rate_hz=args.rate_hz, duration_s=args.duration_s, seed=args.seed)
     run_drive(args.city, args.out, config, gnss=args.gnss, pano_height_px=args.pano_height_px,
-              overwrite=args.overwrite, progress=not args.no_progress, file=sys.stdout)
+              overwrite=args.overwrite, progress=not args.no_progress, file=sys.stdout, cameras=args.cameras)
     return 0
 
 
@@ -281,6 +307,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="urban: Gauss-Markov bias growing in street canyons; uniform: VIGOR's +-100 m")
     p.add_argument("--pano-height-px", type=int, default=320, help="panorama height, px (default 320)")
     p.add_argument("--seed", type=int, default=0, help="route, noise and appearance seed (default 0)")
+    p.add_argument("--cameras", choices=CAMERA_RIGS, default=None,
+                   help="also the views of a camera rig (forward90: one 90 deg pinhole; rig4: four 100 deg pinholes; "
+                        "fisheye: one 190 deg fisheye) as /N/image/compressed with /N/camera_info, and the rig file "
+                        "BAG/cameras.yaml (default none)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing bag")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.set_defaults(func=cmd_drive)
