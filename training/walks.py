@@ -74,9 +74,10 @@ from crossview_ros.replay_evaluation import default_fusion_config
 from crossview_ros.tiles import TileSetError
 from crossview_training.demo_config import TEST_CITY_LAT_DEG, TEST_CITY_LON_DEG
 from crossview_training.demo_stages import canonical
+from crossview_ros.sim.cameras import PANORAMA_RIG, RIGS, add_cameras
 from crossview_training.walks_build import (
-    CALIBRATION_SEED_BASE, DEFAULT_SUN, Calibration, WalkSpec, bag_path, city_config, ensure_bag, ensure_calibration, ensure_city,
-    ensure_tiles, gnss_fix_count, run_config,
+    CALIBRATION_SEED_BASE, DEFAULT_SUN, Calibration, WalkSpec, bag_path, bag_topics, camera_bag_path, city_config,
+    ensure_bag, ensure_calibration, ensure_city, ensure_tiles, gnss_fix_count, panorama_bag_path, run_config,
 )
 from crossview_training.walks_table import (
     WalkResult, compare_runs, fused_walk, pooled_tables, print_comparison, print_mismatch, print_pooled, print_walks,
@@ -115,6 +116,7 @@ class WalksConfig:
     pano_height_px: int = 320
     tile_px: int = 640
     aerial_sun: tuple[float, float] = DEFAULT_SUN  # the held-out cities' survey sun (azimuth, elevation) deg
+    camera: str = PANORAMA_RIG  # the walks seen by this rig (crossview_ros.sim.cameras.RIGS)
     settings: dict[str, Any] = field(default_factory=dict)  # --set
     json_out: Path | None = None
     recalibrate: bool = False
@@ -150,6 +152,7 @@ class WalksConfig:
         need(self.pano_height_px >= 16 and self.pano_height_px % 2 == 0,
              f"--pano-height-px must be an even number >= 16, got {self.pano_height_px}")
         need(self.tile_px >= 16, f"--tile-px must be >= 16, got {self.tile_px}")
+        need(self.camera in RIGS, f"--camera takes one of {', '.join(RIGS)}; got {self.camera}")
         owned = sorted(set(self.settings) & set(OWNED_KEYS))
         need(not owned, f"--set {', '.join(owned)}: set by {PROG} itself (each run's tiles, the calibrated "
                         "model and covariance, odometry on and off)")
@@ -196,7 +199,7 @@ def localize_receiver(cfg: WalksConfig, receiver: str, tests: Sequence[WalkSpec]
     for walk, tiles_seed, odometry in tqdm(runs, desc=f"localize {receiver}", unit="walk", disable=not cfg.progress):
         config = run_config(cfg.settings, model=calibration.model, tiles=tiles[tiles_seed], mode=walk.mode,
                             odometry=odometry, covariance_file=calibration.covariance_file)
-        ev = evaluate_bags([walk.path], [config])
+        ev = evaluate_bags([walk.path], [config], topics=bag_topics(walk.path))
         results.append(walk_result(ev.frames, ev.fixes, ev.estimates, config.heading, city_seed=walk.city_seed,
                                    walk_seed=walk.walk_seed, mode=walk.mode, receiver=receiver, odometry=odometry,
                                    tiles_city_seed=tiles_seed))
@@ -217,6 +220,11 @@ def build_inputs(cfg: WalksConfig, meta: ModelMeta) -> tuple[dict[int, Path], li
     log.info("%d walks of %g s (%d to simulate)", len(specs), cfg.duration_s, len(todo))
     for spec in tqdm(todo, desc="simulate walks", unit="walk", disable=not cfg.progress):
         ensure_bag(cities[spec.city_seed], spec, cfg.drive())
+    if cfg.camera != PANORAMA_RIG:
+        specs = [dataclasses.replace(s, path=camera_bag_path(s.path, cfg.camera)) for s in specs]
+        todo = [s for s in specs if not s.path.is_dir()]
+        for spec in tqdm(todo, desc=f"render {cfg.camera} views", unit="walk", disable=not cfg.progress):
+            add_cameras(panorama_bag_path(spec.path), spec.path, cfg.camera)
     return tiles, specs
 
 
@@ -348,6 +356,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--rate-hz", type=float, default=d.rate_hz, help=f"panoramas per second (default {d.rate_hz:g})")
     g.add_argument("--pano-height-px", type=int, default=d.pano_height_px,
                    help=f"panorama height; width is twice (default {d.pano_height_px}, the demo's)")
+    g.add_argument("--camera", default=d.camera, choices=RIGS,
+                   help="what the walks see: the 360 panorama (default), or the views of a rig rendered from it "
+                        "with CameraInfo (crossview_ros.sim.cameras: forward90 a 90 deg forward camera, rig4 four "
+                        "100 deg cameras, fisheye one 190 deg fisheye), localized as --cameras captures")
     g = p.add_argument_group("localizing")
     g.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                    help="LocalizerConfig settings for every run (crossview-localize --set), e.g. min_mode_mass=0.9")
@@ -364,7 +376,7 @@ def config_from_args(args: argparse.Namespace) -> WalksConfig:
         calibration_walks=args.calibration_walks, modes=csv_of(str, args.modes, "--modes"),
         receivers=csv_of(str, args.gnss, "--gnss"), duration_s=args.duration_s, rate_hz=args.rate_hz,
         pano_height_px=args.pano_height_px, tile_px=args.tile_px,
-        aerial_sun=sun_of(args.aerial_sun), settings=parse_set(args.set),
+        aerial_sun=sun_of(args.aerial_sun), camera=args.camera, settings=parse_set(args.set),
         json_out=args.json, recalibrate=args.recalibrate, progress=not args.no_progress)
 
 

@@ -19,6 +19,8 @@ from typing import Any
 import yaml
 
 from crossview_ros.atomic import staging_dir, write_json_atomic
+from crossview_ros.bag.rig import RIG_SIDECAR, load_rig_file
+from crossview_ros.bag.topics import TopicMap
 from crossview_ros.bag.writer import TOPIC_GNSS
 from crossview_ros.localize_eval import evaluate_bags, make_config, print_report
 from crossview_ros.localizer_config import LocalizerConfig
@@ -126,6 +128,26 @@ def bag_path(work: Path, city: Path, walk_seed: int, mode: str, receiver: str, d
     return work / "bags" / city.name.split(SURVEY_MARK)[0] / f"{receiver}-{mode}-seed{walk_seed}-{key}"
 
 
+CAMERA_MARK = "-cameras-"  # a walk's bag with a rig's views: its panorama bag's name + this + the rig
+
+
+def camera_bag_path(bag: Path, rig: str) -> Path:
+    """Where the walk's bag with the rig's views lives: beside its panorama bag."""
+    return bag.with_name(f"{bag.name}{CAMERA_MARK}{rig}")
+
+
+def panorama_bag_path(bag: Path) -> Path:
+    """The panorama bag a camera bag was rendered from (itself when it is one)."""
+    return bag.with_name(bag.name.split(CAMERA_MARK)[0])
+
+
+def bag_topics(bag: Path) -> TopicMap | None:
+    """How to read a walk's bag: a camera bag through its rig file, a panorama bag as the simulator wrote it."""
+    if CAMERA_MARK not in bag.name:
+        return None
+    return TopicMap(cameras=load_rig_file(bag / RIG_SIDECAR))
+
+
 def ensure_bag(city: Path, walk: WalkSpec, drive: Mapping[str, Any]) -> Path:
     """crossview-sim drive: the walk's MCAP bag (written atomically by the bag writer; reused when there)."""
     if walk.path.is_dir():
@@ -173,7 +195,8 @@ def ensure_calibration(work: Path, model: ModelMeta, receiver: str, walks: Seque
         shutil.copytree(model.path, copy)
         (copy / "covariance.json").unlink(missing_ok=True)
         configs = [run_config(settings, model=copy, tiles=tiles, mode=w.mode) for w, tiles in walks]
-        evaluation = evaluate_bags([w.path for w, _ in walks], configs, calibrate=True)
+        evaluation = evaluate_bags([w.path for w, _ in walks], configs, calibrate=True,
+                                   topics=bag_topics(walks[0][0].path))
         with open(tmp / "calibration.txt", "w") as report:
             print_report(evaluation, report)
         fit = dict(evaluation.calibration["fit"])
