@@ -316,6 +316,40 @@ def test_tiny_run_end_to_end_pools_calibrates_on_a_copy_and_reuses(tmp_path, tin
     assert figures(json.loads(out.read_text())["pooled"]) == figures(report["pooled"])  # same inputs, same figures
 
 
+def test_walks_seen_by_a_forward_camera_are_localized_as_its_captures(tmp_path, capsys):
+    """--camera forward90: every walk gets a bag with the camera's views and CameraInfo beside its panorama
+    bag, and is localized (and calibrated) through the rig file, frame for frame as the panorama walks."""
+    torch = pytest.importorskip("torch")
+    from crossview_ros.bag.drive import read_bag
+    from crossview_training import bev as B
+    from crossview_training.walks_build import bag_topics
+    from crossview_training.export import export_onnx
+
+    torch.manual_seed(3)
+    model = tmp_path / "model"
+    export_onnx(B.BevModel(B.BevConfig(pano_size=(32, 64), tile_px=32, tile_size_m=16.0, kernel_cells=4, channels=8,
+                                       feature_dim=4)).eval(), model)
+    work = tmp_path / "work"
+    argv = ["--model", str(model), "--work", str(work), "--city-seeds", "300,301", "--city-m", "200",
+            "--gsd-m", "0.5", "--tile-px", "32", "--pano-height-px", "64", "--walks", "1", "--calibration-walks", "1",
+            "--duration-s", "8", "--gnss", "urban", "--modes", "walk", "--set", "max_mahalanobis=1000000",
+            "engine_threads=1", "min_mode_mass=0", "min_imagery_support=0", "--no-progress"]
+    assert walks.main([*argv, "--json", str(tmp_path / "pano.json")]) == 0, capsys.readouterr().err
+    assert walks.main([*argv, "--camera", "forward90", "--json", str(tmp_path / "cam.json")]) == 0, \
+        capsys.readouterr().err
+    pano, cam = (json.loads((tmp_path / f).read_text()) for f in ("pano.json", "cam.json"))
+    assert cam["settings"]["camera"] == "forward90" and pano["settings"]["camera"] == "panorama"
+    bags = sorted((work / "bags").glob("*/*-cameras-forward90"))
+    assert len(bags) == 4  # 2 cities x (1 test + 1 calibration walk)
+    for bag in bags:
+        assert (bag / "cameras.yaml").is_file()
+        assert (bag.with_name(bag.name.split("-cameras-")[0]) / "metadata.yaml").is_file()  # beside its panorama bag
+        captures = read_bag(bag, bag_topics(bag))
+        assert captures.cameras and captures.panorama_stamp_ns.size == 17  # one capture per panorama
+    assert [w["summary"]["frames"] for w in cam["walks"]] == [w["summary"]["frames"] for w in pano["walks"]]
+    assert cam["calibration"]["urban"]["covariance_file"] != pano["calibration"]["urban"]["covariance_file"]
+
+
 def figures(pooled: dict) -> str:
     """The pooled tables without the latencies (wall time, which differs between runs), as comparable text."""
     return json.dumps({r: {k: {f: v for f, v in s.items() if f != "latency_ms"} for k, s in t.items()}
