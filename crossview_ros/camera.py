@@ -299,6 +299,31 @@ def panorama_rays(size_hw: tuple[int, int], model_height_m: float) -> tuple[np.n
     return np.where(ground[..., None], point, direction), ground
 
 
+def panorama_height_rows(size_hw: tuple[int, int], camera_height_m: float, model_height_m: float) -> np.ndarray:
+    """(H,) float32 source row, in a panorama of size_hw taken camera_height_m above flat ground, of each row
+    of the same panorama seen from model_height_m: below the horizon the row of the same ground point,
+    above it the same row. A 360° camera at another height than the model's then lands its ground where
+    the model expects it (azimuths do not change, so only rows move)."""
+    h = size_hw[0]
+    elevation = math.pi / 2 - (np.arange(h) + 0.5) / h * math.pi
+    with np.errstate(divide="ignore"):
+        dist = np.where(elevation < 0, model_height_m / np.tan(-elevation), np.inf)
+    source = np.where(dist < HORIZON_DISTANCE_M, -np.arctan(camera_height_m / np.minimum(dist, HORIZON_DISTANCE_M)),
+                      elevation)
+    return ((math.pi / 2 - source) / math.pi * h - 0.5).astype(np.float32)
+
+
+def reproject_panorama_height(panorama: np.ndarray, camera_height_m: float, model_height_m: float) -> np.ndarray:
+    """An (H, W, 3) panorama taken camera_height_m high, as seen from model_height_m (panorama_height_rows)."""
+    import cv2
+
+    h, w = panorama.shape[:2]
+    rows = panorama_height_rows((h, w), camera_height_m, model_height_m)
+    map_y = np.repeat(rows[:, None], w, axis=1)
+    map_x = np.repeat(np.arange(w, dtype=np.float32)[None], h, axis=0)
+    return cv2.remap(panorama, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+
+
 class CameraRig:
     """One or more cameras -> the model's panorama of what they see, and its visibility.
 

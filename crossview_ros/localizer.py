@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from crossview_ros import geo
-from crossview_ros.camera import Camera, CameraError, CameraFrame, CameraRig
+from crossview_ros.camera import Camera, CameraError, CameraFrame, CameraRig, reproject_panorama_height
 from crossview_ros.covariance import COVARIANCE_FILE, CovarianceModel, load_covariance
 from crossview_ros.engines import Engine, create_engine
 from crossview_ros.estimate import (
@@ -50,7 +50,7 @@ from crossview_ros.matchers import Heading, PoseMatch, Scope, check_engine_again
 from crossview_ros.model_meta import load_model_meta
 from crossview_ros.odometry import GridOdometry
 from crossview_ros.panorama import decode_image, decode_panorama
-from crossview_ros.preprocess import preprocess_ground
+from crossview_ros.preprocess import fit_ground_input, preprocess_ground
 from crossview_ros.tiles import TileSet, TileSetError
 
 log = logging.getLogger(__name__)
@@ -190,6 +190,7 @@ class Localizer:
         self._last_stamp_s: float | None = None
         self._throttle = _Throttle(config.log_throttle_s)
         self._coverage = CoverageBox.of(self.tiles)
+        self._panorama_height_m = self._check_panorama_height()
         log.info("localizer ready: %d tiles of %s (zone %s, %g m), %s model %s on %s, covariance %s", len(self.tiles),
                  self.tiles.path, self.tiles.zone, self.tiles.tile_size_m, self.matcher.kind, self.meta.model_hash,
                  engine.name, "calibrated" if self.covariance.calibrated else "UNCALIBRATED (defaults; run --calibrate)")
@@ -344,6 +345,13 @@ class Localizer:
         return self._finish(Estimate(stamp_s=stamp, accepted=True, reason=Reason.OK, **context,
                                      latency=self._latency(times, t_start)))
 
+    def _check_panorama_height(self) -> float | None:
+        """The panorama camera's height when its ground must be moved to the model's (None: nothing to do)."""
+        height = self.config.camera_height_m
+        if not height or not self.matcher.partial_views:  # retrieval reads it for its polar heading only
+            return None
+        return None if abs(height - self.matcher.camera_height_m) < 1e-6 else float(height)
+
     def camera_rig(self, cameras: Sequence[Camera]) -> CameraRig:
         """The rig of these cameras on this model's panorama (size and camera height from model.json):
         what a CameraFrame for localize() carries. CameraError when the model cannot take partial views."""
@@ -357,9 +365,14 @@ class Localizer:
         max_pixels = self.config.max_panorama_pixels
         if not isinstance(frame, CameraFrame):
             try:
-                return decode_panorama(frame, encoding, max_pixels=max_pixels), None
+                rgb = decode_panorama(frame, encoding, max_pixels=max_pixels)
             except ValueError as exc:
                 raise _Reject(Reason.BAD_IMAGE, str(exc)) from None
+            if self._panorama_height_m is None:
+                return rgb, None
+            # at the model's input size first (as preprocess would resize it), then the rows move
+            return reproject_panorama_height(fit_ground_input(self.meta, rgb), self._panorama_height_m,
+                                             self.matcher.camera_height_m), None
         images = []
         for cam, image, enc in zip(frame.rig.cameras, frame.images, frame.encodings):
             try:

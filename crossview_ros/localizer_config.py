@@ -177,8 +177,9 @@ class LocalizerConfig:
                           "one aerial encode)")
     heading_method: str = param("polar", "", "heading", "polar: DSM-style polar correlation; revisiting: Zhu 2021 "
                                 "baseline", choices=HEADING_METHODS)
-    camera_height_m: float = param(2.0, "m", "heading", "camera above the ground for the polar heading; 0 = pooled "
-                                   "rows", lo=0.0, hi=100.0)
+    camera_height_m: float = param(2.0, "m", "input", "the 360° camera above the ground: a bev model sees its ground "
+                                   "moved to its own camera height (model.json); the retrieval polar heading's row "
+                                   "bands; 0 = as it is (bev), pooled rows (polar)", lo=0.0, hi=100.0)
     yaw_max_flip_mass: float = param(0.1, "1", "heading", "publish no yaw when the bearings more than 90 deg from the "
                                      "best one hold more than this share of the heading's probability", lo=0.0, hi=1.0)
     covariance_file: str = param("", "path", "covariance", "'' = <model>/covariance.json if present, 'none' = the "

@@ -30,6 +30,14 @@ def _preprocess(rgb: np.ndarray, spec: ImageInput, view: str) -> np.ndarray:
     return np.ascontiguousarray(((x - mean) / std)[None])
 
 
+def fit_ground_input(meta: ModelMeta, rgb: np.ndarray) -> np.ndarray:
+    """A panorama resized to the ground encoder's input exactly as preprocess_ground resizes it (uint8)."""
+    import cv2
+
+    h, w = meta.ground.size_hw
+    return rgb if rgb.shape[:2] == (h, w) else cv2.resize(rgb, (w, h), interpolation=cv2.INTER_AREA)
+
+
 def preprocess_ground(meta: ModelMeta, rgb: np.ndarray) -> np.ndarray:
     """Panorama (H, W, 3) RGB uint8 with W == 2 H, any size -> (1, 3, Hg, Wg) float32 for encode_ground."""
     if isinstance(rgb, np.ndarray) and rgb.ndim == 3 and rgb.shape[1] != 2 * rgb.shape[0]:

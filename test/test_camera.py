@@ -226,3 +226,31 @@ def test_localizer_takes_a_camera_frame_and_refuses_a_bad_one(tmp_path):
     assert garbage.reason is Reason.BAD_IMAGE and garbage.message.startswith("camera front")
     assert loc.counts[Reason.BAD_CAMERA] == 1
     loc.close()
+
+
+def test_a_panorama_taken_lower_is_moved_to_the_model_height_as_the_renderer_sees_it_there():
+    """The simulator renders flat textured ground from 1.5 m and from 2 m; the 1.5 m panorama moved to 2 m
+    (reproject_panorama_height) matches the 2 m render on the ground far better than the 1.5 m one does."""
+    from test_sim_render import CAM_E, CAM_N, NO_HAZE, flat_scene
+
+    from crossview_ros.camera import reproject_panorama_height
+    from crossview_ros.sim.render import CameraConfig, render_panorama
+    from crossview_ros.sim.scene import Sun
+
+    scene = flat_scene(size_m=120.0, gsd_m=0.1)
+    yy, xx = np.mgrid[0:scene.albedo.shape[0], 0:scene.albedo.shape[1]]
+    rings = (np.hypot(yy - yy.mean(), xx - xx.mean()) * scene.gsd_m) % 4.0 < 2.0  # 2 m rings around the camera
+    scene.albedo[rings] = (230, 230, 230)
+    scene.albedo[~rings] = (30, 30, 30)
+
+    def render(height_m: float) -> np.ndarray:
+        camera = CameraConfig(height_m=height_m, haze_m=NO_HAZE.haze_m)
+        return render_panorama(scene, CAM_E, CAM_N, 0.0, height_px=128, camera=camera, sun=Sun(0, 45)).astype(float)
+
+    low, high = render(1.5), render(2.0)
+    moved = reproject_panorama_height(low.astype(np.uint8), 1.5, 2.0).astype(float)
+    ground = slice(64 + 4, 128 - 4)  # below the horizon, off its grazing rows and the nadir
+    before = np.abs(low[ground] - high[ground]).mean()
+    after = np.abs(moved[ground] - high[ground]).mean()
+    assert after < 0.35 * before, (before, after)
+    np.testing.assert_array_equal(reproject_panorama_height(low.astype(np.uint8), 2.0, 2.0), low.astype(np.uint8))

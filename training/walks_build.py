@@ -25,6 +25,7 @@ from crossview_ros.bag.writer import TOPIC_GNSS
 from crossview_ros.localize_eval import evaluate_bags, make_config, print_report
 from crossview_ros.localizer_config import LocalizerConfig
 from crossview_ros.model_meta import ModelMeta
+from crossview_ros.sim.cameras import camera_height_m
 from crossview_ros.sim.city import CityConfig
 from crossview_ros.sim.cli import run_city, run_drive
 from crossview_ros.sim.drive import DriveConfig
@@ -168,9 +169,10 @@ def gnss_fix_count(bag: Path) -> int:
 
 def run_config(settings: Mapping[str, Any], *, model: Path, tiles: Path, mode: str, odometry: bool = True,
                covariance_file: Path | None = None) -> LocalizerConfig:
-    """A walk's localizer settings: heading on, a car's track speed for drives, the user's --set, then
+    """A walk's localizer settings: heading on, the mode's 360° camera height (the simulator's), a car's track
+    speed for drives, the user's --set, then
     the artefacts and the odometry switch (which crossview-walks owns)."""
-    values: dict[str, Any] = {"heading": True}
+    values: dict[str, Any] = {"heading": True, "camera_height_m": camera_height_m(mode)}
     if mode == "drive":
         values["track_speed_mps"] = DRIVE_TRACK_SPEED_MPS
     values.update(settings)
