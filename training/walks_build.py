@@ -188,6 +188,7 @@ def ensure_calibration(work: Path, model: ModelMeta, receiver: str, walks: Seque
     (each in its own city's tiles), on a copy of the model without its covariance.json: the user's
     model folder is never written, and the fit starts from the uncalibrated defaults."""
     params = {"model_hash": model.model_hash, "receiver": receiver, "settings": dict(settings),
+              "camera_height_m": {w.mode: camera_height_m(w.mode) for w, _ in walks},
               "walks": [[str(w.path), str(tiles)] for w, tiles in walks]}
     out = work / "models" / model_key(model) / f"calibration-{receiver}-{fingerprint(params)[:8]}"
     if (out / "calibration.json").is_file() and not rebuild:
