@@ -28,6 +28,7 @@ is kept.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -255,6 +256,7 @@ class CameraMount:
         return rz @ ry @ rx @ _R_BODY_OPTICAL
 
 
+CAMERA_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")  # a camera's name: a topic token and a parameter prefix
 MOUNT_KEYS = ("height_m", "x_m", "y_m", "yaw_deg", "pitch_deg", "roll_deg")
 
 

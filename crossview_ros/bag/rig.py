@@ -22,7 +22,6 @@ of its cameras into the bag folder (RIG_SIDECAR), so a simulated bag is read wit
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,12 +30,11 @@ from typing import Any
 import yaml
 
 from crossview_ros.atomic import write_text_atomic
-from crossview_ros.camera import MOUNT_KEYS, CameraError, CameraMount, mounts_from_dict
+from crossview_ros.camera import CAMERA_NAME, MOUNT_KEYS, CameraError, CameraMount, mounts_from_dict
 from crossview_ros.replay_errors import BagError
 
 RIG_SIDECAR = "cameras.yaml"  # the rig file crossview-sim writes inside a bag folder
 TOPIC_KEYS = ("image_topic", "info_topic")
-CAMERA_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")  # a topic token and a node parameter prefix
 DOC = "docs/recordings.md"
 
 

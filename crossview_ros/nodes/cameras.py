@@ -27,7 +27,6 @@ the mount's.
 
 from __future__ import annotations
 
-import re
 import threading
 from collections import Counter
 from collections.abc import Callable
@@ -42,7 +41,7 @@ from rclpy.parameter import Parameter
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
-from crossview_ros.camera import Camera, CameraError, CameraFrame, CameraModel, CameraMount, CameraRig, mounts_from_dict
+from crossview_ros.camera import CAMERA_NAME, Camera, CameraError, CameraFrame, CameraModel, CameraMount, CameraRig, mounts_from_dict
 from crossview_ros.estimate import Reason
 from crossview_ros.localizer import Localizer
 from crossview_ros.nodes import convert
@@ -52,7 +51,6 @@ CAMERA_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=Re
 RIG_PARAMETERS = ("cameras", "camera_sync_s")  # beside each camera's mount: N.height_m, N.x_m, ...
 DEFAULT_SYNC_S = 0.05
 MAX_SYNC_S = 10.0
-CAMERA_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")  # a topic token and a parameter name token
 # Per camera: key -> (default, unit, description); the keys are CameraMount's (crossview_ros/camera.py).
 MOUNT_PARAMETERS: dict[str, tuple[float, str, str]] = {
     "height_m": (2.0, "m", "optical centre above the ground (tf2_echo base_link's z + base_link's height)"),
