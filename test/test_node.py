@@ -1060,6 +1060,11 @@ def test_startup_failures_exit_2_with_one_error_line(world, tmp_path):
         "bad datum": ([*good, "-p", "datum:=[95.0, 10.0]"], "parameter datum"),
         "bad origin": ([*good, "-p", "pose_origin:=ecef"], "pose_origin"),
     }
+    assert_startup_failures(cases)
+
+
+def assert_startup_failures(cases: dict[str, tuple[list[str], str]]) -> None:
+    """Each case's ROS arguments start the node into exit code 2 with one ERROR line holding its text."""
     env = {**os.environ, **ROS_ENV}
     procs = {name: subprocess.Popen([*node_command(), "--ros-args", *args], env=env, stdout=subprocess.PIPE,
                                     stderr=subprocess.PIPE, text=True)

@@ -33,10 +33,11 @@ from crossview_ros.localizer import Localizer  # noqa: E402
 from crossview_ros.localizer_config import LocalizerConfig  # noqa: E402
 from crossview_ros.nodes.cameras import MOUNT_PARAMETERS, RIG_PARAMETERS  # noqa: E402
 from crossview_ros.sim.cameras import render_views, rig_cameras  # noqa: E402
+import test_node  # noqa: E402
 from test_node import (  # noqa: E402  the node test's helpers, reused
-    FIX_ALTITUDE_M, FRAME_TIMEOUT_S, GRACE_S, PANO_H, ROS_ENV, START_TIMEOUT_S, TILE_M, Clock, NodeProcess, Probe,
-    Ros, World, _header, fix_msg, fix_of, jpeg_bytes, image_msg, node_command, node_params, same_stamp, time_s,
-    to_time, wait_until,
+    FIX_ALTITUDE_M, FRAME_TIMEOUT_S, GRACE_S, PANO_H, START_TIMEOUT_S, TILE_M, Clock, NodeProcess, Probe,
+    World, _header, fix_msg, fix_of, jpeg_bytes, image_msg, node_params, same_stamp, time_s,
+    assert_startup_failures, to_time, wait_until,
 )
 
 FORWARD = rig_cameras("forward90", 2.0)[0]  # 640 x 480, 90°, pitch 10°
@@ -89,15 +90,7 @@ def test_example_parameter_file_declares_a_forward_camera_and_a_rig(monkeypatch)
 # --------------------------------------------------------------------------- the city, the bev model and its tiles
 
 
-@pytest.fixture(scope="module")
-def ros():
-    """This module's rclpy context in test_node's random domain (test_node's fixture, per module)."""
-    with pytest.MonkeyPatch.context() as mp:  # discovery settings are read from the environment at init
-        for key, value in ROS_ENV.items():
-            mp.setenv(key, value)
-        r = Ros()
-        yield r
-        r.close()
+ros = test_node.ros  # test_node's rclpy context fixture, one per module (module scope)
 
 
 @pytest.fixture(scope="module")
@@ -541,16 +534,7 @@ def test_camera_startup_failures_exit_2_with_one_error_line(world, bev, tmp_path
                     "front.height_m must be of type double"),
         "sync": ([*good, "-p", "camera_sync_s:=-1.0"], "camera_sync_s is outside its range"),
     }
-    env = {**os.environ, **ROS_ENV}
-    procs = {name: subprocess.Popen([*node_command(), "--ros-args", *args], env=env, stdout=subprocess.PIPE,
-                                    stderr=subprocess.PIPE, text=True)
-             for name, (args, _) in cases.items()}
-    for name, proc in procs.items():
-        out, err = proc.communicate(timeout=60)
-        assert proc.returncode == 2, (name, out, err)
-        errors = [line for line in err.splitlines() if "[ERROR]" in line]
-        assert len(errors) == 1 and cases[name][1] in errors[0], (name, err)
-        assert "Traceback" not in err, (name, err)
+    assert_startup_failures(cases)
 
 
 def test_help_names_the_camera_topics():

@@ -30,6 +30,7 @@ from typing import Any
 import yaml
 
 from crossview_ros.atomic import write_text_atomic
+from crossview_ros.config import read_yaml
 from crossview_ros.camera import CAMERA_NAME, MOUNT_KEYS, CameraError, CameraMount, mounts_from_dict
 from crossview_ros.replay_errors import BagError
 
@@ -123,13 +124,7 @@ def _topic(value: Any, what: str) -> str | None:
 
 def load_rig_file(path: str | Path) -> RigSpec:
     """The rig file at `path` (--cameras FILE); BagError, one line, saying what is wrong."""
-    path = Path(path)
-    try:
-        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise BagError(f"cannot read --cameras {path}: {exc}") from None
-    except yaml.YAMLError as exc:
-        raise BagError(f"--cameras {path} is not valid YAML: {' '.join(str(exc).split())}") from None
+    doc = read_yaml(path, "--cameras", BagError)
     return RigSpec.from_dict(doc, f"--cameras {path}")
 
 

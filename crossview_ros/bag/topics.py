@@ -35,9 +35,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
 from crossview_ros import geo
+from crossview_ros.config import read_yaml
 from crossview_ros.bag.rig import RigSpec, load_rig_file, resolve_cameras
 from crossview_ros.bag.writer import (
     MSG_CAMERA_INFO, MSG_COMPRESSED, MSG_NAVSAT, MSG_ODOM, MSG_POSE, MSG_STRING, TOPIC_DATUM, TOPIC_GNSS, TOPIC_GT_FIX,
@@ -180,12 +180,7 @@ class TopicMap:
 def load_topic_file(path: str | Path) -> dict[str, Any]:
     """The YAML mapping file (--topics): a flat mapping of FILE_KEYS; BagError saying what is wrong."""
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise BagError(f"cannot read --topics {path}: {exc}") from None
-    except yaml.YAMLError as exc:
-        raise BagError(f"--topics {path} is not valid YAML: {' '.join(str(exc).split())}") from None
+    data = read_yaml(path, "--topics", BagError)
     if not isinstance(data, dict):
         raise BagError(f"--topics {path} must hold a mapping such as 'panorama: /camera/image/compressed' ({DOC})")
     return data
