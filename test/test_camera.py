@@ -225,6 +225,18 @@ def test_localizer_takes_a_camera_frame_and_refuses_a_bad_one(tmp_path):
     garbage = loc.localize(CameraFrame(rig, (b"\xff\xd8 nope",), (None,)), fix, 13.0, now_s=13.0)
     assert garbage.reason is Reason.BAD_IMAGE and garbage.message.startswith("camera front")
     assert loc.counts[Reason.BAD_CAMERA] == 1
+    # a 360° camera 1.5 m high: its panorama is moved to the model's 2 m before it is encoded
+    import dataclasses
+
+    from crossview_ros.camera import reproject_panorama_height
+
+    with Localizer(dataclasses.replace(config, camera_height_m=1.5)) as low:
+        got = low.localize(pano, dataclasses.replace(fix, stamp_s=20.0), 20.0, encoding="rgb8", now_s=20.0)
+    want = loc.localize(reproject_panorama_height(pano, 1.5, 2.0), dataclasses.replace(fix, stamp_s=20.0), 20.0,
+                        encoding="rgb8", now_s=20.0)
+    same = loc.localize(pano, dataclasses.replace(fix, stamp_s=21.0), 21.0, encoding="rgb8", now_s=21.0)
+    assert (got.easting_m, got.northing_m, got.score) == (want.easting_m, want.northing_m, want.score)
+    assert got.score != same.score  # it did move
     loc.close()
 
 

@@ -55,7 +55,7 @@ class BevMatcher(Matcher):
     settings = frozenset({"match_prior", "track", "track_speed_mps", "track_max_gap_s", "track_uniform_weight",
                           "track_likelihood_weight", "odometry", "odom_max_age_s", "odom_yaw_uniform_weight",
                           "min_mode_mass", "mode_radius_m", "imagery_window", "min_imagery_support",
-                          "min_prior_inside", "yaw_max_flip_mass", "camera_height_m"})
+                          "min_prior_inside", "yaw_max_flip_mass"})
 
     def __init__(self, engine: Engine, tiles: TileSet, config: LocalizerConfig) -> None:
         super().__init__(engine, tiles, config)

@@ -43,8 +43,7 @@ class RetrievalMatcher(Matcher):
     """Global descriptors + offset head (model.json matching "descriptor")."""
 
     kind = "descriptor"
-    settings = frozenset({"search_device", "fusion", "fusion_temperature", "margin_mode", "heading_method",
-                          "camera_height_m"})
+    settings = frozenset({"search_device", "fusion", "fusion_temperature", "margin_mode", "heading_method"})
 
     def __init__(self, engine: Engine, tiles: TileSet, config: LocalizerConfig) -> None:
         super().__init__(engine, tiles, config)
