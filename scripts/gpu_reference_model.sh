@@ -8,7 +8,8 @@
 #     affine apsw backports.zstd click-plugins cligj lz4 pyproj rasterio rosbags ruamel.yaml
 # Run from the repository root:
 #   OUT=/some/folder BUDGET_S=540 bash scripts/gpu_reference_model.sh
-# Writes $OUT/models.tgz (small/ and wide/: model.json, *.onnx, config.json, metrics.csv) and the logs.
+#   VARIANTS="wide wide_fov" picks which models train side by side (default: small wide).
+# Writes $OUT/models.tgz (one folder per variant: model.json, *.onnx, config.json, metrics.csv) and the logs.
 set -euo pipefail
 start=$(date +%s)
 budget_s=${BUDGET_S:-540}
@@ -31,20 +32,34 @@ sim_s=$(( $(date +%s) - start ))
 # What is left, less 110 s for loading, the export and the copy, goes to training.
 train_min=$(python3 -c "print(max(1.0, ($budget_s - $sim_s - 110) / 60.0))")
 echo "sim took ${sim_s} s; training for ${train_min} min"
-# Two models train side by side on the one GPU: bev_small as the CPU reference has it ("small"),
-# and one with 1.5x its channels ("wide"); each gets half the CPU for its batches.
+# The variants train side by side on the one GPU, sharing the CPU for their batches:
+#   small     bev_small as the CPU reference has it
+#   wide      1.5x its channels
+#   wide_fov  wide, with half of each batch's views cut to random camera rigs (pinhole, fisheye)
+variants=(${VARIANTS:-small wide})
+threads=$(( jobs / ${#variants[@]} ))
 train_one() {  # NAME, extra --set values...
     local name=$1; shift
     python3 -m crossview_training.train --preset cpu-bev-any-yaw --data "$data" --out "$train/$name" --no-progress \
-        --set time_budget_min="$train_min" epochs=2000 threads=$(( jobs / 2 )) device="${DEVICE:-cuda}" "$@" \
+        --set time_budget_min="$train_min" epochs=2000 threads=$threads device="${DEVICE:-cuda}" "$@" \
         >"$OUT/train-$name.log" 2>&1
     python3 -m crossview_training.export onnx --checkpoint "$train/$name/last.pt" --out "$train/models/$name" \
         >>"$OUT/train-$name.log" 2>&1
     cp "$train/$name/config.json" "$train/$name/metrics.csv" "$train/models/$name/"
 }
-train_one small & a=$!
-train_one wide "model_overrides={channels: 48, feature_dim: 24}" & b=$!
-status=0; wait $a || status=1; wait $b || status=1
+wide="model_overrides={channels: 48, feature_dim: 24}"
+pids=()
+for name in "${variants[@]}"; do
+    case $name in
+        small) train_one small & ;;
+        wide) train_one wide "$wide" & ;;
+        wide_fov) train_one wide_fov "$wide" fov_sampling=0.5 & ;;
+        *) echo "unknown variant $name"; exit 2 ;;
+    esac
+    pids+=($!)
+done
+status=0
+for pid in "${pids[@]}"; do wait "$pid" || status=1; done
 tail -n 3 "$OUT"/train-*.log
 tar -C "$train/models" -czf "$OUT/models.tgz" .
 [ $status -eq 0 ] || echo "a training failed (see its log)"

@@ -93,7 +93,9 @@ def _localizer_specs() -> tuple[ParamSpec, ...]:
     return tuple(out)
 
 
-PARAMETERS: tuple[ParamSpec, ...] = _localizer_specs() + _NODE_ONLY
+# In config/localize.yaml's order: by section, then as declared within one.
+PARAMETERS: tuple[ParamSpec, ...] = tuple(sorted(_localizer_specs() + _NODE_ONLY,
+                                                 key=lambda p: list(SECTIONS).index(p.section)))
 BY_NAME: dict[str, ParamSpec] = {p.name: p for p in PARAMETERS}
 LOCALIZER_KEYS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(LocalizerConfig))
 DYNAMIC_KEYS: tuple[str, ...] = tuple(p.name for p in PARAMETERS if not p.read_only)
