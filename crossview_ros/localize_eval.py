@@ -183,14 +183,25 @@ def gate_scores(localizer: Localizer, estimates: Sequence[Estimate], trusted: fl
     return out
 
 
+def below_floor_withheld(estimates: Sequence[Estimate], scores: np.ndarray, floor: float) -> list[Estimate]:
+    """The estimates as the node will publish them once the imagery floor is in place: those whose gate
+    score lies below it become MISMATCH. The covariance is fitted on these; left in, the hardest frames
+    (which the floor withholds) would make every published sigma too cautious. floor 0: the gate is off."""
+    if not floor > 0:
+        return list(estimates)
+    return [dataclasses.replace(est, accepted=False, reason=Reason.MISMATCH, message="below the imagery floor")
+            if s < floor else est for est, s in zip(estimates, scores)]
+
+
 def calibrate_covariance(localizer: Localizer, frames: Sequence[Frame], estimates: Sequence[Estimate],
                          background: Sequence[Estimate] | None = None) -> dict[str, Any]:
     """Fit the covariance model on the batch and save covariance.json beside the model; with `background`
     (the same streams localized by background_fixes) the MISMATCH gate's imagery floor too."""
     floor, floor_fit = None, {}
     if background is not None:
-        floor, floor_fit = fit_imagery_floor(gate_scores(localizer, background),
-                                             gate_scores(localizer, estimates, np.inf))
+        own = gate_scores(localizer, estimates, np.inf)
+        floor, floor_fit = fit_imagery_floor(gate_scores(localizer, background), own)
+        estimates = below_floor_withheld(estimates, own, floor)
     try:
         model = calibrate(list(estimates), [fr.truth for fr in frames], start=localizer.covariance,
                           protection_risk=localizer.config.protection_risk, imagery_score_floor=floor)
