@@ -146,18 +146,13 @@ def localize_streams(localizers: Mapping[Any, Localizer], frames: Sequence[Frame
 
 
 BACKGROUND_OFFSET_M = 250.0  # the calibration walks' fixes moved this far to see another place's imagery
-# Each calibration walk is localized this many times against other places (its fixes moved in its best
-# directions): one place per walk left the floor's 99.5 % quantile to a handful of streams, and another
-# city's tiles still passed it (walks differ more from each other than a walk's windows do).
-BACKGROUND_DIRECTIONS = 3
 _DIRECTIONS = [(math.sin(a), math.cos(a)) for a in np.radians(np.arange(0.0, 360.0, 45.0))]
 
 
 def background_fixes(localizers: Mapping[Any, Localizer], frames: Sequence[Frame], fixes: Sequence[Fix],
-                     offset_m: float = BACKGROUND_OFFSET_M, rank: int = 0) -> list[Fix]:
-    """Each stream's fixes moved offset_m in one of 8 directions, the rank-th of those ordered by how many
-    of its true positions stay on its tiles (0: the most): localized with them, the views meet imagery of
-    another place (the MISMATCH floor's background)."""
+                     offset_m: float = BACKGROUND_OFFSET_M) -> list[Fix]:
+    """Each stream's fixes moved offset_m in the one of 8 directions that keeps most of its true positions on
+    its tiles: localized with them, the views meet imagery of another place (the MISMATCH floor's background)."""
     moved = list(fixes)
     streams: dict[Any, list[int]] = {}
     for k, fr in enumerate(frames):
@@ -169,8 +164,7 @@ def background_fixes(localizers: Mapping[Any, Localizer], frames: Sequence[Frame
 
     for city, ks in streams.items():
         tiles = localizers[city].tiles
-        ranked = sorted(_DIRECTIONS, key=lambda d: -sum(on_tiles(tiles, k, d) for k in ks[::5]))
-        best = ranked[rank % len(ranked)]
+        best = max(_DIRECTIONS, key=lambda d: sum(on_tiles(tiles, k, d) for k in ks[::5]))
         for k in ks:
             f = fixes[k]
             lat, lon, _ = geo.LocalENU(f.lat_deg, f.lon_deg).inverse(offset_m * best[0], offset_m * best[1])
@@ -239,10 +233,9 @@ def evaluate(localizers: Mapping[Any, Localizer], frames: list[Frame], fixes: li
         estimates = (localize_streams if stream else localize_independent)(localizers, frames, fixes)
         background = None
         if calibrate and stream:
-            log.info("calibration: the walks again, %d times, with their fixes moved %.0f m, for the imagery floor "
-                     "(MISMATCH)", BACKGROUND_DIRECTIONS, BACKGROUND_OFFSET_M)
-            background = [est for rank in range(BACKGROUND_DIRECTIONS) for est in
-                          localize_streams(localizers, frames, background_fixes(localizers, frames, fixes, rank=rank))]
+            log.info("calibration: the walks again with their fixes moved %.0f m, for the imagery floor (MISMATCH)",
+                     BACKGROUND_OFFSET_M)
+            background = localize_streams(localizers, frames, background_fixes(localizers, frames, fixes))
     finally:
         any_loc.engine.close()
     summary = summarize(estimates, frames, fixes, any_loc.config.heading)

@@ -801,35 +801,3 @@ def test_the_imagery_floor_fit():
     assert CovarianceModel.from_dict(values).imagery_score_floor == pytest.approx(floor)
     with pytest.raises(ValueError):
         CovarianceModel.from_dict({**values, "imagery_score_floor": -0.1})
-
-
-def test_the_floor_background_moves_each_walk_to_its_best_directions_in_turn():
-    """background_fixes(rank=r): every fix moved BACKGROUND_OFFSET_M in the r-th direction ranked by how many
-    of the walk's true positions stay on its tiles; distinct ranks give distinct places."""
-    from types import SimpleNamespace
-
-    from crossview_ros.localize_eval import BACKGROUND_DIRECTIONS, BACKGROUND_OFFSET_M, background_fixes
-    from crossview_ros.localize_frames import Frame
-
-    origin = geo.LocalENU(48.2, 16.37)
-
-    class Tiles:  # tiles cover x in [0, 600] m and y in [-200, 200] m of the origin
-        def tiles_covering(self, lat, lon):
-            e, n, _ = origin.forward(lat, lon)
-            return [0] if 0.0 <= e <= 600.0 and -200.0 <= n <= 200.0 else []
-
-    walk = [origin.inverse(x, 0.0) for x in np.linspace(10.0, 60.0, 20)]  # near the west end: east stays on
-    frames = [Frame(Path("f"), Truth(lat, lon), city="0") for lat, lon, _ in walk]
-    fixes = [Fix(lat + 1e-5, lon, float(k)) for k, (lat, lon, _) in enumerate(walk)]
-    localizers = {"0": SimpleNamespace(tiles=Tiles())}
-    moves = []
-    for rank in range(BACKGROUND_DIRECTIONS):
-        moved = background_fixes(localizers, frames, fixes, rank=rank)
-        d = np.array([origin.forward(m.lat_deg, m.lon_deg)[:2] for m in moved]) - \
-            np.array([origin.forward(f.lat_deg, f.lon_deg)[:2] for f in fixes])
-        assert np.allclose(np.hypot(d[:, 0], d[:, 1]), BACKGROUND_OFFSET_M, atol=0.05)
-        assert np.allclose(d, d[0], atol=0.05)  # one direction for the whole walk
-        moves.append(d[0] / BACKGROUND_OFFSET_M)
-    # north-east, east and south-east keep every position on the tiles; north, south and the west none
-    assert BACKGROUND_DIRECTIONS == 3
-    assert {tuple(np.round(m, 3)) for m in moves} == {(0.707, 0.707), (1.0, 0.0), (0.707, -0.707)}
