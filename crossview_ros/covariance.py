@@ -265,7 +265,8 @@ def calibrate(estimates: Sequence[Estimate], truths: Sequence[Any], *, start: Co
               fit_shape: bool | None = None, quantile: float = 0.95,
               reasons: Sequence[Reason | str] = (Reason.OK, Reason.MAHALANOBIS),
               min_samples: int = 20, protection_risk: float = 0.01,
-              imagery_score_floor: float | None = None) -> CovarianceModel:
+              imagery_score_floor: float | None = None,
+              published: Sequence[bool] | None = None) -> CovarianceModel:
     """Fit the covariance model on a validation set so that d^2 follows chi-square (2 dof).
 
     estimates[i] pairs with truths[i] (Truth, or (lat, lon[, yaw_enu_rad])). Used: estimates with
@@ -283,7 +284,11 @@ def calibrate(estimates: Sequence[Estimate], truths: Sequence[Any], *, start: Co
     the (1 - protection_risk) quantile of error / published sigma over the set, the published
     covariance being the new model's plus what the posterior added beyond its mode (kept from each
     estimate's covariance), never below the Gaussian's sqrt(-2 ln risk). imagery_score_floor: the
-    MISMATCH gate's floor (fit_imagery_floor), None = start's.
+    MISMATCH gate's floor (fit_imagery_floor), None = start's. published[i]: whether the node would
+    publish estimates[i] once that floor is in place (None: all). The shape is fitted on every estimate
+    used (many samples), the scale, the protection level and the yaw on the published ones (at least
+    min_samples of them, else on all): fitted on frames the node withholds, every published sigma
+    would be too cautious.
     """
     from scipy.stats import chi2
 
@@ -293,10 +298,14 @@ def calibrate(estimates: Sequence[Estimate], truths: Sequence[Any], *, start: Co
         raise ValueError(f"quantile must be in [0.5, 1), got {quantile}")
     start = start or CovarianceModel.from_config(LocalizerConfig())
     wanted = {str(r) for r in reasons}
-    feats, r2, yaw_err2, yaw_raw, added = [], [], [], [], []
-    for est, truth in zip(estimates, truths):
+    feats, r2, yaw_err2, yaw_raw, added, pub, yaw_pub = [], [], [], [], [], [], []
+    flags = [True] * len(estimates) if published is None else [bool(p) for p in published]
+    if len(flags) != len(estimates):
+        raise ValueError(f"got {len(estimates)} estimates but {len(flags)} published flags")
+    for est, truth, flag in zip(estimates, truths, flags):
         if not est.has_position or str(est.reason) not in wanted:
             continue
+        pub.append(flag)
         t = truth_of(truth)
         de, dn = geo.offset_enu_m(t.lat_deg, t.lon_deg, est.lat_deg, est.lon_deg)
         r2.append(de * de + dn * dn)
@@ -307,6 +316,7 @@ def calibrate(estimates: Sequence[Estimate], truths: Sequence[Any], *, start: Co
         if est.yaw_enu_rad is not None and est.yaw_variance_raw_rad2 is not None and t.yaw_enu_rad is not None:
             yaw_err2.append(float(geo.wrap_angle_rad(est.yaw_enu_rad - t.yaw_enu_rad)) ** 2)
             yaw_raw.append(est.yaw_variance_raw_rad2)
+            yaw_pub.append(flag)
     if len(r2) < min_samples:
         raise ValueError(f"calibrate needs at least {min_samples} estimates with a position and reason in "
                          f"{sorted(wanted)}, got {len(r2)}; evaluate a longer validation drive")
@@ -320,7 +330,14 @@ def calibrate(estimates: Sequence[Estimate], truths: Sequence[Any], *, start: Co
         shape = f @ start.coefs
         log_sigma0 = 0.5 * math.log(max(float(np.mean(r2a * np.exp(-2.0 * shape))) / 2.0, 1e-12))
         coefs = start.coefs
-    base = np.exp(np.clip(log_sigma0 + f @ coefs, -50.0, 50.0))
+    # the scale and everything after it on the published estimates (when there are enough)
+    keep = np.asarray(pub, bool) if sum(pub) >= min_samples else np.ones(len(r2), bool)
+    base = np.exp(np.clip(log_sigma0 + f[keep] @ coefs, -50.0, 50.0))
+    r2a = r2a[keep]
+    added = np.asarray(added)[keep]
+    yaw_keep = np.asarray(yaw_pub, bool) if sum(yaw_pub) >= min_samples else np.ones(len(yaw_pub), bool)
+    yaw_err2 = list(np.asarray(yaw_err2)[yaw_keep]) if yaw_err2 else []
+    yaw_raw = list(np.asarray(yaw_raw)[yaw_keep]) if yaw_raw else []
     q2 = float(chi2.ppf(quantile, 2))
 
     def q_pos(log_s: float) -> float:
@@ -332,11 +349,11 @@ def calibrate(estimates: Sequence[Estimate], truths: Sequence[Any], *, start: Co
     d2 = r2a / sigma ** 2
     fit: dict[str, Any] = {
         "created_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "samples": len(r2), "quantile": quantile, "fit_shape": fit_shape,
+        "samples": len(r2), "published_samples": int(keep.sum()), "quantile": quantile, "fit_shape": fit_shape,
         "chi2_2dof_quantile": q2, "share_d2_below_chi2": float(np.mean(d2 <= q2)),
         "median_error_m": float(np.median(np.sqrt(r2a))), "median_sigma_m": float(np.median(sigma)),
     }
-    published_sigma = np.sqrt(sigma ** 2 + np.asarray(added))
+    published_sigma = np.sqrt(sigma ** 2 + added)
     ratio = np.sqrt(r2a) / published_sigma
     protection = max(float(np.quantile(ratio, 1.0 - protection_risk, method="higher")),
                      gaussian_protection_scale(protection_risk))

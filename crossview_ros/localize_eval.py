@@ -183,28 +183,27 @@ def gate_scores(localizer: Localizer, estimates: Sequence[Estimate], trusted: fl
     return out
 
 
-def below_floor_withheld(estimates: Sequence[Estimate], scores: np.ndarray, floor: float) -> list[Estimate]:
-    """The estimates as the node will publish them once the imagery floor is in place: those whose gate
-    score lies below it become MISMATCH. The covariance is fitted on these; left in, the hardest frames
-    (which the floor withholds) would make every published sigma too cautious. floor 0: the gate is off."""
-    if not floor > 0:
-        return list(estimates)
-    return [dataclasses.replace(est, accepted=False, reason=Reason.MISMATCH, message="below the imagery floor")
-            if s < floor else est for est, s in zip(estimates, scores)]
+def published_under_floor(scores: np.ndarray, floor: float) -> np.ndarray:
+    """Whether each frame passes the imagery floor (its gate score, +inf where the gate does not judge it);
+    floor 0: the gate is off and every frame passes. Calibration scales the covariance on these: the
+    hardest frames, which the floor withholds, would make every published sigma too cautious."""
+    scores = np.asarray(scores, np.float64)
+    return np.ones(len(scores), bool) if not floor > 0 else ~(scores < floor)
 
 
 def calibrate_covariance(localizer: Localizer, frames: Sequence[Frame], estimates: Sequence[Estimate],
                          background: Sequence[Estimate] | None = None) -> dict[str, Any]:
     """Fit the covariance model on the batch and save covariance.json beside the model; with `background`
     (the same streams localized by background_fixes) the MISMATCH gate's imagery floor too."""
-    floor, floor_fit = None, {}
+    floor, floor_fit, published = None, {}, None
     if background is not None:
         own = gate_scores(localizer, estimates, np.inf)
         floor, floor_fit = fit_imagery_floor(gate_scores(localizer, background), own)
-        estimates = below_floor_withheld(estimates, own, floor)
+        published = published_under_floor(own, floor)
     try:
         model = calibrate(list(estimates), [fr.truth for fr in frames], start=localizer.covariance,
-                          protection_risk=localizer.config.protection_risk, imagery_score_floor=floor)
+                          protection_risk=localizer.config.protection_risk, imagery_score_floor=floor,
+                          published=published)
     except ValueError as exc:
         raise LocalizeInputError(f"--calibrate: {exc}") from None
     model.fit.update(floor_fit)

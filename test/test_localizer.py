@@ -754,10 +754,11 @@ def test_calibrate_fits_the_frames_own_difficulty():
     assert fitted.sigma_m(0.1, 0.5, 1.0, 5.0, 0.6, 40.0) > 5 * fitted.sigma_m(0.1, 0.5, 1.0, 5.0, 1.0, 0.0)
 
 
-def test_the_covariance_is_fitted_on_the_frames_the_floor_lets_through():
-    """Frames below the imagery floor (here three times the error) are withheld by the node, so the fit
-    leaves them out: the published d^2 then sits at the 95 % quantile, not far above it."""
-    from crossview_ros.localize_eval import below_floor_withheld
+def test_the_covariance_is_scaled_on_the_frames_the_floor_lets_through():
+    """Frames below the imagery floor (here three times the error) are withheld by the node, so the
+    covariance's scale is fitted without them: the published d^2 then sits at the 95 % quantile, not far
+    above it. The shape still comes from every frame (a floor that withholds most frames leaves too few)."""
+    from crossview_ros.localize_eval import published_under_floor
 
     good, truths = synthetic_validation(600, 1.0, seed=7)
     bad, _ = synthetic_validation(600, 3.0, seed=7)
@@ -765,19 +766,27 @@ def test_the_covariance_is_fitted_on_the_frames_the_floor_lets_through():
     hard = rng.random(600) < 0.3
     estimates = [b if h else g for g, b, h in zip(good, bad, hard)]
     scores = np.where(hard, 0.2, 0.6) + rng.normal(0.0, 0.01, 600)
-    kept = below_floor_withheld(estimates, scores, 0.4)
-    assert [e.reason is Reason.MISMATCH for e in kept] == list(hard)
-    assert below_floor_withheld(estimates, scores, 0.0) == estimates  # no floor: nothing withheld
-    naive, fitted = calibrate(estimates, truths), calibrate(kept, truths)
-    published = [(e, t) for e, t, h in zip(estimates, truths, hard) if not h]
+    published = published_under_floor(np.r_[scores[:-1], np.inf], 0.4)
+    assert list(published[:-1]) == list(~hard[:-1]) and published[-1]  # +inf: a window the gate does not judge
+    published = published_under_floor(scores, 0.4)
+    assert published_under_floor(scores, 0.0).all()  # no floor: every frame is published
+    naive = calibrate(estimates, truths)
+    fitted = calibrate(estimates, truths, published=published)
+    assert fitted.fit["samples"] == 600 and fitted.fit["published_samples"] == int(published.sum())
+    assert fitted.fit["share_d2_below_chi2"] == pytest.approx(0.95, abs=0.005)
 
     def share_d2(model):
         d2 = [model.sigma_m(e.margin, e.score, e.spread_m, math.hypot(*e.offset_m)) ** -2
-              * sum(v * v for v in geo.offset_enu_m(t.lat_deg, t.lon_deg, e.lat_deg, e.lon_deg)) for e, t in published]
+              * sum(v * v for v in geo.offset_enu_m(t.lat_deg, t.lon_deg, e.lat_deg, e.lon_deg))
+              for e, t, p in zip(estimates, truths, published) if p]
         return float(np.mean(np.array(d2) < 5.991))
 
-    assert share_d2(fitted) == pytest.approx(0.95, abs=0.02)
-    assert share_d2(naive) > 0.985  # the hard frames left in: every published sigma too cautious
+    assert share_d2(fitted) == pytest.approx(0.95, abs=0.005)
+    assert share_d2(naive) > 0.985  # the hard frames in the scale: every published sigma too cautious
+    few = published & (np.arange(600) < 40)  # fewer than min_samples published: scaled on all, as before
+    assert calibrate(estimates, truths, published=few, min_samples=50).sigma0_m == pytest.approx(naive.sigma0_m)
+    with pytest.raises(ValueError, match="published flags"):
+        calibrate(estimates, truths, published=published[:10])
 
 
 def test_the_imagery_floor_fit():
