@@ -140,12 +140,18 @@ class LocalizeNode(Node):
 
     def __init__(self, **node_kwargs: Any) -> None:
         super().__init__(NODE_NAME, **node_kwargs)
-        values = self._declare_parameters()
         try:
-            self.config: LocalizerConfig = localizer_config(values)
-            self.settings: NodeSettings = node_settings(values)
-        except (TypeError, ValueError) as exc:
-            raise StartupError(f"invalid parameter: {exc}") from None
+            values = self._declare_parameters()
+            try:
+                self.config: LocalizerConfig = localizer_config(values)
+                self.settings: NodeSettings = node_settings(values)
+            except (TypeError, ValueError) as exc:
+                raise StartupError(f"invalid parameter: {exc}") from None
+        except StartupError:
+            # main() never gets this half-built node to destroy: left to the garbage collector after
+            # rclpy's shutdown, its handles crashed the process (SIGSEGV instead of exit code 2)
+            self.destroy_node()
+            raise
         self.localizer: Localizer | None = None
         self.cameras: cameras.CameraInputs | None = None  # start() sets it when `cameras` names some
         self._lock = threading.Lock()
