@@ -8,7 +8,6 @@ from crossview_ros.model_meta import ImageInput, ModelMeta
 
 
 def _preprocess(rgb: np.ndarray, spec: ImageInput, view: str) -> np.ndarray:
-    import cv2
 
     if not isinstance(rgb, np.ndarray) or rgb.ndim != 3 or rgb.shape[2] != 3 or min(rgb.shape[:2]) < 1:
         raise ValueError(f"{view} image must be an (H, W, 3) RGB array, got "
@@ -19,23 +18,26 @@ def _preprocess(rgb: np.ndarray, spec: ImageInput, view: str) -> np.ndarray:
         full_scale = 65535.0  # 16-bit PNG tiles: same 0..1 range
     else:
         raise ValueError(f"{view} image must be uint8 (or uint16), got {rgb.dtype}")
-    h, w = spec.size_hw
     # Same steps as training's image cache and dataset: INTER_AREA resize of the integer image,
     # then 0..1, then (x - mean) / std in float32.
-    if rgb.shape[:2] != (h, w):
-        rgb = cv2.resize(rgb, (w, h), interpolation=cv2.INTER_AREA)
+    rgb = _resize(rgb, spec.size_hw)
     x = rgb.astype(np.float32).transpose(2, 0, 1) / np.float32(full_scale)
     mean = np.asarray(spec.mean, np.float32).reshape(3, 1, 1)
     std = np.asarray(spec.std, np.float32).reshape(3, 1, 1)
     return np.ascontiguousarray(((x - mean) / std)[None])
 
 
-def fit_ground_input(meta: ModelMeta, rgb: np.ndarray) -> np.ndarray:
-    """A panorama resized to the ground encoder's input exactly as preprocess_ground resizes it (uint8)."""
+def _resize(rgb: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
+    """The integer image at an encoder's input size (INTER_AREA, as training's image cache)."""
     import cv2
 
-    h, w = meta.ground.size_hw
+    h, w = size_hw
     return rgb if rgb.shape[:2] == (h, w) else cv2.resize(rgb, (w, h), interpolation=cv2.INTER_AREA)
+
+
+def fit_ground_input(meta: ModelMeta, rgb: np.ndarray) -> np.ndarray:
+    """A panorama resized to the ground encoder's input exactly as preprocess_ground resizes it (uint8)."""
+    return _resize(rgb, meta.ground.size_hw)
 
 
 def preprocess_ground(meta: ModelMeta, rgb: np.ndarray) -> np.ndarray:
