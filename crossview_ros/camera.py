@@ -260,6 +260,13 @@ CAMERA_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")  # a camera's name: a topic
 MOUNT_KEYS = ("height_m", "x_m", "y_m", "yaw_deg", "pitch_deg", "roll_deg")
 
 
+def check_camera_name(name: str) -> None:
+    """CameraError unless `name` can name a camera's topics and the node's parameters (CAMERA_NAME)."""
+    if not CAMERA_NAME.match(name):
+        raise CameraError(f"a camera name must start with a letter and hold only letters, digits and _ (it names "
+                          f"the camera's topics and the node's parameters), got {name!r}")
+
+
 def mounts_from_dict(values: Mapping[str, Mapping[str, Any]]) -> dict[str, CameraMount]:
     """{camera name: {height_m, x_m, y_m, yaw_deg, pitch_deg, roll_deg}} (a rig file's `cameras`, the
     node's per-camera parameters) -> mounts in the given order; CameraError naming a bad key or value."""

@@ -31,7 +31,7 @@ import yaml
 
 from crossview_ros.atomic import write_text_atomic
 from crossview_ros.config import read_yaml
-from crossview_ros.camera import CAMERA_NAME, MOUNT_KEYS, CameraError, CameraMount, mounts_from_dict
+from crossview_ros.camera import MOUNT_KEYS, CameraError, CameraMount, check_camera_name, mounts_from_dict
 from crossview_ros.replay_errors import BagError
 
 RIG_SIDECAR = "cameras.yaml"  # the rig file crossview-sim writes inside a bag folder
@@ -84,9 +84,10 @@ class RigSpec:
         topics: dict[str, dict[str, str | None]] = {}
         for name, entry in cameras.items():
             name = str(name)
-            if not CAMERA_NAME.match(name):
-                raise BagError(f"{source}: camera name {name!r} must start with a letter and hold only letters, "
-                               "digits and _ (it names the camera's topics and the node's parameters)")
+            try:
+                check_camera_name(name)
+            except CameraError as exc:
+                raise BagError(f"{source}: {exc}") from None
             if not isinstance(entry, Mapping):
                 raise BagError(f"{source}: camera {name} must map its mount keys {list(MOUNT_KEYS)} (and "
                                f"{', '.join(TOPIC_KEYS)}), got {entry!r}")

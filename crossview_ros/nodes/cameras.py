@@ -41,7 +41,9 @@ from rclpy.parameter import Parameter
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
-from crossview_ros.camera import CAMERA_NAME, Camera, CameraError, CameraFrame, CameraModel, CameraMount, CameraRig, mounts_from_dict
+from crossview_ros.camera import (
+    Camera, CameraError, CameraFrame, CameraModel, CameraMount, CameraRig, check_camera_name, mounts_from_dict,
+)
 from crossview_ros.estimate import Reason
 from crossview_ros.localizer import Localizer
 from crossview_ros.nodes import convert
@@ -113,10 +115,11 @@ def declare_parameters(node: Node) -> CameraSettings:
         "images of one capture lie within this of the newest; the capture takes the newest's stamp", "s",
         Parameter.Type.DOUBLE, (0.0, MAX_SYNC_S))))
     declared = set(RIG_PARAMETERS)
-    bad = [n for n in names if not CAMERA_NAME.match(n)]
-    if bad:
-        raise ValueError(f"cameras {bad}: a camera name must start with a letter and hold only letters, digits "
-                         "and _ (it names the camera's topics and parameters)")
+    try:
+        for name in names:
+            check_camera_name(name)
+    except CameraError as exc:
+        raise ValueError(f"cameras {list(names)}: {exc}") from None
     if len(set(names)) != len(names):
         raise ValueError(f"cameras {list(names)}: each camera name must be given once")
     values: dict[str, dict[str, float]] = {}
