@@ -26,6 +26,19 @@ NS = 1_000_000_000
 CAMERA_SYNC_S = 0.05  # the node's camera_sync_s default: images of one capture lie within this
 
 
+def image_payload(raw: bytes, msgtype: str, where: str) -> tuple[Any, str | None]:
+    """One stored image message as Localizer takes it: JPEG/PNG bytes and None (a CompressedImage), or a
+    uint8 array and its rgb8 | bgr8 | mono8 encoding (an Image); BagError, `where` first, for a raw image
+    it cannot read."""
+    msg = typestore().deserialize_cdr(raw, msgtype)
+    if msgtype == MSG_COMPRESSED:
+        return bytes(memoryview(msg.data).cast("B")), None
+    try:
+        return image_to_array(msg), str(msg.encoding)
+    except ValueError as exc:
+        raise BagError(f"{where}: {exc}") from None
+
+
 @dataclass(frozen=True)
 class CameraImages:
     """One capture as a bag holds it, in the rig's camera order: the cameras (their intrinsics at that
@@ -104,13 +117,8 @@ class CameraTrack:
 
     def image_payload(self, row: int, where: str) -> tuple[Any, str | None]:
         """One image as Localizer takes it: JPEG/PNG bytes and None, or a uint8 array and its encoding."""
-        msg = typestore().deserialize_cdr(self.image_raw[row], self.image_msgtype)
-        if self.compressed:
-            return bytes(memoryview(msg.data).cast("B")), None
-        try:
-            return image_to_array(msg), str(msg.encoding)
-        except ValueError as exc:
-            raise BagError(f"{where}: camera {self.name}, image {row} on {self.image_topic}: {exc}") from None
+        return image_payload(self.image_raw[row], self.image_msgtype,
+                             f"{where}: camera {self.name}, image {row} on {self.image_topic}")
 
 
 def sync_captures(stamps_ns: Sequence[Sequence[int]], sync_s: float = CAMERA_SYNC_S) -> tuple[np.ndarray, np.ndarray]:

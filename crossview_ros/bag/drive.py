@@ -17,11 +17,10 @@ import numpy as np
 from rosbags.highlevel import AnyReader
 
 from crossview_ros import geo
-from crossview_ros.bag.captures import CAMERA_SYNC_S, CameraImages, CameraTrack, sync_captures
+from crossview_ros.bag.captures import CAMERA_SYNC_S, CameraImages, CameraTrack, image_payload, sync_captures
 from crossview_ros.bag.topics import IMAGE_ROLE, INFO_ROLE, MSG_IMAGE, POSE_TYPES, REQUIRED_ROLES, TopicMap, resolve
 from crossview_ros.bag.writer import MSG_COMPRESSED, MSG_NAVSAT, typestore
 from crossview_ros.replay_errors import BagError
-from crossview_ros.raw_image import image_to_array
 
 NS = 1_000_000_000
 KIND_FIX, KIND_ODOM, KIND_PANORAMA = 0, 1, 2  # playlist kinds, in the order they go at equal stamps
@@ -119,13 +118,8 @@ class DriveBag:
     def panorama_payload(self, row: int) -> tuple[Any, str | None]:
         """(what Localizer.localize takes, its encoding) of one panorama: JPEG/PNG bytes and None, or a
         uint8 array and its rgb8 | bgr8 | mono8 encoding; BagError for a raw image it cannot read."""
-        msg = typestore().deserialize_cdr(self.panorama_raw[row], self.panorama_msgtype)
-        if not self.raw_panorama:
-            return bytes(memoryview(msg.data).cast("B")), None
-        try:
-            return image_to_array(msg), str(msg.encoding)
-        except ValueError as exc:
-            raise BagError(f"bag {self.path}: panorama {row} on {self.topics.get('panorama')}: {exc}") from None
+        return image_payload(self.panorama_raw[row], self.panorama_msgtype,
+                             f"bag {self.path}: panorama {row} on {self.topics.get('panorama')}")
 
     def truth_yaw_at(self, stamps_s: np.ndarray) -> np.ndarray:
         """True ENU yaw at the stamps, interpolated on the circle (NaN everywhere without one)."""
