@@ -269,11 +269,7 @@ class DriveMessages:
         """A panorama (encoded JPEG) and its ground truth (UTM pose, yaw against the grid;
         latitude/longitude), by topic."""
         return {
-            TOPIC_PANORAMA: self.t[MSG_COMPRESSED](
-                header=self.header(t_ns, FRAME_CAMERA),
-                format="jpeg",
-                data=np.frombuffer(jpeg, dtype=np.uint8),
-            ),
+            TOPIC_PANORAMA: self.camera_image(t_ns, FRAME_CAMERA, jpeg),
             TOPIC_GT_POSE: self.t[MSG_POSE](
                 header=self.header(t_ns, FRAME_UTM),
                 pose=self.pose(easting_m, northing_m, yaw_grid_rad),
@@ -288,7 +284,7 @@ class DriveMessages:
         }
 
     def camera_image(self, t_ns: int, frame_id: str, jpeg: bytes) -> Any:
-        """A camera's view as sensor_msgs/CompressedImage (JPEG)."""
+        """A camera's view (the panorama's, or a rig camera's) as sensor_msgs/CompressedImage (JPEG)."""
         return self.t[MSG_COMPRESSED](header=self.header(t_ns, frame_id), format="jpeg",
                                       data=np.frombuffer(jpeg, dtype=np.uint8))
 
