@@ -81,20 +81,27 @@ def write_drive_bag(
     }
     sidecars = {}
     if cameras:
-        datum_doc["bag"]["cameras"] = rig_spec(cameras).to_dict()["cameras"]
-        sidecars[RIG_SIDECAR] = rig_file_text(rig_spec(cameras))
+        rig = rig_spec(cameras)
+        datum_doc["bag"]["cameras"] = rig.to_dict()["cameras"]
+        sidecars[RIG_SIDECAR] = rig_file_text(rig)
     datum_json = json.dumps(datum_doc, sort_keys=True, allow_nan=False)
     return write_bag(path, _messages(drive, gnss, odometry, panoramas, datum_json, tuple(cameras)),
                      overwrite=overwrite, topics=topics, sidecars=sidecars)
 
 
 def camera_topics(cameras: Sequence[Camera]) -> dict[str, str]:
-    """topic -> message type of each camera's view and CameraInfo."""
+    """topic -> message type of each camera's view and CameraInfo (the rig file's default topics)."""
     out = {}
-    for cam in cameras:
-        out[f"/{cam.name}/image/compressed"] = MSG_COMPRESSED
-        out[f"/{cam.name}/camera_info"] = MSG_CAMERA_INFO
+    for image, info in (_topics(cam) for cam in cameras):
+        out[image] = MSG_COMPRESSED
+        out[info] = MSG_CAMERA_INFO
     return out
+
+
+def _topics(cam: Camera) -> tuple[str, str]:
+    """A simulated camera's (compressed image, CameraInfo) topics: where a rig file without topics reads them."""
+    rig_camera = RigCamera(cam.name, cam.mount)
+    return rig_camera.image_topics()[0], rig_camera.camera_info_topic
 
 
 def rig_spec(cameras: Sequence[Camera]) -> RigSpec:
@@ -111,8 +118,9 @@ def camera_messages(build: DriveMessages, t_ns: int, cameras: Sequence[Camera],
         jpeg = bytes(jpeg)
         if jpeg[:2] != b"\xff\xd8":
             raise ValueError(f"{what}: the view of camera {cam.name} is not a JPEG")
-        yield f"/{cam.name}/camera_info", t_ns, build.camera_info(t_ns, cam.name, cam.model.camera_info_fields())
-        yield f"/{cam.name}/image/compressed", t_ns, build.camera_image(t_ns, cam.name, jpeg)
+        image, info = _topics(cam)
+        yield info, t_ns, build.camera_info(t_ns, cam.name, cam.model.camera_info_fields())
+        yield image, t_ns, build.camera_image(t_ns, cam.name, jpeg)
 
 
 def _events(drive: Drive, gnss: GnssTrack, odometry: Odometry) -> list[tuple[int, int, int]]:
