@@ -35,12 +35,13 @@ import cv2
 import numpy as np
 from rosbags.highlevel import AnyReader
 
-from crossview_ros.bag.drive import bag_location
+from crossview_ros.bag.drive import bag_location, stamp_ns
 from crossview_ros.bag.rig import RIG_SIDECAR, rig_file_text
 from crossview_ros.bag.writer import (
     MSG_STRING, TOPIC_DATUM, TOPIC_PANORAMA, DriveMessages, check_target, typestore, write_bag,
 )
 from crossview_ros.camera import Camera, CameraModel, CameraMount
+from crossview_ros.panorama import decode_image
 from crossview_ros.replay_errors import ReplayError
 from crossview_ros.sim.bag import camera_messages, camera_topics, rig_spec
 
@@ -168,14 +169,14 @@ def add_cameras(src: str | Path, dst: str | Path, rig: str, *, overwrite: bool =
                 if conn.topic != TOPIC_PANORAMA:
                     continue
                 msg = ts.deserialize_cdr(raw, conn.msgtype)
-                bgr = cv2.imdecode(np.frombuffer(bytes(memoryview(msg.data).cast("B")), np.uint8), cv2.IMREAD_COLOR)
-                if bgr is None:
-                    raise ValueError(f"{src}: a panorama at {log_ns / 1e9:.3f} s is not a JPEG that OpenCV decodes")
-                pano = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+                try:
+                    pano = decode_image(bytes(memoryview(msg.data).cast("B")))
+                except ValueError as exc:
+                    raise ValueError(f"{src}: the panorama at {log_ns / 1e9:.3f} s: {exc}") from None
                 if pano.shape[:2] not in renderers:
                     renderers[pano.shape[:2]] = ViewRenderer(cameras, pano.shape[:2])
                 renderer = renderers[pano.shape[:2]]
-                t_ns = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+                t_ns = stamp_ns(msg.header)
                 views = [encode_jpeg(v, f"view at {t_ns / 1e9:.3f} s") for v in renderer(pano)]
                 yield from camera_messages(build, t_ns, cameras, views, f"panorama at {t_ns / 1e9:.3f} s")
 
