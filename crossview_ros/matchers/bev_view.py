@@ -32,15 +32,24 @@ def ground_plane_pixels(size_hw: tuple[int, int], res_m: float, side: int, heigh
     return row, col
 
 
+def seen_ground(visibility: np.ndarray, *, res_m: float, side: int, height_m: float) -> np.ndarray:
+    """(side, side) bool: which top-down pixels (res_m apart) a (H, W) panorama visibility mask (True: some
+    camera sees it) covers, each read at its nearest panorama pixel."""
+    vis = np.asarray(visibility, bool)
+    row, col = ground_plane_pixels(vis.shape, res_m, side, height_m)
+    r = np.clip(np.round(row).astype(int), 0, vis.shape[0] - 1)
+    c = np.round(col).astype(int) % vis.shape[1]
+    return vis[r, c]
+
+
+def cell_share(seen: np.ndarray, cells: int, stride: int = SAMPLES_PER_CELL) -> np.ndarray:
+    """(cells, cells) float32 share of each feature cell's stride x stride top-down pixels that are seen."""
+    return seen.astype(np.float32).reshape(cells, stride, cells, stride).mean(axis=(1, 3))
+
+
 def cell_visibility(visibility: np.ndarray, *, res_m: float, cells: int, stride: int = SAMPLES_PER_CELL,
                     height_m: float) -> np.ndarray:
     """(cells, cells) float32 share of each feature cell's top-down pixels (stride x stride of res_m
     each) that a (H, W) panorama visibility mask (True: some camera sees it) covers; all ones for a
     whole panorama."""
-    vis = np.asarray(visibility, bool)
-    side = cells * stride
-    row, col = ground_plane_pixels(vis.shape, res_m, side, height_m)
-    r = np.clip(np.round(row).astype(int), 0, vis.shape[0] - 1)
-    c = np.round(col).astype(int) % vis.shape[1]
-    seen = vis[r, c].astype(np.float32)
-    return seen.reshape(cells, stride, cells, stride).mean(axis=(1, 3))
+    return cell_share(seen_ground(visibility, res_m=res_m, side=cells * stride, height_m=height_m), cells, stride)
