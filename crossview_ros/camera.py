@@ -293,16 +293,26 @@ class Camera:
     mount: CameraMount
 
 
+def _row_elevation(h: int) -> np.ndarray:
+    """(h,) elevation of each equirectangular panorama row's centre, rad (+pi/2 at the top)."""
+    return math.pi / 2 - (np.arange(h) + 0.5) / h * math.pi
+
+
+def _ground_distance(elevation: np.ndarray, height_m: float) -> np.ndarray:
+    """Horizontal distance of the flat-ground point seen at each elevation from height_m (inf at or above
+    the horizon)."""
+    with np.errstate(divide="ignore"):
+        return np.where(elevation < 0, height_m / np.tan(-elevation), np.inf)
+
+
 def panorama_rays(size_hw: tuple[int, int], model_height_m: float) -> tuple[np.ndarray, np.ndarray]:
     """Per panorama pixel, (H, W, 3) the point it stands for in base_link (ground points below the
     horizon at the model's camera height; unit directions above) and (H, W) whether it is a point."""
     h, w = size_hw
-    elevation = math.pi / 2 - (np.arange(h) + 0.5) / h * math.pi
     azimuth = (np.arange(w) + 0.5) / w * 2 * math.pi  # clockwise from forward
-    el, az = np.meshgrid(elevation, azimuth, indexing="ij")
+    el, az = np.meshgrid(_row_elevation(h), azimuth, indexing="ij")
     direction = np.stack([np.cos(el) * np.cos(az), -np.cos(el) * np.sin(az), np.sin(el)], axis=-1)
-    with np.errstate(divide="ignore"):
-        dist = np.where(el < 0, model_height_m / np.tan(-el), np.inf)
+    dist = _ground_distance(el, model_height_m)
     ground = dist < HORIZON_DISTANCE_M
     point = np.stack([dist * np.cos(az), -dist * np.sin(az), np.zeros_like(dist)], axis=-1)
     return np.where(ground[..., None], point, direction), ground
@@ -314,9 +324,8 @@ def panorama_height_rows(size_hw: tuple[int, int], camera_height_m: float, model
     above it the same row. A 360° camera at another height than the model's then lands its ground where
     the model expects it (azimuths do not change, so only rows move)."""
     h = size_hw[0]
-    elevation = math.pi / 2 - (np.arange(h) + 0.5) / h * math.pi
-    with np.errstate(divide="ignore"):
-        dist = np.where(elevation < 0, model_height_m / np.tan(-elevation), np.inf)
+    elevation = _row_elevation(h)
+    dist = _ground_distance(elevation, model_height_m)
     source = np.where(dist < HORIZON_DISTANCE_M, -np.arctan(camera_height_m / np.minimum(dist, HORIZON_DISTANCE_M)),
                       elevation)
     return ((math.pi / 2 - source) / math.pi * h - 0.5).astype(np.float32)
