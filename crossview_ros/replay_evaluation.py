@@ -392,6 +392,7 @@ def _summary(bag: DriveBag, playback: Playback, frames: list[FrameRecord], diag:
         "crossview": _stats([f.error_m for f in published]),
         "gnss_on_published_frames": _stats(gnss_pub),
         "fused": _stats([f.fused_error_m for f in frames]),
+        "fused_on_published_frames": _stats([f.fused_error_m for f in published]),
         "fused_with_gnss": _stats([f.fused_gnss_error_m for f in frames]),
     }
     primary = rank_by_p95(errors, FUSED_TRACKS)[0]

@@ -348,6 +348,7 @@ def _error_table(summary: dict[str, Any]) -> list[str]:
             "|---|---:|---:|---:|---:|---:|---:|---:|"]
     labels = {"gnss": "raw GNSS (every frame with a fix)", "gnss_on_published_frames": "raw GNSS (published frames)",
               "crossview": "crossview fix (published frames)", "fused": "fused: odometry + crossview pose",
+              "fused_on_published_frames": "fused: odometry + crossview pose (published frames)",
               "fused_with_gnss": "fused: odometry + crossview pose + GNSS"}
     for key, label in labels.items():
         s = summary["errors"][key]

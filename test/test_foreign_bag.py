@@ -191,7 +191,8 @@ def test_replay_through_the_mapping_equals_the_native_replay(native_replay, fore
     assert summary["topics"]["truth"] == "/rtk/fix" and summary["datum_source"] == "first valid fix on /gps/fix"
     assert summary["published"] == native_replay["published"] and summary["rejections"] == native_replay["rejections"]
     assert 5 <= summary["published"] <= 31
-    for track in ("gnss", "crossview", "gnss_on_published_frames", "fused", "fused_with_gnss"):
+    for track in ("gnss", "crossview", "gnss_on_published_frames", "fused", "fused_on_published_frames",
+                  "fused_with_gnss"):
         mine, theirs = summary["errors"][track], native_replay["errors"][track]
         assert mine["count"] == theirs["count"] > 0, track
         for key in ("median_m", "mean_m", "p95_m"):

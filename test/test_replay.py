@@ -228,6 +228,9 @@ def test_fused_track_and_summary_statistics(result):
     assert s["errors"]["crossview"]["p95_m"] == pytest.approx(np.percentile(ours, 95))
     assert s["errors"]["crossview"]["under_25m_pct"] == pytest.approx(100.0 * np.mean(ours < 25.0))
     assert s["errors"]["fused"]["mean_m"] == pytest.approx(np.mean(fused))
+    fused_ours = [f.fused_error_m for f in result.frames if f.accepted]  # like for like with ours
+    assert s["errors"]["fused_on_published_frames"]["count"] == ours.size == len(fused_ours)
+    assert s["errors"]["fused_on_published_frames"]["p95_m"] == pytest.approx(np.percentile(fused_ours, 95))
     assert s["fusion"]["accepted"]["pose"] + s["fusion"]["rejected"]["pose"] == ours.size
     assert s["fusion"]["accepted"]["odom"] > 100  # 50 Hz wheel odometry
     assert "ekf.yaml" in s["fusion"]["description"]

@@ -97,8 +97,8 @@ def test_printed_tables_carry_the_pooled_figures(capsys):
     print_mismatch(tables)
     lines = capsys.readouterr().out.splitlines()
     on = next(line.split() for line in lines if line.split()[:2] == ["urban", "on"])
-    assert on == ["urban", "on", "2", "6", "83.3", "3.00", "24.80", "-", "-", "20.0", "80.0", "50.0", "50.0",
-                  "50.0", "50.00", "1"]  # no fused track on these walks: '-' '-'
+    assert on == ["urban", "on", "2", "6", "83.3", "3.00", "24.80", "-", "-", "-", "-", "20.0", "80.0", "50.0",
+                  "50.0", "50.0", "50.00", "1"]  # no fused track on these walks: '-' four times
     assert any("urban odometry on: AMBIGUOUS 1, OK 5" in line for line in lines)
     mismatch = next(line.split() for line in lines if line.split()[:2] == ["urban", "1"])
     assert mismatch[:5] == ["urban", "1", "2", "2", "1"]
@@ -185,14 +185,20 @@ def test_fused_track_refuses_outliers_and_beats_our_p95():
     assert r.fused["ours_p95_m"] == pytest.approx(30.0, abs=0.01)
     assert r.fused["rejected"]["pose"] == 12 and r.fused["accepted"]["pose"] == 109
     assert r.fused["p95_m"] < 0.05 and r.fused["not_above_ours"] is True
+    assert r.fused["p95_published_m"] < 0.05 and r.fused["not_above_ours_all_frames"] is True
+    assert r.fused["frames_published"] == 121 and r.fused["p95_unpublished_m"] is None
 
 
 def test_fused_track_drifts_with_wrong_odometry_and_is_flagged():
     """One published fix at t = 0 (perfect), odometry 20 % fast: the track drifts 0.2 m/s, error 0.2 t;
-    p95 over t = 0 .. 60 s by 0.5 s is 0.2 x 57 = 11.4 m, above our 0 m: flagged."""
+    p95 over t = 0 .. 60 s by 0.5 s is 0.2 x 57 = 11.4 m, above our 0 m: flagged over all frames. On
+    the one frame we published, the track is on it: not above ours there."""
     r = synthetic_walk(lambda k: (0.0, 0.0), odometry_speed_mps=1.2 * SPEED_MPS, accepted=lambda k: k == 0)
     np.testing.assert_allclose(r.fused_error_m, 0.2 * STAMPS_S, atol=0.02)
-    assert r.fused["p95_m"] == pytest.approx(11.4, abs=0.02) and r.fused["not_above_ours"] is False
+    assert r.fused["p95_m"] == pytest.approx(11.4, abs=0.02) and r.fused["not_above_ours_all_frames"] is False
+    assert r.fused["p95_unpublished_m"] == pytest.approx(np.percentile(0.2 * STAMPS_S[1:], 95), abs=0.02)
+    assert r.fused["frames_published"] == 1 and r.fused["p95_published_m"] < 0.02
+    assert r.fused["not_above_ours"] is True
 
 
 def test_pooled_and_printed_fused_figures(capsys):
@@ -200,15 +206,18 @@ def test_pooled_and_printed_fused_figures(capsys):
     drift = synthetic_walk(lambda k: (0.0, 0.0), odometry_speed_mps=1.2 * SPEED_MPS, accepted=lambda k: k == 0)
     drift.walk_seed = 1
     fz = pooled_tables([outliers, drift], ["urban"], heading=True)["urban"]["odometry"]["fused"]
-    assert fz["walks"] == 2 and fz["frames"] == 242 and fz["walks_compared"] == 2 and fz["walks_not_above_ours"] == 1
+    assert fz["walks"] == 2 and fz["frames"] == 242 and fz["walks_compared"] == 2
+    assert fz["walks_not_above_ours"] == 2 and fz["walks_not_above_ours_all_frames"] == 1
     assert fz["p95_m"] == pytest.approx(np.percentile(np.r_[np.zeros(121), 0.2 * STAMPS_S], 95), abs=0.02)
+    assert fz["p95_published_m"] < 0.05  # the outlier walk's 121 frames and the drift walk's first
+    assert fz["p95_unpublished_m"] == pytest.approx(np.percentile(0.2 * STAMPS_S[1:], 95), abs=0.02)
     print_pooled({"urban": pooled_tables([outliers, drift], ["urban"], heading=True)["urban"]})
     print_walks([{**r.ids(), "summary": r.summary, "fused": r.fused} for r in (outliers, drift)])
     lines = [line.split() for line in capsys.readouterr().out.splitlines()]
     pooled = next(row for row in lines if row[:2] == ["urban", "on"])
-    assert pooled[8] == "1/2"
+    assert pooled[8] == "2/2" and pooled[10] == "1/2"
     per_walk = [row for row in lines if row[:4] in (["200", "0", "walk", "urban"], ["200", "1", "walk", "urban"])]
-    assert [row[9:11] for row in per_walk] == [["0.00", "yes"], ["11.40", "NO"]]
+    assert [row[9:13] for row in per_walk] == [["0.00", "yes", "0.00", "yes"], ["0.00", "yes", "11.40", "NO"]]
     assert [row[8] for row in per_walk] == ["30.00", "0.00"]  # ours beside it
 
 
