@@ -1,7 +1,8 @@
 """The localization pipeline without ROS: (panorama, GNSS fix, stamp) -> Estimate.
 
 One frame goes: check stamps and fix -> decode (crossview_ros.panorama) -> scope from the fix
-(k-sigma radius, clamped, widened by elapsed time x max speed) -> preprocess -> the matcher of the
+(k-sigma radius, clamped, widened by elapsed time x max speed; with odometry aligned to the grid, an
+older fix is carried to the panorama's stamp by odometry's displacement instead) -> preprocess -> the matcher of the
 loaded model (crossview_ros.matchers: encode the panorama, score the scope, refine the pose,
 heading) -> covariance (crossview_ros.covariance) -> gating -> Estimate. The Localizer does not
 know which model family it runs: model.json's matching kind picks the matcher.
@@ -16,7 +17,9 @@ a posterior split between distinct places (AMBIGUOUS), the margin (LOW_MARGIN) a
 prior (MAHALANOBIS, which also resets the track). The published covariance adds the posterior's
 mass beyond its mode to the calibrated sigma; the protection level states the radius the error
 exceeds on at most protection_risk of fixes. Odometry (add_odometry, thread-safe) moves the
-matcher's track between frames (crossview_ros.odometry). Artefact problems (missing or corrupt
+matcher's track between frames (crossview_ros.odometry), carries a fix through a GNSS dropout
+(fix_max_age_odometry_s), and carries the last published estimate so that a fix running off the
+tiles near their edge is not taken for a platform beyond them. Artefact problems (missing or corrupt
 engine, descriptors of another model, an unusable calibration file) raise at construction, never
 at the first frame.
 
@@ -52,6 +55,7 @@ from crossview_ros.odometry import GridOdometry
 from crossview_ros.panorama import decode_image, decode_panorama
 from crossview_ros.preprocess import fit_ground_input, preprocess_ground
 from crossview_ros.tiles import TileSet, TileSetError
+from crossview_ros.tiles.coverage import CoverageBox, disc_on_tiles
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +73,18 @@ def scope_radius_m(sigma_horizontal_m: float, age_s: float, *, k: float, min_m: 
 def engine_options(config: LocalizerConfig) -> dict[str, Any]:
     """create_engine options from the config (threads only where ONNX Runtime may run)."""
     return {"threads": config.engine_threads} if config.engine_threads and config.engine != "tensorrt" else {}
+
+
+@dataclass(frozen=True)
+class _GnssPrior:
+    """The fix at the panorama's stamp (Localizer._gnss_prior), ENU m^2, the fix_sigma_scale applied."""
+
+    lat_deg: float
+    lon_deg: float
+    covariance_enu_m2: np.ndarray  # what the fix says of the platform now (the match's prior, the d^2 gate)
+    widen_age_s: float  # the age that still widens the search radius by max_speed_mps (0 once carried)
+    sigma_covariance_enu_m2: np.ndarray  # what the search radius's k sigma is taken from
+    carried_m: float | None = None  # how far odometry carried the fix (None: not carried)
 
 
 class _Reject(Exception):
@@ -99,50 +115,6 @@ class _Throttle:
         if skipped:
             msg += f" ({skipped} more since the last such message)"
         log.log(level, msg, *args)
-
-
-@dataclass(frozen=True)
-class CoverageBox:
-    """The latitude/longitude extent of a tile set's centres, half a tile wider: what a fix refused as
-    OUTSIDE_COVERAGE is told about (how far off it is, and whether swapping latitude and longitude
-    would put it on the tiles, the commonest mistake in a hand-written fix or a driver's mapping)."""
-
-    lat_min_deg: float
-    lat_max_deg: float
-    lon_min_deg: float
-    lon_max_deg: float
-
-    @classmethod
-    def of(cls, tiles: TileSet) -> CoverageBox:
-        half_m = 0.5 * tiles.tile_size_m
-        lat_lo, lat_hi = float(tiles.lat_deg.min()), float(tiles.lat_deg.max())
-        dlat = half_m / 111_000.0
-        dlon = half_m / (111_000.0 * max(math.cos(math.radians(max(abs(lat_lo), abs(lat_hi)))), 1e-6))
-        return cls(max(lat_lo - dlat, -90.0), min(lat_hi + dlat, 90.0), float(tiles.lon_deg.min()) - dlon,
-                   float(tiles.lon_deg.max()) + dlon)
-
-    def distance_m(self, lat_deg: float, lon_deg: float) -> float:
-        """Geodesic distance from the point to the nearest point of the box (0 inside it)."""
-        lat = min(max(lat_deg, self.lat_min_deg), self.lat_max_deg)
-        lon = min(max(lon_deg, self.lon_min_deg), self.lon_max_deg)
-        return float(geo.distance_m(lat_deg, lon_deg, lat, max(-180.0, min(lon, 180.0))))
-
-    def outside_message(self, lat_deg: float, lon_deg: float, radius_m: float) -> str:
-        """Why no tile lies within radius_m of the fix, for the user to act on."""
-        off_m = self.distance_m(lat_deg, lon_deg)
-        where = (f"covering latitudes {self.lat_min_deg:.5f}..{self.lat_max_deg:.5f} and longitudes "
-                 f"{self.lon_min_deg:.5f}..{self.lon_max_deg:.5f}")
-        if off_m <= radius_m:
-            text = (f"no tile within {radius_m:.0f} m of the fix ({lat_deg:.7f}, {lon_deg:.7f}), which lies in a gap "
-                    f"of the tile set {where}")
-        else:
-            far = f"{off_m / 1000.0:.1f} km" if off_m >= 1000.0 else f"{off_m:.0f} m"
-            text = (f"fix ({lat_deg:.7f}, {lon_deg:.7f}) is {far} outside the tile set {where}; no tile within the "
-                    f"{radius_m:.0f} m search radius")
-        if abs(lon_deg) <= 90.0 and off_m > radius_m and self.distance_m(lon_deg, lat_deg) <= radius_m:
-            text += (f"; latitude and longitude look swapped: ({lon_deg:.7f}, {lat_deg:.7f}) lies on the tiles "
-                     "(NavSatFix.latitude holds the latitude, --fix takes LAT,LON)")
-        return text
 
 
 class Localizer:
@@ -188,6 +160,7 @@ class Localizer:
         self._views: deque[bool] = deque(maxlen=config.imagery_window)  # did each recent view point at its estimate
         self._scores: deque[float] = deque(maxlen=config.imagery_window)  # each recent view's best score
         self._last_stamp_s: float | None = None
+        self._published: tuple[float, float, float, float] | None = None  # last accepted: stamp, E, N, variance m^2
         self._throttle = _Throttle(config.log_throttle_s)
         self._coverage = CoverageBox.of(self.tiles)
         self._panorama_height_m = self._check_panorama_height()
@@ -230,6 +203,7 @@ class Localizer:
         """Forget the last stamp and the matcher's track (call after a time jump backwards, e.g. a bag
         restarting, and between panoramas that are not a stream)."""
         self._last_stamp_s = None
+        self._published = None
         self.matcher.reset()
         self._views.clear()
         self._scores.clear()
@@ -282,16 +256,18 @@ class Localizer:
         stamp = self._check_stamp(stamp_s, now_s)
         fix_cov = self._check_fix(fix, now_s) * self.covariance.fix_sigma_scale ** 2
         age_s = stamp - fix.stamp_s
-        if abs(age_s) > cfg.fix_max_age_s:
+        prior = self._gnss_prior(fix, fix_cov, stamp, age_s)
+        if abs(age_s) > cfg.fix_max_age_s and (prior.carried_m is None or age_s > cfg.fix_max_age_odometry_s):
+            limit = "fix_max_age_s" if prior.carried_m is None else "fix_max_age_odometry_s"
             raise _Reject(Reason.STALE_STAMP, f"fix is {abs(age_s):.3f} s {'older' if age_s > 0 else 'newer'} than "
-                                              f"the panorama (more than fix_max_age_s {cfg.fix_max_age_s:g} s)")
+                                              f"the panorama (more than {limit} {getattr(cfg, limit):g} s)")
 
         t = time.perf_counter()
         rgb, visibility = self._decode(panorama, encoding)
         times["decode_ms"] = time.perf_counter() - t
 
         t = time.perf_counter()
-        scope = self._scope(fix, fix_cov, stamp, age_s, context)
+        scope = self._scope(fix, prior, stamp, context)
         search_s = time.perf_counter() - t
 
         t = time.perf_counter()
@@ -309,7 +285,7 @@ class Localizer:
         pose = self.matcher.refine_pose(ground, candidates)
         offset_m = self.matcher.tile_offset_m(pose)
         lat, lon = geo.utm_to_latlon(pose.easting_m, pose.northing_m, self.tiles.zone)
-        cov, d2, from_fix_m = self._covariance_and_d2(fix, fix_cov, age_s, lat, lon, pose, offset_m)
+        cov, d2, from_fix_m = self._covariance_and_d2(prior, lat, lon, pose, offset_m)
         times["offset_ms"] = time.perf_counter() - t
         context.update(lat_deg=float(lat), lon_deg=float(lon), utm_zone=str(self.tiles.zone),
                        easting_m=pose.easting_m, northing_m=pose.northing_m, covariance_enu_m2=cov,
@@ -330,7 +306,7 @@ class Localizer:
             times["heading_ms"] = time.perf_counter() - t
 
         try:
-            self._gate(pose, d2, from_fix_m, f"tile {pose.tile_id}, score {pose.score:.4f}")
+            self._gate(pose, d2, from_fix_m, f"tile {pose.tile_id}, score {pose.score:.4f}", stamp)
         except _Reject as rej:
             if rej.reason is Reason.MAHALANOBIS:
                 self.matcher.reset()  # a track whose best place the GNSS contradicts must not carry on
@@ -342,8 +318,24 @@ class Localizer:
         if self.odometry is not None:  # the published positions' course against odometry's
             self.odometry.vote_course(stamp, pose.easting_m, pose.northing_m,
                                       math.sqrt(float(np.linalg.eigvalsh(cov).max())), source="estimate")
+        self._published = (stamp, pose.easting_m, pose.northing_m, float(np.linalg.eigvalsh(cov).max()))
         return self._finish(Estimate(stamp_s=stamp, accepted=True, reason=Reason.OK, **context,
                                      latency=self._latency(times, t_start)))
+
+    def _on_tiles_by_odometry(self, stamp: float) -> bool:
+        """Whether the last published estimate, carried here by odometry (as a fix is, fix_max_age_odometry_s),
+        lies on the tiles with 2 sigma to spare: then a fix whose uncertainty runs off the tiles near an edge
+        is not taken for a platform beyond them (min_prior_inside)."""
+        if self.odometry is None or self._published is None:
+            return False
+        t0, east, north, variance = self._published
+        if not 0.0 < stamp - t0 <= self.config.fix_max_age_odometry_s:
+            return False
+        motion = self.odometry.motion_grid(t0, stamp)
+        if motion is None or not motion.direction_known:
+            return False
+        return disc_on_tiles(self.tiles, east + motion.east_m, north + motion.north_m,
+                             2.0 * math.sqrt(variance + motion.variance_m2))
 
     def _check_panorama_height(self) -> float | None:
         """The panorama camera's height when its ground must be moved to the model's (None: nothing to do)."""
@@ -387,12 +379,33 @@ class Localizer:
         except CameraError as exc:
             raise _Reject(Reason.BAD_CAMERA, str(exc)) from None
 
-    def _scope(self, fix: Fix, fix_cov: np.ndarray, stamp: float, age_s: float, context: dict[str, Any]) -> Scope:
-        """The tiles within the search radius of the fix, and the GNSS prior on the tile set's grid."""
-        sigma_fix_m = float(math.sqrt(max(float(np.linalg.eigvalsh(fix_cov).max()), 0.0)))
-        radius_m = self.scope_radius_m(sigma_fix_m, age_s)
-        context["scope_radius_m"] = radius_m
+    def _gnss_prior(self, fix: Fix, fix_cov: np.ndarray, stamp: float, age_s: float) -> _GnssPrior:
+        """Where the fix puts the platform at the panorama's stamp. A fix older than the panorama is carried
+        by odometry's displacement since its stamp once the odom frame is aligned with the grid (a GNSS
+        dropout costs odometry's drift, not max_speed_mps x its age); otherwise the fix stays where it was,
+        widened by |age| x max_speed_mps."""
         lat, lon = float(fix.lat_deg), float(fix.lon_deg)
+        widened = _GnssPrior(lat, lon, fix_cov + np.eye(2) * (age_s * self.config.max_speed_mps) ** 2, abs(age_s),
+                             fix_cov)
+        if self.odometry is None or not age_s > 0.0 or not self.config.fix_max_age_odometry_s > 0.0:
+            return widened
+        motion = self.odometry.motion_grid(float(fix.stamp_s), stamp)
+        if motion is None or not motion.direction_known:
+            return widened
+        try:
+            e, n, _ = geo.latlon_to_utm(lat, lon, zone=self.tiles.zone)
+            lat_now, lon_now = geo.utm_to_latlon(e + motion.east_m, n + motion.north_m, self.tiles.zone)
+        except geo.GeoError:  # far outside the tile set's zone: _scope says so
+            return widened
+        carried = fix_cov + np.eye(2) * motion.variance_m2
+        return _GnssPrior(float(lat_now), float(lon_now), carried, 0.0, carried, motion.distance_m)
+
+    def _scope(self, fix: Fix, prior: _GnssPrior, stamp: float, context: dict[str, Any]) -> Scope:
+        """The tiles within the search radius of the prior's centre, and the GNSS prior on the tile set's grid."""
+        sigma_fix_m = float(math.sqrt(max(float(np.linalg.eigvalsh(prior.sigma_covariance_enu_m2).max()), 0.0)))
+        radius_m = self.scope_radius_m(sigma_fix_m, prior.widen_age_s)
+        context["scope_radius_m"] = radius_m
+        lat, lon = prior.lat_deg, prior.lon_deg
         try:
             e_fix, n_fix, _ = geo.latlon_to_utm(lat, lon, zone=self.tiles.zone)
         except geo.GeoError:  # far outside the tile set's UTM zone
@@ -402,9 +415,10 @@ class Localizer:
             raise _Reject(Reason.OUTSIDE_COVERAGE, self._coverage.outside_message(lat, lon, radius_m))
         context["tiles_in_scope"] = int(ids.size)
         if self.odometry is not None and fix.stamp_s != self._course_fix_stamp_s:
-            self._course_fix_stamp_s = fix.stamp_s  # one vote per fix, whatever the frame rate
-            self.odometry.vote_course(float(fix.stamp_s), float(e_fix), float(n_fix), sigma_fix_m)
-        prior_grid = geo.enu_cov_to_utm(self._prior_cov(fix_cov, age_s), lat, lon, self.tiles.zone)
+            self._course_fix_stamp_s = fix.stamp_s  # one vote per fix, whatever the frame rate; where it was taken
+            e_taken, n_taken, _ = geo.latlon_to_utm(float(fix.lat_deg), float(fix.lon_deg), zone=self.tiles.zone)
+            self.odometry.vote_course(float(fix.stamp_s), float(e_taken), float(n_taken), sigma_fix_m)
+        prior_grid = geo.enu_cov_to_utm(prior.covariance_enu_m2, lat, lon, self.tiles.zone)
         return Scope(ids, float(e_fix), float(n_fix), prior_grid, stamp, float(fix.stamp_s), self.odometry)
 
     def _heading(self, ground: Any, pose: PoseMatch) -> Heading | None:
@@ -426,10 +440,10 @@ class Localizer:
         return {"yaw_enu_rad": yaw, "yaw_variance_raw_rad2": h.variance_raw_rad2,
                 "yaw_variance_rad2": float(self.covariance.yaw_variance_rad2(h.variance_raw_rad2))}
 
-    def _covariance_and_d2(self, fix: Fix, fix_cov: np.ndarray, age_s: float, lat: float, lon: float,
-                           pose: PoseMatch, offset_m: tuple[float, float]) -> tuple[np.ndarray, float, float]:
-        """The estimate's 2x2 ENU covariance, its squared Mahalanobis distance to the GNSS prior (the fix's
-        covariance widened by age x max speed) and its distance from the fix, m.
+    def _covariance_and_d2(self, prior: _GnssPrior, lat: float, lon: float, pose: PoseMatch,
+                           offset_m: tuple[float, float]) -> tuple[np.ndarray, float, float]:
+        """The estimate's 2x2 ENU covariance, its squared Mahalanobis distance to the GNSS prior and its
+        distance from the prior's centre, m.
 
         The covariance is the calibrated model's (CovarianceModel) plus the posterior's mass beyond
         mode_radius_m (sum of p d d^T): a look-alike far away that holds real mass widens it, as the
@@ -440,23 +454,20 @@ class Localizer:
         cov = np.eye(2) * sigma * sigma
         if pose.far_covariance_m2 is not None:
             cov = cov + geo.utm_cov_to_enu(pose.far_covariance_m2, lat, lon, self.tiles.zone)
-        de, dn = geo.offset_enu_m(float(fix.lat_deg), float(fix.lon_deg), lat, lon)
+        de, dn = geo.offset_enu_m(prior.lat_deg, prior.lon_deg, lat, lon)
         innovation = np.array([de, dn])
-        return (cov, float(innovation @ np.linalg.solve(cov + self._prior_cov(fix_cov, age_s), innovation)),
+        return (cov, float(innovation @ np.linalg.solve(cov + prior.covariance_enu_m2, innovation)),
                 math.hypot(de, dn))
 
-    def _prior_cov(self, fix_cov: np.ndarray, age_s: float) -> np.ndarray:
-        """The GNSS prior at the panorama's stamp, ENU m^2: the fix's covariance (already scaled by
-        fix_sigma_scale) widened by how far the platform may have moved since the fix."""
-        return fix_cov + np.eye(2) * (age_s * self.config.max_speed_mps) ** 2
-
-    def _gate(self, pose: PoseMatch, d2: float, distance_m: float, detail: str) -> None:
-        """OUTSIDE_COVERAGE (the fix's uncertainty runs mostly off the tiles), MISMATCH (too few recent views
+    def _gate(self, pose: PoseMatch, d2: float, distance_m: float, detail: str, stamp: float) -> None:
+        """OUTSIDE_COVERAGE (the fix's uncertainty runs mostly off the tiles, and odometry does not carry the
+        last published estimate onto them), MISMATCH (too few recent views
         point at their estimates), AMBIGUOUS (the posterior holds distinct places),
         LOW_MARGIN, then MAHALANOBIS against the GNSS prior; each keeps the estimate in the Estimate."""
         cfg = self.config
         margin = pose.margin
-        if pose.prior_inside is not None and not pose.prior_inside >= cfg.min_prior_inside:
+        if (pose.prior_inside is not None and not pose.prior_inside >= cfg.min_prior_inside
+                and not self._on_tiles_by_odometry(stamp)):
             raise _Reject(Reason.OUTSIDE_COVERAGE, f"only {100 * pose.prior_inside:.0f} % of the fix's uncertainty "
                                                    f"lies on the tiles (min_prior_inside {cfg.min_prior_inside:g}): "
                                                    f"the platform may be beyond their coverage ({detail})")

@@ -114,6 +114,9 @@ class LocalizerConfig:
                                  "fix stamp| x this", lo=0.0, hi=1000.0)
     fix_max_age_s: float = param(5.0, "s", "stamps", "|panorama stamp - fix stamp| above this rejects the frame "
                                  "(STALE_STAMP)", lo=0.0, hi=3600.0)
+    fix_max_age_odometry_s: float = param(30.0, "s", "stamps", "with odometry aligned to the grid, a fix older than "
+                                          "the panorama is carried to it by odometry's displacement (a GNSS dropout); "
+                                          "up to this age (0: never carried)", lo=0.0, hi=3600.0)
     max_future_s: float = param(0.5, "s", "stamps", "panorama or fix stamps later than now + this are rejected "
                                 "(FUTURE_STAMP)", lo=0.0, hi=3600.0)
     max_panorama_pixels: int = param(DEFAULT_MAX_PIXELS, "px", "input", "largest panorama (width x height) decoded; "

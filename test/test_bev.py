@@ -678,3 +678,45 @@ def test_imagery_score_floor_withholds_views_that_score_like_another_place(bev_e
     loc, out = run()  # min_imagery_score -1: the calibrated floor
     assert loc.imagery_score_floor == 0.5 and [e.reason for e in out] == expected
     loc.close()
+
+
+def test_odometry_keeps_a_fix_off_the_edge_from_refusing_a_platform_on_the_tiles(bev_export, tmp_path):
+    """min_prior_inside refuses a fix whose uncertainty runs off the tiles (OUTSIDE_COVERAGE): a platform
+    beyond them would be put on their edge. When odometry (aligned with the grid, here standing still)
+    carries the last published estimate onto the tiles with 2 sigma to spare, the same fix is not refused;
+    without odometry, or after reset() (no published estimate), it is. disc_on_tiles on hand numbers."""
+    from crossview_ros import geo
+    from crossview_ros.estimate import Fix, Reason
+    from crossview_ros.localizer import Localizer
+    from crossview_ros.localizer_config import LocalizerConfig
+    from crossview_ros.tiles.coverage import disc_on_tiles
+
+    _, tile_dir, tiles, lat, lon, pano = bev_world(bev_export, tmp_path)
+    half = 0.5 * tiles.tile_size_m
+    west, mid_n = float(tiles.easting_m.min()) - half, float(tiles.northing_m.mean())  # the tiles' west edge
+    mid_e = float(tiles.easting_m.mean())
+    assert disc_on_tiles(tiles, mid_e, mid_n, 10.0)
+    assert not disc_on_tiles(tiles, west + 5.0, mid_n, 10.0) and disc_on_tiles(tiles, west + 5.0, mid_n, 4.9)
+    assert not disc_on_tiles(tiles, west - 0.1, mid_n, 0.0)
+    off_lat, off_lon = map(float, geo.utm_to_latlon(west - 8.0, mid_n, tiles.zone))
+
+    def frames(odometry: bool, reset: bool = False) -> list[Reason]:
+        loc = Localizer(LocalizerConfig(tile_set=str(tile_dir), model=str(bev_export), engine="onnxruntime",
+                                        engine_threads=1, max_mahalanobis=1e6, scope_min_m=20.0, min_mode_mass=0.0,
+                                        min_imagery_support=0.0, min_imagery_score=0.0, odometry=odometry,
+                                        covariance_file="none", cov_sigma0_m=1.0, cov_margin_coef=0.0))
+        for k in range(31):
+            loc.add_odometry(8.0 + 0.1 * k, 0.0, 0.0, 0.0)
+        for k in range(4 if odometry else 0):
+            loc.odometry.vote_bearing(8.0 + 0.5 * k, 0.0)
+        first = loc.localize(pano, Fix(float(lat), float(lon), 10.0, sigma_m=3.0), 10.0, encoding="rgb8", now_s=10.0)
+        if reset:
+            loc.reset()
+        second = loc.localize(pano, Fix(off_lat, off_lon, 10.5, sigma_m=8.0), 10.5, encoding="rgb8", now_s=10.5)
+        loc.close()
+        return [first.reason, second.reason]
+
+    first, second = frames(odometry=True)
+    assert first is Reason.OK and second is not Reason.OUTSIDE_COVERAGE  # the margin gate may still judge it
+    assert frames(odometry=False) == [Reason.OK, Reason.OUTSIDE_COVERAGE]
+    assert frames(odometry=True, reset=True) == [Reason.OK, Reason.OUTSIDE_COVERAGE]

@@ -294,6 +294,39 @@ def test_bad_fixes_are_rejected_with_their_reason(localizer, tiles, fix_args, re
     assert_no_position(est)
 
 
+def test_a_fix_older_than_the_panorama_is_carried_by_odometry(tile_dir, model_dir, engine, tiles):
+    """A GNSS dropout: the last fix is 8 s old, taken 16 m south of where the platform is now. Odometry
+    (2 m/s along its x axis, aligned with grid north by four bearing votes) carries it 16 m north: the
+    frame is localized (not STALE_STAMP), the scope does not widen by 8 s x max_speed_mps, and d^2 is
+    measured from the carried fix with odometry's variance added to the fix's."""
+    centre_e, centre_n = float(tiles.easting_m.mean()), float(tiles.northing_m.mean())
+    taken = Fix(*geo.utm_to_latlon(centre_e, centre_n - 16.0, tiles.zone), NOW - 8.0, sigma_m=2.0)
+
+    def run(**overrides) -> tuple[Localizer, Estimate]:
+        loc = Localizer(make_config(tile_dir, model_dir, covariance_file="none", max_mahalanobis=1e12, **overrides),
+                        engine=engine)
+        for k in range(101):
+            loc.add_odometry(NOW - 10.0 + 0.1 * k, 0.2 * k, 0.0, 0.0)
+        for k in range(4 if loc.odometry is not None else 0):
+            loc.odometry.vote_bearing(NOW - 9.0 + k, math.pi / 2)  # odom x runs grid north
+        return loc, loc.localize(jpeg(panorama(3)), taken, NOW, now_s=NOW)
+
+    loc, est = run()
+    assert est.has_position and est.reason != Reason.STALE_STAMP
+    assert est.scope_radius_m == pytest.approx(50.0)  # scope_min_m; not widened by 8 s x 15 m/s
+    motion = loc.odometry.motion_grid(NOW - 8.0, NOW)
+    assert (motion.east_m, motion.north_m) == pytest.approx((0.0, 16.0), abs=1e-6)
+    de, dn = geo.offset_enu_m(*geo.utm_to_latlon(centre_e, centre_n, tiles.zone), est.lat_deg, est.lon_deg)
+    total = est.covariance_enu_m2 + np.eye(2) * (4.0 + motion.variance_m2)
+    assert est.mahalanobis_d2 == pytest.approx(float(np.array([de, dn]) @ np.linalg.solve(total, [de, dn])), rel=1e-4)
+    _, plain = run(odometry=False)
+    assert plain.reason == Reason.STALE_STAMP and "fix_max_age_s 5" in plain.message
+    _, never = run(fix_max_age_odometry_s=0.0)
+    assert never.reason == Reason.STALE_STAMP
+    _, too_old = run(fix_max_age_odometry_s=6.0)
+    assert too_old.reason == Reason.STALE_STAMP and "fix_max_age_odometry_s 6" in too_old.message
+
+
 def test_bad_stamps_are_rejected(localizer, tiles):
     image = jpeg(panorama(7, 64))
     localizer.reset()
