@@ -310,6 +310,7 @@ class Localizer:
         except _Reject as rej:
             if rej.reason is Reason.MAHALANOBIS:
                 self.matcher.reset()  # a track whose best place the GNSS contradicts must not carry on
+                self._published = None  # nor vouch for the coverage
             raise
         if self.odometry is not None and heading is not None and heading.flip_mass <= cfg.yaw_max_flip_mass:
             # the view's own yaw votes (not the posterior's, which holds odometry's prior: no self-confirmation)

@@ -280,10 +280,21 @@ def check_no_other_localizer(player: Player, domain: int) -> None:
     deadline = time.monotonic() + DISCOVERY_S
     while time.monotonic() < deadline:
         if found := localizers_in_graph(player):
-            raise ReplayError(f"a localize_node ({', '.join(found)}) already runs in ROS_DOMAIN_ID {domain}; its "
-                              "outputs would mix into this replay's: stop it (a replay killed before its node "
-                              "could be stopped?) or set another ROS_DOMAIN_ID")
+            raise stray_localizer(domain, ", ".join(found))
         time.sleep(0.05)
+
+
+def stray_localizer(domain: int, which: str) -> ReplayError:
+    return ReplayError(f"a localize_node ({which}) already runs in ROS_DOMAIN_ID {domain}; its outputs would mix "
+                       "into this replay's: stop it (a replay killed before its node could be stopped?) or set "
+                       "another ROS_DOMAIN_ID")
+
+
+def check_alone(player: Player, domain: int) -> None:
+    """ReplayError when more than our node publishes crossview/fix or is named localize_node here."""
+    others = max(player.node.count_publishers(TOPIC_OUT_FIX), len(localizers_in_graph(player)))
+    if others > 1:
+        raise stray_localizer(domain, f"{others} localizers publish {TOPIC_OUT_FIX}, ours included")
 
 
 def connect(player: Player, node: NodeProcess, t0_ns: int, domain: int, timeout_s: float) -> None:
@@ -296,11 +307,7 @@ def connect(player: Player, node: NodeProcess, t0_ns: int, domain: int, timeout_
         player.subscribe_outputs()
         links = player.matched()
         if all(links.values()):
-            others = max(player.node.count_publishers(TOPIC_OUT_FIX), len(localizers_in_graph(player)))
-            if others > 1:
-                raise ReplayError(f"{others} localizers publish {TOPIC_OUT_FIX} in ROS_DOMAIN_ID {domain}: another "
-                                  "one runs there and would mix into the recording; stop it or set another "
-                                  "ROS_DOMAIN_ID")
+            check_alone(player, domain)
             break
         if time.monotonic() > deadline:
             down = [t for t, ok in links.items() if not ok]
@@ -316,6 +323,7 @@ def connect(player: Player, node: NodeProcess, t0_ns: int, domain: int, timeout_
     while time.monotonic() < settle_end:
         player.publish_clock(t0_ns)
         time.sleep(CLOCK_PERIOD_S)
+    check_alone(player, domain)  # once more: on a busy host a stray one may be seen only now
 
 
 @dataclass
