@@ -275,7 +275,10 @@ def calibrate(estimates: Sequence[Estimate], truths: Sequence[Any], *, start: Co
     Position: with fit_shape the log-linear coefficients by maximum likelihood, else only sigma0
     with start's shape (None: the shape too from MIN_SHAPE_SAMPLES samples on); then sigma0 is
     scaled so that the `quantile` of d^2 over the set equals the chi-square 2-dof quantile (5.99
-    at 95 %), which keeps the share right when the errors are heavier-tailed than a Gaussian.
+    at 95 %), which keeps the share right when the errors are heavier-tailed than a Gaussian. d^2 is
+    taken under the covariance the node publishes: the model's sigma^2 I plus what the posterior
+    added beyond its mode (kept from each estimate); scaled on sigma^2 I alone, the published
+    covariances held more than the quantile.
     Yaw (where estimates and truths have it): with fit_shape, yaw_variance_power by maximum
     likelihood (_fit_yaw_power), then yaw_variance_scale so that the same quantile of e^2 / var
     equals the 1-dof quantile (3.84 at 95 %). sigma_min_m, yaw_variance_min_rad2 and
@@ -298,7 +301,7 @@ def calibrate(estimates: Sequence[Estimate], truths: Sequence[Any], *, start: Co
         raise ValueError(f"quantile must be in [0.5, 1), got {quantile}")
     start = start or CovarianceModel.from_config(LocalizerConfig())
     wanted = {str(r) for r in reasons}
-    feats, r2, yaw_err2, yaw_raw, added, pub, yaw_pub = [], [], [], [], [], [], []
+    feats, r2, err, yaw_err2, yaw_raw, added, pub, yaw_pub = [], [], [], [], [], [], [], []
     flags = [True] * len(estimates) if published is None else [bool(p) for p in published]
     if len(flags) != len(estimates):
         raise ValueError(f"got {len(estimates)} estimates but {len(flags)} published flags")
@@ -309,10 +312,11 @@ def calibrate(estimates: Sequence[Estimate], truths: Sequence[Any], *, start: Co
         t = truth_of(truth)
         de, dn = geo.offset_enu_m(t.lat_deg, t.lon_deg, est.lat_deg, est.lon_deg)
         r2.append(de * de + dn * dn)
+        err.append((de, dn))
         feats.append([est.margin, est.score, est.spread_m or 0.0, math.hypot(*(est.offset_m or (0.0, 0.0))),
                       1.0 if est.mode_mass is None else est.mode_mass,
                       0.0 if est.view_distance_m is None else est.view_distance_m])
-        added.append(_added_variance_m2(est, start, feats[-1]))
+        added.append(_added_covariance_m2(est, start, feats[-1]))
         if est.yaw_enu_rad is not None and est.yaw_variance_raw_rad2 is not None and t.yaw_enu_rad is not None:
             yaw_err2.append(float(geo.wrap_angle_rad(est.yaw_enu_rad - t.yaw_enu_rad)) ** 2)
             yaw_raw.append(est.yaw_variance_raw_rad2)
@@ -333,8 +337,8 @@ def calibrate(estimates: Sequence[Estimate], truths: Sequence[Any], *, start: Co
     # the scale and everything after it on the published estimates (when there are enough)
     keep = np.asarray(pub, bool) if sum(pub) >= min_samples else np.ones(len(r2), bool)
     base = np.exp(np.clip(log_sigma0 + f[keep] @ coefs, -50.0, 50.0))
-    r2a = r2a[keep]
-    added = np.asarray(added)[keep]
+    r2a, err_k = r2a[keep], np.asarray(err, np.float64).reshape(-1, 2)[keep]
+    added = np.asarray(added, np.float64).reshape(-1, 2, 2)[keep]
     yaw_keep = np.asarray(yaw_pub, bool) if sum(yaw_pub) >= min_samples else np.ones(len(yaw_pub), bool)
     yaw_err2 = list(np.asarray(yaw_err2)[yaw_keep]) if yaw_err2 else []
     yaw_raw = list(np.asarray(yaw_raw)[yaw_keep]) if yaw_raw else []
@@ -342,18 +346,18 @@ def calibrate(estimates: Sequence[Estimate], truths: Sequence[Any], *, start: Co
 
     def q_pos(log_s: float) -> float:
         sigma = np.maximum(start.sigma_min_m, math.exp(log_s) * base)
-        return float(np.quantile(r2a / sigma ** 2, quantile))
+        return float(np.quantile(_published_d2(err_k, sigma, added), quantile))
 
     log_scale = _solve_monotone(q_pos, q2)
     sigma = np.maximum(start.sigma_min_m, math.exp(log_scale) * base)
-    d2 = r2a / sigma ** 2
+    d2 = _published_d2(err_k, sigma, added)
     fit: dict[str, Any] = {
         "created_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "samples": len(r2), "published_samples": int(keep.sum()), "quantile": quantile, "fit_shape": fit_shape,
         "chi2_2dof_quantile": q2, "share_d2_below_chi2": float(np.mean(d2 <= q2)),
         "median_error_m": float(np.median(np.sqrt(r2a))), "median_sigma_m": float(np.median(sigma)),
     }
-    published_sigma = np.sqrt(sigma ** 2 + added)
+    published_sigma = np.sqrt(sigma ** 2 + np.linalg.eigvalsh(added)[:, -1])
     ratio = np.sqrt(r2a) / published_sigma
     protection = max(float(np.quantile(ratio, 1.0 - protection_risk, method="higher")),
                      gaussian_protection_scale(protection_risk))
@@ -400,13 +404,25 @@ def fit_imagery_floor(background: np.ndarray, own: np.ndarray, *, quantile: floa
                    "imagery_own_withheld_share": float(np.mean(own < floor))}
 
 
-def _added_variance_m2(est: Estimate, start: CovarianceModel, features: list[float]) -> float:
-    """What the estimate's covariance holds beyond start's model (largest eigenvalue minus sigma^2): the
-    posterior's mass beyond its mode, which calibration keeps while it refits the model."""
+def _added_covariance_m2(est: Estimate, start: CovarianceModel, features: list[float]) -> np.ndarray:
+    """(2, 2) ENU: what the estimate's covariance holds beyond start's model (its covariance minus
+    sigma^2 I): the posterior's mass beyond its mode, which calibration keeps while it refits the model."""
     if est.covariance_enu_m2 is None:
-        return 0.0
-    largest = float(np.linalg.eigvalsh(np.asarray(est.covariance_enu_m2, np.float64)).max())
-    return max(largest - float(start.sigma_m(*features)) ** 2, 0.0)
+        return np.zeros((2, 2))
+    cov = np.asarray(est.covariance_enu_m2, np.float64)[:2, :2]
+    added = cov - np.eye(2) * float(start.sigma_m(*features)) ** 2
+    w, v = np.linalg.eigh(0.5 * (added + added.T))
+    return (v * np.maximum(w, 0.0)) @ v.T
+
+
+def _published_d2(err: np.ndarray, sigma: np.ndarray, added: np.ndarray) -> np.ndarray:
+    """Squared Mahalanobis distances of the (N, 2) errors under the published covariances sigma^2 I +
+    added (N, 2, 2): what the node publishes, so what the scale is fitted on."""
+    a = added[:, 0, 0] + sigma ** 2
+    b = 0.5 * (added[:, 0, 1] + added[:, 1, 0])
+    c = added[:, 1, 1] + sigma ** 2
+    e, n = err[:, 0], err[:, 1]
+    return (c * e * e - 2.0 * b * e * n + a * n * n) / (a * c - b * b)
 
 
 def _calibrate_yaw(e2: np.ndarray, raw: np.ndarray, start: CovarianceModel, fit_shape: bool, quantile: float,

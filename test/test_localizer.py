@@ -787,6 +787,36 @@ def test_calibrate_fits_the_frames_own_difficulty():
     assert fitted.sigma_m(0.1, 0.5, 1.0, 5.0, 0.6, 40.0) > 5 * fitted.sigma_m(0.1, 0.5, 1.0, 5.0, 1.0, 0.0)
 
 
+def test_the_scale_is_fitted_on_the_covariance_the_node_publishes():
+    """Half the estimates carry a look-alike's mass (a 30 m x 10 m far covariance on top of the model's
+    sigma^2, as the localizer publishes it) that did not come true: their errors are the model's alone.
+    The scale is fitted on d^2 under sigma^2 I + that far covariance, so the published covariances hold
+    95 % of the errors; fitted on sigma^2 I alone they would hold 97.2 %."""
+    estimates, truths = synthetic_validation(4000, 1.0, seed=50)
+    default = CovarianceModel.from_config(LocalizerConfig())
+    far = np.array([[900.0, 0.0], [0.0, 100.0]])
+    rng = np.random.default_rng(51)
+    with_far = []
+    for e in estimates:
+        s2 = default.sigma_m(e.margin, e.score, e.spread_m, math.hypot(*e.offset_m)) ** 2
+        with_far.append(dataclasses.replace(e, covariance_enu_m2=np.eye(2) * s2 + (far if rng.random() < 0.5 else 0)))
+    fitted = calibrate(with_far, truths, fit_shape=False)
+
+    def published_d2(e: Estimate, t: Truth) -> float:
+        de, dn = geo.offset_enu_m(t.lat_deg, t.lon_deg, e.lat_deg, e.lon_deg)
+        s2_old = default.sigma_m(e.margin, e.score, e.spread_m, math.hypot(*e.offset_m)) ** 2
+        s2_new = fitted.sigma_m(e.margin, e.score, e.spread_m, math.hypot(*e.offset_m)) ** 2
+        cov = np.asarray(e.covariance_enu_m2) - np.eye(2) * s2_old + np.eye(2) * s2_new
+        v = np.array([de, dn])
+        return float(v @ np.linalg.solve(cov, v))
+
+    share = np.mean([published_d2(e, t) <= CHI2_2DOF_95 for e, t in zip(with_far, truths)])
+    assert share == pytest.approx(0.95, abs=0.003)
+    assert fitted.fit["share_d2_below_chi2"] == pytest.approx(share, abs=1e-9)
+    alone = calibrate(estimates, truths, fit_shape=False)  # no far mass: the model's sigma is the errors'
+    assert fitted.sigma0_m < 0.97 * alone.sigma0_m  # the far covariance holds part of what sigma had to
+
+
 def test_the_covariance_is_scaled_on_the_frames_the_floor_lets_through():
     """Frames below the imagery floor (here three times the error) are withheld by the node, so the
     covariance's scale is fitted without them: the published d^2 then sits at the 95 % quantile, not far
