@@ -50,6 +50,9 @@ COVARIANCE_FORMAT = "crossview_ros.covariance"
 COVARIANCE_FORMAT_VERSION = 1
 CHI2_2DOF_95 = 5.991464547107979  # chi-square quantile, 2 dof, 95 %: -2 ln(0.05)
 CHI2_1DOF_95 = 3.841458820694124  # chi-square quantile, 1 dof, 95 %
+IMAGERY_BEST_SCORE, IMAGERY_OVER_SCOPE_MEDIAN = 0.0, 1.0
+IMAGERY_STATISTICS = {IMAGERY_BEST_SCORE: "the view's score at its pose",  # older calibrations; retrieval models
+                      IMAGERY_OVER_SCOPE_MEDIAN: "the view's score at its pose over its median score in the scope"}
 MIN_SHAPE_SAMPLES = 200  # calibrate() fits the covariance model's shape, not only its scale, from this many
 
 
@@ -71,17 +74,20 @@ class CovarianceModel:
     yaw_variance_power: float = 1.0  # yaw variance = scale x raw^power
     protection_scale: float = 0.0  # protection level = this x the published sigma (0: not fitted, the Gaussian's)
     protection_risk: float = 0.01  # the share of fixes beyond the protection level that protection_scale was fitted for
-    # the mean best score of imagery_window views below which the imagery is not this place's (0: not fitted)
+    # the window mean (imagery_window views) of the imagery statistic below which the imagery is not this
+    # place's (0: not fitted), and which statistic it was fitted on (IMAGERY_STATISTICS)
     imagery_score_floor: float = 0.0
+    imagery_statistic: float = IMAGERY_BEST_SCORE
     calibrated: bool = False
     fit: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     PARAMS = ("sigma0_m", "margin_coef", "score_coef", "spread_coef", "offset_coef", "sigma_min_m",
               "yaw_variance_scale", "yaw_variance_min_rad2", "fix_sigma_scale", "yaw_variance_power",
-              "protection_scale", "protection_risk", "mode_coef", "view_coef", "imagery_score_floor")
+              "protection_scale", "protection_risk", "mode_coef", "view_coef", "imagery_score_floor",
+              "imagery_statistic")
     OPTIONAL = {"fix_sigma_scale": 1.0, "yaw_variance_power": 1.0,  # absent from older calibration files
                 "protection_scale": 0.0, "protection_risk": 0.01, "mode_coef": 0.0, "view_coef": 0.0,
-                "imagery_score_floor": 0.0}
+                "imagery_score_floor": 0.0, "imagery_statistic": IMAGERY_BEST_SCORE}
 
     @classmethod
     def from_config(cls, config: LocalizerConfig) -> CovarianceModel:
@@ -143,11 +149,23 @@ class CovarianceModel:
         if not all(math.isfinite(v) for v in vals.values()) or min(
                 vals["sigma0_m"], vals["sigma_min_m"], vals["yaw_variance_scale"], vals["yaw_variance_min_rad2"],
                 vals["fix_sigma_scale"], vals["yaw_variance_power"]) <= 0 or vals["protection_scale"] < 0 or not (
-                0 < vals["protection_risk"] < 1) or vals["imagery_score_floor"] < 0:
+                0 < vals["protection_risk"] < 1) or vals["imagery_score_floor"] < 0 or (
+                vals["imagery_statistic"] not in IMAGERY_STATISTICS):
             raise ValueError(f"covariance parameters must be finite, sigmas and yaw terms > 0, protection_scale "
-                             f">= 0 and protection_risk in (0, 1): {vals}")
+                             f">= 0, protection_risk in (0, 1) and imagery_statistic one of "
+                             f"{sorted(IMAGERY_STATISTICS)}: {vals}")
         return cls(**vals, calibrated=bool(values.get("calibrated", False)), fit=dict(fit or {}))
 
+
+
+def check_imagery_statistic(model: CovarianceModel, statistic: float, min_imagery_score: float) -> None:
+    """LocalizerError when the calibrated imagery floor, which the gate would use (min_imagery_score -1),
+    was fitted on another statistic than the localizer computes: it would gate on the wrong scale."""
+    if min_imagery_score < 0 and model.imagery_score_floor > 0 and model.imagery_statistic != statistic:
+        raise LocalizerError(f"the calibration's imagery floor {model.imagery_score_floor:.3f} was fitted on "
+                             f"{IMAGERY_STATISTICS[model.imagery_statistic]}, but this model's localizer judges "
+                             f"{IMAGERY_STATISTICS[statistic]}: calibrate again (crossview-localize --calibrate on "
+                             "drives), or set min_imagery_score")
 
 
 def gaussian_protection_scale(risk: float) -> float:
@@ -265,7 +283,7 @@ def calibrate(estimates: Sequence[Estimate], truths: Sequence[Any], *, start: Co
               fit_shape: bool | None = None, quantile: float = 0.95,
               reasons: Sequence[Reason | str] = (Reason.OK, Reason.MAHALANOBIS),
               min_samples: int = 20, protection_risk: float = 0.01,
-              imagery_score_floor: float | None = None,
+              imagery_score_floor: float | None = None, imagery_statistic: float | None = None,
               published: Sequence[bool] | None = None) -> CovarianceModel:
     """Fit the covariance model on a validation set so that d^2 follows chi-square (2 dof).
 
@@ -287,7 +305,8 @@ def calibrate(estimates: Sequence[Estimate], truths: Sequence[Any], *, start: Co
     the (1 - protection_risk) quantile of error / published sigma over the set, the published
     covariance being the new model's plus what the posterior added beyond its mode (kept from each
     estimate's covariance), never below the Gaussian's sqrt(-2 ln risk). imagery_score_floor: the
-    MISMATCH gate's floor (fit_imagery_floor), None = start's. published[i]: whether the node would
+    MISMATCH gate's floor (fit_imagery_floor) and the statistic it was fitted on (IMAGERY_STATISTICS),
+    None = start's. published[i]: whether the node would
     publish estimates[i] once that floor is in place (None: all). The shape is fitted on every estimate
     used (many samples), the scale, the protection level and the yaw on the published ones (at least
     min_samples of them, else on all): fitted on frames the node withholds, every published sigma
@@ -375,7 +394,8 @@ def calibrate(estimates: Sequence[Estimate], truths: Sequence[Any], *, start: Co
         yaw_variance_scale=float(yaw_scale), yaw_variance_min_rad2=start.yaw_variance_min_rad2,
         fix_sigma_scale=start.fix_sigma_scale, yaw_variance_power=float(yaw_power), protection_scale=protection,
         protection_risk=protection_risk, calibrated=True, fit=fit,
-        imagery_score_floor=start.imagery_score_floor if imagery_score_floor is None else float(imagery_score_floor))
+        imagery_score_floor=start.imagery_score_floor if imagery_score_floor is None else float(imagery_score_floor),
+        imagery_statistic=start.imagery_statistic if imagery_statistic is None else float(imagery_statistic))
 
 
 IMAGERY_FLOOR_QUANTILE = 0.995  # of the background windows' mean score: where the MISMATCH floor sits

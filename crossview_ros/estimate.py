@@ -130,7 +130,8 @@ class Estimate:
     mode_mass: float | None = None  # posterior mass within mode_radius_m of the estimate (1: one clear place)
     view_distance_m: float | None = None  # from the estimate to the place the view alone prefers, m
     imagery_support: float | None = None  # share of the last imagery_window views that point at their estimate
-    imagery_score: float | None = None  # mean best score of the last imagery_window matched views (MISMATCH floor)
+    imagery_score: float | None = None  # mean imagery statistic of the last imagery_window matched views (MISMATCH
+    # floor): their score, over their median score in the scope for bev models
     latency: Latency = field(default_factory=Latency)
 
     @property

@@ -203,7 +203,7 @@ def calibrate_covariance(localizer: Localizer, frames: Sequence[Frame], estimate
     try:
         model = calibrate(list(estimates), [fr.truth for fr in frames], start=localizer.covariance,
                           protection_risk=localizer.config.protection_risk, imagery_score_floor=floor,
-                          published=published)
+                          imagery_statistic=localizer.imagery_statistic, published=published)
     except ValueError as exc:
         raise LocalizeInputError(f"--calibrate: {exc}") from None
     model.fit.update(floor_fit)

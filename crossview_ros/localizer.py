@@ -42,7 +42,10 @@ import numpy as np
 
 from crossview_ros import geo
 from crossview_ros.camera import Camera, CameraError, CameraFrame, CameraRig, reproject_panorama_height
-from crossview_ros.covariance import COVARIANCE_FILE, CovarianceModel, load_covariance
+from crossview_ros.covariance import (
+    COVARIANCE_FILE, IMAGERY_BEST_SCORE, IMAGERY_OVER_SCOPE_MEDIAN, CovarianceModel, check_imagery_statistic,
+    load_covariance,
+)
 from crossview_ros.engines import Engine, create_engine
 from crossview_ros.estimate import (
     BAD_INPUT_REASONS, GATE_REASONS, NAVSAT_COVARIANCE_TYPES, NAVSAT_STATUS_NO_FIX, NAVSAT_STATUS_RANGE,
@@ -150,6 +153,8 @@ class Localizer:
             check_engine_against_tiles(engine, self.tiles)
             self.covariance = self._load_covariance()
             self.matcher = create_matcher(engine, self.tiles, config)
+            self.imagery_statistic = IMAGERY_OVER_SCOPE_MEDIAN if self.matcher.scope_level else IMAGERY_BEST_SCORE
+            check_imagery_statistic(self.covariance, self.imagery_statistic, config.min_imagery_score)
         except BaseException:
             self.close()
             raise
@@ -498,11 +503,13 @@ class Localizer:
                                               f"distance {d2:.1f} > max_mahalanobis {cfg.max_mahalanobis:g}")
 
     def _imagery_support(self, pose: PoseMatch) -> float | None:
-        """Record this view's best score (the imagery floor's window) and whether it, alone, points within
-        mode_radius_m of its estimate; the share of the window that did (the denominator is the whole
-        window: a new stream earns its support)."""
-        if math.isfinite(pose.score):
-            self._scores.append(float(pose.score))
+        """Record this view's imagery statistic (the floor's window: its score, over its median score in the
+        scope where the matcher measures one) and whether it, alone, points within mode_radius_m of its
+        estimate; the share of the window that did (the denominator is the whole window: a new stream
+        earns its support)."""
+        level = pose.scope_median_score if self.imagery_statistic == IMAGERY_OVER_SCOPE_MEDIAN else 0.0
+        if math.isfinite(pose.score) and level is not None and math.isfinite(level):
+            self._scores.append(float(pose.score) - float(level))
         if pose.view_distance_m is None:
             return None
         self._views.append(pose.view_distance_m <= self.config.mode_radius_m)
@@ -515,7 +522,7 @@ class Localizer:
         return float(self.covariance.imagery_score_floor if chosen < 0 else chosen)
 
     def _imagery_score_now(self) -> float | None:
-        """The imagery floor's statistic: the mean best score of the recent matched views (None before the first)."""
+        """The imagery floor's statistic: its mean over the recent matched views (None before the first)."""
         return float(np.mean(self._scores)) if self._scores else None
 
     def imagery_trusted(self, support: float | None) -> bool:

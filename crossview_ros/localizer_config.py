@@ -161,10 +161,11 @@ class LocalizerConfig:
     min_imagery_support: float = param(0.2, "1", "gating", "gate: publish only when at least this share of the last "
                                        "imagery_window views, alone, point within mode_radius_m of their estimate "
                                        "(MISMATCH: wrong or outdated tiles; 0 = off)", lo=0.0, hi=1.0)
-    min_imagery_score: float = param(-1.0, "score", "gating", "gate: publish only when the mean best score of the "
-                                     "last imagery_window matched views is at least this (MISMATCH: imagery of another "
-                                     "place scores low); -1 = the calibrated floor (covariance.json "
-                                     "imagery_score_floor; off until calibrated), 0 = off", lo=-1.0, hi=1.0)
+    min_imagery_score: float = param(-1.0, "score", "gating", "gate: publish only when the mean over the last "
+                                     "imagery_window matched views of their score (bev: over their median score in "
+                                     "the scope) is at least this (MISMATCH: imagery of another place scores low); "
+                                     "-1 = the calibrated floor (covariance.json imagery_score_floor; off until "
+                                     "calibrated), 0 = off", lo=-1.0, hi=1.0)
     imagery_trust_support: float = param(1.0, "1", "gating", "below 1, the imagery floor (min_imagery_score) "
                                          "spares windows where at least this share of the views point at their "
                                          "estimate by themselves (more fixes, but a track locked on a look-alike "

@@ -628,8 +628,8 @@ def test_imagery_score_floor_withholds_views_that_score_like_another_place(bev_e
     and 0 = off), the window mean computed by hand."""
     import dataclasses
 
-    from crossview_ros.covariance import CovarianceModel
-    from crossview_ros.estimate import Fix, Reason
+    from crossview_ros.covariance import IMAGERY_BEST_SCORE, IMAGERY_OVER_SCOPE_MEDIAN, CovarianceModel
+    from crossview_ros.estimate import Fix, LocalizerError, Reason
     from crossview_ros.localizer import Localizer
     from crossview_ros.localizer_config import LocalizerConfig
 
@@ -640,7 +640,7 @@ def test_imagery_score_floor_withholds_views_that_score_like_another_place(bev_e
     expected = [Reason.OK if m >= 0.5 else Reason.MISMATCH for m in means]
     assert expected == [Reason.OK, Reason.OK, Reason.MISMATCH, Reason.MISMATCH, Reason.OK, Reason.OK]
 
-    def run(view_distance_m=50.0, **settings):
+    def run(view_distance_m=50.0, level=0.0, **settings):
         loc = Localizer(LocalizerConfig(tile_set=str(tile_dir), model=str(bev_export), engine="onnxruntime",
                                         engine_threads=1, max_mahalanobis=1e6, scope_min_m=20.0, min_mode_mass=0.0,
                                         min_imagery_support=0.0, imagery_window=window, mode_radius_m=5.0,
@@ -648,8 +648,8 @@ def test_imagery_score_floor_withholds_views_that_score_like_another_place(bev_e
         plan = iter(scores)
         real = loc.matcher.refine_pose
         monkeypatch.setattr(loc.matcher, "refine_pose",
-                            lambda g, c: dataclasses.replace(real(g, c), score=next(plan), mode_mass=1.0,
-                                                             view_distance_m=view_distance_m))
+                            lambda g, c: dataclasses.replace(real(g, c), score=next(plan) + level, mode_mass=1.0,
+                                                             view_distance_m=view_distance_m, scope_median_score=level))
         return loc, [loc.localize(pano, Fix(float(lat), float(lon), t, sigma_m=8.0), t, encoding="rgb8", now_s=t)
                      for t in 10.0 + 0.5 * np.arange(len(scores))]
 
@@ -660,6 +660,12 @@ def test_imagery_score_floor_withholds_views_that_score_like_another_place(bev_e
     loc.close()
     loc, out = run(min_imagery_score=0.0)
     assert all(e.reason is Reason.OK for e in out)
+    loc.close()
+    # the statistic is the score over the view's median score in the scope: the same scores 0.3 higher
+    # everywhere (a view that scores high at any place) are judged alike
+    loc, out = run(level=0.3, min_imagery_score=0.5)
+    assert [e.reason for e in out] == expected
+    np.testing.assert_allclose([e.imagery_score for e in out], means)
     loc.close()
     # views that keep pointing at their estimate by themselves (support 1 >= imagery_trust_support) are
     # trusted whatever they score; the same scores with views pointing elsewhere are not
@@ -673,10 +679,18 @@ def test_imagery_score_floor_withholds_views_that_score_like_another_place(bev_e
     assert [e.reason for e in out] == expected
     loc.close()
     calibrated = dataclasses.replace(CovarianceModel.from_config(LocalizerConfig()), imagery_score_floor=0.5,
-                                     calibrated=True)
+                                     imagery_statistic=IMAGERY_OVER_SCOPE_MEDIAN, calibrated=True)
     monkeypatch.setattr(Localizer, "_load_covariance", lambda self: calibrated)
     loc, out = run()  # min_imagery_score -1: the calibrated floor
     assert loc.imagery_score_floor == 0.5 and [e.reason for e in out] == expected
+    loc.close()
+    # a floor fitted on the score alone (older calibration files) is refused, unless min_imagery_score is set
+    older = dataclasses.replace(calibrated, imagery_statistic=IMAGERY_BEST_SCORE)
+    monkeypatch.setattr(Localizer, "_load_covariance", lambda self: older)
+    with pytest.raises(LocalizerError, match="calibrate again"):
+        run()
+    loc, out = run(min_imagery_score=0.5)
+    assert [e.reason for e in out] == expected
     loc.close()
 
 
@@ -720,3 +734,20 @@ def test_odometry_keeps_a_fix_off_the_edge_from_refusing_a_platform_on_the_tiles
     assert first is Reason.OK and second is not Reason.OUTSIDE_COVERAGE  # the margin gate may still judge it
     assert frames(odometry=False) == [Reason.OK, Reason.OUTSIDE_COVERAGE]
     assert frames(odometry=True, reset=True) == [Reason.OK, Reason.OUTSIDE_COVERAGE]
+
+
+def test_a_view_of_this_place_stands_above_its_scope_level(bev_export):
+    """scope_median_score, the level the imagery floor judges a view's score against: the median over the
+    scope's positions lies below the best score, and a view cut from this scope stands far higher above
+    it than a view cut from another place's features does."""
+    from crossview_ros.engines import OnnxEngine
+    from crossview_ros.matchers import bev_grid as bev_match
+
+    engine = OnnxEngine(bev_export, threads=1)
+    smap, ground = planted_scope(engine, 0, (6, 4))
+    _, elsewhere = planted_scope(engine, 0, (6, 4), seed=5)
+    own = bev_match.match_scope(engine, ground, smap, exclusion_m=5.0, top_k=3)
+    other = bev_match.match_scope(engine, elsewhere, smap, exclusion_m=5.0, top_k=3)
+    for m in (own, other):
+        assert math.isfinite(m.scope_median_score) and m.scope_median_score < m.score
+    assert own.score - own.scope_median_score > 1.5 * (other.score - other.scope_median_score)  # 0.89, 0.46

@@ -69,6 +69,7 @@ class PoseMatch:
     far_covariance_m2: np.ndarray | None = None  # (2, 2) grid: the posterior's second moment beyond mode_radius_m
     view_distance_m: float | None = None  # from the pose to the place the view alone prefers (None: not measured)
     prior_inside: float | None = None  # share of the GNSS prior on the scope's tiles (None: not measured)
+    scope_median_score: float | None = None  # the view's median score over the scope (None: not measured)
 
 
 @dataclass(frozen=True)
@@ -88,6 +89,7 @@ class Matcher(abc.ABC):
     settings: ClassVar[frozenset[str]] = frozenset()  # LocalizerConfig fields only this family reads
     heading_is_free: ClassVar[bool] = False  # the heading comes with the pose (no extra encode): always asked for
     partial_views: ClassVar[bool] = False  # takes a panorama only part of which cameras see (encode_ground visibility)
+    scope_level: ClassVar[bool] = False  # its PoseMatch carries scope_median_score (the imagery floor's reference)
 
     def __init__(self, engine: Engine, tiles: TileSet, config: LocalizerConfig) -> None:
         self.engine = engine

@@ -52,6 +52,7 @@ class BevMatcher(Matcher):
     kind = "bev"
     heading_is_free = True
     partial_views = True
+    scope_level = True
     settings = frozenset({"match_prior", "track", "track_speed_mps", "track_max_gap_s", "track_uniform_weight",
                           "track_likelihood_weight", "odometry", "odom_max_age_s", "odom_yaw_uniform_weight",
                           "min_mode_mass", "mode_radius_m", "imagery_window", "min_imagery_support",
@@ -148,7 +149,7 @@ class BevMatcher(Matcher):
         m = candidates
         return BevPose(m.easting_m, m.northing_m, m.tile_id, m.score, m.margin, m.spread_m, mode_mass=m.mode_mass,
                        far_covariance_m2=m.far_covariance_m2, view_distance_m=m.view_distance_m,
-                       prior_inside=m.prior_inside, bearing_rad=m.bearing_rad,
+                       prior_inside=m.prior_inside, scope_median_score=m.scope_median_score, bearing_rad=m.bearing_rad,
                        bearing_variance_rad2=m.bearing_variance_rad2, bearing_flip_mass=m.bearing_flip_mass,
                        bearing_likelihood_rad=m.bearing_likelihood_rad)
 

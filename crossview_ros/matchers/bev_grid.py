@@ -121,6 +121,7 @@ class BevMatch:
     prior_inside: float = 1.0  # share of the GNSS prior's mass on the scope's tiles (1 without a prior)
     bearing_flip_mass: float = 0.0  # softmax mass of the bearings more than 90 deg from the best one
     bearing_likelihood_rad: float = 0.0  # the best bearing of the likelihood alone at the pose (no bearing prior)
+    scope_median_score: float = math.nan  # median over the scope's positions of the likelihood's best bearing
 
 
 @dataclass
@@ -387,7 +388,17 @@ class _Grid:
                         ids[order], per_tile[order], belief, mode_mass=float(np.sum(p[near])),
                         far_covariance_m2=far_cov, view_distance_m=self.view_distance_m(c, east, north),
                         prior_inside=self.prior_inside(c),
-                        bearing_flip_mass=float(np.sum(q[off])), bearing_likelihood_rad=float(np.argmax(f.at) * step))
+                        bearing_flip_mass=float(np.sum(q[off])), bearing_likelihood_rad=float(np.argmax(f.at) * step),
+                        scope_median_score=self.scope_median_score(c))
+
+    @staticmethod
+    def scope_median_score(c: _Coarse) -> float:
+        """What the view scores at a typical place of the scope (the median over its positions, best
+        bearing each): the level its best score is judged against. A view that scores high everywhere
+        (a bland street, imagery of another place that resembles nothing in particular) has a high level."""
+        lik = c.scores.max(axis=0)[c.valid]
+        lik = lik[np.isfinite(lik)]
+        return float(np.median(lik)) if lik.size else math.nan
 
     def prior_inside(self, c: _Coarse) -> float:
         """Share of the GNSS prior's probability on the scope's tiles (their blocks' cells): a fix
