@@ -335,13 +335,9 @@ class Localizer:
         if self.odometry is None or self._published is None:
             return False
         t0, east, north, variance = self._published
-        if not 0.0 < stamp - t0 <= self.config.fix_max_age_odometry_s:
-            return False
-        motion = self.odometry.motion_grid(t0, stamp)
-        if motion is None or not motion.direction_known:
-            return False
-        return disc_on_tiles(self.tiles, east + motion.east_m, north + motion.north_m,
-                             2.0 * math.sqrt(variance + motion.variance_m2))
+        carried = self.odometry.carry(east, north, t0, stamp) if stamp - t0 <= self.config.fix_max_age_odometry_s else None
+        return carried is not None and disc_on_tiles(self.tiles, carried[0], carried[1],
+                                                     2.0 * math.sqrt(variance + carried[2]))
 
     def _check_panorama_height(self) -> float | None:
         """The panorama camera's height when its ground must be moved to the model's (None: nothing to do)."""
@@ -393,18 +389,18 @@ class Localizer:
         lat, lon = float(fix.lat_deg), float(fix.lon_deg)
         widened = _GnssPrior(lat, lon, fix_cov + np.eye(2) * (age_s * self.config.max_speed_mps) ** 2, abs(age_s),
                              fix_cov)
-        if self.odometry is None or not age_s > 0.0 or not self.config.fix_max_age_odometry_s > 0.0:
-            return widened
-        motion = self.odometry.motion_grid(float(fix.stamp_s), stamp)
-        if motion is None or not motion.direction_known:
+        if self.odometry is None or not self.config.fix_max_age_odometry_s > 0.0:
             return widened
         try:
             e, n, _ = geo.latlon_to_utm(lat, lon, zone=self.tiles.zone)
-            lat_now, lon_now = geo.utm_to_latlon(e + motion.east_m, n + motion.north_m, self.tiles.zone)
+            carried = self.odometry.carry(e, n, float(fix.stamp_s), stamp)
+            if carried is None:
+                return widened
+            lat_now, lon_now = geo.utm_to_latlon(carried[0], carried[1], self.tiles.zone)
         except geo.GeoError:  # far outside the tile set's zone: _scope says so
             return widened
-        carried = fix_cov + np.eye(2) * motion.variance_m2
-        return _GnssPrior(float(lat_now), float(lon_now), carried, 0.0, carried, motion.distance_m)
+        cov = fix_cov + np.eye(2) * carried[2]
+        return _GnssPrior(float(lat_now), float(lon_now), cov, 0.0, cov, math.hypot(carried[0] - e, carried[1] - n))
 
     def _scope(self, fix: Fix, prior: _GnssPrior, stamp: float, context: dict[str, Any]) -> Scope:
         """The tiles within the search radius of the prior's centre, and the GNSS prior on the tile set's grid."""

@@ -285,6 +285,14 @@ class GridOdometry:
             return None
         return float(wrap_angle_rad(pose.yaw_rad + aligned[0])), aligned[1]
 
+    def carry(self, east_m: float, north_m: float, t0_s: float, t1_s: float) -> tuple[float, float, float] | None:
+        """A grid position at t0 moved by odometry to t1: (east, north, the displacement's variance per axis);
+        None unless odometry covers both stamps, t1 is later, and the odom frame is aligned with the grid."""
+        m = self.motion_grid(t0_s, t1_s) if t1_s > t0_s else None
+        if m is None or not m.direction_known:
+            return None
+        return east_m + m.east_m, north_m + m.north_m, m.variance_m2
+
     def motion_grid(self, t0_s: float, t1_s: float) -> GridMotion | None:
         """The displacement from t0 to t1 on the grid, its direction from the alignment when there is one."""
         m = self.buffer.motion(t0_s, t1_s)

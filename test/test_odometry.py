@@ -103,8 +103,11 @@ def test_grid_motion_turns_the_displacement_by_the_alignment():
     assert (m.east_m, m.north_m) == pytest.approx((0.0, 2.0), abs=1e-9)
     sigma = odo.alignment.offset()[1]
     assert m.variance_m2 == pytest.approx((ODOM_SCALE_SIGMA * 2) ** 2 + ODOM_FLOOR_SIGMA_M ** 2 + (2 * sigma) ** 2)
+    assert odo.carry(500.0, 900.0, 0.0, 1.0) == pytest.approx((500.0, 902.0, m.variance_m2))  # a fix moved on
+    assert odo.carry(500.0, 900.0, 1.0, 0.0) is None  # only forwards in time
     odo.reset()
     assert not odo.motion_grid(0.0, 1.0).direction_known
+    assert odo.carry(500.0, 900.0, 0.0, 1.0) is None  # the length alone says nowhere to go
 
 
 def test_prediction_moves_the_belief_by_the_odometry_shift():
