@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from crossview_ros.atomic import write_json_atomic
+from crossview_ros.covariance import CALIBRATION_VERSION
 from crossview_ros.model_meta import load_model_meta, sha256_file
 from crossview_ros.replay import replay_bag
 from crossview_ros.tiles import TileSet, min_inside_for
@@ -128,7 +129,8 @@ def calibrate_stage(stages: Stages, cfg: DemoConfig, paths: DemoPaths, city: Sta
     calib_dir = paths.calibration
     params = {"city": city.fingerprint, "tiles": encode.fingerprint, "model_hash": export.info["model_hash"],
               "mode": cfg.mode, "duration_s": max(cfg.drive_s, MIN_VALIDATION_S), "rate_hz": cfg.drive_rate_hz,
-              "pano_height_px": cfg.pano_height_px, "seed": cfg.seed + 1, "gnss": cfg.gnss}
+              "pano_height_px": cfg.pano_height_px, "seed": cfg.seed + 1, "gnss": cfg.gnss,
+              "calibration_version": CALIBRATION_VERSION}
 
     def build() -> dict[str, Any]:
         calib_dir.mkdir(parents=True, exist_ok=True)

@@ -22,6 +22,7 @@ from crossview_ros.atomic import staging_dir, write_json_atomic
 from crossview_ros.bag.rig import RIG_SIDECAR, load_rig_file
 from crossview_ros.bag.topics import TopicMap
 from crossview_ros.bag.writer import TOPIC_GNSS
+from crossview_ros.covariance import CALIBRATION_VERSION
 from crossview_ros.localize_eval import evaluate_bags, make_config, print_report
 from crossview_ros.localizer_config import LocalizerConfig
 from crossview_ros.model_meta import ModelMeta
@@ -188,6 +189,7 @@ def ensure_calibration(work: Path, model: ModelMeta, receiver: str, walks: Seque
     (each in its own city's tiles), on a copy of the model without its covariance.json: the user's
     model folder is never written, and the fit starts from the uncalibrated defaults."""
     params = {"model_hash": model.model_hash, "receiver": receiver, "settings": dict(settings),
+              "calibration_version": CALIBRATION_VERSION,
               "camera_height_m": {w.mode: camera_height_m(w.mode) for w, _ in walks},
               "walks": [[str(w.path), str(tiles)] for w, tiles in walks]}
     out = work / "models" / model_key(model) / f"calibration-{receiver}-{fingerprint(params)[:8]}"
