@@ -538,8 +538,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (KeyboardInterrupt, ExternalShutdownException):
         code = EXIT_OK
     except Exception as exc:  # a bug: say so in one line, with the type, and fail
-        logger.fatal(f"unexpected failure: {type(exc).__name__}: {exc}")
-        code = EXIT_FAILURE
+        if rclpy.ok():
+            logger.fatal(f"unexpected failure: {type(exc).__name__}: {exc}")
+            code = EXIT_FAILURE
+        else:  # SIGINT/SIGTERM shut the context down while spin built its wait set (rclpy raises RCLError then)
+            code = EXIT_OK
     finally:
         if node is not None:
             node.stop()

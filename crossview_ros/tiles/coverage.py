@@ -1,4 +1,5 @@
-"""Where a tile set lies, for the message a fix off its tiles gets (the localizer's OUTSIDE_COVERAGE)."""
+"""Where a tile set lies, for the localizer's OUTSIDE_COVERAGE: the message a fix off its tiles gets, and
+whether a disc (an estimate carried by odometry, with its uncertainty) lies on them."""
 
 from __future__ import annotations
 
