@@ -443,7 +443,7 @@ def _published_d2(err: np.ndarray, sigma: np.ndarray, added: np.ndarray) -> np.n
     """Squared Mahalanobis distances of the (N, 2) errors under the published covariances sigma^2 I +
     added (N, 2, 2): what the node publishes, so what the scale is fitted on."""
     a = added[:, 0, 0] + sigma ** 2
-    b = 0.5 * (added[:, 0, 1] + added[:, 1, 0])
+    b = added[:, 0, 1]  # symmetric: _added_covariance_m2
     c = added[:, 1, 1] + sigma ** 2
     e, n = err[:, 0], err[:, 1]
     return (c * e * e - 2.0 * b * e * n + a * n * n) / (a * c - b * b)

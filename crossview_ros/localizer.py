@@ -87,7 +87,7 @@ class _GnssPrior:
     covariance_enu_m2: np.ndarray  # what the fix says of the platform now (the match's prior, the d^2 gate)
     widen_age_s: float  # the age that still widens the search radius by max_speed_mps (0 once carried)
     sigma_covariance_enu_m2: np.ndarray  # what the search radius's k sigma is taken from
-    carried_m: float | None = None  # how far odometry carried the fix (None: not carried)
+    carried: bool = False  # odometry carried the fix to the panorama's stamp
 
 
 class _Reject(Exception):
@@ -262,8 +262,8 @@ class Localizer:
         fix_cov = self._check_fix(fix, now_s) * self.covariance.fix_sigma_scale ** 2
         age_s = stamp - fix.stamp_s
         prior = self._gnss_prior(fix, fix_cov, stamp, age_s)
-        if abs(age_s) > cfg.fix_max_age_s and (prior.carried_m is None or age_s > cfg.fix_max_age_odometry_s):
-            limit = "fix_max_age_s" if prior.carried_m is None else "fix_max_age_odometry_s"
+        if abs(age_s) > cfg.fix_max_age_s and (not prior.carried or age_s > cfg.fix_max_age_odometry_s):
+            limit = "fix_max_age_odometry_s" if prior.carried else "fix_max_age_s"
             raise _Reject(Reason.STALE_STAMP, f"fix is {abs(age_s):.3f} s {'older' if age_s > 0 else 'newer'} than "
                                               f"the panorama (more than {limit} {getattr(cfg, limit):g} s)")
 
@@ -400,7 +400,7 @@ class Localizer:
         except geo.GeoError:  # far outside the tile set's zone: _scope says so
             return widened
         cov = fix_cov + np.eye(2) * carried[2]
-        return _GnssPrior(float(lat_now), float(lon_now), cov, 0.0, cov, math.hypot(carried[0] - e, carried[1] - n))
+        return _GnssPrior(float(lat_now), float(lon_now), cov, 0.0, cov, carried=True)
 
     def _scope(self, fix: Fix, prior: _GnssPrior, stamp: float, context: dict[str, Any]) -> Scope:
         """The tiles within the search radius of the prior's centre, and the GNSS prior on the tile set's grid."""

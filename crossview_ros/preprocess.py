@@ -8,7 +8,6 @@ from crossview_ros.model_meta import ImageInput, ModelMeta
 
 
 def _preprocess(rgb: np.ndarray, spec: ImageInput, view: str) -> np.ndarray:
-
     if not isinstance(rgb, np.ndarray) or rgb.ndim != 3 or rgb.shape[2] != 3 or min(rgb.shape[:2]) < 1:
         raise ValueError(f"{view} image must be an (H, W, 3) RGB array, got "
                          f"{getattr(rgb, 'shape', type(rgb).__name__)}")

@@ -88,6 +88,12 @@ def estimate_measurements(estimates: Sequence[Estimate], enu: geo.LocalENU) -> l
     return out
 
 
+def p95_m(error_m: np.ndarray, mask: np.ndarray) -> float | None:
+    """p95 of the finite errors where mask holds (None: none)."""
+    err = error_m[np.isfinite(error_m) & mask]
+    return float(np.percentile(err, 95)) if err.size else None
+
+
 def published_frames(frames: Sequence[Frame], estimates: Sequence[Estimate]) -> np.ndarray:
     """(N,) bool: the frames we published a fix for."""
     published = {e.stamp_s for e in estimates if e.accepted}
@@ -116,16 +122,12 @@ def fused_figures(frames: Sequence[Frame], estimates: Sequence[Estimate], odomet
         error_m[ok] = geo.distance_m(truth[:, 0], truth[:, 1], lat, lon)
     on_ours = published_frames(frames, estimates)
 
-    def p95(mask: np.ndarray) -> float | None:
-        err = error_m[ok & mask]
-        return float(np.percentile(err, 95)) if err.size else None
-
     def not_above(value: float | None) -> bool | None:
         return None if value is None or ours_p95_m is None else bool(value <= ours_p95_m + SAME_M)
 
-    p95_all, p95_ours = p95(np.ones(len(frames), dtype=bool)), p95(on_ours)
+    p95_all, p95_ours = p95_m(error_m, ok), p95_m(error_m, on_ours)
     figures = {"frames": int(ok.sum()), "median_m": float(np.median(error_m[ok])) if ok.any() else None,
-               "p95_m": p95_all, "p95_published_m": p95_ours, "p95_unpublished_m": p95(~on_ours),
+               "p95_m": p95_all, "p95_published_m": p95_ours, "p95_unpublished_m": p95_m(error_m, ~on_ours),
                "frames_published": int((ok & on_ours).sum()), "ours_p95_m": ours_p95_m,
                "not_above_ours": not_above(p95_ours), "not_above_ours_all_frames": not_above(p95_all),
                "accepted": dict(track.accepted), "rejected": dict(track.rejected)}
@@ -170,19 +172,13 @@ def pool_fused(results: Sequence[WalkResult]) -> dict[str, Any] | None:
     ours = np.concatenate([published_frames(r.frames, r.estimates) for r in fused])
     ok = np.isfinite(err)
 
-    def stat(f: Any, mask: np.ndarray) -> float | None:
-        return float(f(err[ok & mask])) if (ok & mask).any() else None
-
     def count(key: str) -> tuple[int, int]:
         flags = [r.fused[key] for r in fused if r.fused.get(key) is not None]
         return sum(flags), len(flags)
 
     (same, compared), (all_frames, _) = count("not_above_ours"), count("not_above_ours_all_frames")
-    every = np.ones(err.size, dtype=bool)
-    return {"walks": len(fused), "frames": int(ok.sum()), "median_m": stat(np.median, every),
-            "p95_m": stat(lambda e: np.percentile(e, 95), every),
-            "p95_published_m": stat(lambda e: np.percentile(e, 95), ours),
-            "p95_unpublished_m": stat(lambda e: np.percentile(e, 95), ~ours),
+    return {"walks": len(fused), "frames": int(ok.sum()), "median_m": float(np.median(err[ok])) if ok.any() else None,
+            "p95_m": p95_m(err, ok), "p95_published_m": p95_m(err, ours), "p95_unpublished_m": p95_m(err, ~ours),
             "walks_compared": compared, "walks_not_above_ours": same, "walks_not_above_ours_all_frames": all_frames}
 
 

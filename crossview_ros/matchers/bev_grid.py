@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -236,6 +237,11 @@ class _Coarse:
     masked: np.ndarray  # post, -inf where no tile
     peak: tuple[int, int, int]  # (bearing, row, column) of the best coarse corner
 
+    @cached_property
+    def likelihood(self) -> np.ndarray:
+        """(H', W') the likelihood alone at each coarse corner, its best bearing."""
+        return self.scores.max(axis=0)
+
 
 @dataclass
 class _Fine:
@@ -396,7 +402,7 @@ class _Grid:
         """What the view scores at a typical place of the scope (the median over its positions, best
         bearing each): the level its best score is judged against. A view that scores high everywhere
         (a bland street, imagery of another place that resembles nothing in particular) has a high level."""
-        lik = c.scores.max(axis=0)[c.valid]
+        lik = c.likelihood[c.valid]
         lik = lik[np.isfinite(lik)]
         return float(np.median(lik)) if lik.size else math.nan
 
@@ -421,7 +427,7 @@ class _Grid:
         """Distance from the pose to the coarse position the likelihood alone prefers (any bearing). With
         imagery of this place the view often points at the pose by itself; with another place's imagery
         its best place is anywhere in the scope, so it rarely falls near a pose the priors chose."""
-        lik = np.where(c.valid, c.scores.max(axis=0), -np.inf)
+        lik = np.where(c.valid, c.likelihood, -np.inf)
         i, j = np.unravel_index(int(np.argmax(lik)), lik.shape)
         e, n = self.smap.position(c.ii[i], c.jj[j])
         return float(math.hypot(e - east, n - north))

@@ -32,14 +32,19 @@ def ground_plane_pixels(size_hw: tuple[int, int], res_m: float, side: int, heigh
     return row, col
 
 
+def nearest_ground_pixels(size_hw: tuple[int, int], *, res_m: float, side: int, height_m: float
+                          ) -> tuple[np.ndarray, np.ndarray]:
+    """(row, col) int (side, side): the panorama pixel nearest each top-down pixel's ground point, to read
+    a (H, W) mask with (mask[row, col]); one pair serves every mask of that size."""
+    row, col = ground_plane_pixels(size_hw, res_m, side, height_m)
+    return np.clip(np.round(row).astype(int), 0, size_hw[0] - 1), np.round(col).astype(int) % size_hw[1]
+
+
 def seen_ground(visibility: np.ndarray, *, res_m: float, side: int, height_m: float) -> np.ndarray:
     """(side, side) bool: which top-down pixels (res_m apart) a (H, W) panorama visibility mask (True: some
     camera sees it) covers, each read at its nearest panorama pixel."""
     vis = np.asarray(visibility, bool)
-    row, col = ground_plane_pixels(vis.shape, res_m, side, height_m)
-    r = np.clip(np.round(row).astype(int), 0, vis.shape[0] - 1)
-    c = np.round(col).astype(int) % vis.shape[1]
-    return vis[r, c]
+    return vis[nearest_ground_pixels(vis.shape, res_m=res_m, side=side, height_m=height_m)]
 
 
 def cell_share(seen: np.ndarray, cells: int, stride: int = SAMPLES_PER_CELL) -> np.ndarray:

@@ -4,7 +4,7 @@ One model serves a panorama, a forward camera and a surround rig (crossview_ros.
 time the ground cells no camera sees are zeroed before the correlation. Training shows the
 model the same: a share of each batch's views is cut to a random rig's visibility, the view's
 pixels black outside it (as the composed panorama is) and its feature cells weighted by the
-share they see (crossview_ros.matchers.bev_view: the runtime's own seen_ground and cell_share).
+share they see (crossview_ros.matchers.bev_view: the runtime's own nearest_ground_pixels and cell_share).
 
 The rigs drawn: one pinhole camera (50-130° wide, pitched 0-30° down, any yaw), two to four
 pinholes spread around the robot, or one fisheye (150-210°); optical centres 1-2.5 m high.
@@ -21,7 +21,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from crossview_ros.camera import Camera, CameraModel, CameraMount, CameraRig
-from crossview_ros.matchers.bev_view import cell_share, seen_ground
+from crossview_ros.matchers.bev_view import cell_share, nearest_ground_pixels
 from crossview_training.bev.model import STRIDE, BevConfig
 
 MASK_PANO_HW = (160, 320)  # visibility is geometry: a coarse panorama grid is enough to draw it
@@ -63,10 +63,11 @@ def mask_bank(config: BevConfig, count: int, seed: int, progress: bool = False) 
     rng = np.random.default_rng([seed, 0xF0F])
     k = config.kernel_cells
     side = k * STRIDE
+    nearest = nearest_ground_pixels(MASK_PANO_HW, res_m=config.res_m, side=side, height_m=config.camera_height_m)
     pixels = np.empty((count, side, side), np.uint8)
     cells = np.empty((count, k, k), np.float32)
     for i in tqdm(range(count), desc="camera masks", unit="rig", disable=not progress):
         vis = CameraRig(random_rig(rng), MASK_PANO_HW, config.camera_height_m).visibility
-        pixels[i] = seen_ground(vis, res_m=config.res_m, side=side, height_m=config.camera_height_m)
+        pixels[i] = vis[nearest]
         cells[i] = cell_share(pixels[i], k, STRIDE)
     return MaskBank(pixels, cells)
