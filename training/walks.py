@@ -410,9 +410,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(exc.code or 0) if not isinstance(exc.code, str) else EXIT_USAGE
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     log.setLevel(logging.INFO)
-    logging.getLogger("crossview_ros.localizer").setLevel(logging.ERROR)  # gated frames: counted in the table
     if args.compare:
         return compare_reports(*args.compare)
+    quiet = logging.getLogger("crossview_ros.localizer")  # gated frames: counted in the table
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        return _run(args)
+    finally:
+        quiet.setLevel(level)  # main() called in-process (tests) leaves the localizer's logging as it was
+
+
+def _run(args: argparse.Namespace) -> int:
+    """main() after the arguments are parsed and logging set up."""
     try:
         if args.model is None:
             raise UsageError("--model is required (or --compare A.json B.json)")
