@@ -18,8 +18,10 @@ prior (MAHALANOBIS, which also resets the track). The published covariance adds 
 mass beyond its mode to the calibrated sigma; the protection level states the radius the error
 exceeds on at most protection_risk of fixes. Odometry (add_odometry, thread-safe) moves the
 matcher's track between frames (crossview_ros.odometry), carries a fix through a GNSS dropout
-(fix_max_age_odometry_s), and carries the last published estimate so that a fix running off the
-tiles near their edge is not taken for a platform beyond them. Artefact problems (missing or corrupt
+(fix_max_age_odometry_s), carries the last published estimate so that a fix running off the
+tiles near their edge is not taken for a platform beyond them, and carries the last estimate the fix
+agreed with so that a fix in a multipath excursion does not refuse, or reset, a track that odometry
+vouches for (fix_overrule_s). Artefact problems (missing or corrupt
 engine, descriptors of another model, an unusable calibration file) raise at construction, never
 at the first frame.
 
@@ -29,10 +31,11 @@ track): one per thread.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import time
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,14 +50,16 @@ from crossview_ros.covariance import (
     load_covariance,
 )
 from crossview_ros.engines import Engine, create_engine
+from crossview_ros.imagery_window import ImageryWindow
 from crossview_ros.estimate import (
     BAD_INPUT_REASONS, GATE_REASONS, NAVSAT_COVARIANCE_TYPES, NAVSAT_STATUS_NO_FIX, NAVSAT_STATUS_RANGE,
     NAVSAT_STATUS_UNKNOWN, Estimate, Fix, Latency, LocalizerError, Reason, finite_or_none, fix_covariance_enu_m2,
 )
 from crossview_ros.localizer_config import LocalizerConfig
+from crossview_ros.log_throttle import Throttle
 from crossview_ros.matchers import Heading, PoseMatch, Scope, check_engine_against_tiles, create_matcher
 from crossview_ros.model_meta import load_model_meta
-from crossview_ros.odometry import GridOdometry
+from crossview_ros.odometry import CarriedEstimate, GridOdometry
 from crossview_ros.panorama import decode_image, decode_panorama
 from crossview_ros.preprocess import fit_ground_input, preprocess_ground
 from crossview_ros.tiles import TileSet, TileSetError
@@ -99,27 +104,6 @@ class _Reject(Exception):
         self.message = message
 
 
-class _Throttle:
-    """At most one log line per key per period; counts the lines it swallowed in between."""
-
-    def __init__(self, period_s: float) -> None:
-        self.period_s = period_s
-        self._last: dict[str, float] = {}
-        self._skipped: Counter[str] = Counter()
-
-    def __call__(self, level: int, key: str, msg: str, *args: Any) -> None:
-        now = time.monotonic()
-        last = self._last.get(key)
-        if last is not None and now - last < self.period_s:
-            self._skipped[key] += 1
-            return
-        skipped = self._skipped.pop(key, 0)
-        self._last[key] = now
-        if skipped:
-            msg += f" ({skipped} more since the last such message)"
-        log.log(level, msg, *args)
-
-
 class Localizer:
     """(panorama, fix, stamp) -> Estimate, with everything loaded and checked at construction."""
 
@@ -162,11 +146,12 @@ class Localizer:
         self.yaw_withheld = 0  # accepted frames published without yaw: a flipped bearing held real mass
         self.odometry = GridOdometry(config.odom_max_age_s) if config.odometry else None
         self._course_fix_stamp_s: float | None = None
-        self._views: deque[bool] = deque(maxlen=config.imagery_window)  # did each recent view point at its estimate
-        self._scores: deque[float] = deque(maxlen=config.imagery_window)  # each recent view's best score
+        self._imagery = ImageryWindow(config.imagery_window)  # the MISMATCH gate's recent views
         self._last_stamp_s: float | None = None
-        self._published: tuple[float, float, float, float] | None = None  # last accepted: stamp, E, N, variance m^2
-        self._throttle = _Throttle(config.log_throttle_s)
+        self._published: CarriedEstimate | None = None  # the last accepted estimate
+        self._agreed: CarriedEstimate | None = None  # the last accepted estimate the fix agreed with
+        self.fix_overruled = 0  # accepted frames whose fix contradicted them: odometry vouched (fix_overrule_s)
+        self._throttle = functools.partial(Throttle(config.log_throttle_s).log, log)
         self._coverage = CoverageBox.of(self.tiles)
         self._panorama_height_m = self._check_panorama_height()
         log.info("localizer ready: %d tiles of %s (zone %s, %g m), %s model %s on %s, covariance %s", len(self.tiles),
@@ -208,10 +193,9 @@ class Localizer:
         """Forget the last stamp and the matcher's track (call after a time jump backwards, e.g. a bag
         restarting, and between panoramas that are not a stream)."""
         self._last_stamp_s = None
-        self._published = None
+        self._published = self._agreed = None
         self.matcher.reset()
-        self._views.clear()
-        self._scores.clear()
+        self._imagery.clear()
         if self.odometry is not None:
             self.odometry.reset()
 
@@ -300,7 +284,7 @@ class Localizer:
         support = self._imagery_support(pose)
         context.update(protection_level_m=self.covariance.protection_level_m(cov, cfg.protection_risk),
                        mode_mass=pose.mode_mass, view_distance_m=pose.view_distance_m,
-                       imagery_support=support, imagery_score=self._imagery_score_now())
+                       imagery_support=support, imagery_score=self._imagery.score())
 
         heading = None
         if cfg.heading or (self.odometry is not None and self.matcher.heading_is_free):
@@ -311,11 +295,15 @@ class Localizer:
             times["heading_ms"] = time.perf_counter() - t
 
         try:
-            self._gate(pose, d2, from_fix_m, f"tile {pose.tile_id}, score {pose.score:.4f}", stamp)
+            self._gate(pose, f"tile {pose.tile_id}, score {pose.score:.4f}", stamp)
+            overruled = d2 > cfg.max_mahalanobis and self._fix_overruled(pose, cov, lat, lon, stamp, from_fix_m, d2)
+            if d2 > cfg.max_mahalanobis and not overruled:
+                raise _Reject(Reason.MAHALANOBIS, f"estimate is {from_fix_m:.1f} m from the fix, squared Mahalanobis "
+                                                  f"distance {d2:.1f} > max_mahalanobis {cfg.max_mahalanobis:g}")
         except _Reject as rej:
             if rej.reason is Reason.MAHALANOBIS:
                 self.matcher.reset()  # a track whose best place the GNSS contradicts must not carry on
-                self._published = None  # nor vouch for the coverage
+                self._published = self._agreed = None  # nor vouch for the coverage or against a fix
             raise
         if self.odometry is not None and heading is not None and heading.flip_mass <= cfg.yaw_max_flip_mass:
             # the view's own yaw votes (not the posterior's, which holds odometry's prior: no self-confirmation)
@@ -324,7 +312,11 @@ class Localizer:
         if self.odometry is not None:  # the published positions' course against odometry's
             self.odometry.vote_course(stamp, pose.easting_m, pose.northing_m,
                                       math.sqrt(float(np.linalg.eigvalsh(cov).max())), source="estimate")
-        self._published = (stamp, pose.easting_m, pose.northing_m, float(np.linalg.eigvalsh(cov).max()))
+        self._published = CarriedEstimate(stamp, pose.easting_m, pose.northing_m, float(np.linalg.eigvalsh(cov).max()))
+        if overruled:
+            self.fix_overruled += 1
+        else:
+            self._agreed = self._published
         return self._finish(Estimate(stamp_s=stamp, accepted=True, reason=Reason.OK, **context,
                                      latency=self._latency(times, t_start)))
 
@@ -334,10 +326,31 @@ class Localizer:
         is not taken for a platform beyond them (min_prior_inside)."""
         if self.odometry is None or self._published is None:
             return False
-        t0, east, north, variance = self._published
-        carried = self.odometry.carry(east, north, t0, stamp) if stamp - t0 <= self.config.fix_max_age_odometry_s else None
-        return carried is not None and disc_on_tiles(self.tiles, carried[0], carried[1],
-                                                     2.0 * math.sqrt(variance + carried[2]))
+        carried = self._published.at(self.odometry, stamp, self.config.fix_max_age_odometry_s)
+        return carried is not None and disc_on_tiles(self.tiles, carried[0], carried[1], 2.0 * math.sqrt(carried[2]))
+
+    def _fix_overruled(self, pose: PoseMatch, cov_enu: np.ndarray, lat: float, lon: float, stamp: float,
+                       from_fix_m: float, d2: float) -> bool:
+        """Whether odometry vouches for an estimate the fix contradicts: it lies within max_mahalanobis of the
+        last estimate the fix agreed with, carried here by odometry no more than fix_overrule_s later. A fix in
+        a multipath excursion then costs nothing; one that is right still breaks a track that drifted, once
+        fix_overrule_s has passed since the two last agreed."""
+        cfg = self.config
+        if self.odometry is None or self._agreed is None or not cfg.fix_overrule_s > 0:
+            return False
+        carried = self._agreed.at(self.odometry, stamp, cfg.fix_overrule_s)
+        if carried is None:
+            return False
+        gap = np.array([pose.easting_m - carried[0], pose.northing_m - carried[1]])
+        s = geo.enu_cov_to_utm(cov_enu, lat, lon, self.tiles.zone) + np.eye(2) * carried[2]
+        d2_odometry = float(gap @ np.linalg.solve(s, gap))
+        if not d2_odometry <= cfg.max_mahalanobis:
+            return False
+        self._throttle(logging.INFO, "overruled", "frame %.3f: the fix is %.1f m away (squared Mahalanobis %.1f), "
+                       "but odometry carries the estimate of %.1f s ago to %.1f m of it (%.1f): published "
+                       "(fix_overrule_s)", stamp, from_fix_m, d2, stamp - self._agreed.stamp_s, float(np.hypot(*gap)),
+                       d2_odometry)
+        return True
 
     def _check_panorama_height(self) -> float | None:
         """The panorama camera's height when its ground must be moved to the model's (None: nothing to do)."""
@@ -461,11 +474,11 @@ class Localizer:
         return (cov, float(innovation @ np.linalg.solve(cov + prior.covariance_enu_m2, innovation)),
                 math.hypot(de, dn))
 
-    def _gate(self, pose: PoseMatch, d2: float, distance_m: float, detail: str, stamp: float) -> None:
+    def _gate(self, pose: PoseMatch, detail: str, stamp: float) -> None:
         """OUTSIDE_COVERAGE (the fix's uncertainty runs mostly off the tiles, and odometry does not carry the
-        last published estimate onto them), MISMATCH (too few recent views
-        point at their estimates), AMBIGUOUS (the posterior holds distinct places),
-        LOW_MARGIN, then MAHALANOBIS against the GNSS prior; each keeps the estimate in the Estimate."""
+        last published estimate onto them), MISMATCH (too few recent views point at their estimates),
+        AMBIGUOUS (the posterior holds distinct places), LOW_MARGIN; each keeps the estimate in the Estimate.
+        MAHALANOBIS, against the GNSS prior, comes after them (_run), as odometry may overrule the fix."""
         cfg = self.config
         margin = pose.margin
         if (pose.prior_inside is not None and not pose.prior_inside >= cfg.min_prior_inside
@@ -473,17 +486,17 @@ class Localizer:
             raise _Reject(Reason.OUTSIDE_COVERAGE, f"only {100 * pose.prior_inside:.0f} % of the fix's uncertainty "
                                                    f"lies on the tiles (min_prior_inside {cfg.min_prior_inside:g}): "
                                                    f"the platform may be beyond their coverage ({detail})")
-        support = self._imagery_support_now()
+        support = self._imagery.support()
         if support is not None and cfg.min_imagery_support > 0 and not support >= cfg.min_imagery_support:
-            raise _Reject(Reason.MISMATCH, f"{sum(self._views)} of the last {cfg.imagery_window} views point within "
+            raise _Reject(Reason.MISMATCH, f"{sum(self._imagery.views)} of the last {cfg.imagery_window} views point within "
                                            f"mode_radius_m {cfg.mode_radius_m:g} m of their estimate by themselves "
                                            f"(min_imagery_support {cfg.min_imagery_support:g}): the tiles may not "
                                            f"show this place ({detail})")
-        floor, score = self.imagery_score_floor, self._imagery_score_now()
+        floor, score = self.imagery_score_floor, self._imagery.score()
         if floor > 0 and score is not None and not self.imagery_trusted(support) and not score >= floor:
             spared = (f", and fewer than imagery_trust_support {cfg.imagery_trust_support:g} of them point at their "
                       "estimate" if cfg.imagery_trust_support < 1.0 else "")
-            raise _Reject(Reason.MISMATCH, f"the last {len(self._scores)} views score {score:.3f} on "
+            raise _Reject(Reason.MISMATCH, f"the last {len(self._imagery.scores)} views score {score:.3f} on "
                                            f"average, below the imagery floor {floor:.3f} (min_imagery_score; "
                                            f"calibrated on another place's imagery){spared}: the tiles may not show "
                                            f"this place ({detail})")
@@ -494,9 +507,6 @@ class Localizer:
         if not margin > cfg.min_margin:
             raise _Reject(Reason.LOW_MARGIN, f"margin {margin:.4f} is not above min_margin {cfg.min_margin:g} "
                                              f"({detail})")
-        if d2 > cfg.max_mahalanobis:
-            raise _Reject(Reason.MAHALANOBIS, f"estimate is {distance_m:.1f} m from the fix, squared Mahalanobis "
-                                              f"distance {d2:.1f} > max_mahalanobis {cfg.max_mahalanobis:g}")
 
     def _imagery_support(self, pose: PoseMatch) -> float | None:
         """Record this view's imagery statistic (the floor's window: its score, over its median score in the
@@ -504,12 +514,9 @@ class Localizer:
         estimate; the share of the window that did (the denominator is the whole window: a new stream
         earns its support)."""
         level = pose.scope_median_score if self.imagery_statistic == IMAGERY_OVER_SCOPE_MEDIAN else 0.0
-        if math.isfinite(pose.score) and level is not None and math.isfinite(level):
-            self._scores.append(float(pose.score) - float(level))
-        if pose.view_distance_m is None:
-            return None
-        self._views.append(pose.view_distance_m <= self.config.mode_radius_m)
-        return self._imagery_support_now()
+        points = None if pose.view_distance_m is None else pose.view_distance_m <= self.config.mode_radius_m
+        self._imagery.add(None if level is None else float(pose.score) - float(level), points)
+        return None if points is None else self._imagery.support()
 
     @property
     def imagery_score_floor(self) -> float:
@@ -517,18 +524,11 @@ class Localizer:
         chosen = self.config.min_imagery_score
         return float(self.covariance.imagery_score_floor if chosen < 0 else chosen)
 
-    def _imagery_score_now(self) -> float | None:
-        """The imagery floor's statistic: its mean over the recent matched views (None before the first)."""
-        return float(np.mean(self._scores)) if self._scores else None
-
     def imagery_trusted(self, support: float | None) -> bool:
         """Whether imagery_trust_support spares a window with this support from the imagery floor (the gate,
         and calibration fitting the floor on the windows the gate judges)."""
         trust = self.config.imagery_trust_support
         return support is not None and trust < 1.0 and support >= trust
-
-    def _imagery_support_now(self) -> float | None:
-        return sum(self._views) / self.config.imagery_window if self._views else None
 
     def fix_problem(self, fix: Any, now_s: float) -> tuple[Reason, str] | None:
         """(reason, message) when this fix would make a frame fail (NO_FIX, BAD_FIX, FUTURE_STAMP), None

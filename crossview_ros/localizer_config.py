@@ -177,6 +177,10 @@ class LocalizerConfig:
                               "is above this (LOW_MARGIN)")
     max_mahalanobis: float = param(13.8, "1", "gating", "gate: refuse a squared Mahalanobis distance to the fix "
                                    "above this (MAHALANOBIS; chi2 2 dof 99.9 %)", lo=0.0, hi=1.0e12, lo_open=True)
+    fix_overrule_s: float = param(30.0, "s", "gating", "with odometry aligned to the grid: an estimate the fix "
+                                  "contradicts (MAHALANOBIS) is still published when it lies within max_mahalanobis of "
+                                  "the last estimate the fix agreed with, carried by odometry, at most this long after "
+                                  "it (a multipath excursion of the fix; 0 = off)", lo=0.0, hi=3600.0)
     heading: bool = param(False, "bool", "heading", "estimate yaw and publish crossview/heading (needs tile images; "
                           "one aerial encode)")
     heading_method: str = param("polar", "", "heading", "polar: DSM-style polar correlation; revisiting: Zhu 2021 "

@@ -306,3 +306,23 @@ class GridOdometry:
         c, s = math.cos(yaw), math.sin(yaw)
         east, north = c * m.forward_m - s * m.left_m, s * m.forward_m + c * m.left_m
         return GridMotion(east, north, m.variance_m2 + (m.distance_m * sigma) ** 2, True, m.distance_m)
+
+
+@dataclass(frozen=True)
+class CarriedEstimate:
+    """A published grid position that odometry can carry forward: the localizer's last estimate (does it
+    keep the platform on the tiles?) and its last one the fix agreed with (does a fix that contradicts
+    the imagery have multipath?)."""
+
+    stamp_s: float
+    east_m: float
+    north_m: float
+    variance_m2: float  # per axis (the covariance's largest eigenvalue)
+
+    def at(self, odometry: GridOdometry, stamp_s: float, max_age_s: float) -> tuple[float, float, float] | None:
+        """(east, north, variance per axis) carried to stamp_s, the displacement's variance added; None when
+        stamp_s is not later by at most max_age_s or odometry cannot carry it (GridOdometry.carry)."""
+        if not 0.0 < stamp_s - self.stamp_s <= max_age_s:
+            return None
+        moved = odometry.carry(self.east_m, self.north_m, self.stamp_s, stamp_s)
+        return None if moved is None else (moved[0], moved[1], self.variance_m2 + moved[2])

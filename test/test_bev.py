@@ -736,6 +736,60 @@ def test_odometry_keeps_a_fix_off_the_edge_from_refusing_a_platform_on_the_tiles
     assert frames(odometry=True, reset=True) == [Reason.OK, Reason.OUTSIDE_COVERAGE]
 
 
+def test_odometry_overrules_a_fix_that_jumps_away_from_an_estimate_it_agreed_with(bev_export, tmp_path):
+    """A multipath jump: the fix agreed with the first estimate, then jumps 25 m away with a 1 m sigma
+    while the platform stands still and the view stays the same. Odometry carries the estimate the fix
+    agreed with to the second frame; the second estimate lies there, so it is published (fix_overruled
+    counts it) although its d^2 to the fix is about 25^2 / 2. Without odometry, with fix_overrule_s 0,
+    past fix_overrule_s, or when odometry says the platform moved 20 m (the same view then contradicts
+    it), the fix wins: MAHALANOBIS, as before."""
+    from crossview_ros import geo
+    from crossview_ros.estimate import Fix, Reason
+    from crossview_ros.localizer import Localizer
+    from crossview_ros.localizer_config import LocalizerConfig
+
+    _, tile_dir, tiles, lat, lon, pano = bev_world(bev_export, tmp_path)
+
+    def localizer(odometry: bool = True, moved_m: float = 0.0, **overrides) -> Localizer:
+        settings = dict(tile_set=str(tile_dir), model=str(bev_export), engine="onnxruntime", engine_threads=1,
+                        match_prior=False, scope_min_m=80.0, min_mode_mass=0.0, min_imagery_support=0.0,
+                        min_imagery_score=0.0, min_prior_inside=0.0, odometry=odometry, covariance_file="none",
+                        cov_sigma0_m=1.0, cov_margin_coef=0.0, mode_radius_m=1000.0)  # sigma 1 m, no far mass
+        loc = Localizer(LocalizerConfig(**{**settings, **overrides}))
+        for k in range(401):  # 8 s to 48 s; standing still, or moving moved_m along odom x from 10 s to 10.5 s
+            t = 8.0 + 0.1 * k
+            loc.add_odometry(t, moved_m * min(max((t - 10.0) / 0.5, 0.0), 1.0), 0.0, 0.0)
+        for k in range(4 if odometry else 0):
+            loc.odometry.vote_bearing(8.0 + 0.5 * k, 0.0)  # odom x runs grid east
+        return loc
+
+    probe = localizer(odometry=False)
+    first = probe.localize(pano, Fix(float(lat), float(lon), 10.0, sigma_m=3.0), 10.0, encoding="rgb8", now_s=10.0)
+    probe.close()
+    east, north = first.easting_m, first.northing_m  # where this view lies whatever the fix (match_prior off)
+    towards = np.array([float(tiles.easting_m.mean()) - east, float(tiles.northing_m.mean()) - north])
+    towards = towards / np.linalg.norm(towards) if np.linalg.norm(towards) > 5.0 else np.array([1.0, 0.0])
+    agreed = Fix(*map(float, geo.utm_to_latlon(east, north, tiles.zone)), 10.0, sigma_m=1.0)
+    jumped_e, jumped_n = np.array([east, north]) + 25.0 * towards
+
+    def frames(second_s: float = 10.5, **kwargs) -> tuple[Localizer, list]:
+        loc = localizer(**kwargs)
+        jumped = Fix(*map(float, geo.utm_to_latlon(jumped_e, jumped_n, tiles.zone)), second_s, sigma_m=1.0)
+        out = [loc.localize(pano, agreed, 10.0, encoding="rgb8", now_s=10.0),
+               loc.localize(pano, jumped, second_s, encoding="rgb8", now_s=second_s)]
+        loc.close()
+        return loc, out
+
+    loc, (one, two) = frames()
+    assert one.reason is Reason.OK and one.mahalanobis_d2 < 1.0
+    assert two.reason is Reason.OK and loc.fix_overruled == 1
+    assert math.hypot(two.easting_m - east, two.northing_m - north) < 2.0
+    assert two.mahalanobis_d2 > 250.0  # 25 m against 1 m (fix) and about 1 m (ours) per axis
+    for kwargs in (dict(odometry=False), dict(fix_overrule_s=0.0), dict(second_s=45.0), dict(moved_m=20.0)):
+        loc, (one, two) = frames(**kwargs)
+        assert (one.reason, two.reason, loc.fix_overruled) == (Reason.OK, Reason.MAHALANOBIS, 0), kwargs
+
+
 def test_a_view_of_this_place_stands_above_its_scope_level(bev_export):
     """scope_median_score, the level the imagery floor judges a view's score against: the median over the
     scope's positions lies below the best score, and a view cut from this scope stands far higher above

@@ -10,7 +10,8 @@ import pytest
 
 from crossview_ros.matchers.bev_grid import Belief
 from crossview_ros.odometry import (
-    ODOM_FLOOR_SIGMA_M, ODOM_SCALE_SIGMA, GridOdometry, OdomAlignment, OdometryBuffer, pose_variance_m2,
+    ODOM_FLOOR_SIGMA_M, ODOM_SCALE_SIGMA, CarriedEstimate, GridOdometry, OdomAlignment, OdometryBuffer,
+    pose_variance_m2,
 )
 
 
@@ -108,6 +109,20 @@ def test_grid_motion_turns_the_displacement_by_the_alignment():
     odo.reset()
     assert not odo.motion_grid(0.0, 1.0).direction_known
     assert odo.carry(500.0, 900.0, 0.0, 1.0) is None  # the length alone says nowhere to go
+
+
+def test_a_carried_estimate_adds_the_displacement_and_its_variance_within_its_age():
+    odo = GridOdometry(max_age_s=1.0)
+    odo.add(0.0, 0.0, 0.0, 0.0, cov36(0.0))
+    odo.add(1.0, 2.0, 0.0, 0.0, cov36(0.0))
+    published = CarriedEstimate(0.0, 500.0, 900.0, 0.25)
+    assert published.at(odo, 1.0, 30.0) is None  # odom frame not aligned with the grid yet
+    for _ in range(6):
+        odo.vote_bearing(0.5, math.pi / 2)
+    moved = odo.motion_grid(0.0, 1.0)
+    assert published.at(odo, 1.0, 30.0) == pytest.approx((500.0, 902.0, 0.25 + moved.variance_m2))
+    assert published.at(odo, 1.0, 0.5) is None  # older than max_age_s
+    assert published.at(odo, 0.0, 30.0) is None  # not later
 
 
 def test_prediction_moves_the_belief_by_the_odometry_shift():

@@ -59,7 +59,8 @@ from crossview_ros.estimate import Estimate, Fix, Reason
 from crossview_ros.localizer import Localizer
 from crossview_ros.localizer_config import LocalizerConfig
 from crossview_ros.nodes import cameras, convert
-from crossview_ros.nodes.plumbing import NewestSlot, RosLogHandler, Throttle
+from crossview_ros.log_throttle import Throttle
+from crossview_ros.nodes.plumbing import NewestSlot, RosLogHandler
 from crossview_ros.nodes.parameters import (
     BY_NAME, DYNAMIC_KEYS, NODE_NAME, PARAMETERS, NodeSettings, ParamSpec, check_frame_id, is_ros_own, parse_datum,
     localizer_config, node_settings,
@@ -350,7 +351,7 @@ class LocalizeNode(Node):
                     self.counts["errors"] += 1
                     self._period.errors += 1
                     self._last_error = f"{type(exc).__name__}: {exc}"
-                if self._throttle.ready("error"):
+                if self._throttle.ready("error") is not None:
                     self.get_logger().error(f"frame failed: {type(exc).__name__}: {exc}")
 
     def _process(self, frame: _Frame, fix: _FixRecord | None) -> None:
@@ -398,7 +399,7 @@ class LocalizeNode(Node):
         self._warn(str(reason), message)
 
     def _warn(self, key: str, message: str) -> None:
-        if self._throttle.ready(key):
+        if self._throttle.ready(key) is not None:
             self.get_logger().warning(message)
 
     # ----------------------------------------------------------------- outputs
@@ -477,6 +478,7 @@ class LocalizeNode(Node):
             "estimates_rate_hz": f"{period.estimates / elapsed_s:.2f}",
             "last_scope_tiles": last_scope, "last_reason": last_reason or "none",
             "protection_level_m": f"{protection_m:.2f}", "yaw_withheld": self.localizer.yaw_withheld,
+            "fix_overruled": self.localizer.fix_overruled,
             "odometry_received": counts["odometry_received"], "odometry_ignored": counts["odometry_ignored"],
             "odometry_aligned": str(self.localizer.odometry is not None
                                     and self.localizer.odometry.alignment.offset() is not None).lower(),

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
@@ -33,24 +32,6 @@ class RosLogHandler(logging.Handler):
                 self.ros_logger.debug(msg)
         except Exception:  # a log line must never take the node down
             self.handleError(record)
-
-
-class Throttle:
-    """At most one call per key per period (the node's own rejections; the Localizer throttles its own)."""
-
-    def __init__(self, period_s: float) -> None:
-        self.period_s = period_s
-        self._last: dict[str, float] = {}
-        self._lock = threading.Lock()
-
-    def ready(self, key: str) -> bool:
-        now = time.monotonic()
-        with self._lock:
-            last = self._last.get(key)
-            if last is not None and now - last < self.period_s:
-                return False
-            self._last[key] = now
-            return True
 
 
 # --------------------------------------------------------------------------- state shared by the threads
