@@ -132,6 +132,7 @@ class Estimate:
     imagery_support: float | None = None  # share of the last imagery_window views that point at their estimate
     imagery_score: float | None = None  # mean imagery statistic of the last imagery_window matched views (MISMATCH
     # floor): their score, over their median score in the scope for bev models
+    fix_overruled: bool = False  # published although its fix contradicted it: odometry vouched (fix_overrule_s)
     latency: Latency = field(default_factory=Latency)
 
     @property

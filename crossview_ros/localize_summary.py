@@ -99,6 +99,7 @@ def summarize(estimates: Sequence[Estimate], frames: Sequence[Frame], fixes: Seq
         "frames": n, "published": len(published),
         "published_percent": percent(np.array([e.accepted for e in estimates])),
         "reasons": dict(sorted(Counter(str(e.reason) for e in estimates).items())),
+        "fix_overruled": sum(1 for e in estimates if e.accepted and e.fix_overruled),
         "truth": all(fr.truth is not None for fr in frames),
     }
     latency = {"p50": float(np.percentile([e.latency.total_ms for e in estimates], 50)),
@@ -165,7 +166,9 @@ def _summarize_truth(estimates: Sequence[Estimate], frames: Sequence[Frame], fix
 def print_summary(s: dict[str, Any], file: TextIO | None = None) -> None:
     """The summary as text lines (to stdout unless `file`)."""
     print(f"frames {s['frames']}, published {s['published']} ({s['published_percent']:.1f} %)", file=file)
-    print("reasons: " + ", ".join(f"{k} {v}" for k, v in s["reasons"].items()), file=file)
+    print("reasons: " + ", ".join(f"{k} {v}" for k, v in s["reasons"].items())
+          + (f" (OK includes {s['fix_overruled']} whose fix odometry overruled)" if s.get("fix_overruled") else ""),
+          file=file)
     if s["gnss_error_median_m"] is not None:
         print(f"GNSS fix error median {s['gnss_error_median_m']:.1f} m", file=file)
     e = s["error_m"]

@@ -318,7 +318,7 @@ class Localizer:
         else:
             self._agreed = self._published
         return self._finish(Estimate(stamp_s=stamp, accepted=True, reason=Reason.OK, **context,
-                                     latency=self._latency(times, t_start)))
+                                     fix_overruled=bool(overruled), latency=self._latency(times, t_start)))
 
     def _on_tiles_by_odometry(self, stamp: float) -> bool:
         """Whether the last published estimate, carried here by odometry (as a fix is, fix_max_age_odometry_s),

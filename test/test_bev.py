@@ -5,6 +5,7 @@ export parity, and the matcher recovering a known pose from a planted kernel."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -746,6 +747,8 @@ def test_odometry_overrules_a_fix_that_jumps_away_from_an_estimate_it_agreed_wit
     from crossview_ros import geo
     from crossview_ros.estimate import Fix, Reason
     from crossview_ros.localizer import Localizer
+    from crossview_ros.localize_frames import Frame
+    from crossview_ros.localize_summary import summarize
     from crossview_ros.localizer_config import LocalizerConfig
 
     _, tile_dir, tiles, lat, lon, pano = bev_world(bev_export, tmp_path)
@@ -782,7 +785,9 @@ def test_odometry_overrules_a_fix_that_jumps_away_from_an_estimate_it_agreed_wit
 
     loc, (one, two) = frames()
     assert one.reason is Reason.OK and one.mahalanobis_d2 < 1.0
-    assert two.reason is Reason.OK and loc.fix_overruled == 1
+    assert two.reason is Reason.OK and loc.fix_overruled == 1 and two.fix_overruled and not one.fix_overruled
+    panorama_frames = [Frame(Path("pano.png"), None), Frame(Path("pano.png"), None)]  # no truth, no stamps
+    assert summarize([one, two], panorama_frames, [agreed, agreed], heading=False)["fix_overruled"] == 1
     assert math.hypot(two.easting_m - east, two.northing_m - north) < 2.0
     assert two.mahalanobis_d2 > 250.0  # 25 m against 1 m (fix) and about 1 m (ours) per axis
     for kwargs in (dict(odometry=False), dict(fix_overrule_s=0.0), dict(second_s=45.0), dict(moved_m=20.0)):

@@ -231,6 +231,7 @@ def test_pooled_and_printed_fused_figures(capsys):
     (["--gnss", "gps"], "--gnss takes urban,uniform"),
     (["--walks", "0"], "--walks must be 1..999"),
     (["--duration-s", "1"], "--duration-s must be in 2..3600"),
+    (["--fix-sigma-scale", "0"], "--fix-sigma-scale must be in 0.001..1000"),
     (["--lat", "95"], "--lat/--lon"),
     (["--set", "odometry=false"], "--set odometry: set by crossview-walks itself"),
     (["--set", "min_mode_mass=3"], "--set: localizer config min_mode_mass = 3"),
@@ -323,6 +324,14 @@ def test_tiny_run_end_to_end_pools_calibrates_on_a_copy_and_reuses(tmp_path, tin
     assert walks.main(argv) == 0  # a second run reuses the cities, tiles, bags and calibration
     assert covariance.stat().st_mtime_ns == stamp
     assert figures(json.loads(out.read_text())["pooled"]) == figures(report["pooled"])  # same inputs, same figures
+
+    # --fix-sigma-scale: the test walks take the receiver's sigma x S, the rest of the calibration as it was
+    assert walks.main([*argv, "--fix-sigma-scale", "1"]) == 0
+    assert "reported sigma x 1 (--fix-sigma-scale)" in capsys.readouterr().out
+    assert covariance.stat().st_mtime_ns == stamp
+    fitted = json.loads(covariance.read_text())["params"]
+    scaled = json.loads(covariance.with_name("covariance-fix-sigma-scale-1.json").read_text())["params"]
+    assert fitted["fix_sigma_scale"] != 1.0 and scaled == {**fitted, "fix_sigma_scale": 1.0}
 
 
 def test_walks_seen_by_a_forward_camera_are_localized_as_its_captures(tmp_path, capsys):

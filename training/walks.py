@@ -79,6 +79,7 @@ from crossview_ros.sim.cameras import PANORAMA_RIG, RIGS, add_cameras
 from crossview_training.walks_build import (
     CALIBRATION_SEED_BASE, DEFAULT_SUN, Calibration, WalkSpec, bag_path, bag_topics, camera_bag_path, city_config,
     ensure_bag, ensure_calibration, ensure_city, ensure_tiles, gnss_fix_count, panorama_bag_path, run_config,
+    with_fix_sigma_scale,
 )
 from crossview_training.walks_table import (
     WalkResult, compare_runs, fused_walk, pooled_tables, print_comparison, print_mismatch, print_pooled, print_walks,
@@ -119,6 +120,7 @@ class WalksConfig:
     aerial_sun: tuple[float, float] = DEFAULT_SUN  # the held-out cities' survey sun (azimuth, elevation) deg
     camera: str = PANORAMA_RIG  # the walks seen by this rig (crossview_ros.sim.cameras.RIGS)
     settings: dict[str, Any] = field(default_factory=dict)  # --set
+    fix_sigma_scale: float | None = None  # --fix-sigma-scale: the test runs' factor on the fixes' sigma
     json_out: Path | None = None
     recalibrate: bool = False
     progress: bool = True
@@ -154,6 +156,8 @@ class WalksConfig:
              f"--pano-height-px must be an even number >= 16, got {self.pano_height_px}")
         need(self.tile_px >= 16, f"--tile-px must be >= 16, got {self.tile_px}")
         need(self.camera in RIGS, f"--camera takes one of {', '.join(RIGS)}; got {self.camera}")
+        if self.fix_sigma_scale is not None:
+            positive("fix-sigma-scale", self.fix_sigma_scale, 1e-3, 1e3)
         owned = sorted(set(self.settings) & set(OWNED_KEYS))
         need(not owned, f"--set {', '.join(owned)}: set by {PROG} itself (each run's tiles, the calibrated "
                         "model and covariance, odometry on and off)")
@@ -190,6 +194,8 @@ def localize_receiver(cfg: WalksConfig, receiver: str, tests: Sequence[WalkSpec]
     the next city's tiles (the mismatch check, when there are two cities or more); the walks with
     odometry in their own city get their fused track."""
     seeds = list(tiles)
+    covariance_file = (calibration.covariance_file if cfg.fix_sigma_scale is None
+                       else with_fix_sigma_scale(calibration, cfg.fix_sigma_scale))
     runs = []
     for walk in tests:
         other = seeds[(seeds.index(walk.city_seed) + 1) % len(seeds)]
@@ -199,7 +205,7 @@ def localize_receiver(cfg: WalksConfig, receiver: str, tests: Sequence[WalkSpec]
     results = []
     for walk, tiles_seed, odometry in tqdm(runs, desc=f"localize {receiver}", unit="walk", disable=not cfg.progress):
         config = run_config(cfg.settings, model=calibration.model, tiles=tiles[tiles_seed], mode=walk.mode,
-                            odometry=odometry, covariance_file=calibration.covariance_file)
+                            odometry=odometry, covariance_file=covariance_file)
         ev = evaluate_bags([walk.path], [config], topics=bag_topics(walk.path))
         results.append(walk_result(ev.frames, ev.fixes, ev.estimates, config.heading, city_seed=walk.city_seed,
                                    walk_seed=walk.walk_seed, mode=walk.mode, receiver=receiver, odometry=odometry,
@@ -281,6 +287,9 @@ def print_report(report: dict[str, Any]) -> None:
         print(f"calibration {receiver}: {len(c['walks'])} walks, {s['frames']} frames, fix sigma scale "
               f"{c['fix_sigma_scale']:.3f}, {100 * c['fit']['share_d2_below_chi2']:.1f} % of d^2 < 5.99 on them; "
               f"{c['covariance_file']}")
+    if report["settings"].get("fix_sigma_scale") is not None:
+        print(f"test walks localized with the fixes' reported sigma x {report['settings']['fix_sigma_scale']:g} "
+              "(--fix-sigma-scale), not the calibrated factor")
     print(f"\n{PROG}: model {report['model']['name']} ({report['model']['path']}), pooled over test walks")
     print_pooled(report["pooled"])
     print(f"fused track: {report['fusion']}")
@@ -365,6 +374,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                    help="LocalizerConfig settings for every run (crossview-localize --set), e.g. min_mode_mass=0.9")
     g.add_argument("--recalibrate", action="store_true", help="fit the calibrations again instead of reusing them")
+    g.add_argument("--fix-sigma-scale", type=float, default=None, metavar="S",
+                   help="localize the test walks with the fixes' reported sigma x S instead of the factor calibration "
+                        "fitted (1: the receiver's own sigma, as an uncalibrated node takes it); the rest of the "
+                        "calibration is kept")
     p.add_argument("--json", type=Path, default=None, metavar="OUT.json", help="write every figure as JSON")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     return p
@@ -378,6 +391,7 @@ def config_from_args(args: argparse.Namespace) -> WalksConfig:
         receivers=csv_of(str, args.gnss, "--gnss"), duration_s=args.duration_s, rate_hz=args.rate_hz,
         pano_height_px=args.pano_height_px, tile_px=args.tile_px,
         aerial_sun=sun_of(args.aerial_sun), camera=args.camera, settings=parse_set(args.set),
+        fix_sigma_scale=args.fix_sigma_scale,
         json_out=args.json, recalibrate=args.recalibrate, progress=not args.no_progress)
 
 

@@ -8,6 +8,7 @@ so a finished one is reused as it is and a changed setting builds a new one besi
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import shutil
@@ -22,7 +23,7 @@ from crossview_ros.atomic import staging_dir, write_json_atomic
 from crossview_ros.bag.rig import RIG_SIDECAR, load_rig_file
 from crossview_ros.bag.topics import TopicMap
 from crossview_ros.bag.writer import TOPIC_GNSS
-from crossview_ros.covariance import CALIBRATION_VERSION
+from crossview_ros.covariance import CALIBRATION_VERSION, load_covariance, save_covariance
 from crossview_ros.localize_eval import evaluate_bags, make_config, print_report
 from crossview_ros.localizer_config import LocalizerConfig
 from crossview_ros.model_meta import ModelMeta
@@ -218,3 +219,12 @@ def ensure_calibration(work: Path, model: ModelMeta, receiver: str, walks: Seque
 def load_calibration(out: Path, receiver: str) -> Calibration:
     return Calibration(receiver, out / "model", out / "model" / "covariance.json",
                        json.loads((out / "calibration.json").read_text()))
+
+
+def with_fix_sigma_scale(calibration: Calibration, scale: float) -> Path:
+    """A copy of the calibration's covariance.json with another factor on the fixes' sigma (beside it, named by
+    the factor): what the test walks give with a receiver whose covariance was not calibrated."""
+    model = load_covariance(calibration.covariance_file)
+    path = calibration.covariance_file.with_name(f"covariance-fix-sigma-scale-{scale:g}.json")
+    return save_covariance(dataclasses.replace(model, fix_sigma_scale=float(scale)), path,
+                           json.loads(calibration.covariance_file.read_text(encoding="utf-8"))["model_hash"])

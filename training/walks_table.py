@@ -227,7 +227,9 @@ def print_pooled(tables: dict[str, Any], file: TextIO | None = None) -> None:
             if t[key] is not None:
                 rows.append(pooled_row(receiver, label, t[key]))
                 reasons.append(f"  {receiver} odometry {label}: "
-                               + ", ".join(f"{k} {v}" for k, v in t[key]["reasons"].items()))
+                               + ", ".join(f"{k} {v}" for k, v in t[key]["reasons"].items())
+                               + (f" (OK includes {t[key]['fix_overruled']} whose fix odometry overruled)"
+                                  if t[key].get("fix_overruled") else ""))
     print(format_table(POOLED_HEADERS, rows), file=file or sys.stdout)
     print("reasons (frames):", *reasons, sep="\n", file=file or sys.stdout)
 
