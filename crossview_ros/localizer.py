@@ -50,11 +50,11 @@ from crossview_ros.covariance import (
     load_covariance,
 )
 from crossview_ros.engines import Engine, create_engine
-from crossview_ros.imagery_window import ImageryWindow
 from crossview_ros.estimate import (
     BAD_INPUT_REASONS, GATE_REASONS, NAVSAT_COVARIANCE_TYPES, NAVSAT_STATUS_NO_FIX, NAVSAT_STATUS_RANGE,
     NAVSAT_STATUS_UNKNOWN, Estimate, Fix, Latency, LocalizerError, Reason, finite_or_none, fix_covariance_enu_m2,
 )
+from crossview_ros.imagery_window import ImageryWindow
 from crossview_ros.localizer_config import LocalizerConfig
 from crossview_ros.log_throttle import Throttle
 from crossview_ros.matchers import Heading, PoseMatch, Scope, check_engine_against_tiles, create_matcher
