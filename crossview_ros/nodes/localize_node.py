@@ -58,8 +58,8 @@ from crossview_ros import geo
 from crossview_ros.estimate import Estimate, Fix, Reason
 from crossview_ros.localizer import Localizer
 from crossview_ros.localizer_config import LocalizerConfig
-from crossview_ros.nodes import cameras, convert
 from crossview_ros.log_throttle import Throttle
+from crossview_ros.nodes import cameras, convert
 from crossview_ros.nodes.plumbing import NewestSlot, RosLogHandler
 from crossview_ros.nodes.parameters import (
     BY_NAME, DYNAMIC_KEYS, NODE_NAME, PARAMETERS, NodeSettings, ParamSpec, check_frame_id, is_ros_own, parse_datum,
