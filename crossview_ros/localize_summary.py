@@ -163,12 +163,17 @@ def _summarize_truth(estimates: Sequence[Estimate], frames: Sequence[Frame], fix
     return out
 
 
+def reasons_text(s: dict[str, Any]) -> str:
+    """A summary's frames per reason, and how many of the OK ones odometry published over their fix."""
+    overruled = s.get("fix_overruled")
+    return (", ".join(f"{k} {v}" for k, v in s["reasons"].items())
+            + (f" (OK includes {overruled} whose fix odometry overruled)" if overruled else ""))
+
+
 def print_summary(s: dict[str, Any], file: TextIO | None = None) -> None:
     """The summary as text lines (to stdout unless `file`)."""
     print(f"frames {s['frames']}, published {s['published']} ({s['published_percent']:.1f} %)", file=file)
-    print("reasons: " + ", ".join(f"{k} {v}" for k, v in s["reasons"].items())
-          + (f" (OK includes {s['fix_overruled']} whose fix odometry overruled)" if s.get("fix_overruled") else ""),
-          file=file)
+    print("reasons: " + reasons_text(s), file=file)
     if s["gnss_error_median_m"] is not None:
         print(f"GNSS fix error median {s['gnss_error_median_m']:.1f} m", file=file)
     e = s["error_m"]

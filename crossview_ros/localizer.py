@@ -296,10 +296,13 @@ class Localizer:
 
         try:
             self._gate(pose, f"tile {pose.tile_id}, score {pose.score:.4f}", stamp)
-            overruled = d2 > cfg.max_mahalanobis and self._fix_overruled(pose, cov, lat, lon, stamp, from_fix_m, d2)
-            if d2 > cfg.max_mahalanobis and not overruled:
-                raise _Reject(Reason.MAHALANOBIS, f"estimate is {from_fix_m:.1f} m from the fix, squared Mahalanobis "
-                                                  f"distance {d2:.1f} > max_mahalanobis {cfg.max_mahalanobis:g}")
+            overruled = False
+            if d2 > cfg.max_mahalanobis:
+                overruled = self._fix_overruled(pose, cov, lat, lon, stamp, from_fix_m, d2)
+                if not overruled:
+                    raise _Reject(Reason.MAHALANOBIS, f"estimate is {from_fix_m:.1f} m from the fix, squared "
+                                                      f"Mahalanobis distance {d2:.1f} > max_mahalanobis "
+                                                      f"{cfg.max_mahalanobis:g}")
         except _Reject as rej:
             if rej.reason is Reason.MAHALANOBIS:
                 self.matcher.reset()  # a track whose best place the GNSS contradicts must not carry on

@@ -24,7 +24,7 @@ from crossview_ros import fusion, geo
 from crossview_ros.bag.drive import read_bag
 from crossview_ros.estimate import Estimate, Fix
 from crossview_ros.localize_frames import Frame
-from crossview_ros.localize_summary import summarize
+from crossview_ros.localize_summary import reasons_text, summarize
 from crossview_ros.pose_output import planar_pose, pose_covariance
 from crossview_ros.replay_evaluation import odometry_measurements
 from crossview_training.demo_summary import format_table
@@ -226,10 +226,7 @@ def print_pooled(tables: dict[str, Any], file: TextIO | None = None) -> None:
         for key, label in (("odometry", "on"), ("no_odometry", "off")):
             if t[key] is not None:
                 rows.append(pooled_row(receiver, label, t[key]))
-                reasons.append(f"  {receiver} odometry {label}: "
-                               + ", ".join(f"{k} {v}" for k, v in t[key]["reasons"].items())
-                               + (f" (OK includes {t[key]['fix_overruled']} whose fix odometry overruled)"
-                                  if t[key].get("fix_overruled") else ""))
+                reasons.append(f"  {receiver} odometry {label}: {reasons_text(t[key])}")
     print(format_table(POOLED_HEADERS, rows), file=file or sys.stdout)
     print("reasons (frames):", *reasons, sep="\n", file=file or sys.stdout)
 
