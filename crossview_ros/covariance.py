@@ -52,12 +52,13 @@ CHI2_2DOF_95 = 5.991464547107979  # chi-square quantile, 2 dof, 95 %: -2 ln(0.05
 CHI2_1DOF_95 = 3.841458820694124  # chi-square quantile, 1 dof, 95 %
 # what calibrate() fits and how, for the tools that keep calibrations (crossview-demo, crossview-walks): a
 # calibration made by another version is made again. 2: the scale on the published covariance, the
-# imagery floor on the view's score over its scope's median.
-CALIBRATION_VERSION = 2
+# imagery floor on the view's score over its scope's median. 3: the imagery Gaussians (the mismatch belief).
+CALIBRATION_VERSION = 3
 IMAGERY_BEST_SCORE, IMAGERY_OVER_SCOPE_MEDIAN = 0.0, 1.0
 IMAGERY_STATISTICS = {IMAGERY_BEST_SCORE: "the view's score at its pose",  # older calibrations; retrieval models
                       IMAGERY_OVER_SCOPE_MEDIAN: "the view's score at its pose over its median score in the scope"}
 MIN_SHAPE_SAMPLES = 200  # calibrate() fits the covariance model's shape, not only its scale, from this many
+IMAGERY_GAUSSIANS = ("imagery_background_mean", "imagery_background_std", "imagery_own_mean", "imagery_own_std")
 
 
 @dataclass(frozen=True)
@@ -82,16 +83,23 @@ class CovarianceModel:
     # place's (0: not fitted), and which statistic it was fitted on (IMAGERY_STATISTICS)
     imagery_score_floor: float = 0.0
     imagery_statistic: float = IMAGERY_BEST_SCORE
+    # Gaussians of that window mean on another place's imagery and on this place's (std 0: not fitted):
+    # the likelihoods that imagery_mismatch weighs
+    imagery_background_mean: float = 0.0
+    imagery_background_std: float = 0.0
+    imagery_own_mean: float = 0.0
+    imagery_own_std: float = 0.0
     calibrated: bool = False
     fit: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     PARAMS = ("sigma0_m", "margin_coef", "score_coef", "spread_coef", "offset_coef", "sigma_min_m",
               "yaw_variance_scale", "yaw_variance_min_rad2", "fix_sigma_scale", "yaw_variance_power",
               "protection_scale", "protection_risk", "mode_coef", "view_coef", "imagery_score_floor",
-              "imagery_statistic")
+              "imagery_statistic") + IMAGERY_GAUSSIANS
     OPTIONAL = {"fix_sigma_scale": 1.0, "yaw_variance_power": 1.0,  # absent from older calibration files
                 "protection_scale": 0.0, "protection_risk": 0.01, "mode_coef": 0.0, "view_coef": 0.0,
-                "imagery_score_floor": 0.0, "imagery_statistic": IMAGERY_BEST_SCORE}
+                "imagery_score_floor": 0.0, "imagery_statistic": IMAGERY_BEST_SCORE,
+                **dict.fromkeys(IMAGERY_GAUSSIANS, 0.0)}
 
     @classmethod
     def from_config(cls, config: LocalizerConfig) -> CovarianceModel:
@@ -139,6 +147,22 @@ class CovarianceModel:
         fitted = self.protection_scale > 0 and abs(self.protection_risk - risk) <= 1e-9
         return float(sigma * (self.protection_scale if fitted else gaussian_protection_scale(risk)))
 
+    def imagery_mismatch_llr(self, window_score: float | None) -> float | None:
+        """ln p(window score | another place's imagery) / p(window score | this place's), from the calibrated
+        Gaussians: the evidence MismatchBelief weighs. None when the score is unknown or they are not fitted."""
+        if window_score is None or not math.isfinite(window_score) or not self.imagery_gaussians_fitted:
+            return None
+
+        def log_density(mean: float, std: float) -> float:
+            return -0.5 * ((window_score - mean) / std) ** 2 - math.log(std)
+
+        return float(log_density(self.imagery_background_mean, self.imagery_background_std)
+                     - log_density(self.imagery_own_mean, self.imagery_own_std))
+
+    @property
+    def imagery_gaussians_fitted(self) -> bool:
+        return self.imagery_background_std > 0.0 and self.imagery_own_std > 0.0
+
     def to_dict(self) -> dict[str, Any]:
         return {**{p: float(getattr(self, p)) for p in self.PARAMS}, "calibrated": bool(self.calibrated)}
 
@@ -154,9 +178,10 @@ class CovarianceModel:
                 vals["sigma0_m"], vals["sigma_min_m"], vals["yaw_variance_scale"], vals["yaw_variance_min_rad2"],
                 vals["fix_sigma_scale"], vals["yaw_variance_power"]) <= 0 or vals["protection_scale"] < 0 or not (
                 0 < vals["protection_risk"] < 1) or vals["imagery_score_floor"] < 0 or (
-                vals["imagery_statistic"] not in IMAGERY_STATISTICS):
+                vals["imagery_statistic"] not in IMAGERY_STATISTICS) or min(
+                vals["imagery_background_std"], vals["imagery_own_std"]) < 0:
             raise ValueError(f"covariance parameters must be finite, sigmas and yaw terms > 0, protection_scale "
-                             f">= 0, protection_risk in (0, 1) and imagery_statistic one of "
+                             f"and the imagery stds >= 0, protection_risk in (0, 1) and imagery_statistic one of "
                              f"{sorted(IMAGERY_STATISTICS)}: {vals}")
         return cls(**vals, calibrated=bool(values.get("calibrated", False)), fit=dict(fit or {}))
 
@@ -288,7 +313,7 @@ def calibrate(estimates: Sequence[Estimate], truths: Sequence[Any], *, start: Co
               reasons: Sequence[Reason | str] = (Reason.OK, Reason.MAHALANOBIS),
               min_samples: int = 20, protection_risk: float = 0.01,
               imagery_score_floor: float | None = None, imagery_statistic: float | None = None,
-              published: Sequence[bool] | None = None) -> CovarianceModel:
+              imagery_gaussians: Mapping[str, float] | None = None, published: Sequence[bool] | None = None) -> CovarianceModel:
     """Fit the covariance model on a validation set so that d^2 follows chi-square (2 dof).
 
     estimates[i] pairs with truths[i] (Truth, or (lat, lon[, yaw_enu_rad])). Used: estimates with
@@ -310,7 +335,9 @@ def calibrate(estimates: Sequence[Estimate], truths: Sequence[Any], *, start: Co
     covariance being the new model's plus what the posterior added beyond its mode (kept from each
     estimate's covariance), never below the Gaussian's sqrt(-2 ln risk). imagery_score_floor: the
     MISMATCH gate's floor (fit_imagery_floor) and the statistic it was fitted on (IMAGERY_STATISTICS),
-    None = start's. published[i]: whether the node would
+    None = start's; imagery_gaussians (IMAGERY_GAUSSIANS, fit_imagery_floor; None = start's) are kept for
+    the localizer's imagery mismatch, whose share of an estimate's covariance is left out of the fit (the
+    calibration walks are on their own imagery). published[i]: whether the node would
     publish estimates[i] once that floor is in place (None: all). The shape is fitted on every estimate
     used (many samples), the scale, the protection level and the yaw on the published ones (at least
     min_samples of them, else on all): fitted on frames the node withholds, every published sigma
@@ -323,6 +350,8 @@ def calibrate(estimates: Sequence[Estimate], truths: Sequence[Any], *, start: Co
     if not 0.5 <= quantile < 1.0:
         raise ValueError(f"quantile must be in [0.5, 1), got {quantile}")
     start = start or CovarianceModel.from_config(LocalizerConfig())
+    gaussians = {g: float(getattr(start, g)) for g in IMAGERY_GAUSSIANS}
+    gaussians.update({g: float(v) for g, v in (imagery_gaussians or {}).items() if g in gaussians})
     wanted = {str(r) for r in reasons}
     feats, r2, err, yaw_err2, yaw_raw, added, pub, yaw_pub = [], [], [], [], [], [], [], []
     flags = [True] * len(estimates) if published is None else [bool(p) for p in published]
@@ -397,7 +426,7 @@ def calibrate(estimates: Sequence[Estimate], truths: Sequence[Any], *, start: Co
         view_coef=float(coefs[5]), sigma_min_m=start.sigma_min_m,
         yaw_variance_scale=float(yaw_scale), yaw_variance_min_rad2=start.yaw_variance_min_rad2,
         fix_sigma_scale=start.fix_sigma_scale, yaw_variance_power=float(yaw_power), protection_scale=protection,
-        protection_risk=protection_risk, calibrated=True, fit=fit,
+        protection_risk=protection_risk, calibrated=True, fit=fit, **gaussians,
         imagery_score_floor=start.imagery_score_floor if imagery_score_floor is None else float(imagery_score_floor),
         imagery_statistic=start.imagery_statistic if imagery_statistic is None else float(imagery_statistic))
 
@@ -412,29 +441,43 @@ def fit_imagery_floor(background: np.ndarray, own: np.ndarray, *, quantile: floa
     with their fixes moved off their own place), so that imagery that is not this place passes the
     gate in at most 1 - quantile of windows whatever the model's score scale; `own` (the same walks
     at their place; +inf for windows the gate does not judge) gives the share of their windows it
-    withholds. NaN: no window. 0 (gate off) with too few samples."""
+    withholds. NaN: no window. 0 (gate off) with too few samples. The record also holds the two
+    populations' Gaussians (IMAGERY_GAUSSIANS): what CovarianceModel.imagery_mismatch weighs."""
     background = np.asarray(background, np.float64)
     background = background[np.isfinite(background)]
     own = np.asarray(own, np.float64)
     own = own[~np.isnan(own)]
     judged = own[np.isfinite(own)]
     if len(background) < min_samples or len(own) < min_samples:
-        return 0.0, {"imagery_background_windows": int(len(background)), "imagery_score_floor": 0.0}
+        return 0.0, {"imagery_background_windows": int(len(background)), "imagery_score_floor": 0.0,
+                     **dict.fromkeys(IMAGERY_GAUSSIANS, 0.0)}
     floor = float(np.quantile(background, quantile))
-    return floor, {"imagery_background_windows": int(len(background)), "imagery_own_windows": int(len(own)),
+    gaussians = {"imagery_background_mean": float(np.mean(background)),
+                 "imagery_background_std": float(np.std(background)),
+                 "imagery_own_mean": float(np.mean(judged)) if len(judged) >= min_samples else 0.0,
+                 "imagery_own_std": float(np.std(judged)) if len(judged) >= min_samples else 0.0}
+    return floor, {**gaussians, "imagery_background_windows": int(len(background)), "imagery_own_windows": int(len(own)),
                    "imagery_floor_quantile": quantile, "imagery_score_floor": floor,
                    "imagery_background_median": float(np.median(background)),
                    "imagery_own_median": float(np.median(judged)) if len(judged) else float("nan"),
                    "imagery_own_withheld_share": float(np.mean(own < floor))}
 
 
+def _mismatch_covariance_m2(est: Estimate) -> np.ndarray:
+    """(2, 2) ENU: the estimate's error covariance if the imagery were not this place's (zeros: not known)."""
+    m = est.mismatch_covariance_enu_m2
+    return np.zeros((2, 2)) if m is None else np.asarray(m, np.float64)[:2, :2]
+
+
 def _added_covariance_m2(est: Estimate, start: CovarianceModel, features: list[float]) -> np.ndarray:
     """(2, 2) ENU: what the estimate's covariance holds beyond start's model (its covariance minus
-    sigma^2 I): the posterior's mass beyond its mode, which calibration keeps while it refits the model."""
+    sigma^2 I and the imagery mismatch's share): the posterior's mass beyond its mode, which calibration
+    keeps while it refits the model."""
     if est.covariance_enu_m2 is None:
         return np.zeros((2, 2))
     cov = np.asarray(est.covariance_enu_m2, np.float64)[:2, :2]
-    added = cov - np.eye(2) * float(start.sigma_m(*features)) ** 2
+    added = (cov - np.eye(2) * float(start.sigma_m(*features)) ** 2
+             - (est.imagery_mismatch or 0.0) * _mismatch_covariance_m2(est))
     w, v = np.linalg.eigh(0.5 * (added + added.T))
     return (v * np.maximum(w, 0.0)) @ v.T
 

@@ -38,3 +38,41 @@ class ImageryWindow:
     def score(self) -> float | None:
         """The mean statistic over the recorded views (None before the first)."""
         return float(np.mean(self.scores)) if self.scores else None
+
+
+class MismatchBelief:
+    """P(the tiles do not show the place the views see), filtered along the stream.
+
+    Each matched frame weighs its window's log-likelihood ratio (CovarianceModel.imagery_mismatch_llr)
+    divided by the window's size: successive windows share all but one view, so a window's evidence is
+    counted once over the frames it spans. The belief starts at `prior` and stays within [floor, 1 - floor]:
+    tiles that matched may stop matching (an outdated tile set), and the other way round. A stream on its
+    own imagery sinks to `floor` within a few windows and a window that scores just above the imagery
+    floor barely moves it; a stream on another place's imagery stays near 1, so the few windows that pass
+    the floor there are published with the fix's uncertainty, not as 1 m fixes."""
+
+    def __init__(self, prior: float, floor: float, window: int) -> None:
+        self.prior, self.floor, self.window = float(prior), float(floor), max(int(window), 1)
+        self.clear()
+
+    def clear(self) -> None:
+        self._log_odds = self._clamp(self._logit(self.prior))
+
+    def update(self, llr: float | None) -> float:
+        """One matched frame's window evidence (None: none); the belief after it."""
+        if llr is not None and math.isfinite(llr):
+            self._log_odds = self._clamp(self._log_odds + llr / self.window)
+        return self.p
+
+    @property
+    def p(self) -> float:
+        return 1.0 / (1.0 + math.exp(-self._log_odds))
+
+    def _clamp(self, log_odds: float) -> float:
+        bound = self._logit(1.0 - self.floor)
+        return min(max(log_odds, -bound), bound)
+
+    @staticmethod
+    def _logit(p: float) -> float:
+        p = min(max(p, 1e-300), 1.0 - 1e-16)
+        return math.log(p) - math.log1p(-p)

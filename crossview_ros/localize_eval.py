@@ -27,7 +27,7 @@ from crossview_ros.bag.topics import TopicMap
 from crossview_ros import geo
 from crossview_ros.camera import CameraError, CameraFrame, CameraRig
 from crossview_ros.covariance import (
-    calibrate, fit_fix_sigma_scale, fit_imagery_floor, save_covariance,
+    IMAGERY_GAUSSIANS, calibrate, fit_fix_sigma_scale, fit_imagery_floor, save_covariance,
 )
 from crossview_ros.engines import create_engine
 from crossview_ros.estimate import Estimate, Fix, Reason
@@ -203,7 +203,8 @@ def calibrate_covariance(localizer: Localizer, frames: Sequence[Frame], estimate
     try:
         model = calibrate(list(estimates), [fr.truth for fr in frames], start=localizer.covariance,
                           protection_risk=localizer.config.protection_risk, imagery_score_floor=floor,
-                          imagery_statistic=localizer.imagery_statistic, published=published)
+                          imagery_statistic=localizer.imagery_statistic, published=published,
+                          imagery_gaussians={g: floor_fit[g] for g in IMAGERY_GAUSSIANS if g in floor_fit})
     except ValueError as exc:
         raise LocalizeInputError(f"--calibrate: {exc}") from None
     model.fit.update(floor_fit)
@@ -258,6 +259,9 @@ def log_calibration(calibration: Mapping[str, Any]) -> None:
                  "pass it, %.1f %% of the walks' own are withheld (median score %.3f own, %.3f elsewhere)",
                  fit["imagery_score_floor"], 100.0 * (1.0 - fit["imagery_floor_quantile"]),
                  100.0 * fit["imagery_own_withheld_share"], fit["imagery_own_median"], fit["imagery_background_median"])
+        log.info("calibration: imagery Gaussians %.3f +- %.3f own, %.3f +- %.3f elsewhere (the imagery mismatch "
+                 "belief weighs each window by them)", fit["imagery_own_mean"], fit["imagery_own_std"],
+                 fit["imagery_background_mean"], fit["imagery_background_std"])
     elif "imagery_background_windows" in fit:
         log.info("calibration: no imagery floor (only %d windows on another place's imagery); the MISMATCH gate "
                  "keeps to min_imagery_support", fit["imagery_background_windows"])

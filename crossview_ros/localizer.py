@@ -14,16 +14,16 @@ position for diagnostics and calibration: publish only estimates with `accepted`
 stand between the posterior and a confident wrong fix: the fix's uncertainty mostly off the tiles
 (OUTSIDE_COVERAGE), too few recent views that point at their estimate by themselves (MISMATCH),
 a posterior split between distinct places (AMBIGUOUS), the margin (LOW_MARGIN) and the GNSS
-prior (MAHALANOBIS, which also resets the track). The published covariance adds the posterior's
-mass beyond its mode to the calibrated sigma; the protection level states the radius the error
-exceeds on at most protection_risk of fixes. Odometry (add_odometry, thread-safe) moves the
-matcher's track between frames (crossview_ros.odometry), carries a fix through a GNSS dropout
-(fix_max_age_odometry_s), carries the last published estimate so that a fix running off the
-tiles near their edge is not taken for a platform beyond them, and carries the last estimate the fix
-agreed with so that a fix in a multipath excursion does not refuse, or reset, a track that odometry
-vouches for (fix_overrule_s). Artefact problems (missing or corrupt
-engine, descriptors of another model, an unusable calibration file) raise at construction, never
-at the first frame.
+prior (MAHALANOBIS, which also resets the track). The published covariance adds to the calibrated
+sigma the posterior's mass beyond its mode and the chance that the imagery is not this place's
+(imagery_mismatch_prior); the protection level is the radius the error exceeds on at most
+protection_risk of fixes. Odometry (add_odometry, thread-safe) moves the matcher's track between
+frames (crossview_ros.odometry), carries a fix through a GNSS dropout (fix_max_age_odometry_s),
+carries the last published estimate so that a fix running off the tiles near their edge is not taken
+for a platform beyond them, and carries the last estimate the fix agreed with so that a fix in a
+multipath excursion does not refuse, or reset, a track that odometry vouches for (fix_overrule_s).
+Artefact problems (missing or corrupt engine, descriptors of another model, an unusable calibration
+file) raise at construction, never at the first frame.
 
 A Localizer is not thread-safe (it keeps the last stamp for the order check and the matcher's
 track): one per thread.
@@ -54,7 +54,7 @@ from crossview_ros.estimate import (
     BAD_INPUT_REASONS, GATE_REASONS, NAVSAT_COVARIANCE_TYPES, NAVSAT_STATUS_NO_FIX, NAVSAT_STATUS_RANGE,
     NAVSAT_STATUS_UNKNOWN, Estimate, Fix, Latency, LocalizerError, Reason, finite_or_none, fix_covariance_enu_m2,
 )
-from crossview_ros.imagery_window import ImageryWindow
+from crossview_ros.imagery_window import ImageryWindow, MismatchBelief
 from crossview_ros.localizer_config import LocalizerConfig
 from crossview_ros.log_throttle import Throttle
 from crossview_ros.matchers import Heading, PoseMatch, Scope, check_engine_against_tiles, create_matcher
@@ -147,6 +147,9 @@ class Localizer:
         self.odometry = GridOdometry(config.odom_max_age_s) if config.odometry else None
         self._course_fix_stamp_s: float | None = None
         self._imagery = ImageryWindow(config.imagery_window)  # the MISMATCH gate's recent views
+        fitted = self.covariance.imagery_gaussians_fitted and self.covariance.imagery_statistic == self.imagery_statistic
+        self._mismatch = MismatchBelief(config.imagery_mismatch_prior, config.imagery_mismatch_floor,
+                                        config.imagery_window) if fitted and config.imagery_mismatch_prior > 0 else None
         self._last_stamp_s: float | None = None
         self._published: CarriedEstimate | None = None  # the last accepted estimate
         self._agreed: CarriedEstimate | None = None  # the last accepted estimate the fix agreed with
@@ -190,12 +193,13 @@ class Localizer:
         self.close()
 
     def reset(self) -> None:
-        """Forget the last stamp and the matcher's track (call after a time jump backwards, e.g. a bag
-        restarting, and between panoramas that are not a stream)."""
+        """Forget the stream: after a time jump backwards (a bag restarting), between unrelated panoramas."""
         self._last_stamp_s = None
         self._published = self._agreed = None
         self.matcher.reset()
         self._imagery.clear()
+        if self._mismatch is not None:
+            self._mismatch.clear()
         if self.odometry is not None:
             self.odometry.reset()
 
@@ -274,14 +278,13 @@ class Localizer:
         pose = self.matcher.refine_pose(ground, candidates)
         offset_m = self.matcher.tile_offset_m(pose)
         lat, lon = geo.utm_to_latlon(pose.easting_m, pose.northing_m, self.tiles.zone)
-        cov, d2, from_fix_m = self._covariance_and_d2(prior, lat, lon, pose, offset_m)
+        support = self._imagery_support(pose)
+        cov, d2, from_fix_m, mismatch = self._covariance_and_d2(prior, lat, lon, pose, offset_m)
         times["offset_ms"] = time.perf_counter() - t
         context.update(lat_deg=float(lat), lon_deg=float(lon), utm_zone=str(self.tiles.zone),
                        easting_m=pose.easting_m, northing_m=pose.northing_m, covariance_enu_m2=cov,
                        score=pose.score, margin=pose.margin, tile_id=pose.tile_id, offset_m=offset_m,
-                       spread_m=pose.spread_m, mahalanobis_d2=d2)
-
-        support = self._imagery_support(pose)
+                       spread_m=pose.spread_m, mahalanobis_d2=d2, **mismatch)
         context.update(protection_level_m=self.covariance.protection_level_m(cov, cfg.protection_risk),
                        mode_mass=pose.mode_mass, view_distance_m=pose.view_distance_m,
                        imagery_support=support, imagery_score=self._imagery.score())
@@ -459,13 +462,13 @@ class Localizer:
                 "yaw_variance_rad2": float(self.covariance.yaw_variance_rad2(h.variance_raw_rad2))}
 
     def _covariance_and_d2(self, prior: _GnssPrior, lat: float, lon: float, pose: PoseMatch,
-                           offset_m: tuple[float, float]) -> tuple[np.ndarray, float, float]:
-        """The estimate's 2x2 ENU covariance, its squared Mahalanobis distance to the GNSS prior and its
-        distance from the prior's centre, m.
+                           offset_m: tuple[float, float]) -> tuple[np.ndarray, float, float, dict[str, Any]]:
+        """The 2x2 ENU covariance, d^2 to the GNSS prior, the distance from its centre (m), the mismatch fields.
 
-        The covariance is the calibrated model's (CovarianceModel) plus the posterior's mass beyond
-        mode_radius_m (sum of p d d^T): a look-alike far away that holds real mass widens it, as the
-        mixture's covariance would."""
+        The calibrated model's (CovarianceModel), plus the posterior's mass beyond mode_radius_m (sum of
+        p d d^T: a far look-alike widens it, as a mixture's covariance would), plus P(mismatch) (MismatchBelief,
+        updated by this frame's window) x the error's covariance were the tiles not this place (the prior's,
+        plus the offset from it squared). d^2 leaves that share out: it asks whether the views contradict the fix."""
         sigma = self.covariance.sigma_m(pose.margin, pose.score, pose.spread_m, math.hypot(*offset_m),
                                         1.0 if pose.mode_mass is None else pose.mode_mass,
                                         0.0 if pose.view_distance_m is None else pose.view_distance_m)
@@ -474,8 +477,12 @@ class Localizer:
             cov = cov + geo.utm_cov_to_enu(pose.far_covariance_m2, lat, lon, self.tiles.zone)
         de, dn = geo.offset_enu_m(prior.lat_deg, prior.lon_deg, lat, lon)
         innovation = np.array([de, dn])
-        return (cov, float(innovation @ np.linalg.solve(cov + prior.covariance_enu_m2, innovation)),
-                math.hypot(de, dn))
+        d2 = float(innovation @ np.linalg.solve(cov + prior.covariance_enu_m2, innovation))
+        weight = 0.0 if self._mismatch is None else self._mismatch.update(
+            self.covariance.imagery_mismatch_llr(self._imagery.score()))
+        apart = prior.covariance_enu_m2 + np.outer(innovation, innovation)
+        return (cov + weight * apart, d2, math.hypot(de, dn),
+                {"imagery_mismatch": weight, "mismatch_covariance_enu_m2": apart})
 
     def _gate(self, pose: PoseMatch, detail: str, stamp: float) -> None:
         """OUTSIDE_COVERAGE (the fix's uncertainty runs mostly off the tiles, and odometry does not carry the

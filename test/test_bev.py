@@ -695,6 +695,73 @@ def test_imagery_score_floor_withholds_views_that_score_like_another_place(bev_e
     loc.close()
 
 
+def test_a_stream_that_scores_like_another_place_widens_the_published_covariance(bev_export, tmp_path, monkeypatch):
+    """With calibrated imagery Gaussians, each published covariance is the model's plus P(mismatch) x (the
+    fix's covariance + the estimate's offset from the fix, squared); P filtered along the stream by hand
+    (scipy's logpdf of the window means of planned scores, / imagery_window, from the prior, clamped); the
+    Mahalanobis distance to the fix leaves that share out; a reset starts from the prior; prior 0 adds nothing."""
+    import dataclasses
+
+    from scipy.special import expit, logit
+    from scipy.stats import norm
+
+    from crossview_ros import geo
+    from crossview_ros.covariance import IMAGERY_OVER_SCOPE_MEDIAN, CovarianceModel
+    from crossview_ros.estimate import Fix, Reason
+    from crossview_ros.localizer import Localizer
+    from crossview_ros.localizer_config import LocalizerConfig
+
+    _, tile_dir, _, lat, lon, pano = bev_world(bev_export, tmp_path)
+    gaussians = {"imagery_background_mean": 0.2, "imagery_background_std": 0.04, "imagery_own_mean": 0.45,
+                 "imagery_own_std": 0.08}
+    calibrated = dataclasses.replace(CovarianceModel.from_config(LocalizerConfig()), **gaussians, sigma0_m=1.0,
+                                     imagery_statistic=IMAGERY_OVER_SCOPE_MEDIAN, calibrated=True)
+    monkeypatch.setattr(Localizer, "_load_covariance", lambda self: calibrated)
+    scores = [0.2, 0.25, 0.2, 0.38, 0.36, 0.5, 0.55, 0.6, 0.5, 0.34]
+    means = [np.mean(scores[max(0, k - 1): k + 1]) for k in range(len(scores))]  # imagery_window 2
+    log_odds, want = 0.0, []
+    for m in means:
+        log_odds = float(np.clip(log_odds + (norm.logpdf(m, 0.2, 0.04) - norm.logpdf(m, 0.45, 0.08)) / 2,
+                                 logit(1e-3), logit(1 - 1e-3)))
+        want.append(float(expit(log_odds)))
+
+    def run(prior: float) -> list:
+        loc = Localizer(LocalizerConfig(tile_set=str(tile_dir), model=str(bev_export), engine="onnxruntime",
+                                        engine_threads=1, max_mahalanobis=1e6, scope_min_m=20.0, min_mode_mass=0.0,
+                                        min_imagery_support=0.0, imagery_window=2, imagery_mismatch_prior=prior,
+                                        imagery_mismatch_floor=1e-3))
+        real = loc.matcher.refine_pose
+        plan = iter(scores + scores[:1])
+        monkeypatch.setattr(loc.matcher, "refine_pose", lambda g, c: dataclasses.replace(
+            real(g, c), score=next(plan) + 0.1, scope_median_score=0.1, far_covariance_m2=None))
+        fix_lat, fix_lon = float(lat) + 1e-4, float(lon)  # the fix ~11 m north of the panorama's place
+        out = [loc.localize(pano, Fix(fix_lat, fix_lon, t, sigma_m=8.0), t, encoding="rgb8", now_s=t)
+               for t in 10.0 + 0.5 * np.arange(len(scores))]
+        loc.reset()
+        out.append(loc.localize(pano, Fix(fix_lat, fix_lon, 20.0, sigma_m=8.0), 20.0, encoding="rgb8", now_s=20.0))
+        loc.close()
+        for e in out:
+            assert e.reason is Reason.OK
+            sigma = calibrated.sigma_m(e.margin, e.score, e.spread_m, math.hypot(*e.offset_m))
+            delta = np.array(geo.offset_enu_m(fix_lat, fix_lon, e.lat_deg, e.lon_deg))
+            apart = np.eye(2) * 64.0 + np.outer(delta, delta)
+            np.testing.assert_allclose(e.mismatch_covariance_enu_m2, apart, rtol=1e-9, atol=1e-9)
+            np.testing.assert_allclose(e.covariance_enu_m2, np.eye(2) * sigma ** 2 + e.imagery_mismatch * apart,
+                                       rtol=1e-9, atol=1e-9)
+            d2 = float(delta @ np.linalg.solve(np.eye(2) * (sigma ** 2 + 64.0), delta))
+            assert e.mahalanobis_d2 == pytest.approx(d2, rel=1e-9)
+        return out
+
+    out = run(0.5)
+    np.testing.assert_allclose([e.imagery_score for e in out[:-1]], means, rtol=1e-6)
+    np.testing.assert_allclose([e.imagery_mismatch for e in out[:-1]], want, rtol=1e-6)
+    assert out[4].imagery_mismatch > 0.5 and out[4].sigma_m > 4.0  # windows at 0.37 after 0.2s: not a 1 m fix
+    assert out[9].imagery_mismatch < 0.01 and out[9].sigma_m < 1.0  # 0.42 after 0.5s: its own imagery
+    bg, own = 0.5 * norm.pdf(0.2, 0.2, 0.04) ** 0.5, 0.5 * norm.pdf(0.2, 0.45, 0.08) ** 0.5
+    assert out[-1].imagery_mismatch == pytest.approx(bg / (bg + own), rel=1e-6)  # after the reset: the prior
+    assert all(e.imagery_mismatch == 0.0 for e in run(0.0))
+
+
 def test_odometry_keeps_a_fix_off_the_edge_from_refusing_a_platform_on_the_tiles(bev_export, tmp_path):
     """min_prior_inside refuses a fix whose uncertainty runs off the tiles (OUTSIDE_COVERAGE): a platform
     beyond them would be put on their edge. When odometry (aligned with the grid, here standing still)

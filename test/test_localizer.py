@@ -873,3 +873,76 @@ def test_the_imagery_floor_fit():
     assert CovarianceModel.from_dict(values).imagery_score_floor == pytest.approx(floor)
     with pytest.raises(ValueError):
         CovarianceModel.from_dict({**values, "imagery_score_floor": -0.1})
+
+
+GAUSSIANS = {"imagery_background_mean": 0.2, "imagery_background_std": 0.04, "imagery_own_mean": 0.45,
+             "imagery_own_std": 0.08}
+
+
+def test_the_imagery_mismatch_belief_weighs_each_window_on_the_two_fitted_gaussians():
+    """fit_imagery_floor records the background's and the own windows' mean and std (numpy on the same
+    numbers); imagery_mismatch_llr is scipy's logpdf difference; MismatchBelief adds it / window to the
+    log odds from the prior, clamped to [floor, 1 - floor]; the file keeps the Gaussians, an older one loads
+    without them."""
+    from scipy.special import expit, logit
+    from scipy.stats import norm
+
+    from crossview_ros.covariance import IMAGERY_GAUSSIANS, fit_imagery_floor
+    from crossview_ros.imagery_window import MismatchBelief
+
+    rng = np.random.default_rng(4)
+    background, own = rng.normal(0.2, 0.04, 500), rng.normal(0.45, 0.08, 400)
+    _, fit = fit_imagery_floor(background, np.r_[own, np.inf, np.nan])  # trusted and unmatched windows left out
+    assert fit["imagery_background_mean"] == pytest.approx(np.mean(background))
+    assert fit["imagery_background_std"] == pytest.approx(np.std(background))
+    assert fit["imagery_own_mean"] == pytest.approx(np.mean(own)) and fit["imagery_own_std"] == pytest.approx(
+        np.std(own))
+    assert all(fit_imagery_floor(background[:5], own)[1][g] == 0.0 for g in IMAGERY_GAUSSIANS)
+    model = dataclasses.replace(CovarianceModel.from_config(LocalizerConfig()), **GAUSSIANS)
+    for s in (0.1, 0.28, 0.32, 0.4, 0.6):
+        want = norm.logpdf(s, 0.2, 0.04) - norm.logpdf(s, 0.45, 0.08)
+        assert model.imagery_mismatch_llr(s) == pytest.approx(want, rel=1e-9)
+    assert model.imagery_mismatch_llr(None) is None and model.imagery_mismatch_llr(float("nan")) is None
+    assert CovarianceModel.from_config(LocalizerConfig()).imagery_mismatch_llr(0.1) is None  # not fitted
+    scores = [0.2, 0.22, 0.34, 0.5, 0.55, 0.6, 0.33, 0.3, None, 0.25]
+    belief, log_odds = MismatchBelief(0.5, 1e-3, window=4), logit(0.5)
+    for s in scores:
+        llr = model.imagery_mismatch_llr(s)
+        if llr is not None:
+            log_odds = float(np.clip(log_odds + llr / 4, logit(1e-3), logit(1 - 1e-3)))
+        assert belief.update(llr) == pytest.approx(expit(log_odds), rel=1e-9)
+    stream = MismatchBelief(0.5, 1e-5, 10)
+    assert [stream.update(model.imagery_mismatch_llr(0.2)) for _ in range(60)][-1] == pytest.approx(1 - 1e-5)
+    assert stream.update(model.imagery_mismatch_llr(0.34)) > 0.99  # one window just above a floor: still elsewhere
+    stream.clear()
+    assert stream.p == 0.5
+    assert [stream.update(model.imagery_mismatch_llr(0.45)) for _ in range(40)][-1] == pytest.approx(1e-5)
+    assert stream.update(model.imagery_mismatch_llr(0.34)) < 1e-4  # its own imagery: one low window is no alarm
+    back = CovarianceModel.from_dict(model.to_dict())
+    assert {g: getattr(back, g) for g in IMAGERY_GAUSSIANS} == GAUSSIANS
+    older = {k: v for k, v in model.to_dict().items() if k not in IMAGERY_GAUSSIANS}
+    assert not CovarianceModel.from_dict(older).imagery_gaussians_fitted
+    with pytest.raises(ValueError, match="imagery stds"):
+        CovarianceModel.from_dict({**model.to_dict(), "imagery_own_std": -0.1})
+
+
+def test_calibration_keeps_the_imagery_gaussians_and_leaves_the_mismatch_share_out():
+    """The calibration walks are on their own imagery: an estimate that carries its localizer's mismatch
+    share (imagery_mismatch x mismatch covariance, 30 m x 10 m here) is fitted as the same estimate
+    without it, and the fitted model keeps the Gaussians it was given."""
+    estimates, truths = synthetic_validation(3000, 1.0, seed=60)
+    rng = np.random.default_rng(61)
+    apart = np.array([[900.0, 0.0], [0.0, 100.0]])
+    default = CovarianceModel.from_config(LocalizerConfig())
+    carrying = []
+    for e in estimates:
+        w = float(rng.uniform(0.0, 0.5))
+        s2 = default.sigma_m(e.margin, e.score, e.spread_m, math.hypot(*e.offset_m)) ** 2
+        carrying.append(dataclasses.replace(e, imagery_mismatch=w, mismatch_covariance_enu_m2=apart,
+                                            covariance_enu_m2=np.eye(2) * s2 + w * apart))
+    plain = calibrate(estimates, truths, fit_shape=False)
+    fitted = calibrate(carrying, truths, fit_shape=False, imagery_gaussians=GAUSSIANS)
+    assert fitted.sigma0_m == pytest.approx(plain.sigma0_m, rel=1e-6)
+    assert fitted.fit["share_d2_below_chi2"] == pytest.approx(0.95, abs=0.003)
+    assert {g: getattr(fitted, g) for g in GAUSSIANS} == GAUSSIANS
+    assert not plain.imagery_gaussians_fitted  # none given: start's (none)
