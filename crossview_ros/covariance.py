@@ -84,7 +84,7 @@ class CovarianceModel:
     imagery_score_floor: float = 0.0
     imagery_statistic: float = IMAGERY_BEST_SCORE
     # Gaussians of that window mean on another place's imagery and on this place's (std 0: not fitted):
-    # the likelihoods that imagery_mismatch weighs
+    # the likelihoods whose ratio the localizer's mismatch belief weighs (imagery_mismatch_llr)
     imagery_background_mean: float = 0.0
     imagery_background_std: float = 0.0
     imagery_own_mean: float = 0.0
@@ -442,7 +442,7 @@ def fit_imagery_floor(background: np.ndarray, own: np.ndarray, *, quantile: floa
     gate in at most 1 - quantile of windows whatever the model's score scale; `own` (the same walks
     at their place; +inf for windows the gate does not judge) gives the share of their windows it
     withholds. NaN: no window. 0 (gate off) with too few samples. The record also holds the two
-    populations' Gaussians (IMAGERY_GAUSSIANS): what CovarianceModel.imagery_mismatch weighs."""
+    populations' Gaussians (IMAGERY_GAUSSIANS): CovarianceModel.imagery_mismatch_llr's."""
     background = np.asarray(background, np.float64)
     background = background[np.isfinite(background)]
     own = np.asarray(own, np.float64)

@@ -132,7 +132,7 @@ class Estimate:
     imagery_support: float | None = None  # share of the last imagery_window views that point at their estimate
     imagery_score: float | None = None  # mean imagery statistic of the last imagery_window matched views (MISMATCH
     # floor): their score, over their median score in the scope for bev models
-    imagery_mismatch: float | None = None  # P(the tiles do not show this place | imagery_score), calibrated
+    imagery_mismatch: float | None = None  # P(the tiles do not show this place), filtered along the stream
     mismatch_covariance_enu_m2: np.ndarray | None = None  # (2, 2) ENU m^2: the error's covariance if they do not
     # (the fix's, plus the estimate's offset from the fix squared); covariance_enu_m2 holds imagery_mismatch x this
     fix_overruled: bool = False  # published although its fix contradicted it: odometry vouched (fix_overrule_s)
