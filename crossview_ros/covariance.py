@@ -58,7 +58,9 @@ IMAGERY_BEST_SCORE, IMAGERY_OVER_SCOPE_MEDIAN = 0.0, 1.0
 IMAGERY_STATISTICS = {IMAGERY_BEST_SCORE: "the view's score at its pose",  # older calibrations; retrieval models
                       IMAGERY_OVER_SCOPE_MEDIAN: "the view's score at its pose over its median score in the scope"}
 MIN_SHAPE_SAMPLES = 200  # calibrate() fits the covariance model's shape, not only its scale, from this many
-IMAGERY_GAUSSIANS = ("imagery_background_mean", "imagery_background_std", "imagery_own_mean", "imagery_own_std")
+IMAGERY_LIKELIHOODS = ("imagery_background_mean", "imagery_background_std", "imagery_own_mean", "imagery_own_std",
+                       "imagery_background_supported", "imagery_own_supported")
+IMAGERY_SUPPORTED = 0.5  # a window is "supported" when at least this share of its views point at their estimate
 
 
 @dataclass(frozen=True)
@@ -83,23 +85,26 @@ class CovarianceModel:
     # place's (0: not fitted), and which statistic it was fitted on (IMAGERY_STATISTICS)
     imagery_score_floor: float = 0.0
     imagery_statistic: float = IMAGERY_BEST_SCORE
-    # Gaussians of that window mean on another place's imagery and on this place's (std 0: not fitted):
-    # the likelihoods whose ratio the localizer's mismatch belief weighs (imagery_mismatch_llr)
+    # Gaussians of that window mean on another place's imagery and on this place's (std 0: not fitted), and
+    # the share of their windows that are supported (IMAGERY_SUPPORTED; 0: not fitted): the likelihoods whose
+    # ratio the localizer's mismatch belief weighs (imagery_mismatch_llr)
     imagery_background_mean: float = 0.0
     imagery_background_std: float = 0.0
     imagery_own_mean: float = 0.0
     imagery_own_std: float = 0.0
+    imagery_background_supported: float = 0.0
+    imagery_own_supported: float = 0.0
     calibrated: bool = False
     fit: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     PARAMS = ("sigma0_m", "margin_coef", "score_coef", "spread_coef", "offset_coef", "sigma_min_m",
               "yaw_variance_scale", "yaw_variance_min_rad2", "fix_sigma_scale", "yaw_variance_power",
               "protection_scale", "protection_risk", "mode_coef", "view_coef", "imagery_score_floor",
-              "imagery_statistic") + IMAGERY_GAUSSIANS
+              "imagery_statistic") + IMAGERY_LIKELIHOODS
     OPTIONAL = {"fix_sigma_scale": 1.0, "yaw_variance_power": 1.0,  # absent from older calibration files
                 "protection_scale": 0.0, "protection_risk": 0.01, "mode_coef": 0.0, "view_coef": 0.0,
                 "imagery_score_floor": 0.0, "imagery_statistic": IMAGERY_BEST_SCORE,
-                **dict.fromkeys(IMAGERY_GAUSSIANS, 0.0)}
+                **dict.fromkeys(IMAGERY_LIKELIHOODS, 0.0)}
 
     @classmethod
     def from_config(cls, config: LocalizerConfig) -> CovarianceModel:
@@ -147,17 +152,23 @@ class CovarianceModel:
         fitted = self.protection_scale > 0 and abs(self.protection_risk - risk) <= 1e-9
         return float(sigma * (self.protection_scale if fitted else gaussian_protection_scale(risk)))
 
-    def imagery_mismatch_llr(self, window_score: float | None) -> float | None:
-        """ln p(window score | another place's imagery) / p(window score | this place's), from the calibrated
-        Gaussians: the evidence MismatchBelief weighs. None when the score is unknown or they are not fitted."""
-        if window_score is None or not math.isfinite(window_score) or not self.imagery_gaussians_fitted:
-            return None
+    def imagery_mismatch_llr(self, window_score: float | None, support: float | None = None) -> float | None:
+        """ln p(window | another place's imagery) / p(window | this place's): its mean statistic under the
+        calibrated Gaussians plus whether it is supported (IMAGERY_SUPPORTED) under the calibrated shares; the
+        evidence MismatchBelief weighs. None when neither is known or fitted."""
+        llr = None
+        if window_score is not None and math.isfinite(window_score) and self.imagery_gaussians_fitted:
 
-        def log_density(mean: float, std: float) -> float:
-            return -0.5 * ((window_score - mean) / std) ** 2 - math.log(std)
+            def log_density(mean: float, std: float) -> float:
+                return -0.5 * ((window_score - mean) / std) ** 2 - math.log(std)
 
-        return float(log_density(self.imagery_background_mean, self.imagery_background_std)
-                     - log_density(self.imagery_own_mean, self.imagery_own_std))
+            llr = (log_density(self.imagery_background_mean, self.imagery_background_std)
+                   - log_density(self.imagery_own_mean, self.imagery_own_std))
+        shares = self.imagery_background_supported, self.imagery_own_supported
+        if support is not None and math.isfinite(support) and all(0.0 < p < 1.0 for p in shares):
+            b, o = shares if support >= IMAGERY_SUPPORTED else (1.0 - shares[0], 1.0 - shares[1])
+            llr = (llr or 0.0) + math.log(b / o)
+        return None if llr is None else float(llr)
 
     @property
     def imagery_gaussians_fitted(self) -> bool:
@@ -179,9 +190,11 @@ class CovarianceModel:
                 vals["fix_sigma_scale"], vals["yaw_variance_power"]) <= 0 or vals["protection_scale"] < 0 or not (
                 0 < vals["protection_risk"] < 1) or vals["imagery_score_floor"] < 0 or (
                 vals["imagery_statistic"] not in IMAGERY_STATISTICS) or min(
-                vals["imagery_background_std"], vals["imagery_own_std"]) < 0:
+                vals["imagery_background_std"], vals["imagery_own_std"]) < 0 or not all(
+                0 <= vals[p] < 1 for p in ("imagery_background_supported", "imagery_own_supported")):
             raise ValueError(f"covariance parameters must be finite, sigmas and yaw terms > 0, protection_scale "
-                             f"and the imagery stds >= 0, protection_risk in (0, 1) and imagery_statistic one of "
+                             f"and the imagery stds >= 0, the supported shares in [0, 1), protection_risk in (0, 1) "
+                             f"and imagery_statistic one of "
                              f"{sorted(IMAGERY_STATISTICS)}: {vals}")
         return cls(**vals, calibrated=bool(values.get("calibrated", False)), fit=dict(fit or {}))
 
@@ -313,7 +326,7 @@ def calibrate(estimates: Sequence[Estimate], truths: Sequence[Any], *, start: Co
               reasons: Sequence[Reason | str] = (Reason.OK, Reason.MAHALANOBIS),
               min_samples: int = 20, protection_risk: float = 0.01,
               imagery_score_floor: float | None = None, imagery_statistic: float | None = None,
-              imagery_gaussians: Mapping[str, float] | None = None, published: Sequence[bool] | None = None) -> CovarianceModel:
+              imagery_likelihoods: Mapping[str, float] | None = None, published: Sequence[bool] | None = None) -> CovarianceModel:
     """Fit the covariance model on a validation set so that d^2 follows chi-square (2 dof).
 
     estimates[i] pairs with truths[i] (Truth, or (lat, lon[, yaw_enu_rad])). Used: estimates with
@@ -335,7 +348,7 @@ def calibrate(estimates: Sequence[Estimate], truths: Sequence[Any], *, start: Co
     covariance being the new model's plus what the posterior added beyond its mode (kept from each
     estimate's covariance), never below the Gaussian's sqrt(-2 ln risk). imagery_score_floor: the
     MISMATCH gate's floor (fit_imagery_floor) and the statistic it was fitted on (IMAGERY_STATISTICS),
-    None = start's; imagery_gaussians (IMAGERY_GAUSSIANS, fit_imagery_floor; None = start's) are kept for
+    None = start's; imagery_likelihoods (IMAGERY_LIKELIHOODS, fit_imagery_floor; None = start's) are kept for
     the localizer's imagery mismatch, whose share of an estimate's covariance is left out of the fit (the
     calibration walks are on their own imagery). published[i]: whether the node would
     publish estimates[i] once that floor is in place (None: all). The shape is fitted on every estimate
@@ -350,8 +363,8 @@ def calibrate(estimates: Sequence[Estimate], truths: Sequence[Any], *, start: Co
     if not 0.5 <= quantile < 1.0:
         raise ValueError(f"quantile must be in [0.5, 1), got {quantile}")
     start = start or CovarianceModel.from_config(LocalizerConfig())
-    gaussians = {g: float(getattr(start, g)) for g in IMAGERY_GAUSSIANS}
-    gaussians.update({g: float(v) for g, v in (imagery_gaussians or {}).items() if g in gaussians})
+    likelihoods = {g: float(getattr(start, g)) for g in IMAGERY_LIKELIHOODS}
+    likelihoods.update({g: float(v) for g, v in (imagery_likelihoods or {}).items() if g in likelihoods})
     wanted = {str(r) for r in reasons}
     feats, r2, err, yaw_err2, yaw_raw, added, pub, yaw_pub = [], [], [], [], [], [], [], []
     flags = [True] * len(estimates) if published is None else [bool(p) for p in published]
@@ -426,7 +439,7 @@ def calibrate(estimates: Sequence[Estimate], truths: Sequence[Any], *, start: Co
         view_coef=float(coefs[5]), sigma_min_m=start.sigma_min_m,
         yaw_variance_scale=float(yaw_scale), yaw_variance_min_rad2=start.yaw_variance_min_rad2,
         fix_sigma_scale=start.fix_sigma_scale, yaw_variance_power=float(yaw_power), protection_scale=protection,
-        protection_risk=protection_risk, calibrated=True, fit=fit, **gaussians,
+        protection_risk=protection_risk, calibrated=True, fit=fit, **likelihoods,
         imagery_score_floor=start.imagery_score_floor if imagery_score_floor is None else float(imagery_score_floor),
         imagery_statistic=start.imagery_statistic if imagery_statistic is None else float(imagery_statistic))
 
@@ -435,14 +448,17 @@ IMAGERY_FLOOR_QUANTILE = 0.995  # of the background windows' mean score: where t
 
 
 def fit_imagery_floor(background: np.ndarray, own: np.ndarray, *, quantile: float = IMAGERY_FLOOR_QUANTILE,
-                      min_samples: int = 20) -> tuple[float, dict[str, Any]]:
+                      min_samples: int = 20, background_support: np.ndarray | None = None,
+                      own_support: np.ndarray | None = None) -> tuple[float, dict[str, Any]]:
     """The MISMATCH floor on the window mean score, a-contrario: the `quantile` of the windows where the
     views were matched against another place's imagery (background: the calibration walks localized
     with their fixes moved off their own place), so that imagery that is not this place passes the
     gate in at most 1 - quantile of windows whatever the model's score scale; `own` (the same walks
     at their place; +inf for windows the gate does not judge) gives the share of their windows it
     withholds. NaN: no window. 0 (gate off) with too few samples. The record also holds the two
-    populations' Gaussians (IMAGERY_GAUSSIANS): CovarianceModel.imagery_mismatch_llr's."""
+    populations' likelihoods (IMAGERY_LIKELIHOODS, CovarianceModel.imagery_mismatch_llr's): the statistic's
+    Gaussians, and from `*_support` (each window's support; NaN: none) the share of windows at least
+    IMAGERY_SUPPORTED supported, add-one smoothed (0: fewer than min_samples)."""
     background = np.asarray(background, np.float64)
     background = background[np.isfinite(background)]
     own = np.asarray(own, np.float64)
@@ -450,17 +466,28 @@ def fit_imagery_floor(background: np.ndarray, own: np.ndarray, *, quantile: floa
     judged = own[np.isfinite(own)]
     if len(background) < min_samples or len(own) < min_samples:
         return 0.0, {"imagery_background_windows": int(len(background)), "imagery_score_floor": 0.0,
-                     **dict.fromkeys(IMAGERY_GAUSSIANS, 0.0)}
+                     **dict.fromkeys(IMAGERY_LIKELIHOODS, 0.0)}
     floor = float(np.quantile(background, quantile))
-    gaussians = {"imagery_background_mean": float(np.mean(background)),
-                 "imagery_background_std": float(np.std(background)),
-                 "imagery_own_mean": float(np.mean(judged)) if len(judged) >= min_samples else 0.0,
-                 "imagery_own_std": float(np.std(judged)) if len(judged) >= min_samples else 0.0}
-    return floor, {**gaussians, "imagery_background_windows": int(len(background)), "imagery_own_windows": int(len(own)),
+    likelihoods = {"imagery_background_mean": float(np.mean(background)),
+                   "imagery_background_std": float(np.std(background)),
+                   "imagery_own_mean": float(np.mean(judged)) if len(judged) >= min_samples else 0.0,
+                   "imagery_own_std": float(np.std(judged)) if len(judged) >= min_samples else 0.0,
+                   "imagery_background_supported": _supported_share(background_support, min_samples),
+                   "imagery_own_supported": _supported_share(own_support, min_samples)}
+    return floor, {**likelihoods, "imagery_background_windows": int(len(background)), "imagery_own_windows": int(len(own)),
                    "imagery_floor_quantile": quantile, "imagery_score_floor": floor,
                    "imagery_background_median": float(np.median(background)),
                    "imagery_own_median": float(np.median(judged)) if len(judged) else float("nan"),
                    "imagery_own_withheld_share": float(np.mean(own < floor))}
+
+
+def _supported_share(support: np.ndarray | None, min_samples: int) -> float:
+    """The add-one smoothed share of windows at least IMAGERY_SUPPORTED supported (0: too few windows)."""
+    values = np.asarray([] if support is None else support, np.float64)
+    values = values[np.isfinite(values)]
+    if len(values) < min_samples:
+        return 0.0
+    return float((np.sum(values >= IMAGERY_SUPPORTED) + 1.0) / (len(values) + 2.0))
 
 
 def _mismatch_covariance_m2(est: Estimate) -> np.ndarray:

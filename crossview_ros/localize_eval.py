@@ -27,7 +27,7 @@ from crossview_ros.bag.topics import TopicMap
 from crossview_ros import geo
 from crossview_ros.camera import CameraError, CameraFrame, CameraRig
 from crossview_ros.covariance import (
-    IMAGERY_GAUSSIANS, calibrate, fit_fix_sigma_scale, fit_imagery_floor, save_covariance,
+    IMAGERY_LIKELIHOODS, calibrate, fit_fix_sigma_scale, fit_imagery_floor, save_covariance,
 )
 from crossview_ros.engines import create_engine
 from crossview_ros.estimate import Estimate, Fix, Reason
@@ -191,6 +191,12 @@ def published_under_floor(scores: np.ndarray, floor: float) -> np.ndarray:
     return np.ones(len(scores), bool) if not floor > 0 else ~(scores < floor)
 
 
+def window_supports(estimates: Sequence[Estimate]) -> np.ndarray:
+    """Each matched frame's imagery support (NaN: none, or it ran off the tiles), for the mismatch likelihoods."""
+    return np.array([est.imagery_support if est.imagery_support is not None
+                     and est.reason is not Reason.OUTSIDE_COVERAGE else np.nan for est in estimates], np.float64)
+
+
 def calibrate_covariance(localizer: Localizer, frames: Sequence[Frame], estimates: Sequence[Estimate],
                          background: Sequence[Estimate] | None = None) -> dict[str, Any]:
     """Fit the covariance model on the batch and save covariance.json beside the model; with `background`
@@ -198,13 +204,15 @@ def calibrate_covariance(localizer: Localizer, frames: Sequence[Frame], estimate
     floor, floor_fit, published = None, {}, None
     if background is not None:
         own = gate_scores(localizer, estimates, np.inf)
-        floor, floor_fit = fit_imagery_floor(gate_scores(localizer, background), own)
+        floor, floor_fit = fit_imagery_floor(gate_scores(localizer, background), own,
+                                             background_support=window_supports(background),
+                                             own_support=window_supports(estimates))
         published = published_under_floor(own, floor)
     try:
         model = calibrate(list(estimates), [fr.truth for fr in frames], start=localizer.covariance,
                           protection_risk=localizer.config.protection_risk, imagery_score_floor=floor,
                           imagery_statistic=localizer.imagery_statistic, published=published,
-                          imagery_gaussians={g: floor_fit[g] for g in IMAGERY_GAUSSIANS if g in floor_fit})
+                          imagery_likelihoods={g: floor_fit[g] for g in IMAGERY_LIKELIHOODS if g in floor_fit})
     except ValueError as exc:
         raise LocalizeInputError(f"--calibrate: {exc}") from None
     model.fit.update(floor_fit)
@@ -259,9 +267,11 @@ def log_calibration(calibration: Mapping[str, Any]) -> None:
                  "pass it, %.1f %% of the walks' own are withheld (median score %.3f own, %.3f elsewhere)",
                  fit["imagery_score_floor"], 100.0 * (1.0 - fit["imagery_floor_quantile"]),
                  100.0 * fit["imagery_own_withheld_share"], fit["imagery_own_median"], fit["imagery_background_median"])
-        log.info("calibration: imagery Gaussians %.3f +- %.3f own, %.3f +- %.3f elsewhere (the imagery mismatch "
-                 "belief weighs each window by them)", fit["imagery_own_mean"], fit["imagery_own_std"],
-                 fit["imagery_background_mean"], fit["imagery_background_std"])
+        log.info("calibration: imagery statistic %.3f +- %.3f own, %.3f +- %.3f elsewhere; windows supported %.0f %% "
+                 "own, %.0f %% elsewhere (the imagery mismatch belief weighs each window by these)",
+                 fit["imagery_own_mean"], fit["imagery_own_std"], fit["imagery_background_mean"],
+                 fit["imagery_background_std"], 100.0 * fit["imagery_own_supported"],
+                 100.0 * fit["imagery_background_supported"])
     elif "imagery_background_windows" in fit:
         log.info("calibration: no imagery floor (only %d windows on another place's imagery); the MISMATCH gate "
                  "keeps to min_imagery_support", fit["imagery_background_windows"])

@@ -479,7 +479,7 @@ class Localizer:
         innovation = np.array([de, dn])
         d2 = float(innovation @ np.linalg.solve(cov + prior.covariance_enu_m2, innovation))
         weight = 0.0 if self._mismatch is None else self._mismatch.update(
-            self.covariance.imagery_mismatch_llr(self._imagery.score()))
+            self.covariance.imagery_mismatch_llr(self._imagery.score(), self._imagery.support()))
         apart = prior.covariance_enu_m2 + np.outer(innovation, innovation)
         return (cov + weight * apart, d2, math.hypot(de, dn),
                 {"imagery_mismatch": weight, "mismatch_covariance_enu_m2": apart})

@@ -217,8 +217,9 @@ class LocalizerConfig:
     protection_risk: float = param(0.01, "1", "covariance", "the protection level is the radius the true error "
                                    "exceeds on at most this share of published fixes", lo=0.0, hi=0.5, lo_open=True)
     imagery_mismatch_prior: float = param(0.5, "1", "covariance", "P(the tiles do not show the views' place) at a "
-                                          "stream's start, then filtered by each window's imagery statistic (the "
-                                          "calibrated Gaussians; off until calibrated): the published covariance adds "
+                                          "stream's start, then filtered by each window's imagery statistic and "
+                                          "support (calibrated likelihoods; off until calibrated): the published "
+                                          "covariance adds "
                                           "P x (the fix's covariance + the estimate's offset from the fix, squared); "
                                           "0 = off", lo=0.0, hi=1.0, hi_open=True)
     imagery_mismatch_floor: float = param(1e-5, "1", "covariance", "that probability never falls below this, nor rises "

@@ -881,13 +881,14 @@ GAUSSIANS = {"imagery_background_mean": 0.2, "imagery_background_std": 0.04, "im
 
 def test_the_imagery_mismatch_belief_weighs_each_window_on_the_two_fitted_gaussians():
     """fit_imagery_floor records the background's and the own windows' mean and std (numpy on the same
-    numbers); imagery_mismatch_llr is scipy's logpdf difference; MismatchBelief adds it / window to the
+    numbers) and their add-one smoothed shares of supported windows; imagery_mismatch_llr is scipy's logpdf
+    difference plus the log ratio of those shares (or of their complements); MismatchBelief adds it / window to the
     log odds from the prior, clamped to [floor, 1 - floor]; the file keeps the Gaussians, an older one loads
     without them."""
     from scipy.special import expit, logit
     from scipy.stats import norm
 
-    from crossview_ros.covariance import IMAGERY_GAUSSIANS, fit_imagery_floor
+    from crossview_ros.covariance import IMAGERY_LIKELIHOODS, fit_imagery_floor
     from crossview_ros.imagery_window import MismatchBelief
 
     rng = np.random.default_rng(4)
@@ -897,13 +898,25 @@ def test_the_imagery_mismatch_belief_weighs_each_window_on_the_two_fitted_gaussi
     assert fit["imagery_background_std"] == pytest.approx(np.std(background))
     assert fit["imagery_own_mean"] == pytest.approx(np.mean(own)) and fit["imagery_own_std"] == pytest.approx(
         np.std(own))
-    assert all(fit_imagery_floor(background[:5], own)[1][g] == 0.0 for g in IMAGERY_GAUSSIANS)
+    assert all(fit_imagery_floor(background[:5], own)[1][g] == 0.0 for g in IMAGERY_LIKELIHOODS)
+    assert fit["imagery_background_supported"] == 0.0  # no supports given: not fitted
+    bg_support, own_support = rng.integers(0, 11, 500) / 10, np.r_[rng.integers(0, 11, 400) / 10, np.nan]
+    _, fit = fit_imagery_floor(background, own, background_support=bg_support, own_support=own_support)
+    assert fit["imagery_background_supported"] == pytest.approx((np.sum(bg_support >= 0.5) + 1) / 502)
+    assert fit["imagery_own_supported"] == pytest.approx((np.sum(own_support[:-1] >= 0.5) + 1) / 402)
     model = dataclasses.replace(CovarianceModel.from_config(LocalizerConfig()), **GAUSSIANS)
     for s in (0.1, 0.28, 0.32, 0.4, 0.6):
         want = norm.logpdf(s, 0.2, 0.04) - norm.logpdf(s, 0.45, 0.08)
         assert model.imagery_mismatch_llr(s) == pytest.approx(want, rel=1e-9)
+        assert model.imagery_mismatch_llr(s, 0.3) == pytest.approx(want, rel=1e-9)  # shares not fitted
     assert model.imagery_mismatch_llr(None) is None and model.imagery_mismatch_llr(float("nan")) is None
-    assert CovarianceModel.from_config(LocalizerConfig()).imagery_mismatch_llr(0.1) is None  # not fitted
+    assert CovarianceModel.from_config(LocalizerConfig()).imagery_mismatch_llr(0.1, 0.3) is None  # not fitted
+    # a window where most views point at their estimate by themselves is likelier on this place's imagery
+    supported = dataclasses.replace(model, imagery_background_supported=0.1, imagery_own_supported=0.75)
+    want = norm.logpdf(0.3, 0.2, 0.04) - norm.logpdf(0.3, 0.45, 0.08)
+    assert supported.imagery_mismatch_llr(0.3, 0.5) == pytest.approx(want + math.log(0.1 / 0.75), rel=1e-9)
+    assert supported.imagery_mismatch_llr(0.3, 0.4) == pytest.approx(want + math.log(0.9 / 0.25), rel=1e-9)
+    assert supported.imagery_mismatch_llr(None, 1.0) == pytest.approx(math.log(0.1 / 0.75), rel=1e-9)
     scores = [0.2, 0.22, 0.34, 0.5, 0.55, 0.6, 0.33, 0.3, None, 0.25]
     belief, log_odds = MismatchBelief(0.5, 1e-3, window=4), logit(0.5)
     for s in scores:
@@ -919,11 +932,14 @@ def test_the_imagery_mismatch_belief_weighs_each_window_on_the_two_fitted_gaussi
     assert [stream.update(model.imagery_mismatch_llr(0.45)) for _ in range(40)][-1] == pytest.approx(1e-5)
     assert stream.update(model.imagery_mismatch_llr(0.34)) < 1e-4  # its own imagery: one low window is no alarm
     back = CovarianceModel.from_dict(model.to_dict())
-    assert {g: getattr(back, g) for g in IMAGERY_GAUSSIANS} == GAUSSIANS
-    older = {k: v for k, v in model.to_dict().items() if k not in IMAGERY_GAUSSIANS}
+    assert {g: getattr(back, g) for g in GAUSSIANS} == GAUSSIANS
+    older = {k: v for k, v in model.to_dict().items() if k not in IMAGERY_LIKELIHOODS}
     assert not CovarianceModel.from_dict(older).imagery_gaussians_fitted
     with pytest.raises(ValueError, match="imagery stds"):
         CovarianceModel.from_dict({**model.to_dict(), "imagery_own_std": -0.1})
+    with pytest.raises(ValueError, match="supported shares"):
+        CovarianceModel.from_dict({**model.to_dict(), "imagery_own_supported": 1.0})
+    assert CovarianceModel.from_dict(supported.to_dict()).imagery_own_supported == 0.75
 
 
 def test_calibration_keeps_the_imagery_gaussians_and_leaves_the_mismatch_share_out():
@@ -941,7 +957,7 @@ def test_calibration_keeps_the_imagery_gaussians_and_leaves_the_mismatch_share_o
         carrying.append(dataclasses.replace(e, imagery_mismatch=w, mismatch_covariance_enu_m2=apart,
                                             covariance_enu_m2=np.eye(2) * s2 + w * apart))
     plain = calibrate(estimates, truths, fit_shape=False)
-    fitted = calibrate(carrying, truths, fit_shape=False, imagery_gaussians=GAUSSIANS)
+    fitted = calibrate(carrying, truths, fit_shape=False, imagery_likelihoods=GAUSSIANS)
     assert fitted.sigma0_m == pytest.approx(plain.sigma0_m, rel=1e-6)
     assert fitted.fit["share_d2_below_chi2"] == pytest.approx(0.95, abs=0.003)
     assert {g: getattr(fitted, g) for g in GAUSSIANS} == GAUSSIANS
