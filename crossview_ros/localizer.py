@@ -315,10 +315,10 @@ class Localizer:
             # the view's own yaw votes (not the posterior's, which holds odometry's prior: no self-confirmation)
             evidence = heading.yaw_grid_rad if heading.evidence_yaw_grid_rad is None else heading.evidence_yaw_grid_rad
             self.odometry.vote_bearing(stamp, evidence)
+        variance = float(np.linalg.eigvalsh(cov).max())  # per axis, the covariance's largest
         if self.odometry is not None:  # the published positions' course against odometry's
-            self.odometry.vote_course(stamp, pose.easting_m, pose.northing_m,
-                                      math.sqrt(float(np.linalg.eigvalsh(cov).max())), source="estimate")
-        self._published = CarriedEstimate(stamp, pose.easting_m, pose.northing_m, float(np.linalg.eigvalsh(cov).max()))
+            self.odometry.vote_course(stamp, pose.easting_m, pose.northing_m, math.sqrt(variance), source="estimate")
+        self._published = CarriedEstimate(stamp, pose.easting_m, pose.northing_m, variance)
         if overruled:
             self.fix_overruled += 1
         else:
@@ -467,7 +467,7 @@ class Localizer:
 
         The calibrated model's (CovarianceModel), plus the posterior's mass beyond mode_radius_m (sum of
         p d d^T: a far look-alike widens it, as a mixture's covariance would), plus P(mismatch) (MismatchBelief,
-        updated by this frame's window) x the error's covariance were the tiles not this place (the prior's,
+        which _imagery_support updated with this frame's window) x the error's covariance were the tiles not this place (the prior's,
         plus the offset from it squared). d^2 leaves that share out: it asks whether the views contradict the fix."""
         sigma = self.covariance.sigma_m(pose.margin, pose.score, pose.spread_m, math.hypot(*offset_m),
                                         1.0 if pose.mode_mass is None else pose.mode_mass,
@@ -478,8 +478,7 @@ class Localizer:
         de, dn = geo.offset_enu_m(prior.lat_deg, prior.lon_deg, lat, lon)
         innovation = np.array([de, dn])
         d2 = float(innovation @ np.linalg.solve(cov + prior.covariance_enu_m2, innovation))
-        weight = 0.0 if self._mismatch is None else self._mismatch.update(
-            self.covariance.imagery_mismatch_llr(self._imagery.score(), self._imagery.support()))
+        weight = 0.0 if self._mismatch is None else self._mismatch.p
         apart = prior.covariance_enu_m2 + np.outer(innovation, innovation)
         return (cov + weight * apart, d2, math.hypot(de, dn),
                 {"imagery_mismatch": weight, "mismatch_covariance_enu_m2": apart})
@@ -521,11 +520,13 @@ class Localizer:
     def _imagery_support(self, pose: PoseMatch) -> float | None:
         """Record this view's imagery statistic (the floor's window: its score, over its median score in the
         scope where the matcher measures one) and whether it, alone, points within mode_radius_m of its
-        estimate; the share of the window that did (the denominator is the whole window: a new stream
-        earns its support)."""
+        estimate, and the window's evidence in the mismatch belief; the share of the window that did (the
+        denominator is the whole window: a new stream earns its support)."""
         level = pose.scope_median_score if self.imagery_statistic == IMAGERY_OVER_SCOPE_MEDIAN else 0.0
         points = None if pose.view_distance_m is None else pose.view_distance_m <= self.config.mode_radius_m
         self._imagery.add(None if level is None else float(pose.score) - float(level), points)
+        if self._mismatch is not None:
+            self._mismatch.update(self.covariance.imagery_mismatch_llr(self._imagery.score(), self._imagery.support()))
         return None if points is None else self._imagery.support()
 
     @property
