@@ -136,6 +136,8 @@ class Estimate:
     mismatch_covariance_enu_m2: np.ndarray | None = None  # (2, 2) ENU m^2: the error's covariance if they do not
     # (the fix's, plus the estimate's offset from the fix squared); covariance_enu_m2 holds imagery_mismatch x this
     fix_overruled: bool = False  # published although its fix contradicted it: odometry vouched (fix_overrule_s)
+    imagery_vouched: bool = False  # published although the MISMATCH gate refused its view: odometry vouched
+    # (imagery_track_s)
     latency: Latency = field(default_factory=Latency)
 
     @property

@@ -1,5 +1,6 @@
-"""The MISMATCH gate's memory (Localizer): the recent matched views' imagery statistic and whether
-each view, alone, pointed at its estimate."""
+"""The MISMATCH gate (Localizer): the recent matched views' imagery statistic and whether each view,
+alone, pointed at its estimate; the belief that the imagery is another place's; and odometry's word for
+a view the gate refuses where the track already is."""
 
 from __future__ import annotations
 
@@ -7,6 +8,11 @@ import math
 from collections import deque
 
 import numpy as np
+
+from crossview_ros.covariance import IMAGERY_OVER_SCOPE_MEDIAN, CovarianceModel
+from crossview_ros.localizer_config import LocalizerConfig
+from crossview_ros.matchers import PoseMatch
+from crossview_ros.odometry import CarriedEstimate, GridOdometry
 
 
 class ImageryWindow:
@@ -76,3 +82,94 @@ class MismatchBelief:
     def _logit(p: float) -> float:
         p = min(max(p, 1e-300), 1.0 - 1e-16)
         return math.log(p) - math.log1p(-p)
+
+
+class ImageryGate:
+    """MISMATCH: does the tile set show the place the views see? The gate refuses a frame when too few
+    recent views point at their estimate by themselves (min_imagery_support) or their statistic lies below
+    the imagery floor (min_imagery_score, calibrated on another place's imagery), unless odometry vouches
+    for it (vouches); the belief (MismatchBelief) weighs the same windows into the published covariance."""
+
+    def __init__(self, config: LocalizerConfig, covariance: CovarianceModel, statistic: float) -> None:
+        self.config, self.covariance, self.statistic = config, covariance, statistic
+        self.window = ImageryWindow(config.imagery_window)
+        fitted = covariance.imagery_gaussians_fitted and covariance.imagery_statistic == statistic
+        self.belief = MismatchBelief(config.imagery_mismatch_prior, config.imagery_mismatch_floor,
+                                     config.imagery_window) if fitted and config.imagery_mismatch_prior > 0 else None
+        self.anchor: CarriedEstimate | None = None  # the last accepted estimate that passed the gate unaided
+        self.vouched = 0  # accepted frames the gate refused: odometry vouched (imagery_track_s)
+
+    def clear(self) -> None:
+        """A new stream: no views, the belief at its prior, no anchor."""
+        self.window.clear()
+        if self.belief is not None:
+            self.belief.clear()
+        self.anchor = None
+
+    @property
+    def mismatch(self) -> float:
+        """P(the tiles do not show the views' place); 0 when the belief is off."""
+        return 0.0 if self.belief is None else self.belief.p
+
+    @property
+    def floor(self) -> float:
+        """The floor on the window mean statistic: min_imagery_score, or (-1) the calibrated one."""
+        chosen = self.config.min_imagery_score
+        return float(self.covariance.imagery_score_floor if chosen < 0 else chosen)
+
+    def trusted(self, support: float | None) -> bool:
+        """Whether imagery_trust_support spares a window with this support from the floor (the gate, and
+        calibration fitting the floor on the windows the gate judges)."""
+        trust = self.config.imagery_trust_support
+        return support is not None and trust < 1.0 and support >= trust
+
+    def record(self, pose: PoseMatch) -> float | None:
+        """Record this view's statistic (its score, over its median score in the scope where the matcher
+        measures one) and whether it, alone, points within mode_radius_m of its estimate, and the window's
+        evidence in the belief; the share of the window that did (None when the view gave no verdict)."""
+        level = pose.scope_median_score if self.statistic == IMAGERY_OVER_SCOPE_MEDIAN else 0.0
+        points = None if pose.view_distance_m is None else pose.view_distance_m <= self.config.mode_radius_m
+        self.window.add(None if level is None else float(pose.score) - float(level), points)
+        if self.belief is not None:
+            self.belief.update(self.covariance.imagery_mismatch_llr(self.window.score(), self.window.support()))
+        return None if points is None else self.window.support()
+
+    def refusal(self, detail: str) -> str | None:
+        """Why the gate refuses the recent views, or None."""
+        cfg = self.config
+        support = self.window.support()
+        if support is not None and cfg.min_imagery_support > 0 and not support >= cfg.min_imagery_support:
+            return (f"{sum(self.window.views)} of the last {cfg.imagery_window} views point within mode_radius_m "
+                    f"{cfg.mode_radius_m:g} m of their estimate by themselves (min_imagery_support "
+                    f"{cfg.min_imagery_support:g}): the tiles may not show this place ({detail})")
+        floor, score = self.floor, self.window.score()
+        if floor > 0 and score is not None and not self.trusted(support) and not score >= floor:
+            spared = (f", and fewer than imagery_trust_support {cfg.imagery_trust_support:g} of them point at their "
+                      "estimate" if cfg.imagery_trust_support < 1.0 else "")
+            return (f"the last {len(self.window.scores)} views score {score:.3f} on average, below the imagery "
+                    f"floor {floor:.3f} (min_imagery_score; calibrated on another place's imagery){spared}: the "
+                    f"tiles may not show this place ({detail})")
+        return None
+
+    def vouches(self, odometry: GridOdometry | None, east_m: float, north_m: float, stamp_s: float) -> bool:
+        """Whether odometry vouches for an estimate the gate refuses: it lies within imagery_track_radius_m
+        (plus twice the carry's 1-sigma) of the anchor, carried here by odometry no more than imagery_track_s
+        later. A view of this place that does not stand out from its scope then lands where the track
+        already is; a look-alike seldom does. Only an unaided pass renews the anchor (passed), so a vouched
+        run ends imagery_track_s after the last one."""
+        cfg = self.config
+        if odometry is None or self.anchor is None or not cfg.imagery_track_s > 0:
+            return False
+        carried = self.anchor.at(odometry, stamp_s, cfg.imagery_track_s)
+        if carried is None:
+            return False
+        gap_m = math.hypot(east_m - carried[0], north_m - carried[1])
+        return gap_m <= cfg.imagery_track_radius_m + 2.0 * math.sqrt(carried[2])
+
+    def published(self, stamp_s: float, east_m: float, north_m: float, vouched: bool) -> None:
+        """An accepted frame: an unaided pass becomes the anchor (its position alone: the published
+        covariance holds the mismatch share, which says nothing of the track); a vouched one is counted."""
+        if vouched:
+            self.vouched += 1
+        else:
+            self.anchor = CarriedEstimate(stamp_s, east_m, north_m, 0.0)

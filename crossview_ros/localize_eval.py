@@ -174,12 +174,12 @@ def background_fixes(localizers: Mapping[Any, Localizer], frames: Sequence[Frame
 
 def gate_scores(localizer: Localizer, estimates: Sequence[Estimate], trusted: float = np.nan) -> np.ndarray:
     """The imagery floor's statistic of each frame as the gate read it (Estimate.imagery_score; NaN: not
-    matched); `trusted` where the gate does not judge it (Localizer.imagery_trusted); frames that ran off
+    matched); `trusted` where the gate does not judge it (ImageryGate.trusted); frames that ran off
     the tiles (OUTSIDE_COVERAGE) are left out, as their scores are of padding."""
     out = np.full(len(estimates), np.nan)
     for k, est in enumerate(estimates):
         if est.imagery_score is not None and est.reason is not Reason.OUTSIDE_COVERAGE:
-            out[k] = trusted if localizer.imagery_trusted(est.imagery_support) else est.imagery_score
+            out[k] = trusted if localizer.imagery.trusted(est.imagery_support) else est.imagery_score
     return out
 
 

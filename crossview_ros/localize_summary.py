@@ -100,6 +100,7 @@ def summarize(estimates: Sequence[Estimate], frames: Sequence[Frame], fixes: Seq
         "published_percent": percent(np.array([e.accepted for e in estimates])),
         "reasons": dict(sorted(Counter(str(e.reason) for e in estimates).items())),
         "fix_overruled": sum(1 for e in estimates if e.accepted and e.fix_overruled),
+        "imagery_vouched": sum(1 for e in estimates if e.accepted and e.imagery_vouched),
         "truth": all(fr.truth is not None for fr in frames),
     }
     latency = {"p50": float(np.percentile([e.latency.total_ms for e in estimates], 50)),
@@ -164,10 +165,12 @@ def _summarize_truth(estimates: Sequence[Estimate], frames: Sequence[Frame], fix
 
 
 def reasons_text(s: dict[str, Any]) -> str:
-    """A summary's frames per reason, and how many of the OK ones odometry published over their fix."""
-    overruled = s.get("fix_overruled")
+    """A summary's frames per reason, and how many of the OK ones odometry published over their fix or over
+    the MISMATCH gate."""
+    vouched = [f"{n} whose {what} odometry overruled"
+               for n, what in ((s.get("fix_overruled"), "fix"), (s.get("imagery_vouched"), "MISMATCH")) if n]
     return (", ".join(f"{k} {v}" for k, v in s["reasons"].items())
-            + (f" (OK includes {overruled} whose fix odometry overruled)" if overruled else ""))
+            + (f" (OK includes {' and '.join(vouched)})" if vouched else ""))
 
 
 def print_summary(s: dict[str, Any], file: TextIO | None = None) -> None:

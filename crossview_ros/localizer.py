@@ -21,7 +21,9 @@ protection_risk of fixes. Odometry (add_odometry, thread-safe) moves the matcher
 frames (crossview_ros.odometry), carries a fix through a GNSS dropout (fix_max_age_odometry_s),
 carries the last published estimate so that a fix running off the tiles near their edge is not taken
 for a platform beyond them, and carries the last estimate the fix agreed with so that a fix in a
-multipath excursion does not refuse, or reset, a track that odometry vouches for (fix_overrule_s).
+multipath excursion does not refuse, or reset, a track that odometry vouches for (fix_overrule_s), and the
+last estimate that passed the MISMATCH gate unaided, so that a view that does not stand out from its scope
+is still published where the track says the platform is (imagery_track_s).
 Artefact problems (missing or corrupt engine, descriptors of another model, an unusable calibration
 file) raise at construction, never at the first frame.
 
@@ -54,7 +56,7 @@ from crossview_ros.estimate import (
     BAD_INPUT_REASONS, GATE_REASONS, NAVSAT_COVARIANCE_TYPES, NAVSAT_STATUS_NO_FIX, NAVSAT_STATUS_RANGE,
     NAVSAT_STATUS_UNKNOWN, Estimate, Fix, Latency, LocalizerError, Reason, finite_or_none, fix_covariance_enu_m2,
 )
-from crossview_ros.imagery_window import ImageryWindow, MismatchBelief
+from crossview_ros.imagery_window import ImageryGate
 from crossview_ros.localizer_config import LocalizerConfig
 from crossview_ros.log_throttle import Throttle
 from crossview_ros.matchers import Heading, PoseMatch, Scope, check_engine_against_tiles, create_matcher
@@ -146,10 +148,7 @@ class Localizer:
         self.yaw_withheld = 0  # accepted frames published without yaw: a flipped bearing held real mass
         self.odometry = GridOdometry(config.odom_max_age_s) if config.odometry else None
         self._course_fix_stamp_s: float | None = None
-        self._imagery = ImageryWindow(config.imagery_window)  # the MISMATCH gate's recent views
-        fitted = self.covariance.imagery_gaussians_fitted and self.covariance.imagery_statistic == self.imagery_statistic
-        self._mismatch = MismatchBelief(config.imagery_mismatch_prior, config.imagery_mismatch_floor,
-                                        config.imagery_window) if fitted and config.imagery_mismatch_prior > 0 else None
+        self.imagery = ImageryGate(config, self.covariance, self.imagery_statistic)  # MISMATCH
         self._last_stamp_s: float | None = None
         self._published: CarriedEstimate | None = None  # the last accepted estimate
         self._agreed: CarriedEstimate | None = None  # the last accepted estimate the fix agreed with
@@ -197,9 +196,7 @@ class Localizer:
         self._last_stamp_s = None
         self._published = self._agreed = None
         self.matcher.reset()
-        self._imagery.clear()
-        if self._mismatch is not None:
-            self._mismatch.clear()
+        self.imagery.clear()
         if self.odometry is not None:
             self.odometry.reset()
 
@@ -278,7 +275,7 @@ class Localizer:
         pose = self.matcher.refine_pose(ground, candidates)
         offset_m = self.matcher.tile_offset_m(pose)
         lat, lon = geo.utm_to_latlon(pose.easting_m, pose.northing_m, self.tiles.zone)
-        support = self._imagery_support(pose)
+        support = self.imagery.record(pose)
         cov, d2, from_fix_m, mismatch = self._covariance_and_d2(prior, lat, lon, pose, offset_m)
         times["offset_ms"] = time.perf_counter() - t
         context.update(lat_deg=float(lat), lon_deg=float(lon), utm_zone=str(self.tiles.zone),
@@ -287,7 +284,7 @@ class Localizer:
                        spread_m=pose.spread_m, mahalanobis_d2=d2, **mismatch)
         context.update(protection_level_m=self.covariance.protection_level_m(cov, cfg.protection_risk),
                        mode_mass=pose.mode_mass, view_distance_m=pose.view_distance_m,
-                       imagery_support=support, imagery_score=self._imagery.score())
+                       imagery_support=support, imagery_score=self.imagery.window.score())
 
         heading = None
         if cfg.heading or (self.odometry is not None and self.matcher.heading_is_free):
@@ -298,7 +295,7 @@ class Localizer:
             times["heading_ms"] = time.perf_counter() - t
 
         try:
-            self._gate(pose, f"tile {pose.tile_id}, score {pose.score:.4f}", stamp)
+            vouched = self._gate(pose, f"tile {pose.tile_id}, score {pose.score:.4f}", stamp)
             overruled = False
             if d2 > cfg.max_mahalanobis:
                 overruled = self._fix_overruled(pose, cov, lat, lon, stamp, from_fix_m, d2)
@@ -309,7 +306,7 @@ class Localizer:
         except _Reject as rej:
             if rej.reason is Reason.MAHALANOBIS:
                 self.matcher.reset()  # a track whose best place the GNSS contradicts must not carry on
-                self._published = self._agreed = None  # nor vouch for the coverage or against a fix
+                self._published = self._agreed = self.imagery.anchor = None  # nor vouch for anything
             raise
         if self.odometry is not None and heading is not None and heading.flip_mass <= cfg.yaw_max_flip_mass:
             # the view's own yaw votes (not the posterior's, which holds odometry's prior: no self-confirmation)
@@ -323,8 +320,10 @@ class Localizer:
             self.fix_overruled += 1
         else:
             self._agreed = self._published
+        self.imagery.published(stamp, pose.easting_m, pose.northing_m, vouched)
         return self._finish(Estimate(stamp_s=stamp, accepted=True, reason=Reason.OK, **context,
-                                     fix_overruled=bool(overruled), latency=self._latency(times, t_start)))
+                                     fix_overruled=bool(overruled), imagery_vouched=vouched,
+                                     latency=self._latency(times, t_start)))
 
     def _on_tiles_by_odometry(self, stamp: float) -> bool:
         """Whether the last published estimate, carried here by odometry (as a fix is, fix_max_age_odometry_s),
@@ -466,8 +465,8 @@ class Localizer:
         """The 2x2 ENU covariance, d^2 to the GNSS prior, the distance from its centre (m), the mismatch fields.
 
         The calibrated model's (CovarianceModel), plus the posterior's mass beyond mode_radius_m (sum of
-        p d d^T: a far look-alike widens it, as a mixture's covariance would), plus P(mismatch) (MismatchBelief,
-        which _imagery_support updated with this frame's window) x the error's covariance were the tiles not this place (the prior's,
+        p d d^T: a far look-alike widens it, as a mixture's covariance would), plus P(mismatch) (the imagery
+        gate's belief, updated with this frame's window) x the error's covariance were the tiles not this place (the prior's,
         plus the offset from it squared). d^2 leaves that share out: it asks whether the views contradict the fix."""
         sigma = self.covariance.sigma_m(pose.margin, pose.score, pose.spread_m, math.hypot(*offset_m),
                                         1.0 if pose.mode_mass is None else pose.mode_mass,
@@ -478,16 +477,17 @@ class Localizer:
         de, dn = geo.offset_enu_m(prior.lat_deg, prior.lon_deg, lat, lon)
         innovation = np.array([de, dn])
         d2 = float(innovation @ np.linalg.solve(cov + prior.covariance_enu_m2, innovation))
-        weight = 0.0 if self._mismatch is None else self._mismatch.p
+        weight = self.imagery.mismatch
         apart = prior.covariance_enu_m2 + np.outer(innovation, innovation)
         return (cov + weight * apart, d2, math.hypot(de, dn),
                 {"imagery_mismatch": weight, "mismatch_covariance_enu_m2": apart})
 
-    def _gate(self, pose: PoseMatch, detail: str, stamp: float) -> None:
+    def _gate(self, pose: PoseMatch, detail: str, stamp: float) -> bool:
         """OUTSIDE_COVERAGE (the fix's uncertainty runs mostly off the tiles, and odometry does not carry the
-        last published estimate onto them), MISMATCH (too few recent views point at their estimates),
-        AMBIGUOUS (the posterior holds distinct places), LOW_MARGIN; each keeps the estimate in the Estimate.
-        MAHALANOBIS, against the GNSS prior, comes after them (_run), as odometry may overrule the fix."""
+        last published estimate onto them), MISMATCH (too few recent views point at their estimates, or they
+        score below the imagery floor; unless odometry vouches: ImageryGate), AMBIGUOUS (the posterior
+        holds distinct places), LOW_MARGIN; each keeps the estimate in the Estimate. MAHALANOBIS, against the
+        GNSS prior, comes after them (_run), as odometry may overrule the fix. True when odometry vouched."""
         cfg = self.config
         margin = pose.margin
         if (pose.prior_inside is not None and not pose.prior_inside >= cfg.min_prior_inside
@@ -495,20 +495,10 @@ class Localizer:
             raise _Reject(Reason.OUTSIDE_COVERAGE, f"only {100 * pose.prior_inside:.0f} % of the fix's uncertainty "
                                                    f"lies on the tiles (min_prior_inside {cfg.min_prior_inside:g}): "
                                                    f"the platform may be beyond their coverage ({detail})")
-        support = self._imagery.support()
-        if support is not None and cfg.min_imagery_support > 0 and not support >= cfg.min_imagery_support:
-            raise _Reject(Reason.MISMATCH, f"{sum(self._imagery.views)} of the last {cfg.imagery_window} views point within "
-                                           f"mode_radius_m {cfg.mode_radius_m:g} m of their estimate by themselves "
-                                           f"(min_imagery_support {cfg.min_imagery_support:g}): the tiles may not "
-                                           f"show this place ({detail})")
-        floor, score = self.imagery_score_floor, self._imagery.score()
-        if floor > 0 and score is not None and not self.imagery_trusted(support) and not score >= floor:
-            spared = (f", and fewer than imagery_trust_support {cfg.imagery_trust_support:g} of them point at their "
-                      "estimate" if cfg.imagery_trust_support < 1.0 else "")
-            raise _Reject(Reason.MISMATCH, f"the last {len(self._imagery.scores)} views score {score:.3f} on "
-                                           f"average, below the imagery floor {floor:.3f} (min_imagery_score; "
-                                           f"calibrated on another place's imagery){spared}: the tiles may not show "
-                                           f"this place ({detail})")
+        mismatch = self.imagery.refusal(detail)
+        vouched = mismatch is not None and self.imagery.vouches(self.odometry, pose.easting_m, pose.northing_m, stamp)
+        if mismatch is not None and not vouched:
+            raise _Reject(Reason.MISMATCH, mismatch)
         if pose.mode_mass is not None and not pose.mode_mass >= cfg.min_mode_mass:
             raise _Reject(Reason.AMBIGUOUS, f"only {100 * pose.mode_mass:.0f} % of the posterior lies within "
                                             f"mode_radius_m {cfg.mode_radius_m:g} m of the estimate (min_mode_mass "
@@ -516,30 +506,7 @@ class Localizer:
         if not margin > cfg.min_margin:
             raise _Reject(Reason.LOW_MARGIN, f"margin {margin:.4f} is not above min_margin {cfg.min_margin:g} "
                                              f"({detail})")
-
-    def _imagery_support(self, pose: PoseMatch) -> float | None:
-        """Record this view's imagery statistic (the floor's window: its score, over its median score in the
-        scope where the matcher measures one) and whether it, alone, points within mode_radius_m of its
-        estimate, and the window's evidence in the mismatch belief; the share of the window that did (the
-        denominator is the whole window: a new stream earns its support)."""
-        level = pose.scope_median_score if self.imagery_statistic == IMAGERY_OVER_SCOPE_MEDIAN else 0.0
-        points = None if pose.view_distance_m is None else pose.view_distance_m <= self.config.mode_radius_m
-        self._imagery.add(None if level is None else float(pose.score) - float(level), points)
-        if self._mismatch is not None:
-            self._mismatch.update(self.covariance.imagery_mismatch_llr(self._imagery.score(), self._imagery.support()))
-        return None if points is None else self._imagery.support()
-
-    @property
-    def imagery_score_floor(self) -> float:
-        """The MISMATCH gate's floor on the window mean score: min_imagery_score, or (-1) the calibrated one."""
-        chosen = self.config.min_imagery_score
-        return float(self.covariance.imagery_score_floor if chosen < 0 else chosen)
-
-    def imagery_trusted(self, support: float | None) -> bool:
-        """Whether imagery_trust_support spares a window with this support from the imagery floor (the gate,
-        and calibration fitting the floor on the windows the gate judges)."""
-        trust = self.config.imagery_trust_support
-        return support is not None and trust < 1.0 and support >= trust
+        return vouched
 
     def fix_problem(self, fix: Any, now_s: float) -> tuple[Reason, str] | None:
         """(reason, message) when this fix would make a frame fail (NO_FIX, BAD_FIX, FUTURE_STAMP), None

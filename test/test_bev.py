@@ -683,7 +683,7 @@ def test_imagery_score_floor_withholds_views_that_score_like_another_place(bev_e
                                      imagery_statistic=IMAGERY_OVER_SCOPE_MEDIAN, calibrated=True)
     monkeypatch.setattr(Localizer, "_load_covariance", lambda self: calibrated)
     loc, out = run()  # min_imagery_score -1: the calibrated floor
-    assert loc.imagery_score_floor == 0.5 and [e.reason for e in out] == expected
+    assert loc.imagery.floor == 0.5 and [e.reason for e in out] == expected
     loc.close()
     # a floor fitted on the score alone (older calibration files) is refused, unless min_imagery_score is set
     older = dataclasses.replace(calibrated, imagery_statistic=IMAGERY_BEST_SCORE)
@@ -860,6 +860,62 @@ def test_odometry_overrules_a_fix_that_jumps_away_from_an_estimate_it_agreed_wit
     for kwargs in (dict(odometry=False), dict(fix_overrule_s=0.0), dict(second_s=45.0), dict(moved_m=20.0)):
         loc, (one, two) = frames(**kwargs)
         assert (one.reason, two.reason, loc.fix_overruled) == (Reason.OK, Reason.MAHALANOBIS, 0), kwargs
+
+
+def test_odometry_vouches_for_a_view_below_the_imagery_floor_where_the_track_is(bev_export, tmp_path, monkeypatch):
+    """The same view scores above the imagery floor (0.3, a window of one view) at 10 s, then below it.
+    Standing still, odometry carries the 10 s estimate onto each later one: the MISMATCH gate's refusal is
+    overruled (imagery_vouched) up to imagery_track_s (30 s) after the last unaided pass, which vouched frames
+    do not renew (the 45 s frame is refused although the 35 s one was vouched). Without odometry, with
+    imagery_track_s 0, or when odometry says the platform moved 20 m (the same view is then not where the
+    track is), every refusal stands; a reset forgets the anchor."""
+    import dataclasses
+
+    from crossview_ros.estimate import Fix, Reason
+    from crossview_ros.localize_frames import Frame
+    from crossview_ros.localize_summary import reasons_text, summarize
+    from crossview_ros.localizer import Localizer
+    from crossview_ros.localizer_config import LocalizerConfig
+
+    _, tile_dir, _, lat, lon, pano = bev_world(bev_export, tmp_path)
+    stamps, scores = [10.0, 20.0, 35.0, 45.0], [0.5, 0.2, 0.2, 0.2]
+
+    def run(odometry: bool = True, moved_m: float = 0.0, reset_after: int | None = None, **overrides) -> tuple:
+        settings = dict(tile_set=str(tile_dir), model=str(bev_export), engine="onnxruntime", engine_threads=1,
+                        max_mahalanobis=1e6, scope_min_m=40.0, min_mode_mass=0.0, min_imagery_support=0.0,
+                        min_imagery_score=0.3, imagery_window=1, min_prior_inside=0.0, odometry=odometry,
+                        covariance_file="none", cov_sigma0_m=1.0, cov_margin_coef=0.0)
+        loc = Localizer(LocalizerConfig(**{**settings, **overrides}))
+        for k in range(401):  # 8 s to 48 s; standing still, or moving moved_m along odom x from 10 s to 10.5 s
+            t = 8.0 + 0.1 * k
+            loc.add_odometry(t, moved_m * min(max((t - 10.0) / 0.5, 0.0), 1.0), 0.0, 0.0)
+        for k in range(20 if odometry else 0):  # enough that the frames' own bearings cannot unalign it
+            loc.odometry.vote_bearing(8.0 + 0.1 * k, 0.0)  # odom x runs grid east
+        real = loc.matcher.refine_pose
+        plan = iter(scores)
+        monkeypatch.setattr(loc.matcher, "refine_pose", lambda g, c: dataclasses.replace(
+            real(g, c), score=next(plan) + 0.1, scope_median_score=0.1))
+        out = []
+        for k, t in enumerate(stamps):
+            out.append(loc.localize(pano, Fix(float(lat), float(lon), t, sigma_m=3.0), t, encoding="rgb8", now_s=t))
+            if k == reset_after:
+                loc.reset()
+        loc.close()
+        return loc, out
+
+    loc, out = run()
+    assert [e.reason for e in out] == [Reason.OK, Reason.OK, Reason.OK, Reason.MISMATCH]
+    assert [e.imagery_vouched for e in out] == [False, True, True, False] and loc.imagery.vouched == 2
+    assert [e.imagery_score for e in out] == pytest.approx(scores)
+    assert "below the imagery floor 0.300" in out[3].message and loc.odometry.alignment.offset() is not None
+    frames = [Frame(Path("pano.png"), None)] * len(out)
+    summary = summarize(out, frames, [None] * len(out), heading=False)
+    assert summary["imagery_vouched"] == 2
+    assert reasons_text(summary) == "MISMATCH 1, OK 3 (OK includes 2 whose MISMATCH odometry overruled)"
+    refused = [Reason.OK, Reason.MISMATCH, Reason.MISMATCH, Reason.MISMATCH]
+    for kwargs in (dict(odometry=False), dict(imagery_track_s=0.0), dict(moved_m=20.0), dict(reset_after=0)):
+        loc, out = run(**kwargs)
+        assert ([e.reason for e in out], loc.imagery.vouched) == (refused, 0), kwargs
 
 
 def test_a_view_of_this_place_stands_above_its_scope_level(bev_export):

@@ -479,6 +479,7 @@ class LocalizeNode(Node):
             "last_scope_tiles": last_scope, "last_reason": last_reason or "none",
             "protection_level_m": f"{protection_m:.2f}", "yaw_withheld": self.localizer.yaw_withheld,
             "fix_overruled": self.localizer.fix_overruled,
+            "imagery_vouched": self.localizer.imagery.vouched,
             "odometry_received": counts["odometry_received"], "odometry_ignored": counts["odometry_ignored"],
             "odometry_aligned": str(self.localizer.odometry is not None
                                     and self.localizer.odometry.alignment.offset() is not None).lower(),
