@@ -151,25 +151,33 @@ class ImageryGate:
                     f"tiles may not show this place ({detail})")
         return None
 
-    def vouches(self, odometry: GridOdometry | None, east_m: float, north_m: float, stamp_s: float) -> bool:
-        """Whether odometry vouches for an estimate the gate refuses: it lies within imagery_track_radius_m
-        (plus twice the carry's 1-sigma) of the anchor, carried here by odometry no more than imagery_track_s
-        later. A view of this place that does not stand out from its scope then lands where the track
-        already is; a look-alike seldom does. Only an unaided pass renews the anchor (passed), so a vouched
-        run ends imagery_track_s after the last one."""
+    def vouches(self, odometry: GridOdometry | None, east_m: float, north_m: float, stamp_s: float) -> float | None:
+        """The anchor's variance per axis when odometry vouches for an estimate the gate refuses: it lies
+        within imagery_track_radius_m of the anchor, carried here by odometry no more than imagery_track_s
+        later; else None. A view of this place that does not stand out from its scope then lands where the
+        track already is; a look-alike seldom does. Only an unaided pass renews the anchor (published), so a
+        vouched run ends imagery_track_s after the last one."""
         cfg = self.config
         if odometry is None or self.anchor is None or not cfg.imagery_track_s > 0:
-            return False
+            return None
         carried = self.anchor.at(odometry, stamp_s, cfg.imagery_track_s)
-        if carried is None:
-            return False
-        gap_m = math.hypot(east_m - carried[0], north_m - carried[1])
-        return gap_m <= cfg.imagery_track_radius_m + 2.0 * math.sqrt(carried[2])
+        if carried is None or not math.hypot(east_m - carried[0], north_m - carried[1]) <= cfg.imagery_track_radius_m:
+            return None
+        return self.anchor.variance_m2
 
-    def published(self, stamp_s: float, east_m: float, north_m: float, vouched: bool) -> None:
-        """An accepted frame: an unaided pass becomes the anchor (its position alone: the published
-        covariance holds the mismatch share, which says nothing of the track); a vouched one is counted."""
+    @staticmethod
+    def no_sharper_than(covariance: np.ndarray, variance_m2: float) -> np.ndarray:
+        """A vouched estimate's covariance, widened evenly until its largest variance is at least the anchor's:
+        an anchor a few metres off lends its error to what it vouches for. Not odometry's drift since: the
+        radius bounds that, and a view that lands within it is better placed than the carried anchor."""
+        short = variance_m2 - float(np.linalg.eigvalsh(covariance).max())
+        return covariance + np.eye(2) * short if short > 0 else covariance
+
+    def published(self, stamp_s: float, east_m: float, north_m: float, variance_m2: float, vouched: bool) -> None:
+        """An accepted frame: an unaided pass becomes the anchor, with its variance per axis (the largest of
+        its covariance without the mismatch share, which says nothing of where the track is); a vouched
+        one is counted."""
         if vouched:
             self.vouched += 1
         else:
-            self.anchor = CarriedEstimate(stamp_s, east_m, north_m, 0.0)
+            self.anchor = CarriedEstimate(stamp_s, east_m, north_m, variance_m2)

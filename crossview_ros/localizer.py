@@ -276,7 +276,9 @@ class Localizer:
         offset_m = self.matcher.tile_offset_m(pose)
         lat, lon = geo.utm_to_latlon(pose.easting_m, pose.northing_m, self.tiles.zone)
         support = self.imagery.record(pose)
-        cov, d2, from_fix_m, mismatch = self._covariance_and_d2(prior, lat, lon, pose, offset_m)
+        base, d2, from_fix_m, mismatch = self._covariance_and_d2(prior, lat, lon, pose, offset_m)
+        share = mismatch["imagery_mismatch"] * mismatch["mismatch_covariance_enu_m2"]
+        cov = base + share
         times["offset_ms"] = time.perf_counter() - t
         context.update(lat_deg=float(lat), lon_deg=float(lon), utm_zone=str(self.tiles.zone),
                        easting_m=pose.easting_m, northing_m=pose.northing_m, covariance_enu_m2=cov,
@@ -295,7 +297,11 @@ class Localizer:
             times["heading_ms"] = time.perf_counter() - t
 
         try:
-            vouched = self._gate(pose, f"tile {pose.tile_id}, score {pose.score:.4f}", stamp)
+            track_m2 = self._gate(pose, f"tile {pose.tile_id}, score {pose.score:.4f}", stamp)
+            if track_m2 is not None:  # vouched by odometry: no sharper than the anchor
+                cov = self.imagery.no_sharper_than(base, track_m2) + share
+                context.update(covariance_enu_m2=cov,
+                               protection_level_m=self.covariance.protection_level_m(cov, cfg.protection_risk))
             overruled = False
             if d2 > cfg.max_mahalanobis:
                 overruled = self._fix_overruled(pose, cov, lat, lon, stamp, from_fix_m, d2)
@@ -320,7 +326,8 @@ class Localizer:
             self.fix_overruled += 1
         else:
             self._agreed = self._published
-        self.imagery.published(stamp, pose.easting_m, pose.northing_m, vouched)
+        vouched = track_m2 is not None
+        self.imagery.published(stamp, pose.easting_m, pose.northing_m, float(np.linalg.eigvalsh(base).max()), vouched)
         return self._finish(Estimate(stamp_s=stamp, accepted=True, reason=Reason.OK, **context,
                                      fix_overruled=bool(overruled), imagery_vouched=vouched,
                                      latency=self._latency(times, t_start)))
@@ -462,12 +469,14 @@ class Localizer:
 
     def _covariance_and_d2(self, prior: _GnssPrior, lat: float, lon: float, pose: PoseMatch,
                            offset_m: tuple[float, float]) -> tuple[np.ndarray, float, float, dict[str, Any]]:
-        """The 2x2 ENU covariance, d^2 to the GNSS prior, the distance from its centre (m), the mismatch fields.
+        """The 2x2 ENU covariance without the mismatch share, d^2 to the GNSS prior, the distance from its
+        centre (m), the mismatch fields.
 
         The calibrated model's (CovarianceModel), plus the posterior's mass beyond mode_radius_m (sum of
-        p d d^T: a far look-alike widens it, as a mixture's covariance would), plus P(mismatch) (the imagery
-        gate's belief, updated with this frame's window) x the error's covariance were the tiles not this place (the prior's,
-        plus the offset from it squared). d^2 leaves that share out: it asks whether the views contradict the fix."""
+        p d d^T: a far look-alike widens it, as a mixture's covariance would). The published one adds
+        P(mismatch) (the imagery gate's belief, updated with this frame's window) x the error's covariance
+        were the tiles not this place (the prior's, plus the offset from it squared). d^2 leaves that share
+        out: it asks whether the views contradict the fix."""
         sigma = self.covariance.sigma_m(pose.margin, pose.score, pose.spread_m, math.hypot(*offset_m),
                                         1.0 if pose.mode_mass is None else pose.mode_mass,
                                         0.0 if pose.view_distance_m is None else pose.view_distance_m)
@@ -479,15 +488,15 @@ class Localizer:
         d2 = float(innovation @ np.linalg.solve(cov + prior.covariance_enu_m2, innovation))
         weight = self.imagery.mismatch
         apart = prior.covariance_enu_m2 + np.outer(innovation, innovation)
-        return (cov + weight * apart, d2, math.hypot(de, dn),
-                {"imagery_mismatch": weight, "mismatch_covariance_enu_m2": apart})
+        return cov, d2, math.hypot(de, dn), {"imagery_mismatch": weight, "mismatch_covariance_enu_m2": apart}
 
-    def _gate(self, pose: PoseMatch, detail: str, stamp: float) -> bool:
+    def _gate(self, pose: PoseMatch, detail: str, stamp: float) -> float | None:
         """OUTSIDE_COVERAGE (the fix's uncertainty runs mostly off the tiles, and odometry does not carry the
         last published estimate onto them), MISMATCH (too few recent views point at their estimates, or they
         score below the imagery floor; unless odometry vouches: ImageryGate), AMBIGUOUS (the posterior
         holds distinct places), LOW_MARGIN; each keeps the estimate in the Estimate. MAHALANOBIS, against the
-        GNSS prior, comes after them (_run), as odometry may overrule the fix. True when odometry vouched."""
+        GNSS prior, comes after them (_run), as odometry may overrule the fix. The anchor's variance per axis
+        when odometry vouched for a MISMATCH refusal (ImageryGate.vouches), else None."""
         cfg = self.config
         margin = pose.margin
         if (pose.prior_inside is not None and not pose.prior_inside >= cfg.min_prior_inside
@@ -496,8 +505,9 @@ class Localizer:
                                                    f"lies on the tiles (min_prior_inside {cfg.min_prior_inside:g}): "
                                                    f"the platform may be beyond their coverage ({detail})")
         mismatch = self.imagery.refusal(detail)
-        vouched = mismatch is not None and self.imagery.vouches(self.odometry, pose.easting_m, pose.northing_m, stamp)
-        if mismatch is not None and not vouched:
+        track_m2 = None if mismatch is None else self.imagery.vouches(self.odometry, pose.easting_m,
+                                                                      pose.northing_m, stamp)
+        if mismatch is not None and track_m2 is None:
             raise _Reject(Reason.MISMATCH, mismatch)
         if pose.mode_mass is not None and not pose.mode_mass >= cfg.min_mode_mass:
             raise _Reject(Reason.AMBIGUOUS, f"only {100 * pose.mode_mass:.0f} % of the posterior lies within "
@@ -506,7 +516,7 @@ class Localizer:
         if not margin > cfg.min_margin:
             raise _Reject(Reason.LOW_MARGIN, f"margin {margin:.4f} is not above min_margin {cfg.min_margin:g} "
                                              f"({detail})")
-        return vouched
+        return track_m2
 
     def fix_problem(self, fix: Any, now_s: float) -> tuple[Reason, str] | None:
         """(reason, message) when this fix would make a frame fail (NO_FIX, BAD_FIX, FUTURE_STAMP), None

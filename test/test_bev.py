@@ -866,7 +866,10 @@ def test_odometry_vouches_for_a_view_below_the_imagery_floor_where_the_track_is(
     """The same view scores above the imagery floor (0.3, a window of one view) at 10 s, then below it.
     Standing still, odometry carries the 10 s estimate onto each later one: the MISMATCH gate's refusal is
     overruled (imagery_vouched) up to imagery_track_s (30 s) after the last unaided pass, which vouched frames
-    do not renew (the 45 s frame is refused although the 35 s one was vouched). Without odometry, with
+    do not renew (the 45 s frame is refused although the 35 s one was vouched). The anchor's covariance is
+    planned 4 m wide (a far mode); a vouched estimate (1 m by itself) is published no sharper than the
+    anchor (odometry's own variance since is not added: the radius bounds its drift). Odometry that says the platform moved 3 m still
+    vouches (within imagery_track_radius_m 5 m), not with a 2 m radius. Without odometry, with
     imagery_track_s 0, or when odometry says the platform moved 20 m (the same view is then not where the
     track is), every refusal stands; a reset forgets the anchor."""
     import dataclasses
@@ -892,9 +895,14 @@ def test_odometry_vouches_for_a_view_below_the_imagery_floor_where_the_track_is(
         for k in range(20 if odometry else 0):  # enough that the frames' own bearings cannot unalign it
             loc.odometry.vote_bearing(8.0 + 0.1 * k, 0.0)  # odom x runs grid east
         real = loc.matcher.refine_pose
-        plan = iter(scores)
-        monkeypatch.setattr(loc.matcher, "refine_pose", lambda g, c: dataclasses.replace(
-            real(g, c), score=next(plan) + 0.1, scope_median_score=0.1))
+        plan = iter(zip(scores, [np.eye(2) * 16.0, None, None, None]))
+
+        def planned(ground, candidates):
+            score, far = next(plan)
+            return dataclasses.replace(real(ground, candidates), score=score + 0.1, scope_median_score=0.1,
+                                       far_covariance_m2=far)
+
+        monkeypatch.setattr(loc.matcher, "refine_pose", planned)
         out = []
         for k, t in enumerate(stamps):
             out.append(loc.localize(pano, Fix(float(lat), float(lon), t, sigma_m=3.0), t, encoding="rgb8", now_s=t))
@@ -907,13 +915,20 @@ def test_odometry_vouches_for_a_view_below_the_imagery_floor_where_the_track_is(
     assert [e.reason for e in out] == [Reason.OK, Reason.OK, Reason.OK, Reason.MISMATCH]
     assert [e.imagery_vouched for e in out] == [False, True, True, False] and loc.imagery.vouched == 2
     assert [e.imagery_score for e in out] == pytest.approx(scores)
+    np.testing.assert_allclose(out[0].covariance_enu_m2, np.eye(2) * 17.0, atol=1e-9)  # 1 m, plus the far mode
+    for vouched in out[1:3]:  # 1 m by itself, raised to the anchor's 17 m^2
+        np.testing.assert_allclose(vouched.covariance_enu_m2, np.eye(2) * 17.0, atol=1e-9)
+        assert vouched.protection_level_m == pytest.approx(out[0].protection_level_m)  # recomputed on it
     assert "below the imagery floor 0.300" in out[3].message and loc.odometry.alignment.offset() is not None
     frames = [Frame(Path("pano.png"), None)] * len(out)
     summary = summarize(out, frames, [None] * len(out), heading=False)
     assert summary["imagery_vouched"] == 2
     assert reasons_text(summary) == "MISMATCH 1, OK 3 (OK includes 2 whose MISMATCH odometry overruled)"
     refused = [Reason.OK, Reason.MISMATCH, Reason.MISMATCH, Reason.MISMATCH]
-    for kwargs in (dict(odometry=False), dict(imagery_track_s=0.0), dict(moved_m=20.0), dict(reset_after=0)):
+    loc, out = run(moved_m=3.0)  # the same view, 3 m from where odometry carries the anchor: within 5 m
+    assert [e.imagery_vouched for e in out] == [False, True, True, False]
+    for kwargs in (dict(odometry=False), dict(imagery_track_s=0.0), dict(moved_m=20.0), dict(reset_after=0),
+                   dict(moved_m=3.0, imagery_track_radius_m=2.0)):
         loc, out = run(**kwargs)
         assert ([e.reason for e in out], loc.imagery.vouched) == (refused, 0), kwargs
 
