@@ -152,32 +152,37 @@ class ImageryGate:
         return None
 
     def vouches(self, odometry: GridOdometry | None, east_m: float, north_m: float, stamp_s: float) -> float | None:
-        """The anchor's variance per axis when odometry vouches for an estimate the gate refuses: it lies
-        within imagery_track_radius_m of the anchor, carried here by odometry no more than imagery_track_s
-        later; else None. A view of this place that does not stand out from its scope then lands where the
-        track already is; a look-alike seldom does. Only an unaided pass renews the anchor (published), so a
-        vouched run ends imagery_track_s after the last one."""
+        """The carried anchor's variance per axis (its own plus odometry's since) when odometry vouches for
+        an estimate the gate refuses: it lies within imagery_track_radius_m of the anchor, carried here by
+        odometry no more than imagery_track_s later; else None. A view of this place that does not stand out
+        from its scope then lands where the track already is; a look-alike seldom does. Only an unaided
+        pass renews the anchor (published), so a vouched run ends imagery_track_s after the last one."""
         cfg = self.config
         if odometry is None or self.anchor is None or not cfg.imagery_track_s > 0:
             return None
         carried = self.anchor.at(odometry, stamp_s, cfg.imagery_track_s)
         if carried is None or not math.hypot(east_m - carried[0], north_m - carried[1]) <= cfg.imagery_track_radius_m:
             return None
-        return self.anchor.variance_m2
+        return carried[2]
 
     @staticmethod
     def no_sharper_than(covariance: np.ndarray, variance_m2: float) -> np.ndarray:
-        """A vouched estimate's covariance, widened evenly until its largest variance is at least the anchor's:
-        an anchor a few metres off lends its error to what it vouches for. Not odometry's drift since: the
-        radius bounds that, and a view that lands within it is better placed than the carried anchor."""
+        """A vouched estimate's covariance, widened evenly until its largest variance is at least the carried
+        anchor's: it is only as sure as the anchor and odometry that vouched for it."""
         short = variance_m2 - float(np.linalg.eigvalsh(covariance).max())
         return covariance + np.eye(2) * short if short > 0 else covariance
 
-    def published(self, stamp_s: float, east_m: float, north_m: float, variance_m2: float, vouched: bool) -> None:
-        """An accepted frame: an unaided pass becomes the anchor, with its variance per axis (the largest of
-        its covariance without the mismatch share, which says nothing of where the track is); a vouched
-        one is counted."""
+    def published(self, odometry: GridOdometry | None, stamp_s: float, east_m: float, north_m: float,
+                  variance_m2: float, vouched: bool) -> None:
+        """An accepted frame: a vouched one is counted; an unaided pass, with its variance per axis (the
+        largest of its covariance without the mismatch share, which says nothing of where the track is),
+        becomes the anchor unless the anchor, carried here by odometry, is still the sharper: the last pass
+        of a good stretch often has its posterior already spreading, and one a few metres off must not
+        move the anchor off a sharp one."""
         if vouched:
             self.vouched += 1
-        else:
+            return
+        carried = None if odometry is None or self.anchor is None else self.anchor.at(
+            odometry, stamp_s, self.config.imagery_track_s)
+        if carried is None or not carried[2] < variance_m2:
             self.anchor = CarriedEstimate(stamp_s, east_m, north_m, variance_m2)

@@ -298,7 +298,7 @@ class Localizer:
 
         try:
             track_m2 = self._gate(pose, f"tile {pose.tile_id}, score {pose.score:.4f}", stamp)
-            if track_m2 is not None:  # vouched by odometry: no sharper than the anchor
+            if track_m2 is not None:  # vouched by odometry: no sharper than the carried anchor
                 cov = self.imagery.no_sharper_than(base, track_m2) + share
                 context.update(covariance_enu_m2=cov,
                                protection_level_m=self.covariance.protection_level_m(cov, cfg.protection_risk))
@@ -327,7 +327,8 @@ class Localizer:
         else:
             self._agreed = self._published
         vouched = track_m2 is not None
-        self.imagery.published(stamp, pose.easting_m, pose.northing_m, float(np.linalg.eigvalsh(base).max()), vouched)
+        self.imagery.published(self.odometry, stamp, pose.easting_m, pose.northing_m,
+                               float(np.linalg.eigvalsh(base).max()), vouched)
         return self._finish(Estimate(stamp_s=stamp, accepted=True, reason=Reason.OK, **context,
                                      fix_overruled=bool(overruled), imagery_vouched=vouched,
                                      latency=self._latency(times, t_start)))
@@ -495,8 +496,8 @@ class Localizer:
         last published estimate onto them), MISMATCH (too few recent views point at their estimates, or they
         score below the imagery floor; unless odometry vouches: ImageryGate), AMBIGUOUS (the posterior
         holds distinct places), LOW_MARGIN; each keeps the estimate in the Estimate. MAHALANOBIS, against the
-        GNSS prior, comes after them (_run), as odometry may overrule the fix. The anchor's variance per axis
-        when odometry vouched for a MISMATCH refusal (ImageryGate.vouches), else None."""
+        GNSS prior, comes after them (_run), as odometry may overrule the fix. The carried anchor's variance
+        per axis when odometry vouched for a MISMATCH refusal (ImageryGate.vouches), else None."""
         cfg = self.config
         margin = pose.margin
         if (pose.prior_inside is not None and not pose.prior_inside >= cfg.min_prior_inside

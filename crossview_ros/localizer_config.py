@@ -171,13 +171,14 @@ class LocalizerConfig:
                                          "estimate by themselves (more fixes, but a track locked on a look-alike "
                                          "is spared too); 1 = every window is judged", lo=0.0, hi=1.0, lo_open=True)
     imagery_track_s: float = param(30.0, "s", "gating", "with odometry aligned to the grid: a view the MISMATCH gate "
-                                   "refuses is still published, no sharper than the track, when it lies within "
-                                   "imagery_track_radius_m of the last estimate that passed the gate unaided, carried "
-                                   "by odometry, at most this long after it (a view that does not stand out from its "
-                                   "scope, where the track says the platform is; 0 = off)", lo=0.0, hi=3600.0)
-    imagery_track_radius_m: float = param(5.0, "m", "gating", "how far from where odometry carries the last estimate "
-                                          "that passed the MISMATCH gate unaided a refused view may lie and still be "
-                                          "published (imagery_track_s)", lo=0.0, hi=1.0e4, lo_open=True)
+                                   "refuses is still published, no sharper than the anchor, when it lies within "
+                                   "imagery_track_radius_m of the anchor (an estimate that passed the gate unaided, "
+                                   "the sharper of the carried one and each new pass) carried by odometry, at most "
+                                   "this long after it (a view that does not stand out from its scope, where the track "
+                                   "says the platform is; 0 = off)", lo=0.0, hi=3600.0)
+    imagery_track_radius_m: float = param(5.0, "m", "gating", "how far from where odometry carries the anchor "
+                                          "(imagery_track_s) a view the MISMATCH gate refuses may lie and still be "
+                                          "published", lo=0.0, hi=1.0e4, lo_open=True)
     min_prior_inside: float = param(0.5, "1", "gating", "gate: refuse a frame whose fix has less than this share of "
                                     "its uncertainty on the tiles (OUTSIDE_COVERAGE: the tiles cannot correct it)",
                                     lo=0.0, hi=1.0)

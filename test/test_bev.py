@@ -863,15 +863,16 @@ def test_odometry_overrules_a_fix_that_jumps_away_from_an_estimate_it_agreed_wit
 
 
 def test_odometry_vouches_for_a_view_below_the_imagery_floor_where_the_track_is(bev_export, tmp_path, monkeypatch):
-    """The same view scores above the imagery floor (0.3, a window of one view) at 10 s, then below it.
-    Standing still, odometry carries the 10 s estimate onto each later one: the MISMATCH gate's refusal is
-    overruled (imagery_vouched) up to imagery_track_s (30 s) after the last unaided pass, which vouched frames
-    do not renew (the 45 s frame is refused although the 35 s one was vouched). The anchor's covariance is
-    planned 4 m wide (a far mode); a vouched estimate (1 m by itself) is published no sharper than the
-    anchor (odometry's own variance since is not added: the radius bounds its drift). Odometry that says the platform moved 3 m still
-    vouches (within imagery_track_radius_m 5 m), not with a 2 m radius. Without odometry, with
-    imagery_track_s 0, or when odometry says the platform moved 20 m (the same view is then not where the
-    track is), every refusal stands; a reset forgets the anchor."""
+    """The same view scores above the imagery floor (0.3, a window of one view) at 10 s and 12 s, then below
+    it. Standing still, odometry carries the anchor onto each later estimate: the MISMATCH gate's refusal
+    is overruled (imagery_vouched) up to imagery_track_s (30 s) after the anchor, which vouched frames do
+    not renew (the 45 s frame is refused although the 35 s one was vouched). The anchor is the sharper of
+    the carried one and a new unaided pass: the 12 s pass, planned 4 m wide (a far mode, 17 m^2), does not
+    replace the 10 s one (1 m^2 plus odometry's floor, 0.05^2 m^2); planned the other way round, it does. A
+    vouched estimate is published no sharper than the carried anchor. Odometry that says the platform
+    moved 3 m still vouches (within imagery_track_radius_m 5 m), not with a 2 m radius. Without odometry,
+    with imagery_track_s 0, when odometry says the platform moved 20 m (the same view is then not where
+    the track is), or after a reset, every refusal stands."""
     import dataclasses
 
     from crossview_ros.estimate import Fix, Reason
@@ -881,9 +882,11 @@ def test_odometry_vouches_for_a_view_below_the_imagery_floor_where_the_track_is(
     from crossview_ros.localizer_config import LocalizerConfig
 
     _, tile_dir, _, lat, lon, pano = bev_world(bev_export, tmp_path)
-    stamps, scores = [10.0, 20.0, 35.0, 45.0], [0.5, 0.2, 0.2, 0.2]
+    stamps, scores = [10.0, 12.0, 20.0, 35.0, 45.0], [0.5, 0.5, 0.2, 0.2, 0.2]
+    wide = np.eye(2) * 16.0
 
-    def run(odometry: bool = True, moved_m: float = 0.0, reset_after: int | None = None, **overrides) -> tuple:
+    def run(odometry: bool = True, moved_m: float = 0.0, reset_after: int | None = None,
+            fars: tuple = (None, wide, None, None, None), **overrides) -> tuple:
         settings = dict(tile_set=str(tile_dir), model=str(bev_export), engine="onnxruntime", engine_threads=1,
                         max_mahalanobis=1e6, scope_min_m=40.0, min_mode_mass=0.0, min_imagery_support=0.0,
                         min_imagery_score=0.3, imagery_window=1, min_prior_inside=0.0, odometry=odometry,
@@ -895,7 +898,7 @@ def test_odometry_vouches_for_a_view_below_the_imagery_floor_where_the_track_is(
         for k in range(20 if odometry else 0):  # enough that the frames' own bearings cannot unalign it
             loc.odometry.vote_bearing(8.0 + 0.1 * k, 0.0)  # odom x runs grid east
         real = loc.matcher.refine_pose
-        plan = iter(zip(scores, [np.eye(2) * 16.0, None, None, None]))
+        plan = iter(zip(scores, fars))
 
         def planned(ground, candidates):
             score, far = next(plan)
@@ -911,23 +914,25 @@ def test_odometry_vouches_for_a_view_below_the_imagery_floor_where_the_track_is(
         loc.close()
         return loc, out
 
-    loc, out = run()
-    assert [e.reason for e in out] == [Reason.OK, Reason.OK, Reason.OK, Reason.MISMATCH]
-    assert [e.imagery_vouched for e in out] == [False, True, True, False] and loc.imagery.vouched == 2
-    assert [e.imagery_score for e in out] == pytest.approx(scores)
-    np.testing.assert_allclose(out[0].covariance_enu_m2, np.eye(2) * 17.0, atol=1e-9)  # 1 m, plus the far mode
-    for vouched in out[1:3]:  # 1 m by itself, raised to the anchor's 17 m^2
-        np.testing.assert_allclose(vouched.covariance_enu_m2, np.eye(2) * 17.0, atol=1e-9)
-        assert vouched.protection_level_m == pytest.approx(out[0].protection_level_m)  # recomputed on it
-    assert "below the imagery floor 0.300" in out[3].message and loc.odometry.alignment.offset() is not None
+    carried = np.eye(2) * (1.0 + 0.05 ** 2)  # the 1 m anchor and odometry's floor variance, standing still
+    for wide_at in (1, 0):  # the 12 s pass wide (kept off the anchor), or the 10 s one (replaced)
+        loc, out = run(fars=tuple(wide if k == wide_at else None for k in range(len(stamps))))
+        assert [e.reason for e in out] == [Reason.OK] * 4 + [Reason.MISMATCH]
+        assert [e.imagery_vouched for e in out] == [False, False, True, True, False] and loc.imagery.vouched == 2
+        assert [e.imagery_score for e in out] == pytest.approx(scores)
+        np.testing.assert_allclose(out[wide_at].covariance_enu_m2, np.eye(2) * 17.0, atol=1e-9)
+        for vouched in out[2:4]:  # 1 m by itself, raised to the carried anchor's
+            np.testing.assert_allclose(vouched.covariance_enu_m2, carried, atol=1e-9)
+            assert vouched.protection_level_m > out[1 - wide_at].protection_level_m  # recomputed on it
+    assert "below the imagery floor 0.300" in out[4].message and loc.odometry.alignment.offset() is not None
     frames = [Frame(Path("pano.png"), None)] * len(out)
     summary = summarize(out, frames, [None] * len(out), heading=False)
     assert summary["imagery_vouched"] == 2
-    assert reasons_text(summary) == "MISMATCH 1, OK 3 (OK includes 2 whose MISMATCH odometry overruled)"
-    refused = [Reason.OK, Reason.MISMATCH, Reason.MISMATCH, Reason.MISMATCH]
+    assert reasons_text(summary) == "MISMATCH 1, OK 4 (OK includes 2 whose MISMATCH odometry overruled)"
     loc, out = run(moved_m=3.0)  # the same view, 3 m from where odometry carries the anchor: within 5 m
-    assert [e.imagery_vouched for e in out] == [False, True, True, False]
-    for kwargs in (dict(odometry=False), dict(imagery_track_s=0.0), dict(moved_m=20.0), dict(reset_after=0),
+    assert [e.imagery_vouched for e in out] == [False, False, True, True, False]
+    refused = [Reason.OK, Reason.OK, Reason.MISMATCH, Reason.MISMATCH, Reason.MISMATCH]
+    for kwargs in (dict(odometry=False), dict(imagery_track_s=0.0), dict(moved_m=20.0), dict(reset_after=1),
                    dict(moved_m=3.0, imagery_track_radius_m=2.0)):
         loc, out = run(**kwargs)
         assert ([e.reason for e in out], loc.imagery.vouched) == (refused, 0), kwargs
