@@ -175,10 +175,10 @@ class ImageryGate:
     def published(self, odometry: GridOdometry | None, stamp_s: float, east_m: float, north_m: float,
                   variance_m2: float, vouched: bool) -> None:
         """An accepted frame: a vouched one is counted; an unaided pass, with its variance per axis (the
-        largest of its covariance without the mismatch share, which says nothing of where the track is),
-        becomes the anchor unless the anchor, carried here by odometry, is still the sharper: the last pass
-        of a good stretch often has its posterior already spreading, and one a few metres off must not
-        move the anchor off a sharp one."""
+        largest of its published covariance, the mismatch share included: on imagery that may be another
+        place's, the anchor may sit on a look-alike), becomes the anchor unless the anchor, carried here by
+        odometry, is still the sharper: the last pass of a good stretch often has its posterior already
+        spreading, and one a few metres off must not move the anchor off a sharp one."""
         if vouched:
             self.vouched += 1
             return

@@ -327,8 +327,7 @@ class Localizer:
         else:
             self._agreed = self._published
         vouched = track_m2 is not None
-        self.imagery.published(self.odometry, stamp, pose.easting_m, pose.northing_m,
-                               float(np.linalg.eigvalsh(base).max()), vouched)
+        self.imagery.published(self.odometry, stamp, pose.easting_m, pose.northing_m, variance, vouched)
         return self._finish(Estimate(stamp_s=stamp, accepted=True, reason=Reason.OK, **context,
                                      fix_overruled=bool(overruled), imagery_vouched=vouched,
                                      latency=self._latency(times, t_start)))
