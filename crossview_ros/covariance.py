@@ -52,8 +52,9 @@ CHI2_2DOF_95 = 5.991464547107979  # chi-square quantile, 2 dof, 95 %: -2 ln(0.05
 CHI2_1DOF_95 = 3.841458820694124  # chi-square quantile, 1 dof, 95 %
 # what calibrate() fits and how, for the tools that keep calibrations (crossview-demo, crossview-walks): a
 # calibration made by another version is made again. 2: the scale on the published covariance, the
-# imagery floor on the view's score over its scope's median. 3: the imagery Gaussians (the mismatch belief).
-CALIBRATION_VERSION = 3
+# imagery floor on the view's score over its scope's median. 3: the imagery Gaussians (the mismatch belief). 4: the
+# scale refitted on what the fitted model publishes (localize_eval.refit_on_published).
+CALIBRATION_VERSION = 4
 IMAGERY_BEST_SCORE, IMAGERY_OVER_SCOPE_MEDIAN = 0.0, 1.0
 IMAGERY_STATISTICS = {IMAGERY_BEST_SCORE: "the view's score at its pose",  # older calibrations; retrieval models
                       IMAGERY_OVER_SCOPE_MEDIAN: "the view's score at its pose over its median score in the scope"}

@@ -27,7 +27,7 @@ from crossview_ros.bag.topics import TopicMap
 from crossview_ros import geo
 from crossview_ros.camera import CameraError, CameraFrame, CameraRig
 from crossview_ros.covariance import (
-    IMAGERY_LIKELIHOODS, calibrate, fit_fix_sigma_scale, fit_imagery_floor, save_covariance,
+    CHI2_2DOF_95, IMAGERY_LIKELIHOODS, calibrate, fit_fix_sigma_scale, fit_imagery_floor, save_covariance,
 )
 from crossview_ros.engines import create_engine
 from crossview_ros.estimate import Estimate, Fix, Reason
@@ -146,6 +146,7 @@ def localize_streams(localizers: Mapping[Any, Localizer], frames: Sequence[Frame
 
 
 BACKGROUND_OFFSET_M = 250.0  # the calibration walks' fixes moved this far to see another place's imagery
+MIN_REFIT_SAMPLES = 20  # published frames under the fitted covariance, below which its scale is not fitted again
 _DIRECTIONS = [(math.sin(a), math.cos(a)) for a in np.radians(np.arange(0.0, 360.0, 45.0))]
 
 
@@ -220,6 +221,54 @@ def calibrate_covariance(localizer: Localizer, frames: Sequence[Frame], estimate
     return {"path": str(path), "params": model.to_dict(), "fit": dict(model.fit)}
 
 
+def refit_on_published(localizers: Mapping[Any, Localizer], frames: Sequence[Frame], fixes: Sequence[Fix],
+                       calibration: dict[str, Any]) -> dict[str, Any]:
+    """The calibration streams localized again under the fitted covariance, as the node runs them; the
+    scale, the protection level and the yaw variance fitted again on the frames that pass publishes,
+    the shape kept. The first fit could only guess which frames the node publishes (the uncalibrated pass,
+    less the imagery floor): the fitted sigma moves the MAHALANOBIS gate and its resets, and odometry vouches
+    for views the floor refuses. Kept as it was when that pass publishes fewer than MIN_REFIT_SAMPLES."""
+    path = calibration["path"]
+    again = make_localizers({key: dataclasses.replace(loc.config, covariance_file=path)
+                             for key, loc in localizers.items()})
+    any_loc = next(iter(again.values()))
+    try:
+        estimates = localize_streams(again, frames, fixes)
+    finally:
+        any_loc.engine.close()
+    first = any_loc.covariance
+    published = [e.accepted for e in estimates]
+    if sum(published) < MIN_REFIT_SAMPLES:
+        log.warning("calibration: only %d frames published under the fitted covariance (fewer than %d): its "
+                    "scale is kept as fitted on the uncalibrated pass", sum(published), MIN_REFIT_SAMPLES)
+        return calibration
+    try:
+        model = calibrate(estimates, [fr.truth for fr in frames], start=first, fit_shape=False,
+                          protection_risk=any_loc.config.protection_risk, published=published)
+    except ValueError as exc:
+        raise LocalizeInputError(f"--calibrate: {exc}") from None
+    model.fit.update({k: v for k, v in first.fit.items() if k.startswith("imagery_")})
+    model.fit.update(refit_published=int(sum(published)), refit_sigma_ratio=model.sigma0_m / first.sigma0_m,
+                     first_fit_share_d2_below_chi2=first_fit_share(estimates, frames))
+    path = save_covariance(model, any_loc.meta.path, any_loc.meta.model_hash)
+    return {"path": str(path), "params": model.to_dict(), "fit": dict(model.fit)}
+
+
+def first_fit_share(estimates: Sequence[Estimate], frames: Sequence[Frame]) -> float:
+    """The share of published estimates whose d^2 to the truth, under their covariance less the imagery
+    mismatch's share (which calibration leaves out), lies under the chi-square 2-dof 95 % quantile."""
+    d2 = []
+    for est, fr in zip(estimates, frames):
+        if not est.accepted or est.covariance_enu_m2 is None:
+            continue
+        cov = np.asarray(est.covariance_enu_m2)
+        if est.mismatch_covariance_enu_m2 is not None:
+            cov = cov - (est.imagery_mismatch or 0.0) * np.asarray(est.mismatch_covariance_enu_m2)
+        delta = np.array(geo.offset_enu_m(fr.truth.lat_deg, fr.truth.lon_deg, est.lat_deg, est.lon_deg))
+        d2.append(float(delta @ np.linalg.solve(cov, delta)))
+    return float(np.mean(np.array(d2) <= CHI2_2DOF_95)) if d2 else float("nan")
+
+
 def evaluate(localizers: Mapping[Any, Localizer], frames: list[Frame], fixes: list[Fix], *, stream: bool,
              calibrate: bool = False) -> Evaluation:
     """Localize the batch (as streams or independent panoramas), summarize it, and with `calibrate`
@@ -248,6 +297,8 @@ def evaluate(localizers: Mapping[Any, Localizer], frames: list[Frame], fixes: li
         any_loc.engine.close()
     summary = summarize(estimates, frames, fixes, any_loc.config.heading)
     calibration = calibrate_covariance(any_loc, frames, estimates, background) if calibrate else None
+    if calibration is not None and stream:
+        calibration = refit_on_published(localizers, frames, fixes, calibration)
     if calibration is not None:
         log_calibration(calibration)
     return Evaluation(dict(localizers), frames, fixes, estimates, summary, scale, calibration)

@@ -962,3 +962,40 @@ def test_calibration_keeps_the_imagery_gaussians_and_leaves_the_mismatch_share_o
     assert fitted.fit["share_d2_below_chi2"] == pytest.approx(0.95, abs=0.003)
     assert {g: getattr(fitted, g) for g in GAUSSIANS} == GAUSSIANS
     assert not plain.imagery_gaussians_fitted  # none given: start's (none)
+
+
+def test_calibration_refits_its_scale_on_what_the_fitted_model_publishes(small_drive, tmp_path):
+    """refit_on_published: the drive localized again under a first fit that is five times too cautious;
+    the scale is fitted again on the frames that pass publishes (95 % of their d^2 under 5.99, where the
+    first fit covered nearly all), the shape kept, and the record says what the first fit covered."""
+    import dataclasses
+
+    from crossview_ros.covariance import CHI2_2DOF_95, load_covariance, save_covariance
+    from crossview_ros.localize_eval import evaluate_bags, make_localizers, refit_on_published
+    from crossview_ros.localize_frames import bag_frames
+
+    model = Path(shutil.copytree(small_drive["model"], tmp_path / "model"))
+    config = LocalizerConfig(tile_set=str(small_drive["tiles"]), model=str(model), engine="onnxruntime",
+                             engine_threads=1, max_mahalanobis=1e6, min_margin=-1.0, min_mode_mass=0.0,
+                             min_imagery_support=0.0, min_imagery_score=0.0, min_prior_inside=0.0)
+    fitted = evaluate_bags([small_drive["bag"]], [config], calibrate=True).calibration
+    first = load_covariance(fitted["path"])
+    cautious = dataclasses.replace(first, sigma0_m=5.0 * first.sigma0_m)
+    path = save_covariance(cautious, tmp_path / "cautious.json", json.loads(Path(fitted["path"]).read_text())["model_hash"])
+    frames, fixes = bag_frames(small_drive["bag"], 0)
+    frames = [dataclasses.replace(fr, city="0") for fr in frames]
+    out = refit_on_published(make_localizers({"0": config}), frames, fixes, {"path": str(path)})
+    fit, params = out["fit"], out["params"]
+    assert out["path"] == str(model / "covariance.json") and fit["refit_published"] >= 20
+    assert fit["first_fit_share_d2_below_chi2"] > 0.97  # five times too wide: nearly every frame inside
+    assert fit["share_d2_below_chi2"] == pytest.approx(0.95, abs=1.0 / fit["published_samples"] + 1e-9)
+    assert fit["refit_sigma_ratio"] < 0.5 and params["sigma0_m"] == pytest.approx(fit["refit_sigma_ratio"]
+                                                                                  * cautious.sigma0_m)
+    assert [params[k] for k in ("margin_coef", "score_coef", "spread_coef")] == pytest.approx(
+        [cautious.margin_coef, cautious.score_coef, cautious.spread_coef])  # the shape kept
+    rerun = evaluate_bags([small_drive["bag"]], [dataclasses.replace(config, covariance_file=out["path"])])
+    published = [(e, fr) for e, fr in zip(rerun.estimates, rerun.frames) if e.accepted]
+    d2 = [float(d @ np.linalg.solve(e.covariance_enu_m2, d)) for e, fr in published
+          for d in [np.array(geo.offset_enu_m(fr.truth.lat_deg, fr.truth.lon_deg, e.lat_deg, e.lon_deg))]]
+    assert len(d2) == fit["refit_published"]  # these gates do not depend on the covariance
+    assert np.mean(np.array(d2) <= CHI2_2DOF_95) == pytest.approx(fit["share_d2_below_chi2"], abs=1.5 / len(d2))
