@@ -96,7 +96,7 @@ class ImageryGate:
         fitted = covariance.imagery_gaussians_fitted and covariance.imagery_statistic == statistic
         self.belief = MismatchBelief(config.imagery_mismatch_prior, config.imagery_mismatch_floor,
                                      config.imagery_window) if fitted and config.imagery_mismatch_prior > 0 else None
-        self.anchor: CarriedEstimate | None = None  # the last accepted estimate that passed the gate unaided
+        self.anchor: CarriedEstimate | None = None  # an accepted estimate that passed the gate unaided (published)
         self.vouched = 0  # accepted frames the gate refused: odometry vouched (imagery_track_s)
 
     def clear(self) -> None:
@@ -156,7 +156,7 @@ class ImageryGate:
         an estimate the gate refuses: it lies within imagery_track_radius_m of the anchor, carried here by
         odometry no more than imagery_track_s later; else None. A view of this place that does not stand out
         from its scope then lands where the track already is; a look-alike seldom does. Only an unaided
-        pass renews the anchor (published), so a vouched run ends imagery_track_s after the last one."""
+        pass renews the anchor (published), so a vouched run ends imagery_track_s after the anchor's."""
         cfg = self.config
         if odometry is None or self.anchor is None or not cfg.imagery_track_s > 0:
             return None

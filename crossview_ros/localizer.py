@@ -21,9 +21,9 @@ protection_risk of fixes. Odometry (add_odometry, thread-safe) moves the matcher
 frames (crossview_ros.odometry), carries a fix through a GNSS dropout (fix_max_age_odometry_s),
 carries the last published estimate so that a fix running off the tiles near their edge is not taken
 for a platform beyond them, and carries the last estimate the fix agreed with so that a fix in a
-multipath excursion does not refuse, or reset, a track that odometry vouches for (fix_overrule_s), and the
-last estimate that passed the MISMATCH gate unaided, so that a view that does not stand out from its scope
-is still published where the track says the platform is (imagery_track_s).
+multipath excursion does not refuse, or reset, a track that odometry vouches for (fix_overrule_s), and an
+anchor that passed the MISMATCH gate unaided, so that a view that does not stand out from its scope is
+still published where the track says the platform is (imagery_track_s; imagery_window.ImageryGate).
 Artefact problems (missing or corrupt engine, descriptors of another model, an unusable calibration
 file) raise at construction, never at the first frame.
 
