@@ -497,15 +497,20 @@ def _mismatch_covariance_m2(est: Estimate) -> np.ndarray:
     return np.zeros((2, 2)) if m is None else np.asarray(m, np.float64)[:2, :2]
 
 
+def covariance_less_mismatch_m2(est: Estimate) -> np.ndarray:
+    """(2, 2) ENU: the estimate's published covariance without the imagery mismatch's share, which
+    calibration leaves out (its walks are on their own imagery)."""
+    cov = np.asarray(est.covariance_enu_m2, np.float64)[:2, :2]
+    return cov - (est.imagery_mismatch or 0.0) * _mismatch_covariance_m2(est)
+
+
 def _added_covariance_m2(est: Estimate, start: CovarianceModel, features: list[float]) -> np.ndarray:
     """(2, 2) ENU: what the estimate's covariance holds beyond start's model (its covariance minus
     sigma^2 I and the imagery mismatch's share): the posterior's mass beyond its mode, which calibration
     keeps while it refits the model."""
     if est.covariance_enu_m2 is None:
         return np.zeros((2, 2))
-    cov = np.asarray(est.covariance_enu_m2, np.float64)[:2, :2]
-    added = (cov - np.eye(2) * float(start.sigma_m(*features)) ** 2
-             - (est.imagery_mismatch or 0.0) * _mismatch_covariance_m2(est))
+    added = covariance_less_mismatch_m2(est) - np.eye(2) * float(start.sigma_m(*features)) ** 2
     w, v = np.linalg.eigh(0.5 * (added + added.T))
     return (v * np.maximum(w, 0.0)) @ v.T
 

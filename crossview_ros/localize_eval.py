@@ -27,7 +27,8 @@ from crossview_ros.bag.topics import TopicMap
 from crossview_ros import geo
 from crossview_ros.camera import CameraError, CameraFrame, CameraRig
 from crossview_ros.covariance import (
-    CHI2_2DOF_95, IMAGERY_LIKELIHOODS, calibrate, fit_fix_sigma_scale, fit_imagery_floor, save_covariance,
+    CHI2_2DOF_95, IMAGERY_LIKELIHOODS, CovarianceModel, calibrate, covariance_less_mismatch_m2, fit_fix_sigma_scale,
+    fit_imagery_floor, save_covariance,
 )
 from crossview_ros.engines import create_engine
 from crossview_ros.estimate import Estimate, Fix, Reason
@@ -217,6 +218,11 @@ def calibrate_covariance(localizer: Localizer, frames: Sequence[Frame], estimate
     except ValueError as exc:
         raise LocalizeInputError(f"--calibrate: {exc}") from None
     model.fit.update(floor_fit)
+    return _saved(model, localizer)
+
+
+def _saved(model: CovarianceModel, localizer: Localizer) -> dict[str, Any]:
+    """The fitted model written as covariance.json beside the localizer's model; what --calibrate reports."""
     path = save_covariance(model, localizer.meta.path, localizer.meta.model_hash)
     return {"path": str(path), "params": model.to_dict(), "fit": dict(model.fit)}
 
@@ -250,8 +256,7 @@ def refit_on_published(localizers: Mapping[Any, Localizer], frames: Sequence[Fra
     model.fit.update({k: v for k, v in first.fit.items() if k.startswith("imagery_")})
     model.fit.update(refit_published=int(sum(published)), refit_sigma_ratio=model.sigma0_m / first.sigma0_m,
                      first_fit_share_d2_below_chi2=first_fit_share(estimates, frames))
-    path = save_covariance(model, any_loc.meta.path, any_loc.meta.model_hash)
-    return {"path": str(path), "params": model.to_dict(), "fit": dict(model.fit)}
+    return _saved(model, any_loc)
 
 
 def first_fit_share(estimates: Sequence[Estimate], frames: Sequence[Frame]) -> float:
@@ -261,11 +266,8 @@ def first_fit_share(estimates: Sequence[Estimate], frames: Sequence[Frame]) -> f
     for est, fr in zip(estimates, frames):
         if not est.accepted or est.covariance_enu_m2 is None:
             continue
-        cov = np.asarray(est.covariance_enu_m2)
-        if est.mismatch_covariance_enu_m2 is not None:
-            cov = cov - (est.imagery_mismatch or 0.0) * np.asarray(est.mismatch_covariance_enu_m2)
         delta = np.array(geo.offset_enu_m(fr.truth.lat_deg, fr.truth.lon_deg, est.lat_deg, est.lon_deg))
-        d2.append(float(delta @ np.linalg.solve(cov, delta)))
+        d2.append(float(delta @ np.linalg.solve(covariance_less_mismatch_m2(est), delta)))
     return float(np.mean(np.array(d2) <= CHI2_2DOF_95)) if d2 else float("nan")
 
 
