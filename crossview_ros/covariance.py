@@ -53,8 +53,9 @@ CHI2_1DOF_95 = 3.841458820694124  # chi-square quantile, 1 dof, 95 %
 # what calibrate() fits and how, for the tools that keep calibrations (crossview-demo, crossview-walks): a
 # calibration made by another version is made again. 2: the scale on the published covariance, the
 # imagery floor on the view's score over its scope's median. 3: the imagery Gaussians (the mismatch belief). 4: the
-# scale refitted on what the fitted model publishes (localize_eval.refit_on_published).
-CALIBRATION_VERSION = 4
+# scale refitted on what the fitted model publishes (localize_eval.refit_on_published). 5: the scale fitted under the
+# mismatch share, the protection level without it; a far mass under protection_risk out of the covariance.
+CALIBRATION_VERSION = 5
 IMAGERY_BEST_SCORE, IMAGERY_OVER_SCOPE_MEDIAN = 0.0, 1.0
 IMAGERY_STATISTICS = {IMAGERY_BEST_SCORE: "the view's score at its pose",  # older calibrations; retrieval models
                       IMAGERY_OVER_SCOPE_MEDIAN: "the view's score at its pose over its median score in the scope"}
@@ -338,8 +339,8 @@ def calibrate(estimates: Sequence[Estimate], truths: Sequence[Any], *, start: Co
     scaled so that the `quantile` of d^2 over the set equals the chi-square 2-dof quantile (5.99
     at 95 %), which keeps the share right when the errors are heavier-tailed than a Gaussian. d^2 is
     taken under the covariance the node publishes: the model's sigma^2 I plus what the posterior
-    added beyond its mode (kept from each estimate); scaled on sigma^2 I alone, the published
-    covariances held more than the quantile.
+    added beyond its mode and the imagery mismatch's share (kept from each estimate); scaled on
+    sigma^2 I alone, the published covariances held more than the quantile.
     Yaw (where estimates and truths have it): with fit_shape, yaw_variance_power by maximum
     likelihood (_fit_yaw_power), then yaw_variance_scale so that the same quantile of e^2 / var
     equals the 1-dof quantile (3.84 at 95 %). sigma_min_m, yaw_variance_min_rad2 and
@@ -347,11 +348,12 @@ def calibrate(estimates: Sequence[Estimate], truths: Sequence[Any], *, start: Co
     are kept from `start` (default: the uncalibrated defaults). Protection level: protection_scale is
     the (1 - protection_risk) quantile of error / published sigma over the set, the published
     covariance being the new model's plus what the posterior added beyond its mode (kept from each
-    estimate's covariance), never below the Gaussian's sqrt(-2 ln risk). imagery_score_floor: the
-    MISMATCH gate's floor (fit_imagery_floor) and the statistic it was fitted on (IMAGERY_STATISTICS),
-    None = start's; imagery_likelihoods (IMAGERY_LIKELIHOODS, fit_imagery_floor; None = start's) are kept for
-    the localizer's imagery mismatch, whose share of an estimate's covariance is left out of the fit (the
-    calibration walks are on their own imagery). published[i]: whether the node would
+    estimate's covariance) but not the mismatch share, never below the Gaussian's sqrt(-2 ln risk): on
+    the calibration walks that share is a stream's start, and fitted with it the factor every frame's
+    radius takes fell (the 45-CPU-minute model's urban fixes beyond it: 0.9 -> 1.9 %).
+    imagery_score_floor: the MISMATCH gate's floor (fit_imagery_floor) and the statistic it was fitted on
+    (IMAGERY_STATISTICS), None = start's; imagery_likelihoods (IMAGERY_LIKELIHOODS, fit_imagery_floor; None =
+    start's) are kept for the localizer's imagery mismatch. published[i]: whether the node would
     publish estimates[i] once that floor is in place (None: all). The shape is fitted on every estimate
     used (many samples), the scale, the protection level and the yaw on the published ones (at least
     min_samples of them, else on all): fitted on frames the node withholds, every published sigma
@@ -367,7 +369,7 @@ def calibrate(estimates: Sequence[Estimate], truths: Sequence[Any], *, start: Co
     likelihoods = {g: float(getattr(start, g)) for g in IMAGERY_LIKELIHOODS}
     likelihoods.update({g: float(v) for g, v in (imagery_likelihoods or {}).items() if g in likelihoods})
     wanted = {str(r) for r in reasons}
-    feats, r2, err, yaw_err2, yaw_raw, added, pub, yaw_pub = [], [], [], [], [], [], [], []
+    feats, r2, err, yaw_err2, yaw_raw, added, shares, pub, yaw_pub = [], [], [], [], [], [], [], [], []
     flags = [True] * len(estimates) if published is None else [bool(p) for p in published]
     if len(flags) != len(estimates):
         raise ValueError(f"got {len(estimates)} estimates but {len(flags)} published flags")
@@ -383,6 +385,7 @@ def calibrate(estimates: Sequence[Estimate], truths: Sequence[Any], *, start: Co
                       1.0 if est.mode_mass is None else est.mode_mass,
                       0.0 if est.view_distance_m is None else est.view_distance_m])
         added.append(_added_covariance_m2(est, start, feats[-1]))
+        shares.append((est.imagery_mismatch or 0.0) * _mismatch_covariance_m2(est))
         if est.yaw_enu_rad is not None and est.yaw_variance_raw_rad2 is not None and t.yaw_enu_rad is not None:
             yaw_err2.append(float(geo.wrap_angle_rad(est.yaw_enu_rad - t.yaw_enu_rad)) ** 2)
             yaw_raw.append(est.yaw_variance_raw_rad2)
@@ -405,6 +408,7 @@ def calibrate(estimates: Sequence[Estimate], truths: Sequence[Any], *, start: Co
     base = np.exp(np.clip(log_sigma0 + f[keep] @ coefs, -50.0, 50.0))
     r2a, err_k = r2a[keep], np.asarray(err, np.float64).reshape(-1, 2)[keep]
     added = np.asarray(added, np.float64).reshape(-1, 2, 2)[keep]
+    published_added = added + np.asarray(shares, np.float64).reshape(-1, 2, 2)[keep]
     yaw_keep = np.asarray(yaw_pub, bool) if sum(yaw_pub) >= min_samples else np.ones(len(yaw_pub), bool)
     yaw_err2 = list(np.asarray(yaw_err2)[yaw_keep]) if yaw_err2 else []
     yaw_raw = list(np.asarray(yaw_raw)[yaw_keep]) if yaw_raw else []
@@ -412,11 +416,11 @@ def calibrate(estimates: Sequence[Estimate], truths: Sequence[Any], *, start: Co
 
     def q_pos(log_s: float) -> float:
         sigma = np.maximum(start.sigma_min_m, math.exp(log_s) * base)
-        return float(np.quantile(_published_d2(err_k, sigma, added), quantile))
+        return float(np.quantile(_published_d2(err_k, sigma, published_added), quantile))
 
     log_scale = _solve_monotone(q_pos, q2)
     sigma = np.maximum(start.sigma_min_m, math.exp(log_scale) * base)
-    d2 = _published_d2(err_k, sigma, added)
+    d2 = _published_d2(err_k, sigma, published_added)
     fit: dict[str, Any] = {
         "created_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "samples": len(r2), "published_samples": int(keep.sum()), "quantile": quantile, "fit_shape": fit_shape,
@@ -499,15 +503,15 @@ def _mismatch_covariance_m2(est: Estimate) -> np.ndarray:
 
 def covariance_less_mismatch_m2(est: Estimate) -> np.ndarray:
     """(2, 2) ENU: the estimate's published covariance without the imagery mismatch's share, which
-    calibration leaves out (its walks are on their own imagery)."""
+    calibration leaves out of the protection level's factor."""
     cov = np.asarray(est.covariance_enu_m2, np.float64)[:2, :2]
     return cov - (est.imagery_mismatch or 0.0) * _mismatch_covariance_m2(est)
 
 
 def _added_covariance_m2(est: Estimate, start: CovarianceModel, features: list[float]) -> np.ndarray:
     """(2, 2) ENU: what the estimate's covariance holds beyond start's model (its covariance minus
-    sigma^2 I and the imagery mismatch's share): the posterior's mass beyond its mode, which calibration
-    keeps while it refits the model."""
+    sigma^2 I and the imagery mismatch's share): the posterior's mass beyond its mode (and a vouched fix's
+    widening), which calibration keeps while it refits the model."""
     if est.covariance_enu_m2 is None:
         return np.zeros((2, 2))
     added = covariance_less_mismatch_m2(est) - np.eye(2) * float(start.sigma_m(*features)) ** 2

@@ -138,6 +138,8 @@ class Estimate:
     fix_overruled: bool = False  # published although its fix contradicted it: odometry vouched (fix_overrule_s)
     imagery_vouched: bool = False  # published although the MISMATCH gate refused its view: odometry vouched
     # (imagery_track_s)
+    ambiguity_vouched: bool = False  # published although its posterior held distinct places (AMBIGUOUS): odometry
+    # vouched for the place the track is at (imagery_track_s)
     latency: Latency = field(default_factory=Latency)
 
     @property

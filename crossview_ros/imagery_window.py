@@ -10,6 +10,7 @@ from collections import deque
 import numpy as np
 
 from crossview_ros.covariance import IMAGERY_OVER_SCOPE_MEDIAN, CovarianceModel
+from crossview_ros.estimate import Reason
 from crossview_ros.localizer_config import LocalizerConfig
 from crossview_ros.matchers import PoseMatch
 from crossview_ros.odometry import CarriedEstimate, GridOdometry
@@ -88,7 +89,9 @@ class ImageryGate:
     """MISMATCH: does the tile set show the place the views see? The gate refuses a frame when too few
     recent views point at their estimate by themselves (min_imagery_support) or their statistic lies below
     the imagery floor (min_imagery_score, calibrated on another place's imagery), unless odometry vouches
-    for it (vouches); the belief (MismatchBelief) weighs the same windows into the published covariance."""
+    for it (vouches); the belief (MismatchBelief) weighs the same windows into the published covariance. The
+    same anchor lets odometry vouch for an estimate whose posterior holds distinct places (AMBIGUOUS): the
+    track says which of them the platform is at."""
 
     def __init__(self, config: LocalizerConfig, covariance: CovarianceModel, statistic: float) -> None:
         self.config, self.covariance, self.statistic = config, covariance, statistic
@@ -98,6 +101,7 @@ class ImageryGate:
                                      config.imagery_window) if fitted and config.imagery_mismatch_prior > 0 else None
         self.anchor: CarriedEstimate | None = None  # an accepted estimate that passed the gate unaided (published)
         self.vouched = 0  # accepted frames the gate refused: odometry vouched (imagery_track_s)
+        self.ambiguity_vouched = 0  # accepted frames the AMBIGUOUS gate refused: odometry vouched (the same anchor)
 
     def clear(self) -> None:
         """A new stream: no views, the belief at its prior, no anchor."""
@@ -173,14 +177,15 @@ class ImageryGate:
         return covariance + np.eye(2) * short if short > 0 else covariance
 
     def published(self, odometry: GridOdometry | None, stamp_s: float, east_m: float, north_m: float,
-                  variance_m2: float, vouched: bool) -> None:
+                  variance_m2: float, vouched: frozenset[Reason]) -> None:
         """An accepted frame: a vouched one is counted; an unaided pass, with its variance per axis (the
         largest of its published covariance, the mismatch share included: on imagery that may be another
         place's, the anchor may sit on a look-alike), becomes the anchor unless the anchor, carried here by
         odometry, is still the sharper: the last pass of a good stretch often has its posterior already
         spreading, and one a few metres off must not move the anchor off a sharp one."""
         if vouched:
-            self.vouched += 1
+            self.vouched += Reason.MISMATCH in vouched
+            self.ambiguity_vouched += Reason.AMBIGUOUS in vouched
             return
         carried = None if odometry is None or self.anchor is None else self.anchor.at(
             odometry, stamp_s, self.config.imagery_track_s)

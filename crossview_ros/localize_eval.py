@@ -27,7 +27,7 @@ from crossview_ros.bag.topics import TopicMap
 from crossview_ros import geo
 from crossview_ros.camera import CameraError, CameraFrame, CameraRig
 from crossview_ros.covariance import (
-    CHI2_2DOF_95, IMAGERY_LIKELIHOODS, CovarianceModel, calibrate, covariance_less_mismatch_m2, fit_fix_sigma_scale,
+    CHI2_2DOF_95, IMAGERY_LIKELIHOODS, CovarianceModel, calibrate, fit_fix_sigma_scale,
     fit_imagery_floor, save_covariance,
 )
 from crossview_ros.engines import create_engine
@@ -260,14 +260,14 @@ def refit_on_published(localizers: Mapping[Any, Localizer], frames: Sequence[Fra
 
 
 def first_fit_share(estimates: Sequence[Estimate], frames: Sequence[Frame]) -> float:
-    """The share of published estimates whose d^2 to the truth, under their covariance less the imagery
-    mismatch's share (which calibration leaves out), lies under the chi-square 2-dof 95 % quantile."""
+    """The share of published estimates whose d^2 to the truth, under their published covariance, lies under
+    the chi-square 2-dof 95 % quantile."""
     d2 = []
     for est, fr in zip(estimates, frames):
         if not est.accepted or est.covariance_enu_m2 is None:
             continue
         delta = np.array(geo.offset_enu_m(fr.truth.lat_deg, fr.truth.lon_deg, est.lat_deg, est.lon_deg))
-        d2.append(float(delta @ np.linalg.solve(covariance_less_mismatch_m2(est), delta)))
+        d2.append(float(delta @ np.linalg.solve(np.asarray(est.covariance_enu_m2)[:2, :2], delta)))
     return float(np.mean(np.array(d2) <= CHI2_2DOF_95)) if d2 else float("nan")
 
 

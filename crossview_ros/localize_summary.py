@@ -101,6 +101,7 @@ def summarize(estimates: Sequence[Estimate], frames: Sequence[Frame], fixes: Seq
         "reasons": dict(sorted(Counter(str(e.reason) for e in estimates).items())),
         "fix_overruled": sum(1 for e in estimates if e.accepted and e.fix_overruled),
         "imagery_vouched": sum(1 for e in estimates if e.accepted and e.imagery_vouched),
+        "ambiguity_vouched": sum(1 for e in estimates if e.accepted and e.ambiguity_vouched),
         "truth": all(fr.truth is not None for fr in frames),
     }
     latency = {"p50": float(np.percentile([e.latency.total_ms for e in estimates], 50)),
@@ -166,9 +167,10 @@ def _summarize_truth(estimates: Sequence[Estimate], frames: Sequence[Frame], fix
 
 def reasons_text(s: dict[str, Any]) -> str:
     """A summary's frames per reason, and how many of the OK ones odometry published over their fix or over
-    the MISMATCH gate."""
+    the MISMATCH or AMBIGUOUS gate."""
     vouched = [f"{n} whose {what} odometry overruled"
-               for n, what in ((s.get("fix_overruled"), "fix"), (s.get("imagery_vouched"), "MISMATCH")) if n]
+               for n, what in ((s.get("fix_overruled"), "fix"), (s.get("imagery_vouched"), "MISMATCH"),
+                               (s.get("ambiguity_vouched"), "AMBIGUOUS")) if n]
     return (", ".join(f"{k} {v}" for k, v in s["reasons"].items())
             + (f" (OK includes {' and '.join(vouched)})" if vouched else ""))
 

@@ -297,8 +297,10 @@ class Localizer:
             times["heading_ms"] = time.perf_counter() - t
 
         try:
-            track_m2 = self._gate(pose, f"tile {pose.tile_id}, score {pose.score:.4f}", stamp)
+            track_m2, vouched = self._gate(pose, f"tile {pose.tile_id}, score {pose.score:.4f}", stamp)
             if track_m2 is not None:  # vouched by odometry: no sharper than the carried anchor
+                if Reason.AMBIGUOUS in vouched:  # the track says which place: the others' mass is not this fix's
+                    base = base - self._far_enu(pose, lat, lon)
                 cov = self.imagery.no_sharper_than(base, track_m2) + share
                 context.update(covariance_enu_m2=cov,
                                protection_level_m=self.covariance.protection_level_m(cov, cfg.protection_risk))
@@ -314,22 +316,24 @@ class Localizer:
                 self.matcher.reset()  # a track whose best place the GNSS contradicts must not carry on
                 self._published = self._agreed = self.imagery.anchor = None  # nor vouch for anything
             raise
-        if self.odometry is not None and heading is not None and heading.flip_mass <= cfg.yaw_max_flip_mass:
-            # the view's own yaw votes (not the posterior's, which holds odometry's prior: no self-confirmation)
-            evidence = heading.yaw_grid_rad if heading.evidence_yaw_grid_rad is None else heading.evidence_yaw_grid_rad
-            self.odometry.vote_bearing(stamp, evidence)
         variance = float(np.linalg.eigvalsh(cov).max())  # per axis, the covariance's largest
-        if self.odometry is not None:  # the published positions' course against odometry's
+        if self.odometry is not None and not vouched:  # a frame the track vouched for is no evidence of its alignment
+            if heading is not None and heading.flip_mass <= cfg.yaw_max_flip_mass:
+                # the view's own yaw votes (not the posterior's, which holds odometry's prior: no self-confirmation)
+                evidence = (heading.yaw_grid_rad if heading.evidence_yaw_grid_rad is None
+                            else heading.evidence_yaw_grid_rad)
+                self.odometry.vote_bearing(stamp, evidence)
+            # the published positions' course against odometry's
             self.odometry.vote_course(stamp, pose.easting_m, pose.northing_m, math.sqrt(variance), source="estimate")
         self._published = CarriedEstimate(stamp, pose.easting_m, pose.northing_m, variance)
         if overruled:
             self.fix_overruled += 1
         else:
             self._agreed = self._published
-        vouched = track_m2 is not None
         self.imagery.published(self.odometry, stamp, pose.easting_m, pose.northing_m, variance, vouched)
         return self._finish(Estimate(stamp_s=stamp, accepted=True, reason=Reason.OK, **context,
-                                     fix_overruled=bool(overruled), imagery_vouched=vouched,
+                                     fix_overruled=bool(overruled), imagery_vouched=Reason.MISMATCH in vouched,
+                                     ambiguity_vouched=Reason.AMBIGUOUS in vouched,
                                      latency=self._latency(times, t_start)))
 
     def _on_tiles_by_odometry(self, stamp: float) -> bool:
@@ -480,9 +484,7 @@ class Localizer:
         sigma = self.covariance.sigma_m(pose.margin, pose.score, pose.spread_m, math.hypot(*offset_m),
                                         1.0 if pose.mode_mass is None else pose.mode_mass,
                                         0.0 if pose.view_distance_m is None else pose.view_distance_m)
-        cov = np.eye(2) * sigma * sigma
-        if pose.far_covariance_m2 is not None:
-            cov = cov + geo.utm_cov_to_enu(pose.far_covariance_m2, lat, lon, self.tiles.zone)
+        cov = np.eye(2) * sigma * sigma + self._far_enu(pose, lat, lon)
         de, dn = geo.offset_enu_m(prior.lat_deg, prior.lon_deg, lat, lon)
         innovation = np.array([de, dn])
         d2 = float(innovation @ np.linalg.solve(cov + prior.covariance_enu_m2, innovation))
@@ -490,13 +492,23 @@ class Localizer:
         apart = prior.covariance_enu_m2 + np.outer(innovation, innovation)
         return cov, d2, math.hypot(de, dn), {"imagery_mismatch": weight, "mismatch_covariance_enu_m2": apart}
 
-    def _gate(self, pose: PoseMatch, detail: str, stamp: float) -> float | None:
+    def _far_enu(self, pose: PoseMatch, lat: float, lon: float) -> np.ndarray:
+        """(2, 2) ENU m^2: the posterior's second moment beyond mode_radius_m about the estimate; zeros when
+        that mass is under protection_risk: a Gaussian cannot hold so slight a far mode without losing its
+        core, and the protection level, fitted on the published errors, carries that risk."""
+        far_mass = 1.0 - (1.0 if pose.mode_mass is None else pose.mode_mass)
+        if pose.far_covariance_m2 is None or far_mass < self.config.protection_risk:
+            return np.zeros((2, 2))
+        return geo.utm_cov_to_enu(pose.far_covariance_m2, lat, lon, self.tiles.zone)
+
+    def _gate(self, pose: PoseMatch, detail: str, stamp: float) -> tuple[float | None, frozenset[Reason]]:
         """OUTSIDE_COVERAGE (the fix's uncertainty runs mostly off the tiles, and odometry does not carry the
         last published estimate onto them), MISMATCH (too few recent views point at their estimates, or they
         score below the imagery floor; unless odometry vouches: ImageryGate), AMBIGUOUS (the posterior
         holds distinct places), LOW_MARGIN; each keeps the estimate in the Estimate. MAHALANOBIS, against the
         GNSS prior, comes after them (_run), as odometry may overrule the fix. The carried anchor's variance
-        per axis when odometry vouched for a MISMATCH refusal (ImageryGate.vouches), else None."""
+        per axis when odometry vouched for a MISMATCH or AMBIGUOUS refusal (ImageryGate.vouches: the estimate
+        is where the track is), else None; and the refusals it vouched for."""
         cfg = self.config
         margin = pose.margin
         if (pose.prior_inside is not None and not pose.prior_inside >= cfg.min_prior_inside
@@ -504,19 +516,25 @@ class Localizer:
             raise _Reject(Reason.OUTSIDE_COVERAGE, f"only {100 * pose.prior_inside:.0f} % of the fix's uncertainty "
                                                    f"lies on the tiles (min_prior_inside {cfg.min_prior_inside:g}): "
                                                    f"the platform may be beyond their coverage ({detail})")
+        vouched: set[Reason] = set()
+        track_m2 = None
         mismatch = self.imagery.refusal(detail)
-        track_m2 = None if mismatch is None else self.imagery.vouches(self.odometry, pose.easting_m,
-                                                                      pose.northing_m, stamp)
-        if mismatch is not None and track_m2 is None:
-            raise _Reject(Reason.MISMATCH, mismatch)
+        if mismatch is not None:
+            track_m2 = self.imagery.vouches(self.odometry, pose.easting_m, pose.northing_m, stamp)
+            if track_m2 is None:
+                raise _Reject(Reason.MISMATCH, mismatch)
+            vouched.add(Reason.MISMATCH)
         if pose.mode_mass is not None and not pose.mode_mass >= cfg.min_mode_mass:
-            raise _Reject(Reason.AMBIGUOUS, f"only {100 * pose.mode_mass:.0f} % of the posterior lies within "
-                                            f"mode_radius_m {cfg.mode_radius_m:g} m of the estimate (min_mode_mass "
-                                            f"{cfg.min_mode_mass:g}; {detail})")
+            track_m2 = self.imagery.vouches(self.odometry, pose.easting_m, pose.northing_m, stamp)
+            if track_m2 is None:
+                raise _Reject(Reason.AMBIGUOUS, f"only {100 * pose.mode_mass:.0f} % of the posterior lies within "
+                                                f"mode_radius_m {cfg.mode_radius_m:g} m of the estimate "
+                                                f"(min_mode_mass {cfg.min_mode_mass:g}; {detail})")
+            vouched.add(Reason.AMBIGUOUS)
         if not margin > cfg.min_margin:
             raise _Reject(Reason.LOW_MARGIN, f"margin {margin:.4f} is not above min_margin {cfg.min_margin:g} "
                                              f"({detail})")
-        return track_m2
+        return track_m2, frozenset(vouched)
 
     def fix_problem(self, fix: Any, now_s: float) -> tuple[Reason, str] | None:
         """(reason, message) when this fix would make a frame fail (NO_FIX, BAD_FIX, FUTURE_STAMP), None

@@ -170,15 +170,16 @@ class LocalizerConfig:
                                          "spares windows where at least this share of the views point at their "
                                          "estimate by themselves (more fixes, but a track locked on a look-alike "
                                          "is spared too); 1 = every window is judged", lo=0.0, hi=1.0, lo_open=True)
-    imagery_track_s: float = param(30.0, "s", "gating", "with odometry aligned to the grid: a view the MISMATCH gate "
-                                   "refuses is still published, no sharper than the anchor, when it lies within "
-                                   "imagery_track_radius_m of the anchor (an estimate that passed the gate unaided, "
+    imagery_track_s: float = param(30.0, "s", "gating", "with odometry aligned to the grid: a view the MISMATCH or "
+                                   "AMBIGUOUS gate refuses is still published, no sharper than the anchor, when it "
+                                   "lies within imagery_track_radius_m of the anchor (an estimate that passed the gates "
+                                   "unaided, "
                                    "the sharper of the carried one and each new pass) carried by odometry, at most "
                                    "this long after it (a view that does not stand out from its scope, where the track "
                                    "says the platform is; 0 = off)", lo=0.0, hi=3600.0)
     imagery_track_radius_m: float = param(5.0, "m", "gating", "how far from where odometry carries the anchor "
-                                          "(imagery_track_s) a view the MISMATCH gate refuses may lie and still be "
-                                          "published", lo=0.0, hi=1.0e4, lo_open=True)
+                                          "(imagery_track_s) a view the MISMATCH or AMBIGUOUS gate refuses may lie and "
+                                          "still be published", lo=0.0, hi=1.0e4, lo_open=True)
     min_prior_inside: float = param(0.5, "1", "gating", "gate: refuse a frame whose fix has less than this share of "
                                     "its uncertainty on the tiles (OUTSIDE_COVERAGE: the tiles cannot correct it)",
                                     lo=0.0, hi=1.0)
@@ -224,7 +225,8 @@ class LocalizerConfig:
     yaw_variance_min_rad2: float = param(1e-4, "rad^2", "covariance", "yaw variance floor",
                                          lo=0.0, hi=10.0, lo_open=True)
     protection_risk: float = param(0.01, "1", "covariance", "the protection level is the radius the true error "
-                                   "exceeds on at most this share of published fixes", lo=0.0, hi=0.5, lo_open=True)
+                                   "exceeds on at most this share of published fixes; the posterior's mass beyond "
+                                   "mode_radius_m enters the covariance from this share on", lo=0.0, hi=0.5, lo_open=True)
     imagery_mismatch_prior: float = param(0.5, "1", "covariance", "P(the tiles do not show the views' place) at a "
                                           "stream's start, then filtered by each window's imagery statistic and "
                                           "support (calibrated likelihoods; off until calibrated): the published "

@@ -551,8 +551,8 @@ def test_gates_judge_the_posterior_and_the_recent_views(bev_export, tmp_path, mo
     """The localizer's integrity gates on a planned sequence of matches (the matcher's pose with the
     view distance and mode mass set by the test): MISMATCH until 2 of the last 4 views point at
     their estimate by themselves, AMBIGUOUS when the mode holds half the posterior, and a published
-    covariance that adds the posterior's far mass to the model's sigma, its protection level the
-    Gaussian's radius of it before calibration."""
+    covariance that adds the posterior's far mass (10 % of it) to the model's sigma, its protection level
+    the Gaussian's radius of it before calibration; a far mass under protection_risk is left out."""
     import dataclasses
 
     from crossview_ros.covariance import gaussian_protection_scale
@@ -565,7 +565,7 @@ def test_gates_judge_the_posterior_and_the_recent_views(bev_export, tmp_path, mo
                                     engine_threads=1, max_mahalanobis=1e6, scope_min_m=20.0, mode_radius_m=5.0,
                                     min_mode_mass=0.8, imagery_window=4, min_imagery_support=0.5))
     far, near = 20.0, 1.0
-    plan = iter([(far, 1.0), (near, 1.0), (near, 1.0), (far, 1.0), (far, 1.0), (far, 1.0), (near, 1.0), (near, 0.5)])
+    plan = iter([(far, 1.0), (near, 1.0), (near, 0.9), (far, 0.995), (far, 1.0), (far, 1.0), (near, 1.0), (near, 0.5)])
     far_cov = np.array([[40.0, 0.0], [0.0, 10.0]])
     real = loc.matcher.refine_pose
 
@@ -586,6 +586,9 @@ def test_gates_judge_the_posterior_and_the_recent_views(bev_export, tmp_path, mo
     added = np.linalg.eigvalsh(ok.covariance_enu_m2 - np.eye(2) * sigma ** 2)  # the grid -> ENU turn keeps these
     np.testing.assert_allclose(added, [10.0, 40.0], rtol=1e-9)
     assert ok.protection_level_m == pytest.approx(gaussian_protection_scale(0.01) * math.sqrt(sigma ** 2 + 40.0))
+    slight = out[3]  # 0.5 % of the posterior far off, under protection_risk (1 %): not in the covariance
+    sigma = loc.covariance.sigma_m(slight.margin, slight.score, slight.spread_m, math.hypot(*slight.offset_m))
+    np.testing.assert_allclose(slight.covariance_enu_m2, np.eye(2) * sigma ** 2, rtol=1e-9)
     loc.reset()  # a new stream earns its support again
     plan = iter([(near, 1.0)])
     assert loc.localize(pano, Fix(float(lat), float(lon), 20.0, sigma_m=8.0), 20.0, encoding="rgb8",
@@ -862,67 +865,99 @@ def test_odometry_overrules_a_fix_that_jumps_away_from_an_estimate_it_agreed_wit
         assert (one.reason, two.reason, loc.fix_overruled) == (Reason.OK, Reason.MAHALANOBIS, 0), kwargs
 
 
+def _standing_still(bev_export, world: tuple, monkeypatch, plan: list[dict], stamps: list[float],
+                    odometry: bool = True, moved_m: float = 0.0, reset_after: int | None = None, **overrides) -> tuple:
+    """The bev localizer on world's (bev_world) view at stamps, each frame's pose match replaced by plan's fields (score over
+    its scope's median 0.1, far_covariance_m2, mode_mass), with a fix (sigma 3 m) on the view's place; odometry
+    aligned to the grid (odom x runs east) says the platform stands still, or moved moved_m east from 10 s to
+    10.5 s. The gates are off but for what overrides sets. The localizer (closed; course_votes_s: the stamps
+    whose published position voted on odometry's alignment) and its estimates."""
+    import dataclasses
+
+    from crossview_ros.estimate import Fix
+    from crossview_ros.localizer import Localizer
+    from crossview_ros.localizer_config import LocalizerConfig
+
+    _, tile_dir, _, lat, lon, pano = world
+    settings = dict(tile_set=str(tile_dir), model=str(bev_export), engine="onnxruntime", engine_threads=1,
+                    max_mahalanobis=1e6, scope_min_m=40.0, min_mode_mass=0.0, min_imagery_support=0.0,
+                    min_imagery_score=0.0, imagery_window=1, min_prior_inside=0.0, odometry=odometry,
+                    covariance_file="none", cov_sigma0_m=1.0, cov_margin_coef=0.0)
+    loc = Localizer(LocalizerConfig(**{**settings, **overrides}))
+    for k in range(401):  # 8 s to 48 s
+        t = 8.0 + 0.1 * k
+        loc.add_odometry(t, moved_m * min(max((t - 10.0) / 0.5, 0.0), 1.0), 0.0, 0.0)
+    for k in range(20 if odometry else 0):  # enough that the frames' own bearings cannot unalign it
+        loc.odometry.vote_bearing(8.0 + 0.1 * k, 0.0)
+    real = loc.matcher.refine_pose
+    planned_fields = iter(plan)
+
+    def planned(ground, candidates):
+        fields = next(planned_fields)
+        return dataclasses.replace(real(ground, candidates), scope_median_score=0.1,
+                                   **{**fields, "score": fields["score"] + 0.1})
+
+    monkeypatch.setattr(loc.matcher, "refine_pose", planned)
+    loc.course_votes_s = []  # the stamps whose published position voted on odometry's alignment
+    if odometry:
+        vote_course = loc.odometry.vote_course
+
+        def recorded(stamp_s: float, *args, source: str = "gnss", **kwargs) -> None:
+            if source == "estimate":
+                loc.course_votes_s.append(stamp_s)
+            vote_course(stamp_s, *args, source=source, **kwargs)
+
+        monkeypatch.setattr(loc.odometry, "vote_course", recorded)
+    out = []
+    for k, t in enumerate(stamps):
+        out.append(loc.localize(pano, Fix(float(lat), float(lon), t, sigma_m=3.0), t, encoding="rgb8", now_s=t))
+        if k == reset_after:
+            loc.reset()
+    loc.close()
+    return loc, out
+
+
+VOUCH_STAMPS = [10.0, 12.0, 20.0, 35.0, 45.0]
+CARRIED_M2 = np.eye(2) * (1.0 + 0.05 ** 2)  # a 1 m anchor and odometry's floor variance, standing still
+
+
 def test_odometry_vouches_for_a_view_below_the_imagery_floor_where_the_track_is(bev_export, tmp_path, monkeypatch):
     """The same view scores above the imagery floor (0.3, a window of one view) at 10 s and 12 s, then below
     it. Standing still, odometry carries the anchor onto each later estimate: the MISMATCH gate's refusal
     is overruled (imagery_vouched) up to imagery_track_s (30 s) after the anchor, which vouched frames do
     not renew (the 45 s frame is refused although the 35 s one was vouched). The anchor is the sharper of
-    the carried one and a new unaided pass: the 12 s pass, planned 4 m wide (a far mode, 17 m^2), does not
+    the carried one and a new unaided pass: the 12 s pass, planned 4 m wide (a far mode of 10 % of the
+    posterior, 16 m^2), does not
     replace the 10 s one (1 m^2 plus odometry's floor, 0.05^2 m^2); planned the other way round, it does. A
-    vouched estimate is published no sharper than the carried anchor. Odometry that says the platform
+    vouched estimate is published no sharper than the carried anchor, and does not vote on odometry's
+    alignment (it was chosen for agreeing with it). Odometry that says the platform
     moved 3 m still vouches (within imagery_track_radius_m 5 m), not with a 2 m radius. Without odometry,
     with imagery_track_s 0, when odometry says the platform moved 20 m (the same view is then not where
     the track is), or after a reset, every refusal stands."""
-    import dataclasses
-
-    from crossview_ros.estimate import Fix, Reason
+    from crossview_ros.estimate import Reason
     from crossview_ros.localize_frames import Frame
     from crossview_ros.localize_summary import reasons_text, summarize
-    from crossview_ros.localizer import Localizer
-    from crossview_ros.localizer_config import LocalizerConfig
 
-    _, tile_dir, _, lat, lon, pano = bev_world(bev_export, tmp_path)
-    stamps, scores = [10.0, 12.0, 20.0, 35.0, 45.0], [0.5, 0.5, 0.2, 0.2, 0.2]
+    scores = [0.5, 0.5, 0.2, 0.2, 0.2]
     wide = np.eye(2) * 16.0
+    world = bev_world(bev_export, tmp_path)
 
-    def run(odometry: bool = True, moved_m: float = 0.0, reset_after: int | None = None,
-            fars: tuple = (None, wide, None, None, None), **overrides) -> tuple:
-        settings = dict(tile_set=str(tile_dir), model=str(bev_export), engine="onnxruntime", engine_threads=1,
-                        max_mahalanobis=1e6, scope_min_m=40.0, min_mode_mass=0.0, min_imagery_support=0.0,
-                        min_imagery_score=0.3, imagery_window=1, min_prior_inside=0.0, odometry=odometry,
-                        covariance_file="none", cov_sigma0_m=1.0, cov_margin_coef=0.0)
-        loc = Localizer(LocalizerConfig(**{**settings, **overrides}))
-        for k in range(401):  # 8 s to 48 s; standing still, or moving moved_m along odom x from 10 s to 10.5 s
-            t = 8.0 + 0.1 * k
-            loc.add_odometry(t, moved_m * min(max((t - 10.0) / 0.5, 0.0), 1.0), 0.0, 0.0)
-        for k in range(20 if odometry else 0):  # enough that the frames' own bearings cannot unalign it
-            loc.odometry.vote_bearing(8.0 + 0.1 * k, 0.0)  # odom x runs grid east
-        real = loc.matcher.refine_pose
-        plan = iter(zip(scores, fars))
+    def run(fars: tuple = (None, wide, None, None, None), **kwargs) -> tuple:
+        plan = [dict(score=score, far_covariance_m2=far, mode_mass=1.0 if far is None else 0.9)
+                for score, far in zip(scores, fars)]
+        return _standing_still(bev_export, world, monkeypatch, plan, VOUCH_STAMPS,
+                               **{"min_imagery_score": 0.3, **kwargs})
 
-        def planned(ground, candidates):
-            score, far = next(plan)
-            return dataclasses.replace(real(ground, candidates), score=score + 0.1, scope_median_score=0.1,
-                                       far_covariance_m2=far)
-
-        monkeypatch.setattr(loc.matcher, "refine_pose", planned)
-        out = []
-        for k, t in enumerate(stamps):
-            out.append(loc.localize(pano, Fix(float(lat), float(lon), t, sigma_m=3.0), t, encoding="rgb8", now_s=t))
-            if k == reset_after:
-                loc.reset()
-        loc.close()
-        return loc, out
-
-    carried = np.eye(2) * (1.0 + 0.05 ** 2)  # the 1 m anchor and odometry's floor variance, standing still
     for wide_at in (1, 0):  # the 12 s pass wide (kept off the anchor), or the 10 s one (replaced)
-        loc, out = run(fars=tuple(wide if k == wide_at else None for k in range(len(stamps))))
+        loc, out = run(fars=tuple(wide if k == wide_at else None for k in range(len(scores))))
         assert [e.reason for e in out] == [Reason.OK] * 4 + [Reason.MISMATCH]
         assert [e.imagery_vouched for e in out] == [False, False, True, True, False] and loc.imagery.vouched == 2
+        assert not any(e.ambiguity_vouched for e in out) and loc.imagery.ambiguity_vouched == 0
+        assert loc.course_votes_s == [10.0, 12.0]  # the vouched frames do not vote on odometry's alignment
         assert [e.imagery_score for e in out] == pytest.approx(scores)
         np.testing.assert_allclose(out[wide_at].covariance_enu_m2, np.eye(2) * 17.0, atol=1e-9)
         for vouched in out[2:4]:  # 1 m by itself, raised to the carried anchor's
-            np.testing.assert_allclose(vouched.covariance_enu_m2, carried, atol=1e-9)
+            np.testing.assert_allclose(vouched.covariance_enu_m2, CARRIED_M2, atol=1e-9)
             assert vouched.protection_level_m > out[1 - wide_at].protection_level_m  # recomputed on it
     assert "below the imagery floor 0.300" in out[4].message and loc.odometry.alignment.offset() is not None
     frames = [Frame(Path("pano.png"), None)] * len(out)
@@ -936,6 +971,49 @@ def test_odometry_vouches_for_a_view_below_the_imagery_floor_where_the_track_is(
                    dict(moved_m=3.0, imagery_track_radius_m=2.0)):
         loc, out = run(**kwargs)
         assert ([e.reason for e in out], loc.imagery.vouched) == (refused, 0), kwargs
+
+
+def test_odometry_vouches_for_the_mode_of_an_ambiguous_posterior_where_the_track_is(bev_export, tmp_path,
+                                                                                     monkeypatch):
+    """The same view, its posterior planned as one place at 10 s and 12 s (mode mass 1, and 0.9 with a far
+    covariance of 16 m^2 per axis at 12 s: wider than the 10 s anchor, which it does not replace), then as two (mode mass 0.5 < min_mode_mass 0.8, the
+    other place's mass a far covariance of 9 m^2 per axis). Standing still, odometry carries the anchor
+    onto the mode: the AMBIGUOUS refusal is overruled (ambiguity_vouched) up to imagery_track_s after the
+    anchor, never renewed by a vouched frame, which does not vote on odometry's alignment either. The
+    track says which place: the vouched frame's covariance
+    drops the other place's mass and is the mode's (1 m^2) raised to the carried anchor's, while a frame
+    published unaided keeps its far mass (the 12 s one, 1 + 16 m^2). Without odometry, with
+    imagery_track_s 0, or when odometry says the platform moved 20 m, every refusal stands."""
+    from crossview_ros.estimate import Reason
+    from crossview_ros.localize_frames import Frame
+    from crossview_ros.localize_summary import reasons_text, summarize
+
+    far = np.eye(2) * 9.0
+    world = bev_world(bev_export, tmp_path)
+
+    def run(**kwargs) -> tuple:
+        plan = [dict(score=0.5, mode_mass=m, far_covariance_m2=f)
+                for m, f in zip((1.0, 0.9, 0.5, 0.5, 0.5), (None, np.eye(2) * 16.0, far, far, far))]
+        return _standing_still(bev_export, world, monkeypatch, plan, VOUCH_STAMPS,
+                               **{"min_mode_mass": 0.8, **kwargs})
+
+    loc, out = run()
+    assert [e.reason for e in out] == [Reason.OK] * 4 + [Reason.AMBIGUOUS]
+    assert [e.ambiguity_vouched for e in out] == [False, False, True, True, False]
+    assert loc.imagery.ambiguity_vouched == 2 and loc.imagery.vouched == 0
+    assert loc.course_votes_s == [10.0, 12.0]  # a frame the track vouched for is no evidence of its alignment
+    assert "only 50 % of the posterior" in out[4].message
+    np.testing.assert_allclose(out[1].covariance_enu_m2, np.eye(2) * 17.0, atol=1e-9)
+    for vouched in out[2:4]:
+        np.testing.assert_allclose(vouched.covariance_enu_m2, CARRIED_M2, atol=1e-9)
+    frames = [Frame(Path("pano.png"), None)] * len(out)
+    summary = summarize(out, frames, [None] * len(out), heading=False)
+    assert summary["ambiguity_vouched"] == 2
+    assert reasons_text(summary) == "AMBIGUOUS 1, OK 4 (OK includes 2 whose AMBIGUOUS odometry overruled)"
+    refused = [Reason.OK, Reason.OK] + [Reason.AMBIGUOUS] * 3
+    for kwargs in (dict(odometry=False), dict(imagery_track_s=0.0), dict(moved_m=20.0)):
+        loc, out = run(**kwargs)
+        assert ([e.reason for e in out], loc.imagery.ambiguity_vouched) == (refused, 0), kwargs
 
 
 def test_a_view_of_this_place_stands_above_its_scope_level(bev_export):

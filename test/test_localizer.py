@@ -942,24 +942,46 @@ def test_the_imagery_mismatch_belief_weighs_each_window_on_the_two_fitted_gaussi
     assert CovarianceModel.from_dict(supported.to_dict()).imagery_own_supported == 0.75
 
 
-def test_calibration_keeps_the_imagery_gaussians_and_leaves_the_mismatch_share_out():
-    """The calibration walks are on their own imagery: an estimate that carries its localizer's mismatch
-    share (imagery_mismatch x mismatch covariance, 30 m x 10 m here) is fitted as the same estimate
-    without it, and the fitted model keeps the Gaussians it was given."""
+def test_calibration_fits_the_scale_under_the_mismatch_share_and_the_protection_level_without_it():
+    """An estimate's published covariance carries its localizer's mismatch share (imagery_mismatch x mismatch
+    covariance, 30 m x 10 m here), on the calibration walks too: the scale is fitted under it, so that 95 %
+    of d^2 under what the node publishes (the fitted sigma^2 I plus the share, computed here by hand) lie
+    below 5.99, where the fit without the share would cover more. The protection level's factor is the
+    99 % quantile of error / fitted sigma, the share left out (at a stream's start it would lower the
+    factor every frame's radius takes). The fitted model keeps the Gaussians it was given."""
+    from scipy.stats import chi2
+
+    from crossview_ros.covariance import gaussian_protection_scale
+
     estimates, truths = synthetic_validation(3000, 1.0, seed=60)
     rng = np.random.default_rng(61)
     apart = np.array([[900.0, 0.0], [0.0, 100.0]])
     default = CovarianceModel.from_config(LocalizerConfig())
-    carrying = []
+    carrying, shares = [], []
     for e in estimates:
         w = float(rng.uniform(0.0, 0.5))
         s2 = default.sigma_m(e.margin, e.score, e.spread_m, math.hypot(*e.offset_m)) ** 2
         carrying.append(dataclasses.replace(e, imagery_mismatch=w, mismatch_covariance_enu_m2=apart,
                                             covariance_enu_m2=np.eye(2) * s2 + w * apart))
+        shares.append(w * apart)
     plain = calibrate(estimates, truths, fit_shape=False)
     fitted = calibrate(carrying, truths, fit_shape=False, imagery_likelihoods=GAUSSIANS)
-    assert fitted.sigma0_m == pytest.approx(plain.sigma0_m, rel=1e-6)
-    assert fitted.fit["share_d2_below_chi2"] == pytest.approx(0.95, abs=0.003)
+    errors = np.array([geo.offset_enu_m(t.lat_deg, t.lon_deg, e.lat_deg, e.lon_deg) for e, t in zip(carrying, truths)])
+
+    def sigmas(model: CovarianceModel) -> np.ndarray:
+        return np.array([model.sigma_m(e.margin, e.score, e.spread_m, math.hypot(*e.offset_m)) for e in carrying])
+
+    def share_inside(model: CovarianceModel) -> float:
+        d2 = [float(err @ np.linalg.solve(np.eye(2) * s * s + share, err))
+              for err, s, share in zip(errors, sigmas(model), shares)]
+        return float(np.mean(np.array(d2) <= chi2.ppf(0.95, 2)))
+
+    assert share_inside(fitted) == pytest.approx(0.95, abs=0.002)
+    assert fitted.fit["share_d2_below_chi2"] == pytest.approx(share_inside(fitted), abs=1e-9)
+    assert share_inside(plain) > 0.96 and fitted.sigma0_m < 0.95 * plain.sigma0_m
+    ratio = np.hypot(errors[:, 0], errors[:, 1]) / sigmas(fitted)
+    assert fitted.protection_scale == pytest.approx(max(float(np.quantile(ratio, 0.99, method="higher")),
+                                                        gaussian_protection_scale(0.01)), rel=1e-9)
     assert {g: getattr(fitted, g) for g in GAUSSIANS} == GAUSSIANS
     assert not plain.imagery_gaussians_fitted  # none given: start's (none)
 

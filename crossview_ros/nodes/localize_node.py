@@ -480,6 +480,7 @@ class LocalizeNode(Node):
             "protection_level_m": f"{protection_m:.2f}", "yaw_withheld": self.localizer.yaw_withheld,
             "fix_overruled": self.localizer.fix_overruled,
             "imagery_vouched": self.localizer.imagery.vouched,
+            "ambiguity_vouched": self.localizer.imagery.ambiguity_vouched,
             "odometry_received": counts["odometry_received"], "odometry_ignored": counts["odometry_ignored"],
             "odometry_aligned": str(self.localizer.odometry is not None
                                     and self.localizer.odometry.alignment.offset() is not None).lower(),
