@@ -976,14 +976,14 @@ def test_odometry_vouches_for_a_view_below_the_imagery_floor_where_the_track_is(
 def test_odometry_vouches_for_the_mode_of_an_ambiguous_posterior_where_the_track_is(bev_export, tmp_path,
                                                                                      monkeypatch):
     """The same view, its posterior planned as one place at 10 s and 12 s (mode mass 1, and 0.9 with a far
-    covariance of 16 m^2 per axis at 12 s: wider than the 10 s anchor, which it does not replace), then as two (mode mass 0.5 < min_mode_mass 0.8, the
-    other place's mass a far covariance of 9 m^2 per axis). Standing still, odometry carries the anchor
-    onto the mode: the AMBIGUOUS refusal is overruled (ambiguity_vouched) up to imagery_track_s after the
-    anchor, never renewed by a vouched frame, which does not vote on odometry's alignment either. The
-    track says which place: the vouched frame's covariance
-    drops the other place's mass and is the mode's (1 m^2) raised to the carried anchor's, while a frame
-    published unaided keeps its far mass (the 12 s one, 1 + 16 m^2). Without odometry, with
-    imagery_track_s 0, or when odometry says the platform moved 20 m, every refusal stands."""
+    covariance of 16 m^2 per axis at 12 s: wider than the 10 s anchor, which it does not replace), then as
+    two (mode mass 0.5 < min_mode_mass 0.8, the other place's mass a far covariance of 9 m^2 per axis).
+    Standing still, odometry carries the anchor onto the mode: the AMBIGUOUS refusal is overruled
+    (ambiguity_vouched) up to imagery_track_s after the anchor, never renewed by a vouched frame, which
+    does not vote on odometry's alignment either. The track says which place: the vouched frame's
+    covariance drops the other place's mass and is the mode's (1 m^2) raised to the carried anchor's,
+    while a frame published unaided keeps its far mass (the 12 s one, 1 + 16 m^2). Without odometry,
+    with imagery_track_s 0, or when odometry says the platform moved 20 m, every refusal stands."""
     from crossview_ros.estimate import Reason
     from crossview_ros.localize_frames import Frame
     from crossview_ros.localize_summary import reasons_text, summarize
