@@ -384,8 +384,8 @@ def calibrate(estimates: Sequence[Estimate], truths: Sequence[Any], *, start: Co
         feats.append([est.margin, est.score, est.spread_m or 0.0, math.hypot(*(est.offset_m or (0.0, 0.0))),
                       1.0 if est.mode_mass is None else est.mode_mass,
                       0.0 if est.view_distance_m is None else est.view_distance_m])
-        added.append(_added_covariance_m2(est, start, feats[-1]))
         shares.append((est.imagery_mismatch or 0.0) * _mismatch_covariance_m2(est))
+        added.append(_added_covariance_m2(est, start, feats[-1], shares[-1]))
         if est.yaw_enu_rad is not None and est.yaw_variance_raw_rad2 is not None and t.yaw_enu_rad is not None:
             yaw_err2.append(float(geo.wrap_angle_rad(est.yaw_enu_rad - t.yaw_enu_rad)) ** 2)
             yaw_raw.append(est.yaw_variance_raw_rad2)
@@ -501,20 +501,15 @@ def _mismatch_covariance_m2(est: Estimate) -> np.ndarray:
     return np.zeros((2, 2)) if m is None else np.asarray(m, np.float64)[:2, :2]
 
 
-def covariance_less_mismatch_m2(est: Estimate) -> np.ndarray:
-    """(2, 2) ENU: the estimate's published covariance without the imagery mismatch's share, which
-    calibration leaves out of the protection level's factor."""
-    cov = np.asarray(est.covariance_enu_m2, np.float64)[:2, :2]
-    return cov - (est.imagery_mismatch or 0.0) * _mismatch_covariance_m2(est)
-
-
-def _added_covariance_m2(est: Estimate, start: CovarianceModel, features: list[float]) -> np.ndarray:
+def _added_covariance_m2(est: Estimate, start: CovarianceModel, features: list[float],
+                         share: np.ndarray) -> np.ndarray:
     """(2, 2) ENU: what the estimate's covariance holds beyond start's model (its covariance minus
-    sigma^2 I and the imagery mismatch's share): the posterior's mass beyond its mode (and a vouched fix's
-    widening), which calibration keeps while it refits the model."""
+    sigma^2 I and the imagery mismatch's share, given): the posterior's mass beyond its mode (and a vouched
+    fix's widening), which calibration keeps while it refits the model."""
     if est.covariance_enu_m2 is None:
         return np.zeros((2, 2))
-    added = covariance_less_mismatch_m2(est) - np.eye(2) * float(start.sigma_m(*features)) ** 2
+    cov = np.asarray(est.covariance_enu_m2, np.float64)[:2, :2]
+    added = cov - share - np.eye(2) * float(start.sigma_m(*features)) ** 2
     w, v = np.linalg.eigh(0.5 * (added + added.T))
     return (v * np.maximum(w, 0.0)) @ v.T
 

@@ -525,7 +525,8 @@ class Localizer:
                 raise _Reject(Reason.MISMATCH, mismatch)
             vouched.add(Reason.MISMATCH)
         if pose.mode_mass is not None and not pose.mode_mass >= cfg.min_mode_mass:
-            track_m2 = self.imagery.vouches(self.odometry, pose.easting_m, pose.northing_m, stamp)
+            if track_m2 is None:  # not yet asked (a MISMATCH refusal it vouched for already carried the anchor)
+                track_m2 = self.imagery.vouches(self.odometry, pose.easting_m, pose.northing_m, stamp)
             if track_m2 is None:
                 raise _Reject(Reason.AMBIGUOUS, f"only {100 * pose.mode_mass:.0f} % of the posterior lies within "
                                                 f"mode_radius_m {cfg.mode_radius_m:g} m of the estimate "

@@ -173,10 +173,9 @@ class LocalizerConfig:
     imagery_track_s: float = param(30.0, "s", "gating", "with odometry aligned to the grid: a view the MISMATCH or "
                                    "AMBIGUOUS gate refuses is still published, no sharper than the anchor, when it "
                                    "lies within imagery_track_radius_m of the anchor (an estimate that passed the gates "
-                                   "unaided, "
-                                   "the sharper of the carried one and each new pass) carried by odometry, at most "
-                                   "this long after it (a view that does not stand out from its scope, where the track "
-                                   "says the platform is; 0 = off)", lo=0.0, hi=3600.0)
+                                   "unaided, the sharper of the carried one and each new pass) carried by odometry, at "
+                                   "most this long after it (a view that does not stand out from its scope, where the "
+                                   "track says the platform is; 0 = off)", lo=0.0, hi=3600.0)
     imagery_track_radius_m: float = param(5.0, "m", "gating", "how far from where odometry carries the anchor "
                                           "(imagery_track_s) a view the MISMATCH or AMBIGUOUS gate refuses may lie and "
                                           "still be published", lo=0.0, hi=1.0e4, lo_open=True)
