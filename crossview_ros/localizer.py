@@ -53,9 +53,9 @@ from crossview_ros.covariance import (
 )
 from crossview_ros.engines import Engine, create_engine
 from crossview_ros.estimate import (
-    BAD_INPUT_REASONS, GATE_REASONS, NAVSAT_COVARIANCE_TYPES, NAVSAT_STATUS_NO_FIX, NAVSAT_STATUS_RANGE,
-    NAVSAT_STATUS_UNKNOWN, Estimate, Fix, Latency, LocalizerError, Reason, finite_or_none, fix_covariance_enu_m2,
+    BAD_INPUT_REASONS, GATE_REASONS, Estimate, Fix, Latency, LocalizerError, Reason, finite_or_none,
 )
+from crossview_ros.frame_checks import FrameRejected, check_fix, check_stamp
 from crossview_ros.imagery_window import ImageryGate
 from crossview_ros.localizer_config import LocalizerConfig
 from crossview_ros.log_throttle import Throttle
@@ -95,15 +95,6 @@ class _GnssPrior:
     widen_age_s: float  # the age that still widens the search radius by max_speed_mps (0 once carried)
     sigma_covariance_enu_m2: np.ndarray  # what the search radius's k sigma is taken from
     carried: bool = False  # odometry carried the fix to the panorama's stamp
-
-
-class _Reject(Exception):
-    """A frame that ends with a reason (internal control flow of localize)."""
-
-    def __init__(self, reason: Reason, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
-        self.message = message
 
 
 class Localizer:
@@ -232,7 +223,7 @@ class Localizer:
         try:
             return self._run(panorama, fix, stamp_s, encoding, time.time() if now_s is None else now_s,
                              times, context, t_start)
-        except _Reject as rej:
+        except FrameRejected as rej:
             stamp = finite_or_none(stamp_s)
             stamp = float("nan") if stamp is None else stamp
             return self._finish(Estimate(stamp_s=stamp, accepted=False, reason=rej.reason, message=rej.message,
@@ -243,13 +234,14 @@ class Localizer:
         """The frame's stages in order; each stage's wall time goes into `times`, what is known of the
         estimate into `context` (kept by a rejection)."""
         cfg = self.config
-        stamp = self._check_stamp(stamp_s, now_s)
+        stamp = check_stamp(stamp_s, now_s, self._last_stamp_s, max_future_s=self.config.max_future_s)
+        self._last_stamp_s = min(stamp, now_s)  # an early stamp counts as now: it must not make later frames old
         fix_cov = self._check_fix(fix, now_s) * self.covariance.fix_sigma_scale ** 2
         age_s = stamp - fix.stamp_s
         prior = self._gnss_prior(fix, fix_cov, stamp, age_s)
         if abs(age_s) > cfg.fix_max_age_s and (not prior.carried or age_s > cfg.fix_max_age_odometry_s):
             limit = "fix_max_age_odometry_s" if prior.carried else "fix_max_age_s"
-            raise _Reject(Reason.STALE_STAMP, f"fix is {abs(age_s):.3f} s {'older' if age_s > 0 else 'newer'} than "
+            raise FrameRejected(Reason.STALE_STAMP, f"fix is {abs(age_s):.3f} s {'older' if age_s > 0 else 'newer'} than "
                                               f"the panorama (more than {limit} {getattr(cfg, limit):g} s)")
 
         t = time.perf_counter()
@@ -308,10 +300,10 @@ class Localizer:
             if d2 > cfg.max_mahalanobis:
                 overruled = self._fix_overruled(pose, cov, lat, lon, stamp, from_fix_m, d2)
                 if not overruled:
-                    raise _Reject(Reason.MAHALANOBIS, f"estimate is {from_fix_m:.1f} m from the fix, squared "
+                    raise FrameRejected(Reason.MAHALANOBIS, f"estimate is {from_fix_m:.1f} m from the fix, squared "
                                                       f"Mahalanobis distance {d2:.1f} > max_mahalanobis "
                                                       f"{cfg.max_mahalanobis:g}")
-        except _Reject as rej:
+        except FrameRejected as rej:
             if rej.reason is Reason.MAHALANOBIS:
                 self.matcher.reset()  # a track whose best place the GNSS contradicts must not carry on
                 self._published = self._agreed = self.imagery.anchor = None  # nor vouch for anything
@@ -390,7 +382,7 @@ class Localizer:
             try:
                 rgb = decode_panorama(frame, encoding, max_pixels=max_pixels)
             except ValueError as exc:
-                raise _Reject(Reason.BAD_IMAGE, str(exc)) from None
+                raise FrameRejected(Reason.BAD_IMAGE, str(exc)) from None
             if self._panorama_height_m is None:
                 return rgb, None
             # at the model's input size first (as preprocess would resize it), then the rows move
@@ -401,14 +393,14 @@ class Localizer:
             try:
                 images.append(decode_image(image, enc, max_pixels=max_pixels))
             except ValueError as exc:
-                raise _Reject(Reason.BAD_IMAGE, f"camera {cam.name}: {exc}") from None
+                raise FrameRejected(Reason.BAD_IMAGE, f"camera {cam.name}: {exc}") from None
         if frame.rig.size_hw != self.meta.ground.size_hw:
-            raise _Reject(Reason.BAD_CAMERA, f"the rig composes {frame.rig.size_hw} panoramas, the model takes "
+            raise FrameRejected(Reason.BAD_CAMERA, f"the rig composes {frame.rig.size_hw} panoramas, the model takes "
                                              f"{self.meta.ground.size_hw}; build it with Localizer.camera_rig")
         try:
             return frame.rig.compose(images), frame.rig.visibility
         except CameraError as exc:
-            raise _Reject(Reason.BAD_CAMERA, str(exc)) from None
+            raise FrameRejected(Reason.BAD_CAMERA, str(exc)) from None
 
     def _gnss_prior(self, fix: Fix, fix_cov: np.ndarray, stamp: float, age_s: float) -> _GnssPrior:
         """Where the fix puts the platform at the panorama's stamp. A fix older than the panorama is carried
@@ -440,10 +432,10 @@ class Localizer:
         try:
             e_fix, n_fix, _ = geo.latlon_to_utm(lat, lon, zone=self.tiles.zone)
         except geo.GeoError:  # far outside the tile set's UTM zone
-            raise _Reject(Reason.OUTSIDE_COVERAGE, self._coverage.outside_message(lat, lon, radius_m)) from None
+            raise FrameRejected(Reason.OUTSIDE_COVERAGE, self._coverage.outside_message(lat, lon, radius_m)) from None
         ids = self.tiles.tiles_within_utm(e_fix, n_fix, radius_m)
         if ids.size == 0:
-            raise _Reject(Reason.OUTSIDE_COVERAGE, self._coverage.outside_message(lat, lon, radius_m))
+            raise FrameRejected(Reason.OUTSIDE_COVERAGE, self._coverage.outside_message(lat, lon, radius_m))
         context["tiles_in_scope"] = int(ids.size)
         if self.odometry is not None and fix.stamp_s != self._course_fix_stamp_s:
             self._course_fix_stamp_s = fix.stamp_s  # one vote per fix, whatever the frame rate; where it was taken
@@ -513,7 +505,7 @@ class Localizer:
         margin = pose.margin
         if (pose.prior_inside is not None and not pose.prior_inside >= cfg.min_prior_inside
                 and not self._on_tiles_by_odometry(stamp)):
-            raise _Reject(Reason.OUTSIDE_COVERAGE, f"only {100 * pose.prior_inside:.0f} % of the fix's uncertainty "
+            raise FrameRejected(Reason.OUTSIDE_COVERAGE, f"only {100 * pose.prior_inside:.0f} % of the fix's uncertainty "
                                                    f"lies on the tiles (min_prior_inside {cfg.min_prior_inside:g}): "
                                                    f"the platform may be beyond their coverage ({detail})")
         vouched: set[Reason] = set()
@@ -522,77 +514,33 @@ class Localizer:
         if mismatch is not None:
             track_m2 = self.imagery.vouches(self.odometry, pose.easting_m, pose.northing_m, stamp)
             if track_m2 is None:
-                raise _Reject(Reason.MISMATCH, mismatch)
+                raise FrameRejected(Reason.MISMATCH, mismatch)
             vouched.add(Reason.MISMATCH)
         if pose.mode_mass is not None and not pose.mode_mass >= cfg.min_mode_mass:
             if track_m2 is None:  # not yet asked (a MISMATCH refusal it vouched for already carried the anchor)
                 track_m2 = self.imagery.vouches(self.odometry, pose.easting_m, pose.northing_m, stamp)
             if track_m2 is None:
-                raise _Reject(Reason.AMBIGUOUS, f"only {100 * pose.mode_mass:.0f} % of the posterior lies within "
+                raise FrameRejected(Reason.AMBIGUOUS, f"only {100 * pose.mode_mass:.0f} % of the posterior lies within "
                                                 f"mode_radius_m {cfg.mode_radius_m:g} m of the estimate "
                                                 f"(min_mode_mass {cfg.min_mode_mass:g}; {detail})")
             vouched.add(Reason.AMBIGUOUS)
         if not margin > cfg.min_margin:
-            raise _Reject(Reason.LOW_MARGIN, f"margin {margin:.4f} is not above min_margin {cfg.min_margin:g} "
+            raise FrameRejected(Reason.LOW_MARGIN, f"margin {margin:.4f} is not above min_margin {cfg.min_margin:g} "
                                              f"({detail})")
         return track_m2, frozenset(vouched)
+
+    def _check_fix(self, fix: Any, now_s: float) -> np.ndarray:
+        return check_fix(fix, now_s, max_future_s=self.config.max_future_s,
+                         default_fix_sigma_m=self.config.default_fix_sigma_m)
 
     def fix_problem(self, fix: Any, now_s: float) -> tuple[Reason, str] | None:
         """(reason, message) when this fix would make a frame fail (NO_FIX, BAD_FIX, FUTURE_STAMP), None
         when the localizer would use it: the node takes its datum only from a fix that passes."""
         try:
             self._check_fix(fix, now_s)
-        except _Reject as rej:
+        except FrameRejected as rej:
             return rej.reason, rej.message
         return None
-
-    def _check_stamp(self, stamp_s: Any, now_s: float) -> float:
-        """The panorama's stamp, or _Reject. A stamp ahead of now (within max_future_s) counts as now
-        for the order of later frames: one early stamp must not make the good frames after it old."""
-        stamp = finite_or_none(stamp_s)
-        if stamp is None or stamp < 0.0:
-            raise _Reject(Reason.BAD_STAMP, f"panorama stamp {stamp_s!r} is not a finite time >= 0 s")
-        if stamp > now_s + self.config.max_future_s:
-            raise _Reject(Reason.FUTURE_STAMP, f"panorama stamp {stamp:.3f} s is {stamp - now_s:.3f} s in the "
-                                               f"future (more than max_future_s {self.config.max_future_s:g} s)")
-        if self._last_stamp_s is not None and stamp <= self._last_stamp_s:
-            raise _Reject(Reason.OUT_OF_ORDER, f"panorama stamp {stamp:.3f} s is not after the previous frame's "
-                                               f"{self._last_stamp_s:.3f} s")
-        self._last_stamp_s = min(stamp, now_s)
-        return stamp
-
-    def _check_fix(self, fix: Any, now_s: float) -> np.ndarray:
-        """The fix's horizontal covariance (2, 2) ENU m^2, or _Reject (NO_FIX, BAD_FIX, FUTURE_STAMP)."""
-        if not isinstance(fix, Fix):
-            raise _Reject(Reason.BAD_FIX, f"fix must be a localizer.Fix, got {type(fix).__name__}")
-        status = fix.status
-        if isinstance(status, bool) or not isinstance(status, (int, np.integer)):
-            raise _Reject(Reason.BAD_FIX, f"fix status must be an integer (NavSatStatus), got {status!r}")
-        if status in (NAVSAT_STATUS_NO_FIX, NAVSAT_STATUS_UNKNOWN):
-            name = "STATUS_NO_FIX" if status == NAVSAT_STATUS_NO_FIX else "STATUS_UNKNOWN"
-            raise _Reject(Reason.NO_FIX, f"GNSS reports {name}: no position to use")
-        if not NAVSAT_STATUS_RANGE[0] <= status <= NAVSAT_STATUS_RANGE[1]:
-            raise _Reject(Reason.BAD_FIX, f"fix status {status} is not a NavSatStatus value "
-                                          f"({NAVSAT_STATUS_RANGE[0]}..{NAVSAT_STATUS_RANGE[1]})")
-        if fix.covariance_type is not None and fix.covariance_type not in NAVSAT_COVARIANCE_TYPES:
-            raise _Reject(Reason.BAD_FIX, f"position_covariance_type {fix.covariance_type} is not a NavSatFix value "
-                                          f"({min(NAVSAT_COVARIANCE_TYPES)}..{max(NAVSAT_COVARIANCE_TYPES)})")
-        try:
-            geo.check_latlon(float(fix.lat_deg), float(fix.lon_deg))
-        except (geo.GeoError, TypeError, ValueError) as exc:
-            raise _Reject(Reason.BAD_FIX, f"fix position is invalid: {exc}") from None
-        if not geo.UTM_LAT_MIN_DEG <= float(fix.lat_deg) <= geo.UTM_LAT_MAX_DEG:
-            raise _Reject(Reason.BAD_FIX, f"fix latitude {float(fix.lat_deg):g} is outside UTM's "
-                                          f"[{geo.UTM_LAT_MIN_DEG:g}, {geo.UTM_LAT_MAX_DEG:g}] degrees, where tiles exist")
-        if finite_or_none(fix.stamp_s) is None:
-            raise _Reject(Reason.BAD_FIX, f"fix stamp must be a finite number of seconds, got {fix.stamp_s!r}")
-        if fix.stamp_s > now_s + self.config.max_future_s:
-            raise _Reject(Reason.FUTURE_STAMP, f"fix stamp {fix.stamp_s:.3f} s is {fix.stamp_s - now_s:.3f} s in "
-                                               f"the future (more than max_future_s {self.config.max_future_s:g} s)")
-        try:
-            return fix_covariance_enu_m2(fix, self.config.default_fix_sigma_m)
-        except ValueError as exc:
-            raise _Reject(Reason.BAD_FIX, str(exc)) from None
 
     @staticmethod
     def _latency(times: dict[str, float], t_start: float) -> Latency:
