@@ -173,3 +173,13 @@ def test_layout_lists_existing_paths_and_every_runtime_module():
                if (p.is_dir() and (p / "__init__.py").exists()) or (p.suffix == ".py" and p.name != "__init__.py")}
     unlisted = sorted(modules - set(paths))
     assert not unlisted, f"docs/reference.md's layout does not list {unlisted}"
+
+
+MAX_MODULE_LINES = 600  # the style guide's "no module over ~600 lines": one job per module
+
+
+def test_no_package_module_is_over_the_line_limit():
+    modules = sorted((*ROOT.joinpath("crossview_ros").rglob("*.py"), *ROOT.joinpath("training").rglob("*.py")))
+    assert len(modules) > 50, "the package's modules were not found"
+    over = {str(p.relative_to(ROOT)): n for p in modules if (n := len(p.read_text().splitlines())) > MAX_MODULE_LINES}
+    assert not over, f"modules over {MAX_MODULE_LINES} lines (split them by concept): {over}"
