@@ -241,8 +241,8 @@ class Localizer:
         prior = self._gnss_prior(fix, fix_cov, stamp, age_s)
         if abs(age_s) > cfg.fix_max_age_s and (not prior.carried or age_s > cfg.fix_max_age_odometry_s):
             limit = "fix_max_age_odometry_s" if prior.carried else "fix_max_age_s"
-            raise FrameRejected(Reason.STALE_STAMP, f"fix is {abs(age_s):.3f} s {'older' if age_s > 0 else 'newer'} than "
-                                              f"the panorama (more than {limit} {getattr(cfg, limit):g} s)")
+            raise FrameRejected(Reason.STALE_STAMP, f"fix is {abs(age_s):.3f} s {'older' if age_s > 0 else 'newer'} "
+                                                    f"than the panorama (more than {limit} {getattr(cfg, limit):g} s)")
 
         t = time.perf_counter()
         rgb, visibility = self._decode(panorama, encoding)
@@ -301,8 +301,8 @@ class Localizer:
                 overruled = self._fix_overruled(pose, cov, lat, lon, stamp, from_fix_m, d2)
                 if not overruled:
                     raise FrameRejected(Reason.MAHALANOBIS, f"estimate is {from_fix_m:.1f} m from the fix, squared "
-                                                      f"Mahalanobis distance {d2:.1f} > max_mahalanobis "
-                                                      f"{cfg.max_mahalanobis:g}")
+                                                            f"Mahalanobis distance {d2:.1f} > max_mahalanobis "
+                                                            f"{cfg.max_mahalanobis:g}")
         except FrameRejected as rej:
             if rej.reason is Reason.MAHALANOBIS:
                 self.matcher.reset()  # a track whose best place the GNSS contradicts must not carry on
@@ -396,7 +396,7 @@ class Localizer:
                 raise FrameRejected(Reason.BAD_IMAGE, f"camera {cam.name}: {exc}") from None
         if frame.rig.size_hw != self.meta.ground.size_hw:
             raise FrameRejected(Reason.BAD_CAMERA, f"the rig composes {frame.rig.size_hw} panoramas, the model takes "
-                                             f"{self.meta.ground.size_hw}; build it with Localizer.camera_rig")
+                                                   f"{self.meta.ground.size_hw}; build it with Localizer.camera_rig")
         try:
             return frame.rig.compose(images), frame.rig.visibility
         except CameraError as exc:
@@ -505,9 +505,10 @@ class Localizer:
         margin = pose.margin
         if (pose.prior_inside is not None and not pose.prior_inside >= cfg.min_prior_inside
                 and not self._on_tiles_by_odometry(stamp)):
-            raise FrameRejected(Reason.OUTSIDE_COVERAGE, f"only {100 * pose.prior_inside:.0f} % of the fix's uncertainty "
-                                                   f"lies on the tiles (min_prior_inside {cfg.min_prior_inside:g}): "
-                                                   f"the platform may be beyond their coverage ({detail})")
+            raise FrameRejected(Reason.OUTSIDE_COVERAGE, f"only {100 * pose.prior_inside:.0f} % of the fix's "
+                                                         f"uncertainty lies on the tiles (min_prior_inside "
+                                                         f"{cfg.min_prior_inside:g}): the platform may be beyond their "
+                                                         f"coverage ({detail})")
         vouched: set[Reason] = set()
         track_m2 = None
         mismatch = self.imagery.refusal(detail)
@@ -521,12 +522,12 @@ class Localizer:
                 track_m2 = self.imagery.vouches(self.odometry, pose.easting_m, pose.northing_m, stamp)
             if track_m2 is None:
                 raise FrameRejected(Reason.AMBIGUOUS, f"only {100 * pose.mode_mass:.0f} % of the posterior lies within "
-                                                f"mode_radius_m {cfg.mode_radius_m:g} m of the estimate "
-                                                f"(min_mode_mass {cfg.min_mode_mass:g}; {detail})")
+                                                      f"mode_radius_m {cfg.mode_radius_m:g} m of the estimate "
+                                                      f"(min_mode_mass {cfg.min_mode_mass:g}; {detail})")
             vouched.add(Reason.AMBIGUOUS)
         if not margin > cfg.min_margin:
             raise FrameRejected(Reason.LOW_MARGIN, f"margin {margin:.4f} is not above min_margin {cfg.min_margin:g} "
-                                             f"({detail})")
+                                                   f"({detail})")
         return track_m2, frozenset(vouched)
 
     def _check_fix(self, fix: Any, now_s: float) -> np.ndarray:
