@@ -2,7 +2,8 @@
 
 Each check returns what the localizer needs or raises FrameRejected with the Reason the Estimate carries
 (BAD_STAMP, FUTURE_STAMP, OUT_OF_ORDER, NO_FIX, BAD_FIX): bad input ends a frame with a reason, never a
-crash. Kept apart from the localizer so that the node can ask of a fix alone whether it would pass.
+crash. The localizer runs them first on every frame, and Localizer.fix_problem runs the fix's alone for
+the node, which takes its datum only from a fix that passes.
 """
 
 from __future__ import annotations
