@@ -268,7 +268,7 @@ class Localizer:
         offset_m = self.matcher.tile_offset_m(pose)
         lat, lon = geo.utm_to_latlon(pose.easting_m, pose.northing_m, self.tiles.zone)
         support = self.imagery.record(pose)
-        base, d2, from_fix_m, mismatch = self._covariance_and_d2(prior, lat, lon, pose, offset_m)
+        base, far, d2, from_fix_m, mismatch = self._covariance_and_d2(prior, lat, lon, pose, offset_m)
         share = mismatch["imagery_mismatch"] * mismatch["mismatch_covariance_enu_m2"]
         cov = base + share
         times["offset_ms"] = time.perf_counter() - t
@@ -292,7 +292,7 @@ class Localizer:
             track_m2, vouched = self._gate(pose, f"tile {pose.tile_id}, score {pose.score:.4f}", stamp)
             if track_m2 is not None:  # vouched by odometry: no sharper than the carried anchor
                 if Reason.AMBIGUOUS in vouched:  # the track says which place: the others' mass is not this fix's
-                    base = base - self._far_enu(pose, lat, lon)
+                    base = base - far
                 cov = self.imagery.no_sharper_than(base, track_m2) + share
                 context.update(covariance_enu_m2=cov,
                                protection_level_m=self.covariance.protection_level_m(cov, cfg.protection_risk))
@@ -464,9 +464,10 @@ class Localizer:
                 "yaw_variance_rad2": float(self.covariance.yaw_variance_rad2(h.variance_raw_rad2))}
 
     def _covariance_and_d2(self, prior: _GnssPrior, lat: float, lon: float, pose: PoseMatch,
-                           offset_m: tuple[float, float]) -> tuple[np.ndarray, float, float, dict[str, Any]]:
-        """The 2x2 ENU covariance without the mismatch share, d^2 to the GNSS prior, the distance from its
-        centre (m), the mismatch fields.
+                           offset_m: tuple[float, float]
+                           ) -> tuple[np.ndarray, np.ndarray, float, float, dict[str, Any]]:
+        """The 2x2 ENU covariance without the mismatch share, the far mass's part of it (_far_enu), d^2 to
+        the GNSS prior, the distance from its centre (m), the mismatch fields.
 
         The calibrated model's (CovarianceModel), plus the posterior's mass beyond mode_radius_m (sum of
         p d d^T: a far look-alike widens it, as a mixture's covariance would). The published one adds
@@ -476,13 +477,14 @@ class Localizer:
         sigma = self.covariance.sigma_m(pose.margin, pose.score, pose.spread_m, math.hypot(*offset_m),
                                         1.0 if pose.mode_mass is None else pose.mode_mass,
                                         0.0 if pose.view_distance_m is None else pose.view_distance_m)
-        cov = np.eye(2) * sigma * sigma + self._far_enu(pose, lat, lon)
+        far = self._far_enu(pose, lat, lon)
+        cov = np.eye(2) * sigma * sigma + far
         de, dn = geo.offset_enu_m(prior.lat_deg, prior.lon_deg, lat, lon)
         innovation = np.array([de, dn])
         d2 = float(innovation @ np.linalg.solve(cov + prior.covariance_enu_m2, innovation))
         weight = self.imagery.mismatch
         apart = prior.covariance_enu_m2 + np.outer(innovation, innovation)
-        return cov, d2, math.hypot(de, dn), {"imagery_mismatch": weight, "mismatch_covariance_enu_m2": apart}
+        return cov, far, d2, math.hypot(de, dn), {"imagery_mismatch": weight, "mismatch_covariance_enu_m2": apart}
 
     def _far_enu(self, pose: PoseMatch, lat: float, lon: float) -> np.ndarray:
         """(2, 2) ENU m^2: the posterior's second moment beyond mode_radius_m about the estimate; zeros when
