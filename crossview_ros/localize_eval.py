@@ -331,15 +331,18 @@ def log_calibration(calibration: Mapping[str, Any]) -> None:
 
 
 def evaluate_bags(bags: Sequence[Path], configs: Sequence[LocalizerConfig], *, limit: int = 0,
-                  calibrate: bool = False, topics: TopicMap | None = None) -> Evaluation:
+                  calibrate: bool = False, topics: TopicMap | None = None, move_fixes_m: float = 0.0) -> Evaluation:
     """Bags frame by frame, each its own stream localized with its config (one per bag), pooled in one
-    summary (and one calibration); topics: how to read them (default the simulator's topics)."""
+    summary (and one calibration); topics: how to read them (default the simulator's topics). move_fixes_m > 0:
+    every fix moved that far (background_fixes), a receiver fault whose reported sigma hides it."""
     frames, fixes = [], []
     for i, bag in enumerate(bags):
         bag_frames_i, bag_fixes = bag_frames(Path(bag), limit, topics)
         frames += [dataclasses.replace(fr, city=str(i)) for fr in bag_frames_i]
         fixes += bag_fixes
     localizers = make_localizers({str(i): config for i, config in enumerate(configs)})
+    if move_fixes_m > 0:
+        fixes = background_fixes(localizers, frames, fixes, move_fixes_m)
     return evaluate(localizers, frames, fixes, stream=True, calibrate=calibrate)
 
 

@@ -53,11 +53,14 @@ def hand_built_walks():
     b = [frame_and_estimate(4, 3.0, 2.0, yaw_error_rad=0.05, yaw_var_rad2=0.01, pl_m=10.0),  # d2 2.25, yaw d2 0.25
          frame_and_estimate(5, 4.0, 1.0, yaw_error_rad=2.0, yaw_var_rad2=0.5, pl_m=3.0)]  # d2 16, 114.6 deg, PL exceeded
     mismatch = [frame_and_estimate(6, 40.0, 5.0), frame_and_estimate(7, 45.0, 12.0)]
+    fault = [frame_and_estimate(8, 240.0, 4.0), frame_and_estimate(9, 230.0, 9.0),  # two confident wrong fixes
+             frame_and_estimate(10, 235.0, 60.0), frame_and_estimate(11, 250.0, 4.0, accepted=False)]
     ids = {"mode": "walk", "receiver": "urban"}
     return [walk(a, city_seed=200, walk_seed=0, odometry=True, tiles_city_seed=200, **ids),
             walk(b, city_seed=201, walk_seed=0, odometry=True, tiles_city_seed=201, **ids),
             walk(a[:2], city_seed=200, walk_seed=0, odometry=False, tiles_city_seed=200, **ids),
-            walk(mismatch, city_seed=200, walk_seed=0, odometry=True, tiles_city_seed=201, **ids)]
+            walk(mismatch, city_seed=200, walk_seed=0, odometry=True, tiles_city_seed=201, **ids),
+            walk(fault, city_seed=201, walk_seed=0, odometry=True, tiles_city_seed=201, fix_offset_m=250.0, **ids)]
 
 
 def test_pooled_figures_match_the_hand_computed_ones():
@@ -89,12 +92,18 @@ def test_pooled_figures_match_the_hand_computed_ones():
     assert off["walks"] == 1 and off["frames"] == 2 and off["error_m"]["median"] == pytest.approx(1.5, abs=1e-6)
     mm = tables["urban"]["mismatch"]
     assert mm["walks"] == 1 and mm["published"] == 2 and mm["published_sigma_under_10m"] == 1
+    # the fault walk (its own tiles, odometry on, fixes moved) is in no table but its own
+    fault = tables["urban"]["fault"]
+    assert fault["walks"] == 1 and fault["frames"] == 4 and fault["published"] == 3
+    assert fault["published_sigma_under_10m"] == 2 and fault["error_m"]["median"] == pytest.approx(235.0, abs=1e-6)
 
 
 def test_printed_tables_carry_the_pooled_figures(capsys):
     tables = pooled_tables(hand_built_walks(), ["urban"], heading=True)
     print_pooled(tables)
     print_mismatch(tables)
+    print_mismatch(tables, key="fault")
+    print_walks([{**w.ids(), "summary": w.summary, "fused": w.fused} for w in hand_built_walks()])
     lines = capsys.readouterr().out.splitlines()
     on = next(line.split() for line in lines if line.split()[:2] == ["urban", "on"])
     assert on == ["urban", "on", "2", "6", "83.3", "3.00", "24.80", "-", "-", "-", "-", "20.0", "80.0", "50.0",
@@ -102,6 +111,13 @@ def test_printed_tables_carry_the_pooled_figures(capsys):
     assert any("urban odometry on: AMBIGUOUS 1, OK 5" in line for line in lines)
     mismatch = next(line.split() for line in lines if line.split()[:2] == ["urban", "1"])
     assert mismatch[:5] == ["urban", "1", "2", "2", "1"]
+    fault = next(line.split() for line in lines if line.split()[:3] == ["urban", "1", "4"])
+    assert fault == ["urban", "1", "4", "3", "2", "235.0"]
+    per_walk = [line.split()[:5] for line in lines if line.split()[:1] in (["200"], ["201"])]
+    assert per_walk == [["200", "0", "walk", "urban", "on"], ["201", "0", "walk", "urban", "on"],
+                        ["200", "0", "walk", "urban", "off"]]  # the mismatch and fault walks have their own tables
+    print_mismatch({"urban": {**tables["urban"], "fault": None}}, key="fault")
+    assert capsys.readouterr().out.strip() == "GNSS fault check: skipped (--fault-m 0)"
 
 
 # --------------------------------------------------------------------------- fused track
@@ -232,6 +248,7 @@ def test_pooled_and_printed_fused_figures(capsys):
     (["--walks", "0"], "--walks must be 1..999"),
     (["--duration-s", "1"], "--duration-s must be in 2..3600"),
     (["--fix-sigma-scale", "0"], "--fix-sigma-scale must be in 0.001..1000"),
+    (["--fault-m", "-1"], "--fault-m must be in 0..10000"),
     (["--lat", "95"], "--lat/--lon"),
     (["--set", "odometry=false"], "--set odometry: set by crossview-walks itself"),
     (["--set", "min_mode_mass=3"], "--set: localizer config min_mode_mass = 3"),
@@ -254,7 +271,8 @@ def test_help_explains_the_procedure(capsys):
     assert walks.main(["--help"]) == 0
     out = capsys.readouterr().out
     for word in ("--model", "--work", "--city-seeds", "--walks", "--calibration-walks", "--modes", "--gnss",
-                 "--duration-s", "--set", "--json", "mismatch", "odometry", "Reuse", "Exit codes"):
+                 "--duration-s", "--set", "--json", "mismatch", "--fault-m", "GNSS fault check", "odometry", "Reuse",
+                 "Exit codes"):
         assert word in out, word
 
 
@@ -268,29 +286,39 @@ def model_files(model: Path) -> dict[str, tuple[int, int]]:
 def test_tiny_run_end_to_end_pools_calibrates_on_a_copy_and_reuses(tmp_path, tiny_export, capsys):
     """Two 200 m cities, one 8 s test walk and two calibration walks each, urban receiver, with the
     session's tiny (random-weight) model: the pooled figures add up to the walks', the mismatch runs
-    use the other city's tiles, the calibration lives under --work and the model folder is untouched."""
+    use the other city's tiles, the fault runs their own with every fix moved --fault-m, the calibration
+    lives under --work and the model folder is untouched."""
     model = tiny_export(0)
     before = model_files(model)
     work, out = tmp_path / "work", tmp_path / "walks.json"
     argv = ["--model", str(model), "--work", str(work), "--city-seeds", "300,301", "--city-m", "200",
             "--gsd-m", "0.5", "--tile-px", "64", "--pano-height-px", "64", "--walks", "1", "--calibration-walks",
             "2", "--duration-s", "8", "--gnss", "urban", "--modes", "walk", "--set", "max_mahalanobis=1000000",
-            "engine_threads=1", "--json", str(out), "--no-progress"]
+            "engine_threads=1", "--fault-m", "40", "--json", str(out), "--no-progress"]
     assert walks.main(argv) == 0, capsys.readouterr().err
     printed = capsys.readouterr().out
     report = json.loads(out.read_text())
     assert model_files(model) == before  # nothing written into the user's model folder
 
     runs = report["walks"]
-    assert len(runs) == 2 * 3  # 2 cities x 1 test walk x (odometry on, off, mismatch)
+    assert len(runs) == 2 * 4  # 2 cities x 1 test walk x (odometry on, off, mismatch, fault)
     assert {(r["city_seed"], r["tiles_city_seed"]) for r in runs if r["odometry"]} == {
         (300, 300), (301, 301), (300, 301), (301, 300)}
+    faults = [r for r in runs if r["fix_offset_m"]]
+    assert [(r["fix_offset_m"], r["odometry"], r["tiles_city_seed"] == r["city_seed"]) for r in faults] == [
+        (40.0, True, True)] * 2
+    for r in faults:  # the same walk's fixes, 40 m further from the truth
+        mine = next(o for o in runs if o["odometry"] and o["city_seed"] == r["city_seed"] == o["tiles_city_seed"]
+                    and not o["fix_offset_m"])
+        assert r["summary"]["gnss_error_median_m"] > mine["summary"]["gnss_error_median_m"] + 20.0
     frames = runs[0]["summary"]["frames"]
     assert frames == 17  # 8 s at 2 Hz, both ends included
     pooled = report["pooled"]["urban"]
-    for key, chosen in (("odometry", lambda r: r["odometry"] and r["city_seed"] == r["tiles_city_seed"]),
+    for key, chosen in (("odometry", lambda r: r["odometry"] and r["city_seed"] == r["tiles_city_seed"]
+                         and not r["fix_offset_m"]),
                         ("no_odometry", lambda r: not r["odometry"]),
-                        ("mismatch", lambda r: r["city_seed"] != r["tiles_city_seed"])):
+                        ("mismatch", lambda r: r["city_seed"] != r["tiles_city_seed"]),
+                        ("fault", lambda r: r["fix_offset_m"] > 0)):
         mine = [r["summary"] for r in runs if chosen(r)]
         assert pooled[key]["walks"] == len(mine) == 2
         assert pooled[key]["frames"] == sum(s["frames"] for s in mine)
@@ -306,17 +334,19 @@ def test_tiny_run_end_to_end_pools_calibrates_on_a_copy_and_reuses(tmp_path, tin
     assert all(w["seed"] >= 1000 for w in calibration["walks"])
     assert json.loads(covariance.read_text())["model_hash"] == json.loads((model / "model.json").read_text())[
         "model_hash"]
-    for r in runs:  # a fused track for every walk localized with odometry in its own city, none for the others
-        own_odometry = r["odometry"] and r["city_seed"] == r["tiles_city_seed"]
+    for r in runs:  # a fused track for every walk localized as recorded with odometry, none for the others
+        own_odometry = r["odometry"] and r["city_seed"] == r["tiles_city_seed"] and not r["fix_offset_m"]
         assert (r["fused"] is not None) == own_odometry
         if own_odometry:
             assert r["fused"]["ours_p95_m"] == (r["summary"]["error_m"] or {}).get("p95")
             assert r["fused"]["accepted"]["odom"] > 0
     fz = pooled["odometry"]["fused"]
     assert fz["walks"] == 2 and pooled["no_odometry"]["fused"] is None and pooled["mismatch"]["fused"] is None
+    assert pooled["fault"]["fused"] is None
     assert fz["walks_not_above_ours"] == sum(bool(r["fused"] and r["fused"]["not_above_ours"]) for r in runs)
     assert "ekf.yaml (ekf_filter_node_map)" in report["fusion"]  # the shipped config, as the replay fuses
-    for word in ("pooled over test walks", "mismatch check", "per walk", "calibration urban", "fused track"):
+    for word in ("pooled over test walks", "mismatch check", "GNSS fault check", "every fix moved 40 m", "per walk",
+                 "calibration urban", "fused track"):
         assert word in printed
 
     stamp = covariance.stat().st_mtime_ns

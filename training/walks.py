@@ -1,8 +1,8 @@
 """crossview-walks: one exported model evaluated over many walks in held-out cities, in one pooled table.
 
     crossview-walks --model MODEL_DIR [--work walks] [--city-seeds 200,201] [--walks 4] [--modes walk,drive]
-                    [--gnss urban,uniform] [--duration-s 90] [--calibration-walks 2] [--json OUT.json]
-                    [--set KEY=VALUE ...]
+                    [--gnss urban,uniform] [--duration-s 90] [--calibration-walks 2] [--fault-m 250]
+                    [--json OUT.json] [--set KEY=VALUE ...]
 
 What it does (the issue's procedure, so that no single lucky walk stands for the model):
 
@@ -20,8 +20,11 @@ What it does (the issue's procedure, so that no single lucky walk stands for the
                --work (the model folder given is never written; the fit starts uncalibrated)
   5 localize   every test walk as a stream in its own city's tiles with the receiver's calibrated
                covariance, heading on, twice: with odometry (odometry=true) and without
-               (odometry=false); and once in the NEXT city's tiles (same coordinates, other
-               imagery): the mismatch check, where no fix should be published with sigma < 10 m
+               (odometry=false); once in the NEXT city's tiles (same coordinates, other imagery):
+               the mismatch check; and once in its own city's tiles with every fix moved --fault-m
+               (a receiver fault its reported sigma hides; the direction that keeps most of the walk
+               on the tiles, so the views meet another place of the same city): the GNSS fault
+               check. In both checks every fix is wrong and none should claim sigma < 10 m
   6 fuse       every test walk localized with odometry in its own city: the fused track of the
                replay (crossview_ros.fusion, the map-frame EKF of config/ekf.yaml) fed the bag's
                odometry twist and our accepted estimates as the node publishes them (pose in the
@@ -33,7 +36,7 @@ with ours, and on how many walks it is not above ours; the same over all frames,
 between our fixes are dead-reckoned on wheel odometry; > 25 m %, share of d^2 < 5.99 pooled and on the worst walk,
 heading flips > 90 deg and yaw d^2 < 3.84 among published headings, share of published fixes whose
 error exceeds their protection level and the count published without one, and the reasons
-counted), the mismatch check, and one line per walk. --json writes all of it (every walk's
+counted), the mismatch and GNSS fault checks, and one line per walk. --json writes all of it (every walk's
 crossview-localize summary included).
 
 Drives ('drive' mode) get the demo's car track speed (track_speed_mps 12); --set KEY=VALUE
@@ -68,7 +71,7 @@ from crossview_ros import fusion, geo
 from crossview_ros.atomic import write_json_atomic
 from crossview_ros.estimate import LocalizerError
 from crossview_ros.index import DescriptorError
-from crossview_ros.localize_eval import evaluate_bags
+from crossview_ros.localize_eval import BACKGROUND_OFFSET_M, evaluate_bags
 from crossview_ros.localize_frames import LocalizeInputError
 from crossview_ros.model_meta import EngineError, ModelMeta, load_model_meta
 from crossview_ros.replay_evaluation import default_fusion_config
@@ -121,6 +124,7 @@ class WalksConfig:
     camera: str = PANORAMA_RIG  # the walks seen by this rig (crossview_ros.sim.cameras.RIGS)
     settings: dict[str, Any] = field(default_factory=dict)  # --set
     fix_sigma_scale: float | None = None  # --fix-sigma-scale: the test runs' factor on the fixes' sigma
+    fault_m: float = BACKGROUND_OFFSET_M  # --fault-m: the GNSS fault check moves every fix this far (0: off)
     json_out: Path | None = None
     recalibrate: bool = False
     progress: bool = True
@@ -156,6 +160,7 @@ class WalksConfig:
              f"--pano-height-px must be an even number >= 16, got {self.pano_height_px}")
         need(self.tile_px >= 16, f"--tile-px must be >= 16, got {self.tile_px}")
         need(self.camera in RIGS, f"--camera takes one of {', '.join(RIGS)}; got {self.camera}")
+        positive("fault-m", self.fault_m, 0.0, 10_000.0)
         if self.fix_sigma_scale is not None:
             positive("fix-sigma-scale", self.fix_sigma_scale, 1e-3, 1e3)
         owned = sorted(set(self.settings) & set(OWNED_KEYS))
@@ -191,26 +196,30 @@ def walk_specs(cfg: WalksConfig, cities: dict[int, Path]) -> list[WalkSpec]:
 def localize_receiver(cfg: WalksConfig, receiver: str, tests: Sequence[WalkSpec], tiles: dict[int, Path],
                       calibration: Calibration, fusion_config: fusion.FusionConfig) -> list[WalkResult]:
     """The receiver's test walks with and without odometry in their city's tiles, and with odometry in
-    the next city's tiles (the mismatch check, when there are two cities or more); the walks with
-    odometry in their own city get their fused track."""
+    the next city's tiles (the mismatch check, when there are two cities or more) and in their own with
+    every fix moved cfg.fault_m (the GNSS fault check, when it is > 0); the walks as recorded, with
+    odometry, get their fused track."""
     seeds = list(tiles)
     covariance_file = (calibration.covariance_file if cfg.fix_sigma_scale is None
                        else with_fix_sigma_scale(calibration, cfg.fix_sigma_scale))
     runs = []
     for walk in tests:
         other = seeds[(seeds.index(walk.city_seed) + 1) % len(seeds)]
-        runs += [(walk, walk.city_seed, True), (walk, walk.city_seed, False)]
+        runs += [(walk, walk.city_seed, True, 0.0), (walk, walk.city_seed, False, 0.0)]
         if other != walk.city_seed:
-            runs.append((walk, other, True))
+            runs.append((walk, other, True, 0.0))
+        if cfg.fault_m > 0:
+            runs.append((walk, walk.city_seed, True, cfg.fault_m))
     results = []
-    for walk, tiles_seed, odometry in tqdm(runs, desc=f"localize {receiver}", unit="walk", disable=not cfg.progress):
+    for walk, tiles_seed, odometry, moved_m in tqdm(runs, desc=f"localize {receiver}", unit="walk",
+                                                    disable=not cfg.progress):
         config = run_config(cfg.settings, model=calibration.model, tiles=tiles[tiles_seed], mode=walk.mode,
                             odometry=odometry, covariance_file=covariance_file)
-        ev = evaluate_bags([walk.path], [config], topics=bag_topics(walk.path))
+        ev = evaluate_bags([walk.path], [config], topics=bag_topics(walk.path), move_fixes_m=moved_m)
         results.append(walk_result(ev.frames, ev.fixes, ev.estimates, config.heading, city_seed=walk.city_seed,
                                    walk_seed=walk.walk_seed, mode=walk.mode, receiver=receiver, odometry=odometry,
-                                   tiles_city_seed=tiles_seed))
-        if odometry and tiles_seed == walk.city_seed:
+                                   tiles_city_seed=tiles_seed, fix_offset_m=moved_m))
+        if odometry and results[-1].own:
             fused_walk(walk.path, results[-1], ev.estimates, fusion_config)
     return results
 
@@ -295,6 +304,10 @@ def print_report(report: dict[str, Any]) -> None:
     print(f"fused track: {report['fusion']}")
     print("\nmismatch check: test walks localized in another city's tiles at the same coordinates (with odometry)")
     print_mismatch(report["pooled"])
+    fault_m = report["settings"].get("fault_m", 0.0)
+    print(f"\nGNSS fault check: test walks localized in their own city's tiles with every fix moved {fault_m:g} m "
+          "(with odometry)")
+    print_mismatch(report["pooled"], key="fault")
     print("\nper walk:")
     print_walks(report["walks"])
     for w in report["left_out"]:
@@ -378,6 +391,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="localize the test walks with the fixes' reported sigma x S instead of the factor calibration "
                         "fitted (1: the receiver's own sigma, as an uncalibrated node takes it); the rest of the "
                         "calibration is kept")
+    g.add_argument("--fault-m", type=float, default=d.fault_m, metavar="M",
+                   help=f"the GNSS fault check: each test walk localized once more with every fix moved M m, its "
+                        f"reported sigma unchanged; no published fix should claim sigma < 10 m (default {d.fault_m:g}, "
+                        "the calibration's imagery background offset; 0: off)")
     p.add_argument("--json", type=Path, default=None, metavar="OUT.json", help="write every figure as JSON")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     return p
@@ -391,7 +408,7 @@ def config_from_args(args: argparse.Namespace) -> WalksConfig:
         receivers=csv_of(str, args.gnss, "--gnss"), duration_s=args.duration_s, rate_hz=args.rate_hz,
         pano_height_px=args.pano_height_px, tile_px=args.tile_px,
         aerial_sun=sun_of(args.aerial_sun), camera=args.camera, settings=parse_set(args.set),
-        fix_sigma_scale=args.fix_sigma_scale,
+        fix_sigma_scale=args.fix_sigma_scale, fault_m=args.fault_m,
         json_out=args.json, recalibrate=args.recalibrate, progress=not args.no_progress)
 
 

@@ -50,15 +50,26 @@ class WalkResult:
     summary: dict[str, Any]  # summarize() of this walk
     fused: dict[str, Any] | None = None  # fused_walk()'s figures (walks localized with odometry in their city)
     fused_error_m: np.ndarray | None = None  # the fused track's error at each frame (NaN before our first pose)
+    fix_offset_m: float = 0.0  # every fix moved this far from the receiver's (the GNSS fault check)
 
     @property
     def mismatched(self) -> bool:
         return self.tiles_city_seed != self.city_seed
 
+    @property
+    def faulted(self) -> bool:
+        return self.fix_offset_m > 0.0
+
+    @property
+    def own(self) -> bool:
+        """The walk as recorded: its own city's tiles, its receiver's fixes."""
+        return not self.mismatched and not self.faulted
+
     def ids(self) -> dict[str, Any]:
         """The walk's identity, as the JSON output lists it."""
         return {"city_seed": self.city_seed, "walk_seed": self.walk_seed, "mode": self.mode,
-                "receiver": self.receiver, "odometry": self.odometry, "tiles_city_seed": self.tiles_city_seed}
+                "receiver": self.receiver, "odometry": self.odometry, "tiles_city_seed": self.tiles_city_seed,
+                "fix_offset_m": self.fix_offset_m}
 
 
 def walk_result(frames: Sequence[Frame], fixes: Sequence[Fix], estimates: Sequence[Estimate], heading: bool,
@@ -183,14 +194,16 @@ def pool_fused(results: Sequence[WalkResult]) -> dict[str, Any] | None:
 
 
 def pooled_tables(results: Sequence[WalkResult], receivers: Sequence[str], heading: bool) -> dict[str, Any]:
-    """{receiver: {"odometry": pooled, "no_odometry": pooled, "mismatch": pooled}} over the results."""
+    """{receiver: {"odometry": pooled, "no_odometry": pooled, "mismatch": pooled, "fault": pooled}} over the
+    results: the walks as recorded with and without odometry, in another city's tiles, with their fixes moved."""
     out: dict[str, Any] = {}
     for receiver in receivers:
         mine = [r for r in results if r.receiver == receiver]
         out[receiver] = {
-            "odometry": pool([r for r in mine if r.odometry and not r.mismatched], heading),
-            "no_odometry": pool([r for r in mine if not r.odometry and not r.mismatched], heading),
+            "odometry": pool([r for r in mine if r.odometry and r.own], heading),
+            "no_odometry": pool([r for r in mine if not r.odometry and r.own], heading),
             "mismatch": pool([r for r in mine if r.mismatched], heading),
+            "fault": pool([r for r in mine if r.faulted and not r.mismatched], heading),
         }
     return out
 
@@ -231,17 +244,22 @@ def print_pooled(tables: dict[str, Any], file: TextIO | None = None) -> None:
     print("reasons (frames):", *reasons, sep="\n", file=file or sys.stdout)
 
 
-def print_mismatch(tables: dict[str, Any], file: TextIO | None = None) -> None:
-    """The mismatch check: test walks against another city's tiles; no published fix should claim < 10 m."""
+CHECK_SKIPPED = {"mismatch": "mismatch check: skipped (it needs two or more --city-seeds)",
+                 "fault": "GNSS fault check: skipped (--fault-m 0)"}
+
+
+def print_mismatch(tables: dict[str, Any], file: TextIO | None = None, key: str = "mismatch") -> None:
+    """A check where every published fix is wrong and none should claim < 10 m: the test walks against another
+    city's tiles ("mismatch") or with their fixes moved --fault-m in their own ("fault")."""
     rows = []
     for receiver, t in tables.items():
-        s = t["mismatch"]
+        s = t.get(key)
         if s is not None:
             rows.append([receiver, str(s["walks"]), str(s["frames"]), str(s["published"]),
                          str(s["published_sigma_under_10m"]), num((s["error_m"] or {}).get("median"))])
     out = file or sys.stdout
     if not rows:
-        print("mismatch check: skipped (it needs two or more --city-seeds)", file=out)
+        print(CHECK_SKIPPED[key], file=out)
         return
     print(format_table(["receiver", "walks", "frames", "published", f"sigma < {MISMATCH_SIGMA_M:g} m",
                         "median error m"], rows), file=out)
@@ -253,10 +271,10 @@ def yes_no(flag: bool | None) -> str:
 
 def print_walks(walks: Sequence[dict[str, Any]], file: TextIO | None = None) -> None:
     """One line per localized walk ({**WalkResult.ids(), "summary": ...}, as the JSON lists them);
-    mismatch runs are left out (the mismatch table pools them)."""
+    mismatch and fault runs are left out (their tables pool them)."""
     rows = []
     for w in walks:
-        if w["tiles_city_seed"] != w["city_seed"]:
+        if w["tiles_city_seed"] != w["city_seed"] or w.get("fix_offset_m"):
             continue
         s = w["summary"]
         e, h, fz = s["error_m"] or {}, s.get("heading") or {}, w.get("fused")
@@ -281,9 +299,10 @@ def _over_25(walk: dict[str, Any]) -> tuple[int, int]:
 
 
 def _test_walks(report: dict[str, Any], receiver: str) -> dict[tuple[int, int, str], tuple[int, int]]:
-    """A report's test walks of one receiver (odometry on, own tiles) by (city, seed, mode): _over_25."""
+    """A report's test walks of one receiver (odometry on, own tiles, own fixes) by (city, seed, mode): _over_25."""
     return {(w["city_seed"], w["walk_seed"], w["mode"]): _over_25(w) for w in report["walks"]
-            if w["receiver"] == receiver and w["odometry"] and w["tiles_city_seed"] == w["city_seed"]}
+            if w["receiver"] == receiver and w["odometry"] and w["tiles_city_seed"] == w["city_seed"]
+            and not w.get("fix_offset_m")}
 
 
 def compare_runs(a: dict[str, Any], b: dict[str, Any], *, resamples: int = 5000, seed: int = 0) -> list[dict[str, Any]]:
