@@ -305,8 +305,10 @@ def print_report(report: dict[str, Any]) -> None:
     print("\nmismatch check: test walks localized in another city's tiles at the same coordinates (with odometry)")
     print_mismatch(report["pooled"])
     fault_m = report["settings"].get("fault_m", 0.0)
-    print(f"\nGNSS fault check: test walks localized in their own city's tiles with every fix moved {fault_m:g} m "
-          "(with odometry)")
+    print()
+    if fault_m > 0:
+        print(f"GNSS fault check: test walks localized in their own city's tiles with every fix moved {fault_m:g} m "
+              "(with odometry)")
     print_mismatch(report["pooled"], key="fault")
     print("\nper walk:")
     print_walks(report["walks"])
