@@ -54,8 +54,9 @@ CHI2_1DOF_95 = 3.841458820694124  # chi-square quantile, 1 dof, 95 %
 # calibration made by another version is made again. 2: the scale on the published covariance, the
 # imagery floor on the view's score over its scope's median. 3: the imagery Gaussians (the mismatch belief). 4: the
 # scale refitted on what the fitted model publishes (localize_eval.refit_on_published). 5: the scale fitted under the
-# mismatch share, the protection level without it; a far mass under protection_risk out of the covariance.
-CALIBRATION_VERSION = 5
+# mismatch share, the protection level without it; a far mass under protection_risk out of the covariance. 6: the
+# refit's published frames under the first-fix gate (first_fix_mahalanobis_share).
+CALIBRATION_VERSION = 6
 IMAGERY_BEST_SCORE, IMAGERY_OVER_SCOPE_MEDIAN = 0.0, 1.0
 IMAGERY_STATISTICS = {IMAGERY_BEST_SCORE: "the view's score at its pose",  # older calibrations; retrieval models
                       IMAGERY_OVER_SCOPE_MEDIAN: "the view's score at its pose over its median score in the scope"}

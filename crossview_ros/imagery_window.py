@@ -18,17 +18,19 @@ from crossview_ros.odometry import CarriedEstimate, GridOdometry
 
 class ImageryWindow:
     """The last `size` matched views: each one's imagery statistic (its score, over its median score in
-    the scope where the matcher measures one) and whether it pointed within mode_radius_m of its
-    estimate by itself."""
+    the scope where the matcher measures one), whether it pointed within mode_radius_m of its
+    estimate by itself, and its estimate's squared Mahalanobis distance to its fix."""
 
     def __init__(self, size: int) -> None:
         self.size = int(size)
         self.views: deque[bool] = deque(maxlen=self.size)
         self.scores: deque[float] = deque(maxlen=self.size)
+        self.fix_d2: deque[float] = deque(maxlen=self.size)
 
     def clear(self) -> None:
         self.views.clear()
         self.scores.clear()
+        self.fix_d2.clear()
 
     def add(self, statistic: float | None, points_at_estimate: bool | None) -> None:
         """One view: a statistic that is None or not finite, or no verdict (None), is not recorded."""
@@ -45,6 +47,14 @@ class ImageryWindow:
     def score(self) -> float | None:
         """The mean statistic over the recorded views (None before the first)."""
         return float(np.mean(self.scores)) if self.scores else None
+
+    def add_fix_d2(self, d2: float) -> None:
+        if math.isfinite(d2):
+            self.fix_d2.append(float(d2))
+
+    def mean_fix_d2(self) -> float | None:
+        """The mean squared Mahalanobis distance of the recorded estimates to their fixes (None before the first)."""
+        return float(np.mean(self.fix_d2)) if self.fix_d2 else None
 
 
 class MismatchBelief:

@@ -269,6 +269,7 @@ class Localizer:
         lat, lon = geo.utm_to_latlon(pose.easting_m, pose.northing_m, self.tiles.zone)
         support = self.imagery.record(pose)
         base, far, d2, from_fix_m, mismatch = self._covariance_and_d2(prior, lat, lon, pose, offset_m)
+        self.imagery.window.add_fix_d2(d2)
         share = mismatch["imagery_mismatch"] * mismatch["mismatch_covariance_enu_m2"]
         cov = base + share
         times["offset_ms"] = time.perf_counter() - t
@@ -308,6 +309,7 @@ class Localizer:
                 self.matcher.reset()  # a track whose best place the GNSS contradicts must not carry on
                 self._published = self._agreed = self.imagery.anchor = None  # nor vouch for anything
             raise
+        self._check_first_fix(stamp)
         variance = float(np.linalg.eigvalsh(cov).max())  # per axis, the covariance's largest
         if self.odometry is not None and not vouched:  # a frame the track vouched for is no evidence of its alignment
             if heading is not None and heading.flip_mass <= cfg.yaw_max_flip_mass:
@@ -531,6 +533,23 @@ class Localizer:
             raise FrameRejected(Reason.LOW_MARGIN, f"margin {margin:.4f} is not above min_margin {cfg.min_margin:g} "
                                                    f"({detail})")
         return track_m2, frozenset(vouched)
+
+    def _check_first_fix(self, stamp: float) -> None:
+        """MAHALANOBIS for a stream's first fix (none published in the last imagery_track_s, so nothing for
+        odometry to carry) whose recent views disagree with their fixes on average: a look-alike a street away
+        can pass max_mahalanobis frame by frame while the views lean on it. The matcher keeps its track."""
+        cfg = self.config
+        limit = cfg.first_fix_mahalanobis_share * cfg.max_mahalanobis
+        recent = self._published is not None and stamp - self._published.stamp_s <= cfg.imagery_track_s
+        mean_d2 = self.imagery.window.mean_fix_d2()
+        if limit > 0 and not recent and mean_d2 is not None and mean_d2 > limit:
+            views = len(self.imagery.window.fix_d2)
+            raise FrameRejected(Reason.MAHALANOBIS, f"first fix (none published in the last imagery_track_s "
+                                                    f"{cfg.imagery_track_s:g} s): the last {views} views' mean "
+                                                    f"squared Mahalanobis distance to their fixes {mean_d2:.1f} > "
+                                                    f"{limit:.1f} (first_fix_mahalanobis_share "
+                                                    f"{cfg.first_fix_mahalanobis_share:g} x max_mahalanobis "
+                                                    f"{cfg.max_mahalanobis:g})")
 
     def _check_fix(self, fix: Any, now_s: float) -> np.ndarray:
         return check_fix(fix, now_s, max_future_s=self.config.max_future_s,

@@ -186,6 +186,12 @@ class LocalizerConfig:
                               "is above this (LOW_MARGIN)")
     max_mahalanobis: float = param(13.8, "1", "gating", "gate: refuse a squared Mahalanobis distance to the fix "
                                    "above this (MAHALANOBIS; chi2 2 dof 99.9 %)", lo=0.0, hi=1.0e12, lo_open=True)
+    first_fix_mahalanobis_share: float = param(0.3, "1", "gating", "gate: a stream's first fix (none published in "
+                                               "the last imagery_track_s) is refused (MAHALANOBIS) when the last "
+                                               "imagery_window matched views' mean squared Mahalanobis distance to "
+                                               "their fixes is above this share of max_mahalanobis: with no track to "
+                                               "carry, the views must agree with the GNSS over a while, not in one "
+                                               "frame (0 = off)", lo=0.0, hi=1.0)
     fix_overrule_s: float = param(30.0, "s", "gating", "with odometry aligned to the grid: an estimate the fix "
                                   "contradicts (MAHALANOBIS) is still published when it lies within max_mahalanobis of "
                                   "the last estimate the fix agreed with, carried by odometry, at most this long after "

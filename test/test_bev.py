@@ -865,6 +865,56 @@ def test_odometry_overrules_a_fix_that_jumps_away_from_an_estimate_it_agreed_wit
         assert (one.reason, two.reason, loc.fix_overruled) == (Reason.OK, Reason.MAHALANOBIS, 0), kwargs
 
 
+def test_a_first_fix_must_agree_with_the_fixes_over_the_recent_views(bev_export, tmp_path):
+    """The same view each frame, its fixes (sigma 1 m, the estimate's 1 m) either on its place or 5 m away:
+    d^2 about 25 / 2 = 12.5, under max_mahalanobis 13.8 frame by frame. With nothing published in the
+    last imagery_track_s, the mean d^2 of the recent views must be at most first_fix_mahalanobis_share (0.3)
+    x max_mahalanobis = 4.14: two
+    frames 5 m off start no stream (MAHALANOBIS, "first fix"), one on the place starts it and then the
+    5 m fixes are published (the track carries the stream); 31 s without a published fix, the recent
+    views' mean is 9.4 and the next 5 m frame is refused again. A mean under the limit (fixes 1.5 m
+    off, d^2 1.1) publishes at once; the share 0 turns the gate off, and so does a max_mahalanobis loosened
+    past the views' mean (1000: a limit of 300)."""
+    from crossview_ros import geo
+    from crossview_ros.estimate import Fix, Reason
+    from crossview_ros.localizer import Localizer
+    from crossview_ros.localizer_config import LocalizerConfig
+
+    _, tile_dir, tiles, lat, lon, pano = bev_world(bev_export, tmp_path)
+
+    def localizer(**overrides) -> Localizer:
+        settings = dict(tile_set=str(tile_dir), model=str(bev_export), engine="onnxruntime", engine_threads=1,
+                        match_prior=False, scope_min_m=80.0, min_mode_mass=0.0, min_imagery_support=0.0,
+                        min_imagery_score=0.0, min_prior_inside=0.0, covariance_file="none", cov_sigma0_m=1.0,
+                        cov_margin_coef=0.0, mode_radius_m=1000.0)  # sigma 1 m, no far mass
+        return Localizer(LocalizerConfig(**{**settings, **overrides}))
+
+    probe = localizer()
+    first = probe.localize(pano, Fix(float(lat), float(lon), 10.0, sigma_m=3.0), 10.0, encoding="rgb8", now_s=10.0)
+    probe.close()
+    east, north = first.easting_m, first.northing_m  # where this view lies whatever the fix (match_prior off)
+
+    def run(offsets_m: list[float], stamps: list[float], **overrides) -> list:
+        loc, out = localizer(**overrides), []
+        for offset, t in zip(offsets_m, stamps):
+            fix = Fix(*map(float, geo.utm_to_latlon(east + offset, north, tiles.zone)), t, sigma_m=1.0)
+            out.append(loc.localize(pano, fix, t, encoding="rgb8", now_s=t))
+        loc.close()
+        return out
+
+    refused = run([5.0, 5.0], [10.0, 10.5])
+    assert [e.reason for e in refused] == [Reason.MAHALANOBIS] * 2
+    assert all(9.0 < e.mahalanobis_d2 < 13.8 for e in refused)  # each under max_mahalanobis by itself
+    assert "first fix" in refused[0].message and "> 4.1 (first_fix_mahalanobis_share 0.3" in refused[0].message
+
+    started = run([0.0, 5.0, 5.0, 5.0], [10.0, 10.5, 11.0, 45.0])
+    assert [e.reason for e in started] == [Reason.OK] * 3 + [Reason.MAHALANOBIS]
+    assert started[0].mahalanobis_d2 < 0.5 and "first fix" in started[3].message
+    assert [e.reason for e in run([1.5, 1.5], [10.0, 10.5])] == [Reason.OK] * 2
+    for off in (dict(first_fix_mahalanobis_share=0.0), dict(max_mahalanobis=1000.0)):
+        assert [e.reason for e in run([5.0, 5.0], [10.0, 10.5], **off)] == [Reason.OK] * 2, off
+
+
 def _standing_still(bev_export, world: tuple, monkeypatch, plan: list[dict], stamps: list[float],
                     odometry: bool = True, moved_m: float = 0.0, reset_after: int | None = None, **overrides) -> tuple:
     """The bev localizer on world's (bev_world) view at stamps, each frame's pose match replaced by plan's fields (score over
