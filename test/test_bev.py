@@ -868,13 +868,12 @@ def test_odometry_overrules_a_fix_that_jumps_away_from_an_estimate_it_agreed_wit
 def test_a_first_fix_must_agree_with_the_fixes_over_the_recent_views(bev_export, tmp_path):
     """The same view each frame, its fixes (sigma 1 m, the estimate's 1 m) either on its place or 5 m away:
     d^2 about 25 / 2 = 12.5, under max_mahalanobis 13.8 frame by frame. With nothing published in the
-    last imagery_track_s, the mean d^2 of the recent views must be at most first_fix_mahalanobis_share (0.3)
-    x max_mahalanobis = 4.14: two
-    frames 5 m off start no stream (MAHALANOBIS, "first fix"), one on the place starts it and then the
-    5 m fixes are published (the track carries the stream); 31 s without a published fix, the recent
-    views' mean is 9.4 and the next 5 m frame is refused again. A mean under the limit (fixes 1.5 m
-    off, d^2 1.1) publishes at once; the share 0 turns the gate off, and so does a max_mahalanobis loosened
-    past the views' mean (1000: a limit of 300)."""
+    last imagery_track_s, the recent views' mean d^2 must be at most first_fix_mahalanobis_share (0.3) x
+    max_mahalanobis = 4.14. Two frames 5 m off start no stream (MAHALANOBIS, "first fix"); one on the
+    place starts it, and the 5 m fixes after it are published (the track carries the stream); after 31 s
+    without a published fix the recent views' mean is 9.4 and the next 5 m frame is refused again. A
+    mean under the limit (fixes 1.5 m off, d^2 1.1) publishes at once. A share of 0 turns the gate off,
+    and so does a max_mahalanobis loosened past the views' mean (1000: a limit of 300)."""
     from crossview_ros import geo
     from crossview_ros.estimate import Fix, Reason
     from crossview_ros.localizer import Localizer
