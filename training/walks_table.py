@@ -269,12 +269,18 @@ def yes_no(flag: bool | None) -> str:
     return "-" if flag is None else ("yes" if flag else "NO")
 
 
+def as_recorded(walk: dict[str, Any]) -> bool:
+    """WalkResult.own of a walk as the JSON lists it: its own city's tiles, its receiver's fixes (a report
+    from before the fault check has no fix_offset_m)."""
+    return walk["tiles_city_seed"] == walk["city_seed"] and not walk.get("fix_offset_m")
+
+
 def print_walks(walks: Sequence[dict[str, Any]], file: TextIO | None = None) -> None:
     """One line per localized walk ({**WalkResult.ids(), "summary": ...}, as the JSON lists them);
     mismatch and fault runs are left out (their tables pool them)."""
     rows = []
     for w in walks:
-        if w["tiles_city_seed"] != w["city_seed"] or w.get("fix_offset_m"):
+        if not as_recorded(w):
             continue
         s = w["summary"]
         e, h, fz = s["error_m"] or {}, s.get("heading") or {}, w.get("fused")
@@ -301,8 +307,7 @@ def _over_25(walk: dict[str, Any]) -> tuple[int, int]:
 def _test_walks(report: dict[str, Any], receiver: str) -> dict[tuple[int, int, str], tuple[int, int]]:
     """A report's test walks of one receiver (odometry on, own tiles, own fixes) by (city, seed, mode): _over_25."""
     return {(w["city_seed"], w["walk_seed"], w["mode"]): _over_25(w) for w in report["walks"]
-            if w["receiver"] == receiver and w["odometry"] and w["tiles_city_seed"] == w["city_seed"]
-            and not w.get("fix_offset_m")}
+            if w["receiver"] == receiver and w["odometry"] and as_recorded(w)}
 
 
 def compare_runs(a: dict[str, Any], b: dict[str, Any], *, resamples: int = 5000, seed: int = 0) -> list[dict[str, Any]]:
