@@ -55,8 +55,9 @@ CHI2_1DOF_95 = 3.841458820694124  # chi-square quantile, 1 dof, 95 %
 # imagery floor on the view's score over its scope's median. 3: the imagery Gaussians (the mismatch belief). 4: the
 # scale refitted on what the fitted model publishes (localize_eval.refit_on_published). 5: the scale fitted under the
 # mismatch share, the protection level without it; a far mass under protection_risk out of the covariance. 6: the
-# refit's published frames under the first-fix gate (first_fix_mahalanobis_share).
-CALIBRATION_VERSION = 6
+# refit's published frames under the first-fix gate (first_fix_mahalanobis_share). 7: a vouched estimate published
+# with the track's covariance where it is the sharper (Estimate.track_covariance_enu_m2).
+CALIBRATION_VERSION = 7
 IMAGERY_BEST_SCORE, IMAGERY_OVER_SCOPE_MEDIAN = 0.0, 1.0
 IMAGERY_STATISTICS = {IMAGERY_BEST_SCORE: "the view's score at its pose",  # older calibrations; retrieval models
                       IMAGERY_OVER_SCOPE_MEDIAN: "the view's score at its pose over its median score in the scope"}
@@ -352,8 +353,8 @@ def calibrate(estimates: Sequence[Estimate], truths: Sequence[Any], *, start: Co
     estimate's covariance) but not the mismatch share, never below the Gaussian's sqrt(-2 ln risk): on
     the calibration walks that share is a stream's start, and fitted with it the factor every frame's
     radius takes fell (the 45-CPU-minute model's urban fixes beyond it: 0.9 -> 1.9 %).
-    imagery_score_floor: the MISMATCH gate's floor (fit_imagery_floor) and the statistic it was fitted on
-    (IMAGERY_STATISTICS), None = start's; imagery_likelihoods (IMAGERY_LIKELIHOODS, fit_imagery_floor; None =
+    imagery_score_floor: the MISMATCH gate's floor (imagery_floor.fit_imagery_floor) and the statistic it was fitted on
+    (IMAGERY_STATISTICS), None = start's; imagery_likelihoods (IMAGERY_LIKELIHOODS, imagery_floor.fit_imagery_floor; None =
     start's) are kept for the localizer's imagery mismatch. published[i]: whether the node would
     publish estimates[i] once that floor is in place (None: all). The shape is fitted on every estimate
     used (many samples), the scale, the protection level and the yaw on the published ones (at least
@@ -370,7 +371,7 @@ def calibrate(estimates: Sequence[Estimate], truths: Sequence[Any], *, start: Co
     likelihoods = {g: float(getattr(start, g)) for g in IMAGERY_LIKELIHOODS}
     likelihoods.update({g: float(v) for g, v in (imagery_likelihoods or {}).items() if g in likelihoods})
     wanted = {str(r) for r in reasons}
-    feats, r2, err, yaw_err2, yaw_raw, added, shares, pub, yaw_pub = [], [], [], [], [], [], [], [], []
+    feats, r2, err, yaw_err2, yaw_raw, added, shares, tracks, pub, yaw_pub = [], [], [], [], [], [], [], [], [], []
     flags = [True] * len(estimates) if published is None else [bool(p) for p in published]
     if len(flags) != len(estimates):
         raise ValueError(f"got {len(estimates)} estimates but {len(flags)} published flags")
@@ -386,7 +387,8 @@ def calibrate(estimates: Sequence[Estimate], truths: Sequence[Any], *, start: Co
                       1.0 if est.mode_mass is None else est.mode_mass,
                       0.0 if est.view_distance_m is None else est.view_distance_m])
         shares.append((est.imagery_mismatch or 0.0) * _mismatch_covariance_m2(est))
-        added.append(_added_covariance_m2(est, start, feats[-1], shares[-1]))
+        tracks.append(_track_covariance_m2(est))
+        added.append(_added_covariance_m2(est, start, feats[-1], shares[-1], tracks[-1]))
         if est.yaw_enu_rad is not None and est.yaw_variance_raw_rad2 is not None and t.yaw_enu_rad is not None:
             yaw_err2.append(float(geo.wrap_angle_rad(est.yaw_enu_rad - t.yaw_enu_rad)) ** 2)
             yaw_raw.append(est.yaw_variance_raw_rad2)
@@ -410,6 +412,7 @@ def calibrate(estimates: Sequence[Estimate], truths: Sequence[Any], *, start: Co
     r2a, err_k = r2a[keep], np.asarray(err, np.float64).reshape(-1, 2)[keep]
     added = np.asarray(added, np.float64).reshape(-1, 2, 2)[keep]
     published_added = added + np.asarray(shares, np.float64).reshape(-1, 2, 2)[keep]
+    tracks = np.asarray(tracks, np.float64).reshape(-1, 2, 2)[keep]
     yaw_keep = np.asarray(yaw_pub, bool) if sum(yaw_pub) >= min_samples else np.ones(len(yaw_pub), bool)
     yaw_err2 = list(np.asarray(yaw_err2)[yaw_keep]) if yaw_err2 else []
     yaw_raw = list(np.asarray(yaw_raw)[yaw_keep]) if yaw_raw else []
@@ -417,18 +420,19 @@ def calibrate(estimates: Sequence[Estimate], truths: Sequence[Any], *, start: Co
 
     def q_pos(log_s: float) -> float:
         sigma = np.maximum(start.sigma_min_m, math.exp(log_s) * base)
-        return float(np.quantile(_published_d2(err_k, sigma, published_added), quantile))
+        return float(np.quantile(_published_d2(err_k, sigma, published_added, tracks), quantile))
 
     log_scale = _solve_monotone(q_pos, q2)
     sigma = np.maximum(start.sigma_min_m, math.exp(log_scale) * base)
-    d2 = _published_d2(err_k, sigma, published_added)
+    d2 = _published_d2(err_k, sigma, published_added, tracks)
     fit: dict[str, Any] = {
         "created_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "samples": len(r2), "published_samples": int(keep.sum()), "quantile": quantile, "fit_shape": fit_shape,
         "chi2_2dof_quantile": q2, "share_d2_below_chi2": float(np.mean(d2 <= q2)),
         "median_error_m": float(np.median(np.sqrt(r2a))), "median_sigma_m": float(np.median(sigma)),
     }
-    published_sigma = np.sqrt(sigma ** 2 + np.linalg.eigvalsh(added)[:, -1])
+    published_sigma = np.sqrt(np.where(_track_published(sigma, published_added, tracks), _largest(tracks),
+                                       sigma ** 2 + np.linalg.eigvalsh(added)[:, -1]))
     ratio = np.sqrt(r2a) / published_sigma
     protection = max(float(np.quantile(ratio, 1.0 - protection_risk, method="higher")),
                      gaussian_protection_scale(protection_risk))
@@ -450,77 +454,57 @@ def calibrate(estimates: Sequence[Estimate], truths: Sequence[Any], *, start: Co
         imagery_statistic=start.imagery_statistic if imagery_statistic is None else float(imagery_statistic))
 
 
-IMAGERY_FLOOR_QUANTILE = 0.995  # of the background windows' mean score: where the MISMATCH floor sits
-
-
-def fit_imagery_floor(background: np.ndarray, own: np.ndarray, *, quantile: float = IMAGERY_FLOOR_QUANTILE,
-                      min_samples: int = 20, background_support: np.ndarray | None = None,
-                      own_support: np.ndarray | None = None) -> tuple[float, dict[str, Any]]:
-    """The MISMATCH floor on the window mean score, a-contrario: the `quantile` of the windows where the
-    views were matched against another place's imagery (background: the calibration walks localized
-    with their fixes moved off their own place), so that imagery that is not this place passes the
-    gate in at most 1 - quantile of windows whatever the model's score scale; `own` (the same walks
-    at their place; +inf for windows the gate does not judge) gives the share of their windows it
-    withholds. NaN: no window. 0 (gate off) with too few samples. The record also holds the two
-    populations' likelihoods (IMAGERY_LIKELIHOODS, CovarianceModel.imagery_mismatch_llr's): the statistic's
-    Gaussians, and from `*_support` (each window's support; NaN: none) the share of windows at least
-    IMAGERY_SUPPORTED supported, add-one smoothed (0: fewer than min_samples)."""
-    background = np.asarray(background, np.float64)
-    background = background[np.isfinite(background)]
-    own = np.asarray(own, np.float64)
-    own = own[~np.isnan(own)]
-    judged = own[np.isfinite(own)]
-    if len(background) < min_samples or len(own) < min_samples:
-        return 0.0, {"imagery_background_windows": int(len(background)), "imagery_score_floor": 0.0,
-                     **dict.fromkeys(IMAGERY_LIKELIHOODS, 0.0)}
-    floor = float(np.quantile(background, quantile))
-    likelihoods = {"imagery_background_mean": float(np.mean(background)),
-                   "imagery_background_std": float(np.std(background)),
-                   "imagery_own_mean": float(np.mean(judged)) if len(judged) >= min_samples else 0.0,
-                   "imagery_own_std": float(np.std(judged)) if len(judged) >= min_samples else 0.0,
-                   "imagery_background_supported": _supported_share(background_support, min_samples),
-                   "imagery_own_supported": _supported_share(own_support, min_samples)}
-    return floor, {**likelihoods, "imagery_background_windows": int(len(background)), "imagery_own_windows": int(len(own)),
-                   "imagery_floor_quantile": quantile, "imagery_score_floor": floor,
-                   "imagery_background_median": float(np.median(background)),
-                   "imagery_own_median": float(np.median(judged)) if len(judged) else float("nan"),
-                   "imagery_own_withheld_share": float(np.mean(own < floor))}
-
-
-def _supported_share(support: np.ndarray | None, min_samples: int) -> float:
-    """The add-one smoothed share of windows at least IMAGERY_SUPPORTED supported (0: too few windows)."""
-    values = np.asarray([] if support is None else support, np.float64)
-    values = values[np.isfinite(values)]
-    if len(values) < min_samples:
-        return 0.0
-    return float((np.sum(values >= IMAGERY_SUPPORTED) + 1.0) / (len(values) + 2.0))
-
-
 def _mismatch_covariance_m2(est: Estimate) -> np.ndarray:
     """(2, 2) ENU: the estimate's error covariance if the imagery were not this place's (zeros: not known)."""
     m = est.mismatch_covariance_enu_m2
     return np.zeros((2, 2)) if m is None else np.asarray(m, np.float64)[:2, :2]
 
 
+def _track_covariance_m2(est: Estimate) -> np.ndarray:
+    """(2, 2) ENU: a vouched estimate's covariance as the track judges it (NaN: none)."""
+    t = est.track_covariance_enu_m2
+    return np.full((2, 2), np.nan) if t is None else np.asarray(t, np.float64)[:2, :2]
+
+
 def _added_covariance_m2(est: Estimate, start: CovarianceModel, features: list[float],
-                         share: np.ndarray) -> np.ndarray:
+                         share: np.ndarray, track: np.ndarray) -> np.ndarray:
     """(2, 2) ENU: what the estimate's covariance holds beyond start's model (its covariance minus
     sigma^2 I and the imagery mismatch's share, given): the posterior's mass beyond its mode (and a vouched
-    fix's widening), which calibration keeps while it refits the model."""
+    fix's widening), which calibration keeps while it refits the model. Zeros for an estimate published
+    with the track's covariance (track): the imagery's is not kept, and the model and its share stand in."""
     if est.covariance_enu_m2 is None:
         return np.zeros((2, 2))
     cov = np.asarray(est.covariance_enu_m2, np.float64)[:2, :2]
+    if np.allclose(cov, track, rtol=1e-9, atol=1e-12):
+        return np.zeros((2, 2))
     added = cov - share - np.eye(2) * float(start.sigma_m(*features)) ** 2
     w, v = np.linalg.eigh(0.5 * (added + added.T))
     return (v * np.maximum(w, 0.0)) @ v.T
 
 
-def _published_d2(err: np.ndarray, sigma: np.ndarray, added: np.ndarray) -> np.ndarray:
-    """Squared Mahalanobis distances of the (N, 2) errors under the published covariances sigma^2 I +
-    added (N, 2, 2): what the node publishes, so what the scale is fitted on."""
-    a = added[:, 0, 0] + sigma ** 2
-    b = added[:, 0, 1]  # symmetric: _added_covariance_m2
-    c = added[:, 1, 1] + sigma ** 2
+def _largest(cov: np.ndarray) -> np.ndarray:
+    """(N,) the largest eigenvalue of each symmetric (N, 2, 2) matrix (NaN where it holds NaN)."""
+    a, b, c = cov[:, 0, 0], cov[:, 0, 1], cov[:, 1, 1]
+    return 0.5 * (a + c) + np.sqrt(0.25 * (a - c) ** 2 + b * b)
+
+
+def _track_published(sigma: np.ndarray, added: np.ndarray, track: np.ndarray) -> np.ndarray:
+    """(N,) bool: whether the node publishes the track's covariance (a vouched estimate whose track
+    covariance's largest variance is below that of sigma^2 I + added: Localizer._vouched_covariance)."""
+    imagery = added + np.eye(2) * (sigma ** 2)[:, None, None]
+    with np.errstate(invalid="ignore"):
+        return _largest(track) < _largest(imagery)
+
+
+def _published_d2(err: np.ndarray, sigma: np.ndarray, added: np.ndarray,
+                  track: np.ndarray | None = None) -> np.ndarray:
+    """Squared Mahalanobis distances of the (N, 2) errors under the published covariances: sigma^2 I +
+    added (N, 2, 2), or the track's (N, 2, 2; NaN: none) where the node publishes it (_track_published):
+    what the node publishes, so what the scale is fitted on."""
+    cov = added + np.eye(2) * (sigma ** 2)[:, None, None]
+    if track is not None:
+        cov = np.where(_track_published(sigma, added, track)[:, None, None], track, cov)
+    a, b, c = cov[:, 0, 0], cov[:, 0, 1], cov[:, 1, 1]
     e, n = err[:, 0], err[:, 1]
     return (c * e * e - 2.0 * b * e * n + a * n * n) / (a * c - b * b)
 

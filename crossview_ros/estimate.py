@@ -140,6 +140,9 @@ class Estimate:
     # (imagery_track_s)
     ambiguity_vouched: bool = False  # published although its posterior held distinct places (AMBIGUOUS): odometry
     # vouched for the place the track is at (imagery_track_s)
+    track_covariance_enu_m2: np.ndarray | None = None  # (2, 2) ENU m^2, vouched estimates only: the error's
+    # covariance as the track judges it (the carried anchor's, plus the offset from it squared); published
+    # in covariance_enu_m2 when its largest variance is below the imagery's
     latency: Latency = field(default_factory=Latency)
 
     @property

@@ -165,19 +165,21 @@ class ImageryGate:
                     f"tiles may not show this place ({detail})")
         return None
 
-    def vouches(self, odometry: GridOdometry | None, east_m: float, north_m: float, stamp_s: float) -> float | None:
-        """The carried anchor's variance per axis (its own plus odometry's since) when odometry vouches for
-        an estimate the gate refuses: it lies within imagery_track_radius_m of the anchor, carried here by
-        odometry no more than imagery_track_s later; else None. A view of this place that does not stand out
-        from its scope then lands where the track already is; a look-alike seldom does. Only an unaided
-        pass renews the anchor (published), so a vouched run ends imagery_track_s after the anchor's."""
+    def vouches(self, odometry: GridOdometry | None, east_m: float,
+                north_m: float, stamp_s: float) -> tuple[float, float, float] | None:
+        """The carried anchor (east, north on the grid, its variance per axis: its own plus odometry's since)
+        when odometry vouches for an estimate the gate refuses: it lies within imagery_track_radius_m of the
+        anchor, carried here by odometry no more than imagery_track_s later; else None. A view of this place
+        that does not stand out from its scope then lands where the track already is; a look-alike seldom
+        does. Only an unaided pass renews the anchor (published), so a vouched run ends imagery_track_s after
+        the anchor's."""
         cfg = self.config
         if odometry is None or self.anchor is None or not cfg.imagery_track_s > 0:
             return None
         carried = self.anchor.at(odometry, stamp_s, cfg.imagery_track_s)
         if carried is None or not math.hypot(east_m - carried[0], north_m - carried[1]) <= cfg.imagery_track_radius_m:
             return None
-        return carried[2]
+        return carried
 
     @staticmethod
     def no_sharper_than(covariance: np.ndarray, variance_m2: float) -> np.ndarray:
@@ -185,6 +187,16 @@ class ImageryGate:
         anchor's: it is only as sure as the anchor and odometry that vouched for it."""
         short = variance_m2 - float(np.linalg.eigvalsh(covariance).max())
         return covariance + np.eye(2) * short if short > 0 else covariance
+
+    @staticmethod
+    def track_covariance(carried: tuple[float, float, float], east_m: float, north_m: float) -> np.ndarray:
+        """(2, 2) grid m^2: a vouched estimate's error covariance as the track judges it, whatever the imagery
+        shows: the truth lies about the carried anchor (its variance per axis), and the estimate is where it
+        is, at most imagery_track_radius_m from it (that offset squared). The imagery's covariance may be far
+        wider (the mismatch share prices the estimate as if anywhere in the fix's scope); this one is never
+        sharper than the anchor, so a stream whose anchor was not sure gains nothing from it."""
+        offset = np.array([east_m - carried[0], north_m - carried[1]])
+        return np.eye(2) * carried[2] + np.outer(offset, offset)
 
     def published(self, odometry: GridOdometry | None, stamp_s: float, east_m: float, north_m: float,
                   variance_m2: float, vouched: frozenset[Reason]) -> None:

@@ -27,11 +27,11 @@ from crossview_ros.bag.topics import TopicMap
 from crossview_ros import geo
 from crossview_ros.camera import CameraError, CameraFrame, CameraRig
 from crossview_ros.covariance import (
-    CHI2_2DOF_95, IMAGERY_LIKELIHOODS, CovarianceModel, calibrate, fit_fix_sigma_scale,
-    fit_imagery_floor, save_covariance,
+    CHI2_2DOF_95, IMAGERY_LIKELIHOODS, CovarianceModel, calibrate, fit_fix_sigma_scale, save_covariance,
 )
 from crossview_ros.engines import create_engine
 from crossview_ros.estimate import Estimate, Fix, Reason
+from crossview_ros.imagery_floor import fit_imagery_floor
 from crossview_ros.localize_frames import Frame, LocalizeInputError, bag_frames, read_panorama
 from crossview_ros.localize_summary import print_calibration, print_fix_sigma_scale, print_summary, summarize
 from crossview_ros.localizer import Localizer, engine_options

@@ -290,13 +290,9 @@ class Localizer:
             times["heading_ms"] = time.perf_counter() - t
 
         try:
-            track_m2, vouched = self._gate(pose, f"tile {pose.tile_id}, score {pose.score:.4f}", stamp)
-            if track_m2 is not None:  # vouched by odometry: no sharper than the carried anchor
-                if Reason.AMBIGUOUS in vouched:  # the track says which place: the others' mass is not this fix's
-                    base = base - far
-                cov = self.imagery.no_sharper_than(base, track_m2) + share
-                context.update(covariance_enu_m2=cov,
-                               protection_level_m=self.covariance.protection_level_m(cov, cfg.protection_risk))
+            track, vouched = self._gate(pose, f"tile {pose.tile_id}, score {pose.score:.4f}", stamp)
+            if track is not None:
+                cov = self._vouched_covariance(track, vouched, base, far, share, pose, lat, lon, context)
             overruled = False
             if d2 > cfg.max_mahalanobis:
                 overruled = self._fix_overruled(pose, cov, lat, lon, stamp, from_fix_m, d2)
@@ -329,6 +325,25 @@ class Localizer:
                                      fix_overruled=bool(overruled), imagery_vouched=Reason.MISMATCH in vouched,
                                      ambiguity_vouched=Reason.AMBIGUOUS in vouched,
                                      latency=self._latency(times, t_start)))
+
+    def _vouched_covariance(self, track: tuple[float, float, float], vouched: frozenset[Reason], base: np.ndarray,
+                            far: np.ndarray, share: np.ndarray, pose: PoseMatch, lat: float, lon: float,
+                            context: dict[str, Any]) -> np.ndarray:
+        """The covariance of an estimate odometry vouched for: the imagery's (the posterior's, the others'
+        mass out when the track said which place of an AMBIGUOUS posterior, no sharper than the carried
+        anchor, plus the mismatch share), or the track's (ImageryGate.track_covariance) where its largest
+        variance is the smaller: both bound the same error, and the track's holds whether or not the tiles
+        show this place. Both go in context, with the protection level on the one published."""
+        if Reason.AMBIGUOUS in vouched:
+            base = base - far
+        cov = self.imagery.no_sharper_than(base, track[2]) + share
+        by_track = geo.utm_cov_to_enu(self.imagery.track_covariance(track, pose.easting_m, pose.northing_m),
+                                      lat, lon, self.tiles.zone)
+        if np.linalg.eigvalsh(by_track).max() < np.linalg.eigvalsh(cov).max():
+            cov = by_track
+        context.update(covariance_enu_m2=cov, track_covariance_enu_m2=by_track,
+                       protection_level_m=self.covariance.protection_level_m(cov, self.config.protection_risk))
+        return cov
 
     def _on_tiles_by_odometry(self, stamp: float) -> bool:
         """Whether the last published estimate, carried here by odometry (as a fix is, fix_max_age_odometry_s),
@@ -497,14 +512,15 @@ class Localizer:
             return np.zeros((2, 2))
         return geo.utm_cov_to_enu(pose.far_covariance_m2, lat, lon, self.tiles.zone)
 
-    def _gate(self, pose: PoseMatch, detail: str, stamp: float) -> tuple[float | None, frozenset[Reason]]:
+    def _gate(self, pose: PoseMatch, detail: str,
+              stamp: float) -> tuple[tuple[float, float, float] | None, frozenset[Reason]]:
         """OUTSIDE_COVERAGE (the fix's uncertainty runs mostly off the tiles, and odometry does not carry the
         last published estimate onto them), MISMATCH (too few recent views point at their estimates, or they
         score below the imagery floor; unless odometry vouches: ImageryGate), AMBIGUOUS (the posterior
         holds distinct places), LOW_MARGIN; each keeps the estimate in the Estimate. MAHALANOBIS, against the
-        GNSS prior, comes after them (_run), as odometry may overrule the fix. The carried anchor's variance
-        per axis when odometry vouched for a MISMATCH or AMBIGUOUS refusal (ImageryGate.vouches: the estimate
-        is where the track is), else None; and the refusals it vouched for."""
+        GNSS prior, comes after them (_run), as odometry may overrule the fix. The carried anchor (east, north,
+        variance per axis) when odometry vouched for a MISMATCH or AMBIGUOUS refusal (ImageryGate.vouches: the
+        estimate is where the track is), else None; and the refusals it vouched for."""
         cfg = self.config
         margin = pose.margin
         if (pose.prior_inside is not None and not pose.prior_inside >= cfg.min_prior_inside
@@ -514,17 +530,17 @@ class Localizer:
                                                          f"{cfg.min_prior_inside:g}): the platform may be beyond their "
                                                          f"coverage ({detail})")
         vouched: set[Reason] = set()
-        track_m2 = None
+        track = None
         mismatch = self.imagery.refusal(detail)
         if mismatch is not None:
-            track_m2 = self.imagery.vouches(self.odometry, pose.easting_m, pose.northing_m, stamp)
-            if track_m2 is None:
+            track = self.imagery.vouches(self.odometry, pose.easting_m, pose.northing_m, stamp)
+            if track is None:
                 raise FrameRejected(Reason.MISMATCH, mismatch)
             vouched.add(Reason.MISMATCH)
         if pose.mode_mass is not None and not pose.mode_mass >= cfg.min_mode_mass:
-            if track_m2 is None:  # not yet asked (a MISMATCH refusal it vouched for already carried the anchor)
-                track_m2 = self.imagery.vouches(self.odometry, pose.easting_m, pose.northing_m, stamp)
-            if track_m2 is None:
+            if track is None:  # not yet asked (a MISMATCH refusal it vouched for already carried the anchor)
+                track = self.imagery.vouches(self.odometry, pose.easting_m, pose.northing_m, stamp)
+            if track is None:
                 raise FrameRejected(Reason.AMBIGUOUS, f"only {100 * pose.mode_mass:.0f} % of the posterior lies within "
                                                       f"mode_radius_m {cfg.mode_radius_m:g} m of the estimate "
                                                       f"(min_mode_mass {cfg.min_mode_mass:g}; {detail})")
@@ -532,7 +548,7 @@ class Localizer:
         if not margin > cfg.min_margin:
             raise FrameRejected(Reason.LOW_MARGIN, f"margin {margin:.4f} is not above min_margin {cfg.min_margin:g} "
                                                    f"({detail})")
-        return track_m2, frozenset(vouched)
+        return track, frozenset(vouched)
 
     def _check_first_fix(self, stamp: float) -> None:
         """MAHALANOBIS for a stream's first fix (none published in the last imagery_track_s, so nothing for

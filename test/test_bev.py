@@ -1022,6 +1022,51 @@ def test_odometry_vouches_for_a_view_below_the_imagery_floor_where_the_track_is(
         assert ([e.reason for e in out], loc.imagery.vouched) == (refused, 0), kwargs
 
 
+def test_a_vouched_estimate_is_published_with_the_tracks_covariance_where_it_is_the_sharper(bev_export, tmp_path,
+                                                                                            monkeypatch):
+    """The vouched frames (20 s and 35 s, below the imagery floor) planned with a far mode of 10 % of the
+    posterior, 16 m^2 per axis: the imagery's covariance is 1 + 16 m^2 per axis. The track judges the
+    estimate by the carried anchor (CARRIED_M2: the 12 s pass) and the estimate's offset from it squared
+    (computed here from their latitudes and longitudes), whatever the imagery shows: standing still,
+    about CARRIED_M2 itself, published instead; with odometry saying the platform moved 3 m east between
+    10 s and 10.5 s, the grid filter lands the later estimates most of a metre from the anchor, and the
+    track's covariance, half a metre^2 or more wider east, is still the sharper. A far mode of 0.25 m^2
+    (1.25 m^2 per axis) is sharper than that, and is published. The protection level is the published
+    covariance's, and each vouched estimate records the track's covariance; unaided ones record none."""
+    from crossview_ros import geo
+    from crossview_ros.estimate import Reason
+
+    world = bev_world(bev_export, tmp_path)
+
+    def run(far_m2: float, moved_m: float) -> list:
+        far = np.eye(2) * far_m2
+        plan = [dict(score=s, far_covariance_m2=f, mode_mass=0.9 if f is not None else 1.0)
+                for s, f in zip([0.5, 0.5, 0.2, 0.2, 0.2], (None, None, far, far, far))]
+        loc, out = _standing_still(bev_export, world, monkeypatch, plan, VOUCH_STAMPS, moved_m=moved_m,
+                                   min_imagery_score=0.3)
+        assert [e.reason for e in out] == [Reason.OK] * 4 + [Reason.MISMATCH]
+        assert [e.imagery_vouched for e in out] == [False, False, True, True, False]
+        assert out[0].track_covariance_enu_m2 is None and out[1].track_covariance_enu_m2 is None
+        return loc, out
+
+    def by_track(e, anchor) -> np.ndarray:  # CARRIED_M2 + the offset from the anchor (it stands still since)
+        offset = np.array(geo.offset_enu_m(anchor.lat_deg, anchor.lon_deg, e.lat_deg, e.lon_deg))
+        return CARRIED_M2 + np.outer(offset, offset)
+
+    for moved_m in (0.0, 3.0):
+        loc, out = run(16.0, moved_m)
+        for e in out[2:4]:  # the 12 s pass is the anchor (as sharp as the carried 10 s one, and newer)
+            np.testing.assert_allclose(e.track_covariance_enu_m2, by_track(e, out[1]), atol=1e-3)
+            np.testing.assert_allclose(e.covariance_enu_m2, e.track_covariance_enu_m2, atol=1e-12)
+            assert e.protection_level_m == pytest.approx(loc.covariance.protection_level_m(e.covariance_enu_m2, 0.01))
+    assert e.covariance_enu_m2[0, 0] > 1.5  # moved: the grid filter, carried 3 m, lands nearly a metre off
+    loc, out = run(0.25, 3.0)
+    for e in out[2:4]:
+        np.testing.assert_allclose(e.covariance_enu_m2, np.eye(2) * 1.25, atol=1e-9)
+        np.testing.assert_allclose(e.track_covariance_enu_m2, by_track(e, out[1]), atol=1e-3)
+        assert e.protection_level_m == pytest.approx(loc.covariance.protection_level_m(np.eye(2) * 1.25, 0.01))
+
+
 def test_odometry_vouches_for_the_mode_of_an_ambiguous_posterior_where_the_track_is(bev_export, tmp_path,
                                                                                      monkeypatch):
     """The same view, its posterior planned as one place at 10 s and 12 s (mode mass 1, and 0.9 with a far

@@ -855,7 +855,7 @@ def test_the_covariance_is_scaled_on_the_frames_the_floor_lets_through():
 def test_the_imagery_floor_fit():
     """The floor at the background's quantile with the share of the walks' own windows it withholds,
     against numpy on the same numbers (the statistic itself: test_bev, the gate's Estimate.imagery_score)."""
-    from crossview_ros.covariance import fit_imagery_floor
+    from crossview_ros.imagery_floor import fit_imagery_floor
 
     rng = np.random.default_rng(3)
     background, own = rng.normal(0.2, 0.03, 400), rng.normal(0.45, 0.08, 300)
@@ -888,7 +888,8 @@ def test_the_imagery_mismatch_belief_weighs_each_window_on_the_two_fitted_gaussi
     from scipy.special import expit, logit
     from scipy.stats import norm
 
-    from crossview_ros.covariance import IMAGERY_LIKELIHOODS, fit_imagery_floor
+    from crossview_ros.covariance import IMAGERY_LIKELIHOODS
+    from crossview_ros.imagery_floor import fit_imagery_floor
     from crossview_ros.imagery_window import MismatchBelief
 
     rng = np.random.default_rng(4)
@@ -984,6 +985,63 @@ def test_calibration_fits_the_scale_under_the_mismatch_share_and_the_protection_
                                                         gaussian_protection_scale(0.01)), rel=1e-9)
     assert {g: getattr(fitted, g) for g in GAUSSIANS} == GAUSSIANS
     assert not plain.imagery_gaussians_fitted  # none given: start's (none)
+
+
+def test_calibration_takes_a_vouched_estimates_track_covariance_where_the_node_publishes_it():
+    """A third of the estimates were vouched for by odometry, with a track covariance (0.3-3 x the
+    error's variance): the node publishes it where its largest variance is below the imagery's (the
+    model's sigma^2 I plus the mismatch share), whichever the model, so calibration chooses per frame
+    under the model it fits. By hand, with that choice, 95 % of d^2 lie below 5.99 and the protection
+    level's factor is the 99 % quantile of error over the published sigma. Calibrated as if every frame
+    published the imagery's covariance (no track covariance recorded), the same choice covers another
+    share."""
+    from scipy.stats import chi2
+
+    from crossview_ros.covariance import gaussian_protection_scale
+
+    estimates, truths = synthetic_validation(3000, 1.0, seed=62)
+    rng = np.random.default_rng(63)
+    apart = np.array([[900.0, 0.0], [0.0, 100.0]])
+    default = CovarianceModel.from_config(LocalizerConfig())
+    vouched, shares, tracks = [], [], []
+    for k, e in enumerate(estimates):
+        w = float(rng.uniform(0.0, 0.5))
+        s2 = default.sigma_m(e.margin, e.score, e.spread_m, math.hypot(*e.offset_m)) ** 2
+        imagery = np.eye(2) * s2 + w * apart
+        track = np.eye(2) * s2 * float(rng.uniform(0.3, 3.0)) if k % 3 == 0 else None
+        published = imagery if track is None or track.max() >= np.linalg.eigvalsh(imagery).max() else track
+        vouched.append(dataclasses.replace(e, imagery_mismatch=w, mismatch_covariance_enu_m2=apart,
+                                           covariance_enu_m2=published, track_covariance_enu_m2=track))
+        shares.append(w * apart)
+        tracks.append(track)
+    errors = np.array([geo.offset_enu_m(t.lat_deg, t.lon_deg, e.lat_deg, e.lon_deg) for e, t in zip(vouched, truths)])
+
+    def published_by(model: CovarianceModel) -> list[np.ndarray]:
+        out = []
+        for e, share, track in zip(vouched, shares, tracks):
+            imagery = np.eye(2) * model.sigma_m(e.margin, e.score, e.spread_m, math.hypot(*e.offset_m)) ** 2 + share
+            sharper = track is not None and track.max() < np.linalg.eigvalsh(imagery).max()
+            out.append(track if sharper else imagery)
+        return out
+
+    def share_inside(model: CovarianceModel) -> float:
+        d2 = [float(err @ np.linalg.solve(cov, err)) for err, cov in zip(errors, published_by(model))]
+        return float(np.mean(np.array(d2) <= chi2.ppf(0.95, 2)))
+
+    fitted = calibrate(vouched, truths, fit_shape=False)
+    assert share_inside(fitted) == pytest.approx(0.95, abs=0.002)
+    assert fitted.fit["share_d2_below_chi2"] == pytest.approx(share_inside(fitted), abs=1e-9)
+    chosen = [c is t for c, t in zip(published_by(fitted), tracks)]
+    assert 300 < sum(chosen) < 1000  # the track's covariance published for some vouched frames, not all
+    sigma = np.array([math.sqrt(np.linalg.eigvalsh(c).max()) if k else
+                      fitted.sigma_m(e.margin, e.score, e.spread_m, math.hypot(*e.offset_m))
+                      for c, k, e in zip(published_by(fitted), chosen, vouched)])
+    ratio = np.hypot(errors[:, 0], errors[:, 1]) / sigma
+    assert fitted.protection_scale == pytest.approx(max(float(np.quantile(ratio, 0.99, method="higher")),
+                                                        gaussian_protection_scale(0.01)), rel=1e-9)
+    unaware = calibrate([dataclasses.replace(e, track_covariance_enu_m2=None) for e in vouched], truths,
+                        fit_shape=False)
+    assert abs(share_inside(unaware) - 0.95) > 0.005
 
 
 def test_calibration_refits_its_scale_on_what_the_fitted_model_publishes(small_drive, tmp_path):
