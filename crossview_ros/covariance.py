@@ -420,19 +420,20 @@ def calibrate(estimates: Sequence[Estimate], truths: Sequence[Any], *, start: Co
 
     def q_pos(log_s: float) -> float:
         sigma = np.maximum(start.sigma_min_m, math.exp(log_s) * base)
-        return float(np.quantile(_published_d2(err_k, sigma, published_added, tracks), quantile))
+        return float(np.quantile(_published_d2(err_k, _published_covariances(sigma, published_added, tracks)[0]),
+                                 quantile))
 
     log_scale = _solve_monotone(q_pos, q2)
     sigma = np.maximum(start.sigma_min_m, math.exp(log_scale) * base)
-    d2 = _published_d2(err_k, sigma, published_added, tracks)
+    published_cov, from_track = _published_covariances(sigma, published_added, tracks)
+    d2 = _published_d2(err_k, published_cov)
     fit: dict[str, Any] = {
         "created_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "samples": len(r2), "published_samples": int(keep.sum()), "quantile": quantile, "fit_shape": fit_shape,
         "chi2_2dof_quantile": q2, "share_d2_below_chi2": float(np.mean(d2 <= q2)),
         "median_error_m": float(np.median(np.sqrt(r2a))), "median_sigma_m": float(np.median(sigma)),
     }
-    published_sigma = np.sqrt(np.where(_track_published(sigma, published_added, tracks), _largest(tracks),
-                                       sigma ** 2 + np.linalg.eigvalsh(added)[:, -1]))
+    published_sigma = np.sqrt(np.where(from_track, _largest(tracks), sigma ** 2 + np.linalg.eigvalsh(added)[:, -1]))
     ratio = np.sqrt(r2a) / published_sigma
     protection = max(float(np.quantile(ratio, 1.0 - protection_risk, method="higher")),
                      gaussian_protection_scale(protection_risk))
@@ -488,22 +489,20 @@ def _largest(cov: np.ndarray) -> np.ndarray:
     return 0.5 * (a + c) + np.sqrt(0.25 * (a - c) ** 2 + b * b)
 
 
-def _track_published(sigma: np.ndarray, added: np.ndarray, track: np.ndarray) -> np.ndarray:
-    """(N,) bool: whether the node publishes the track's covariance (a vouched estimate whose track
-    covariance's largest variance is below that of sigma^2 I + added: Localizer._vouched_covariance)."""
+def _published_covariances(sigma: np.ndarray, added: np.ndarray,
+                           track: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(N, 2, 2) the covariances the node publishes, and (N,) whether each is the track's: sigma^2 I + added,
+    or the track's (N, 2, 2; NaN: none) where its largest variance is the smaller
+    (Localizer._vouched_covariance)."""
     imagery = added + np.eye(2) * (sigma ** 2)[:, None, None]
     with np.errstate(invalid="ignore"):
-        return _largest(track) < _largest(imagery)
+        from_track = _largest(track) < _largest(imagery)
+    return np.where(from_track[:, None, None], track, imagery), from_track
 
 
-def _published_d2(err: np.ndarray, sigma: np.ndarray, added: np.ndarray,
-                  track: np.ndarray | None = None) -> np.ndarray:
-    """Squared Mahalanobis distances of the (N, 2) errors under the published covariances: sigma^2 I +
-    added (N, 2, 2), or the track's (N, 2, 2; NaN: none) where the node publishes it (_track_published):
-    what the node publishes, so what the scale is fitted on."""
-    cov = added + np.eye(2) * (sigma ** 2)[:, None, None]
-    if track is not None:
-        cov = np.where(_track_published(sigma, added, track)[:, None, None], track, cov)
+def _published_d2(err: np.ndarray, cov: np.ndarray) -> np.ndarray:
+    """Squared Mahalanobis distances of the (N, 2) errors under the published (N, 2, 2) covariances
+    (_published_covariances): what the node publishes, so what the scale is fitted on."""
     a, b, c = cov[:, 0, 0], cov[:, 0, 1], cov[:, 1, 1]
     e, n = err[:, 0], err[:, 1]
     return (c * e * e - 2.0 * b * e * n + a * n * n) / (a * c - b * b)
