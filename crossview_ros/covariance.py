@@ -433,7 +433,7 @@ def calibrate(estimates: Sequence[Estimate], truths: Sequence[Any], *, start: Co
         "chi2_2dof_quantile": q2, "share_d2_below_chi2": float(np.mean(d2 <= q2)),
         "median_error_m": float(np.median(np.sqrt(r2a))), "median_sigma_m": float(np.median(sigma)),
     }
-    published_sigma = np.sqrt(np.where(from_track, _largest(tracks), sigma ** 2 + np.linalg.eigvalsh(added)[:, -1]))
+    published_sigma = np.sqrt(np.where(from_track, np.linalg.eigvalsh(tracks)[:, -1], sigma ** 2 + np.linalg.eigvalsh(added)[:, -1]))
     ratio = np.sqrt(r2a) / published_sigma
     protection = max(float(np.quantile(ratio, 1.0 - protection_risk, method="higher")),
                      gaussian_protection_scale(protection_risk))
@@ -483,12 +483,6 @@ def _added_covariance_m2(est: Estimate, start: CovarianceModel, features: list[f
     return (v * np.maximum(w, 0.0)) @ v.T
 
 
-def _largest(cov: np.ndarray) -> np.ndarray:
-    """(N,) the largest eigenvalue of each symmetric (N, 2, 2) matrix (NaN where it holds NaN)."""
-    a, b, c = cov[:, 0, 0], cov[:, 0, 1], cov[:, 1, 1]
-    return 0.5 * (a + c) + np.sqrt(0.25 * (a - c) ** 2 + b * b)
-
-
 def _published_covariances(sigma: np.ndarray, added: np.ndarray,
                            track: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(N, 2, 2) the covariances the node publishes, and (N,) whether each is the track's: sigma^2 I + added,
@@ -496,7 +490,7 @@ def _published_covariances(sigma: np.ndarray, added: np.ndarray,
     (Localizer._vouched_covariance)."""
     imagery = added + np.eye(2) * (sigma ** 2)[:, None, None]
     with np.errstate(invalid="ignore"):
-        from_track = _largest(track) < _largest(imagery)
+        from_track = np.linalg.eigvalsh(track)[:, -1] < np.linalg.eigvalsh(imagery)[:, -1]
     return np.where(from_track[:, None, None], track, imagery), from_track
 
 
