@@ -56,8 +56,9 @@ CHI2_1DOF_95 = 3.841458820694124  # chi-square quantile, 1 dof, 95 %
 # scale refitted on what the fitted model publishes (localize_eval.refit_on_published). 5: the scale fitted under the
 # mismatch share, the protection level without it; a far mass under protection_risk out of the covariance. 6: the
 # refit's published frames under the first-fix gate (first_fix_mahalanobis_share). 7: a vouched estimate published
-# with the track's covariance where it is the sharper (Estimate.track_covariance_enu_m2).
-CALIBRATION_VERSION = 7
+# with the track's covariance where it is the sharper (Estimate.track_covariance_enu_m2). 8: such an estimate's
+# imagery covariance kept (Estimate.imagery_covariance_enu_m2), its far mass with it.
+CALIBRATION_VERSION = 8
 IMAGERY_BEST_SCORE, IMAGERY_OVER_SCOPE_MEDIAN = 0.0, 1.0
 IMAGERY_STATISTICS = {IMAGERY_BEST_SCORE: "the view's score at its pose",  # older calibrations; retrieval models
                       IMAGERY_OVER_SCOPE_MEDIAN: "the view's score at its pose over its median score in the scope"}
@@ -388,7 +389,7 @@ def calibrate(estimates: Sequence[Estimate], truths: Sequence[Any], *, start: Co
                       0.0 if est.view_distance_m is None else est.view_distance_m])
         shares.append((est.imagery_mismatch or 0.0) * _mismatch_covariance_m2(est))
         tracks.append(_track_covariance_m2(est))
-        added.append(_added_covariance_m2(est, start, feats[-1], shares[-1], tracks[-1]))
+        added.append(_added_covariance_m2(est, start, feats[-1], shares[-1]))
         if est.yaw_enu_rad is not None and est.yaw_variance_raw_rad2 is not None and t.yaw_enu_rad is not None:
             yaw_err2.append(float(geo.wrap_angle_rad(est.yaw_enu_rad - t.yaw_enu_rad)) ** 2)
             yaw_raw.append(est.yaw_variance_raw_rad2)
@@ -468,17 +469,15 @@ def _track_covariance_m2(est: Estimate) -> np.ndarray:
 
 
 def _added_covariance_m2(est: Estimate, start: CovarianceModel, features: list[float],
-                         share: np.ndarray, track: np.ndarray) -> np.ndarray:
-    """(2, 2) ENU: what the estimate's covariance holds beyond start's model (its covariance minus
+                         share: np.ndarray) -> np.ndarray:
+    """(2, 2) ENU: what the imagery's covariance of the estimate holds beyond start's model (it minus
     sigma^2 I and the imagery mismatch's share, given): the posterior's mass beyond its mode (and a vouched
-    fix's widening), which calibration keeps while it refits the model. Zeros for an estimate published
-    with the track's covariance (track): the imagery's is not kept, and the model and its share stand in."""
-    if est.covariance_enu_m2 is None:
+    fix's widening), which calibration keeps while it refits the model. A vouched estimate records the
+    imagery's covariance apart (imagery_covariance_enu_m2): it may have been published with the track's."""
+    recorded = est.covariance_enu_m2 if est.imagery_covariance_enu_m2 is None else est.imagery_covariance_enu_m2
+    if recorded is None:
         return np.zeros((2, 2))
-    cov = np.asarray(est.covariance_enu_m2, np.float64)[:2, :2]
-    if np.allclose(cov, track, rtol=1e-9, atol=1e-12):
-        return np.zeros((2, 2))
-    added = cov - share - np.eye(2) * float(start.sigma_m(*features)) ** 2
+    added = np.asarray(recorded, np.float64)[:2, :2] - share - np.eye(2) * float(start.sigma_m(*features)) ** 2
     w, v = np.linalg.eigh(0.5 * (added + added.T))
     return (v * np.maximum(w, 0.0)) @ v.T
 

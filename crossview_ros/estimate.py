@@ -143,6 +143,8 @@ class Estimate:
     track_covariance_enu_m2: np.ndarray | None = None  # (2, 2) ENU m^2, vouched estimates only: the error's
     # covariance as the track judges it (the carried anchor's, plus the offset from it squared); published
     # in covariance_enu_m2 when its largest variance is below the imagery's
+    imagery_covariance_enu_m2: np.ndarray | None = None  # (2, 2) ENU m^2, vouched estimates only: the imagery's
+    # covariance (the posterior's, plus the mismatch share), published unless the track's is the sharper
     latency: Latency = field(default_factory=Latency)
 
     @property

@@ -336,12 +336,11 @@ class Localizer:
         show this place. Both go in context, with the protection level on the one published."""
         if Reason.AMBIGUOUS in vouched:
             base = base - far
-        cov = self.imagery.no_sharper_than(base, track[2]) + share
+        imagery = self.imagery.no_sharper_than(base, track[2]) + share
         by_track = geo.utm_cov_to_enu(self.imagery.track_covariance(track, pose.easting_m, pose.northing_m),
                                       lat, lon, self.tiles.zone)
-        if np.linalg.eigvalsh(by_track).max() < np.linalg.eigvalsh(cov).max():
-            cov = by_track
-        context.update(covariance_enu_m2=cov, track_covariance_enu_m2=by_track,
+        cov = by_track if np.linalg.eigvalsh(by_track).max() < np.linalg.eigvalsh(imagery).max() else imagery
+        context.update(covariance_enu_m2=cov, track_covariance_enu_m2=by_track, imagery_covariance_enu_m2=imagery,
                        protection_level_m=self.covariance.protection_level_m(cov, self.config.protection_risk))
         return cov
 

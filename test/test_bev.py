@@ -1032,7 +1032,8 @@ def test_a_vouched_estimate_is_published_with_the_tracks_covariance_where_it_is_
     10 s and 10.5 s, the grid filter lands the later estimates most of a metre from the anchor, and the
     track's covariance, half a metre^2 or more wider east, is still the sharper. A far mode of 0.25 m^2
     (1.25 m^2 per axis) is sharper than that, and is published. The protection level is the published
-    covariance's, and each vouched estimate records the track's covariance; unaided ones record none."""
+    covariance's, and each vouched estimate records the track's covariance and the imagery's; unaided ones
+    record neither."""
     from crossview_ros import geo
     from crossview_ros.estimate import Reason
 
@@ -1046,7 +1047,9 @@ def test_a_vouched_estimate_is_published_with_the_tracks_covariance_where_it_is_
                                    min_imagery_score=0.3)
         assert [e.reason for e in out] == [Reason.OK] * 4 + [Reason.MISMATCH]
         assert [e.imagery_vouched for e in out] == [False, False, True, True, False]
-        assert out[0].track_covariance_enu_m2 is None and out[1].track_covariance_enu_m2 is None
+        assert all(e.track_covariance_enu_m2 is None and e.imagery_covariance_enu_m2 is None for e in out[:2])
+        for e in out[2:4]:  # the imagery's covariance recorded whichever is published (calibration keeps it)
+            np.testing.assert_allclose(e.imagery_covariance_enu_m2, np.eye(2) * (1.0 + far_m2), atol=1e-9)
         return loc, out
 
     def by_track(e, anchor) -> np.ndarray:  # CARRIED_M2 + the offset from the anchor (it stands still since)

@@ -989,12 +989,14 @@ def test_calibration_fits_the_scale_under_the_mismatch_share_and_the_protection_
 
 def test_calibration_takes_a_vouched_estimates_track_covariance_where_the_node_publishes_it():
     """A third of the estimates were vouched for by odometry, with a track covariance (0.3-3 x the
-    error's variance): the node publishes it where its largest variance is below the imagery's (the
-    model's sigma^2 I plus the mismatch share), whichever the model, so calibration chooses per frame
-    under the model it fits. By hand, with that choice, 95 % of d^2 lie below 5.99 and the protection
-    level's factor is the 99 % quantile of error over the published sigma. Calibrated as if every frame
-    published the imagery's covariance (no track covariance recorded), the same choice covers another
-    share."""
+    error's variance) and an imagery covariance holding a far mass (0-3 x it) as well: the node
+    publishes the track's where its largest variance is below the imagery's (the model's sigma^2 I plus
+    the far mass and the mismatch share), whichever the model, so calibration chooses per frame under the
+    model it fits, the far mass kept from the recorded imagery covariance even where the track's was
+    published. By hand, with that choice, 95 % of d^2 lie below 5.99 and the protection level's factor is
+    the 99 % quantile of error over the published sigma. Calibrated as if every frame published the
+    imagery's covariance (no track covariance recorded), or without the imagery's recorded where the
+    track's was published (the far mass lost), the same choice covers another share."""
     from scipy.stats import chi2
 
     from crossview_ros.covariance import gaussian_protection_scale
@@ -1003,16 +1005,19 @@ def test_calibration_takes_a_vouched_estimates_track_covariance_where_the_node_p
     rng = np.random.default_rng(63)
     apart = np.array([[900.0, 0.0], [0.0, 100.0]])
     default = CovarianceModel.from_config(LocalizerConfig())
-    vouched, shares, tracks = [], [], []
+    vouched, shares, fars, tracks = [], [], [], []
     for k, e in enumerate(estimates):
-        w = float(rng.uniform(0.0, 0.5))
         s2 = default.sigma_m(e.margin, e.score, e.spread_m, math.hypot(*e.offset_m)) ** 2
-        imagery = np.eye(2) * s2 + w * apart
         track = np.eye(2) * s2 * float(rng.uniform(0.3, 3.0)) if k % 3 == 0 else None
+        w = float(rng.uniform(0.0, 0.5 if track is None else 0.002))
+        far = np.zeros((2, 2)) if track is None else np.eye(2) * s2 * float(rng.uniform(0.0, 3.0))
+        imagery = np.eye(2) * s2 + w * apart + far
         published = imagery if track is None or track.max() >= np.linalg.eigvalsh(imagery).max() else track
         vouched.append(dataclasses.replace(e, imagery_mismatch=w, mismatch_covariance_enu_m2=apart,
-                                           covariance_enu_m2=published, track_covariance_enu_m2=track))
-        shares.append(w * apart)
+                                           covariance_enu_m2=published, track_covariance_enu_m2=track,
+                                           imagery_covariance_enu_m2=None if track is None else imagery))
+        shares.append(w * apart + far)
+        fars.append(far[0, 0])
         tracks.append(track)
     errors = np.array([geo.offset_enu_m(t.lat_deg, t.lon_deg, e.lat_deg, e.lon_deg) for e, t in zip(vouched, truths)])
 
@@ -1034,14 +1039,17 @@ def test_calibration_takes_a_vouched_estimates_track_covariance_where_the_node_p
     chosen = [c is t for c, t in zip(published_by(fitted), tracks)]
     assert 300 < sum(chosen) < 1000  # the track's covariance published for some vouched frames, not all
     sigma = np.array([math.sqrt(np.linalg.eigvalsh(c).max()) if k else
-                      fitted.sigma_m(e.margin, e.score, e.spread_m, math.hypot(*e.offset_m))
-                      for c, k, e in zip(published_by(fitted), chosen, vouched)])
+                      math.sqrt(fitted.sigma_m(e.margin, e.score, e.spread_m, math.hypot(*e.offset_m)) ** 2 + f)
+                      for c, k, e, f in zip(published_by(fitted), chosen, vouched, fars)])
     ratio = np.hypot(errors[:, 0], errors[:, 1]) / sigma
     assert fitted.protection_scale == pytest.approx(max(float(np.quantile(ratio, 0.99, method="higher")),
                                                         gaussian_protection_scale(0.01)), rel=1e-9)
     unaware = calibrate([dataclasses.replace(e, track_covariance_enu_m2=None) for e in vouched], truths,
                         fit_shape=False)
     assert abs(share_inside(unaware) - 0.95) > 0.005
+    far_lost = calibrate([dataclasses.replace(e, imagery_covariance_enu_m2=None) for e in vouched], truths,
+                         fit_shape=False)
+    assert share_inside(far_lost) > 0.953  # the far mass lost: frames the track published seen as the imagery's
 
 
 def test_calibration_refits_its_scale_on_what_the_fitted_model_publishes(small_drive, tmp_path):
