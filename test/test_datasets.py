@@ -312,6 +312,19 @@ def test_cached_images_of_a_split(vigor_root):
     np.testing.assert_array_equal(sats[5], cv2.resize(first, (24, 24), interpolation=cv2.INTER_AREA))
 
 
+def test_cache_names_stay_short_for_many_cities_and_differ_per_city_list(tmp_path):
+    """Two cities keep their readable name; 34 training cities (the 60-CPU-minute reference set) would pass
+    the file system's 255-byte name limit joined, so they get the first city, the count and a hash: a cache
+    with that name builds and reads back, and another list of the same length gets another name."""
+    assert datasets.cache_tag("cross_train", ["NewYork", "Seattle"]) == "cross_train_NewYork-Seattle"
+    many = ["NewYork", "Seattle"] + [f"{c}{k}" for k in range(2, 18) for c in ("NewYork", "Seattle")]
+    tag = datasets.cache_tag("cross_train", many)
+    assert tag.startswith("cross_train_NewYork-and-33-more-") and len(tag) <= datasets.CACHE_TAG_MAX_CHARS
+    assert datasets.cache_tag("cross_train", many[:-1] + ["Chicago9"]) != tag
+    paths = _write_images(tmp_path / "img", [(1, 2, 3), (4, 5, 6)])
+    cache = image_cache(paths, (6, 8), tmp_path / "cache" / f"{tag}_pano_6x8.npy", progress=False)
+    assert cache.shape == (2, 6, 8, 3) and len(f".{tag}_pano_320x640.npy.4194304.tmp.npy") < 255
+
 # --------------------------------------------------------------------------- batches
 
 

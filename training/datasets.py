@@ -26,6 +26,7 @@ memory-mapped .npy, written atomically) so that data loading never starves the m
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -289,11 +290,24 @@ def image_cache(paths: Sequence[Path], size_hw: tuple[int, int], cache_file: Pat
     return np.load(cache_file, mmap_mode="r")
 
 
+CACHE_TAG_MAX_CHARS = 96  # a file name is at most 255 bytes; the tag leaves room for the size and temporary suffix
+
+
+def cache_tag(split: str, cities: Sequence[str]) -> str:
+    """The cache files' name for a split's cities: the names joined while short, else the first city, the
+    count and a hash of the list (34 training cities would pass the file system's 255-byte limit)."""
+    tag = f"{split}_{'-'.join(cities)}"
+    if len(tag) <= CACHE_TAG_MAX_CHARS:
+        return tag
+    digest = hashlib.sha1("\n".join(cities).encode()).hexdigest()[:12]
+    return f"{split}_{cities[0]}-and-{len(cities) - 1}-more-{digest}"
+
+
 def cached_images(split: VigorSplit, ground_hw: tuple[int, int], aerial_hw: tuple[int, int],
                   *, progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Pre-resized panoramas and aerial images of a split, (N, Hg, Wg, 3) and (M, Ha, Wa, 3)."""
     cache = split.root / ".crossview_cache"
-    tag = f"{split.split}_{'-'.join(split.cities)}"
+    tag = cache_tag(split.split, split.cities)
     panos = image_cache(split.pano_paths, ground_hw, cache / f"{tag}_pano_{ground_hw[0]}x{ground_hw[1]}.npy",
                         progress=progress)
     sats = image_cache(split.sat_paths, aerial_hw, cache / f"{tag}_sat_{aerial_hw[0]}x{aerial_hw[1]}.npy",
