@@ -255,6 +255,7 @@ def play(bag: DriveBag, cmd: list[str], log_path: Path, *, rate: float = 1.0, ti
         sent = publish_bag(player, node, bag, items, rate=rate, lockstep=lockstep, timeout_s=timeout_s,
                            progress=progress)
         drain(player, node, items[-1][0], sent.frames, rate=rate, timeout_s=timeout_s)
+        check_alone(player, domain)  # a stray one seen only once it answered our frames (a very busy host)
         if monitor is not None:
             monitor("drained", node.proc.pid)
         code = node.stop()
