@@ -313,7 +313,7 @@ def test_cached_images_of_a_split(vigor_root):
 
 
 def test_cache_names_stay_short_for_many_cities_and_differ_per_city_list(tmp_path):
-    """Two cities keep their readable name; 34 training cities (the 60-CPU-minute reference set) would pass
+    """Two cities keep their readable name; 34 cities (more than the 60-CPU-minute reference set's 32) would pass
     the file system's 255-byte name limit joined, so they get the first city, the count and a hash: a cache
     with that name builds and reads back, and another list of the same length gets another name."""
     assert datasets.cache_tag("cross_train", ["NewYork", "Seattle"]) == "cross_train_NewYork-Seattle"

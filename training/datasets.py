@@ -295,7 +295,7 @@ CACHE_TAG_MAX_CHARS = 96  # a file name is at most 255 bytes; the tag leaves roo
 
 def cache_tag(split: str, cities: Sequence[str]) -> str:
     """The cache files' name for a split's cities: the names joined while short, else the first city, the
-    count and a hash of the list (34 training cities would pass the file system's 255-byte limit)."""
+    count and a hash of the list (32 training cities joined passed the file system's 255-byte limit)."""
     tag = f"{split}_{'-'.join(cities)}"
     if len(tag) <= CACHE_TAG_MAX_CHARS:
         return tag
