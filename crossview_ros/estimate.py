@@ -42,6 +42,7 @@ class Reason(str, enum.Enum):
     MAHALANOBIS = "MAHALANOBIS"  # the estimate contradicts the GNSS prior (d^2 > max_mahalanobis)
     AMBIGUOUS = "AMBIGUOUS"  # the posterior holds real mass at distinct places (min_mode_mass): no single fix
     MISMATCH = "MISMATCH"  # the recent views do not match the imagery (min_imagery_support, min_imagery_score)
+    MOTION = "MOTION"  # not where odometry carries the estimate published motion_check_s before (max_motion_mahalanobis)
 
     def __str__(self) -> str:
         return self.value
@@ -50,7 +51,7 @@ class Reason(str, enum.Enum):
 BAD_INPUT_REASONS = frozenset({Reason.BAD_IMAGE, Reason.BAD_CAMERA, Reason.BAD_FIX, Reason.NO_FIX, Reason.BAD_STAMP,
                                Reason.STALE_STAMP, Reason.FUTURE_STAMP, Reason.OUT_OF_ORDER,
                                Reason.OUTSIDE_COVERAGE})
-GATE_REASONS = frozenset({Reason.LOW_MARGIN, Reason.MAHALANOBIS, Reason.AMBIGUOUS, Reason.MISMATCH})
+GATE_REASONS = frozenset({Reason.LOW_MARGIN, Reason.MAHALANOBIS, Reason.AMBIGUOUS, Reason.MISMATCH, Reason.MOTION})
 
 
 @dataclass(frozen=True)

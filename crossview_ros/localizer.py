@@ -57,10 +57,11 @@ from crossview_ros.estimate import (
 )
 from crossview_ros.frame_checks import FrameRejected, check_fix, check_stamp
 from crossview_ros.imagery_window import ImageryGate
-from crossview_ros.localizer_config import LocalizerConfig
+from crossview_ros.localizer_config import LocalizerConfig, engine_options
 from crossview_ros.log_throttle import Throttle
 from crossview_ros.matchers import Heading, PoseMatch, Scope, check_engine_against_tiles, create_matcher
 from crossview_ros.model_meta import load_model_meta
+from crossview_ros.motion_check import MotionCheck
 from crossview_ros.odometry import CarriedEstimate, GridOdometry
 from crossview_ros.panorama import decode_image, decode_panorama
 from crossview_ros.preprocess import fit_ground_input, preprocess_ground
@@ -78,11 +79,6 @@ def scope_radius_m(sigma_horizontal_m: float, age_s: float, *, k: float, min_m: 
     platform may have moved between the fix and the panorama, however confident the fix was.
     """
     return float(min(max(k * sigma_horizontal_m, min_m), max_m) + abs(age_s) * max_speed_mps)
-
-
-def engine_options(config: LocalizerConfig) -> dict[str, Any]:
-    """create_engine options from the config (threads only where ONNX Runtime may run)."""
-    return {"threads": config.engine_threads} if config.engine_threads and config.engine != "tensorrt" else {}
 
 
 @dataclass(frozen=True)
@@ -140,6 +136,7 @@ class Localizer:
         self.odometry = GridOdometry(config.odom_max_age_s) if config.odometry else None
         self._course_fix_stamp_s: float | None = None
         self.imagery = ImageryGate(config, self.covariance, self.imagery_statistic)  # MISMATCH
+        self.motion = MotionCheck(config.motion_check_s, config.max_motion_mahalanobis)  # MOTION
         self._last_stamp_s: float | None = None
         self._published: CarriedEstimate | None = None  # the last accepted estimate
         self._agreed: CarriedEstimate | None = None  # the last accepted estimate the fix agreed with
@@ -188,6 +185,7 @@ class Localizer:
         self._published = self._agreed = None
         self.matcher.reset()
         self.imagery.clear()
+        self.motion.clear()
         if self.odometry is not None:
             self.odometry.reset()
 
@@ -306,6 +304,11 @@ class Localizer:
                 self._published = self._agreed = self.imagery.anchor = None  # nor vouch for anything
             raise
         self._check_first_fix(stamp)
+        cov_grid = geo.enu_cov_to_utm(cov, lat, lon, self.tiles.zone)
+        motion = self.motion.refusal(self.odometry, stamp, pose.easting_m, pose.northing_m, cov_grid)
+        if motion is not None:
+            raise FrameRejected(Reason.MOTION, motion)
+        self.motion.published(stamp, pose.easting_m, pose.northing_m, cov_grid)
         variance = float(np.linalg.eigvalsh(cov).max())  # per axis, the covariance's largest
         if self.odometry is not None and not vouched:  # a frame the track vouched for is no evidence of its alignment
             if heading is not None and heading.flip_mass <= cfg.yaw_max_flip_mass:

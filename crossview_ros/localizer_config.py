@@ -196,6 +196,13 @@ class LocalizerConfig:
                                   "contradicts (MAHALANOBIS) is still published when it lies within max_mahalanobis of "
                                   "the last estimate the fix agreed with, carried by odometry, at most this long after "
                                   "it (a multipath excursion of the fix; 0 = off)", lo=0.0, hi=3600.0)
+    motion_check_s: float = param(3.0, "s", "gating", "with odometry aligned to the grid: refuse an estimate that "
+                                  "is not where odometry carries the newest one published at least this long (and at "
+                                  "most twice this) before (MOTION; a look-alike holding the estimate while the "
+                                  "platform moves; 0 = off)", lo=0.0, hi=600.0)
+    max_motion_mahalanobis: float = param(9.21, "1", "gating", "the MOTION gate's limit on the squared Mahalanobis "
+                                          "distance between the two, their covariances and odometry's variance "
+                                          "summed (chi2 2 dof 99 %)", lo=0.0, hi=1.0e12, lo_open=True)
     heading: bool = param(False, "bool", "heading", "estimate yaw and publish crossview/heading (needs tile images; "
                           "one aerial encode)")
     heading_method: str = param("polar", "", "heading", "polar: DSM-style polar correlation; revisiting: Zhu 2021 "
@@ -295,3 +302,8 @@ def _check_field(name: str, value: Any, default: Any, doc: ParamDoc) -> None:
         if not doc.contains(value):
             unit = "" if doc.unit in ("1", "") else f" {doc.unit}"
             raise bad(f"must be in {doc.describe_range()}{unit}")
+
+
+def engine_options(config: LocalizerConfig) -> dict[str, Any]:
+    """create_engine options from the config (threads only where ONNX Runtime may run)."""
+    return {"threads": config.engine_threads} if config.engine_threads and config.engine != "tensorrt" else {}

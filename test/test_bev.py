@@ -966,6 +966,62 @@ def _standing_still(bev_export, world: tuple, monkeypatch, plan: list[dict], sta
     return loc, out
 
 
+def test_motion_gate_refuses_an_estimate_held_while_odometry_drives_on(bev_export, tmp_path, monkeypatch):
+    """Odometry aligned to the grid (odom x runs east) says the platform drives east at 5 m/s from 8 s; the
+    planned estimates (sigma 1 m, one mode) either follow it or stay where the first one was, as a
+    look-alike holding the track would. Nothing is compared until a published estimate is motion_check_s
+    (3 s) old; from 13 s each held estimate lies 15 m or more from where odometry carries the newest one
+    published 3 to 6 s before (d^2 about 15^2 / 2.6): MOTION, the distance and the age in its message.
+    At 19 s none published is 3 to 6 s old (the last, 12.5 s, is 6.5 s old): published again, and refused
+    3 s later. Estimates that move with odometry all pass; so does the held one with motion_check_s 0 or
+    without odometry."""
+    import dataclasses
+
+    from crossview_ros.estimate import Fix, Reason
+    from crossview_ros.localizer import Localizer
+    from crossview_ros.localizer_config import LocalizerConfig
+
+    _, tile_dir, _, lat, lon, pano = bev_world(bev_export, tmp_path)
+    stamps = 10.0 + 0.5 * np.arange(27)  # 10 s to 23 s
+
+    def run(follow: bool, odometry: bool = True, **overrides) -> list:
+        loc = Localizer(LocalizerConfig(**{**dict(
+            tile_set=str(tile_dir), model=str(bev_export), engine="onnxruntime", engine_threads=1,
+            max_mahalanobis=1e6, scope_min_m=40.0, min_mode_mass=0.0, min_imagery_support=0.0,
+            min_imagery_score=0.0, imagery_window=1, min_prior_inside=0.0, odometry=odometry,
+            covariance_file="none", cov_sigma0_m=1.0, cov_margin_coef=0.0), **overrides}))
+        for k in range(161):  # 8 s to 24 s
+            loc.add_odometry(8.0 + 0.1 * k, 0.5 * k, 0.0, 0.0)
+        for k in range(20 if odometry else 0):
+            loc.odometry.vote_bearing(8.0 + 0.1 * k, 0.0)
+        real, first = loc.matcher.refine_pose, []
+
+        def planned(ground, candidates):
+            pose = real(ground, candidates)
+            first.append(first[0] if first else (pose.easting_m, pose.northing_m))
+            east = first[0][0] + (5.0 * (0.5 * (len(first) - 1)) if follow else 0.0)
+            return dataclasses.replace(pose, easting_m=east, northing_m=first[0][1], mode_mass=1.0,
+                                       far_covariance_m2=None)
+
+        monkeypatch.setattr(loc.matcher, "refine_pose", planned)
+        out = []
+        for t in stamps:
+            out.append(loc.localize(pano, Fix(float(lat), float(lon), t, sigma_m=3.0), t, encoding="rgb8",
+                                    now_s=t))
+        loc.close()
+        return out
+
+    OK, M = Reason.OK, Reason.MOTION
+    held = run(follow=False)
+    assert [e.reason for e in held] == [OK] * 6 + [M] * 12 + [OK] * 6 + [M] * 3
+    assert all(e.has_position for e in held)  # a refused frame keeps what it computed
+    assert "15.0 m from where odometry carries the one published 3.0 s earlier" in held[6].message
+    assert "max_motion_mahalanobis 9.21" in held[6].message
+    assert [e.reason for e in run(follow=True)] == [OK] * len(stamps)
+    assert [e.reason for e in run(follow=False, motion_check_s=0.0)] == [OK] * len(stamps)
+    assert [e.reason for e in run(follow=False, odometry=False)] == [OK] * len(stamps)
+
+
 VOUCH_STAMPS = [10.0, 12.0, 20.0, 35.0, 45.0]
 CARRIED_M2 = np.eye(2) * (1.0 + 0.05 ** 2)  # a 1 m anchor and odometry's floor variance, standing still
 
