@@ -200,9 +200,9 @@ class LocalizerConfig:
                                   "is not where odometry carries the newest one published at least this long (and at "
                                   "most twice this) before (MOTION; a look-alike holding the estimate while the "
                                   "platform moves; 0 = off)", lo=0.0, hi=600.0)
-    max_motion_mahalanobis: float = param(9.21, "1", "gating", "the MOTION gate's limit on the squared Mahalanobis "
+    max_motion_mahalanobis: float = param(5.99, "1", "gating", "the MOTION gate's limit on the squared Mahalanobis "
                                           "distance between the two, their covariances and odometry's variance "
-                                          "summed (chi2 2 dof 99 %)", lo=0.0, hi=1.0e12, lo_open=True)
+                                          "summed (chi2 2 dof 95 %)", lo=0.0, hi=1.0e12, lo_open=True)
     heading: bool = param(False, "bool", "heading", "estimate yaw and publish crossview/heading (needs tile images; "
                           "one aerial encode)")
     heading_method: str = param("polar", "", "heading", "polar: DSM-style polar correlation; revisiting: Zhu 2021 "
