@@ -270,6 +270,34 @@ def test_track_breaks_the_tie_between_twins_and_lets_go_for_a_clear_view(bev_exp
     assert math.dist((stay.easting_m, stay.northing_m), pos["b"]) < 3 * smap.cell_m
 
 
+def test_the_moved_belief_is_a_smooth_mixture_centred_where_odometry_carries_it():
+    """A belief holding one grid position, moved by a shift that is no multiple of the grid's spacing and
+    spread by sigma: the prior at any position is (1 - u) of a Gaussian about the moved position (per grid
+    position: the Gaussian sampled on the grid sums to one) plus the uniform floor u / (positions), by hand;
+    on a lattice the same numbers as position by position; its peak is the moved position, not a grid
+    position (a prior interpolated from the grid would hold the pose on the grid while the platform moves)."""
+    from crossview_ros.matchers.bev_grid import Belief
+
+    spacing, sigma, u = 4.0, 5.0, 0.05
+    log_p = np.full((7, 9), -np.inf)
+    log_p[3, 4] = 0.0
+    log_p[0, 0] = np.log(1e-300)  # a second finite position: the floor is u / 2
+    belief = Belief(log_p, 1000.0, 2000.0, spacing)
+    prior = belief.predict(sigma, u, shift_e_m=1.3, shift_n_m=-2.9)
+    centre_e, centre_n = 1000.0 + 4 * spacing + 1.3, 2000.0 - 3 * spacing - 2.9
+    k = np.arange(-20, 21)
+    norm = np.sum(np.exp(-0.5 * (k * spacing / sigma) ** 2)) ** 2
+    rng = np.random.default_rng(0)
+    east, north = centre_e + rng.uniform(-15, 15, 50), centre_n + rng.uniform(-15, 15, 50)
+    want = np.log((1 - u) * np.exp(-0.5 * ((east - centre_e) ** 2 + (north - centre_n) ** 2) / sigma ** 2) / norm + u / 2)
+    np.testing.assert_allclose(prior.log_density(east, north), want, rtol=1e-9)
+    e_line, n_line = centre_e + np.linspace(-10, 10, 81), centre_n + np.linspace(-10, 10, 61)
+    lattice = prior.log_density(e_line[None, :], n_line[:, None])
+    np.testing.assert_allclose(lattice, prior.log_density(*np.meshgrid(e_line, n_line)), rtol=1e-12)
+    i, j = np.unravel_index(int(np.argmax(lattice)), lattice.shape)
+    assert (e_line[j], n_line[i]) == pytest.approx((centre_e, centre_n), abs=1e-9)
+
+
 def test_likelihood_weight_scales_the_evidence_against_the_prior(bev_export):
     """A view that fits place a, a GNSS prior centred on place b: the posterior compares
     w (s_a - s_b) with the prior's gap g in score units, so with g set to half the likelihood gap,

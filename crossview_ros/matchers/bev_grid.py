@@ -58,47 +58,47 @@ class Belief:
                              f"{uniform_weight}, ({shift_e_m}, {shift_n_m})")
         p = np.exp(self.log_p - np.max(self.log_p))
         p /= p.sum()
-        s = sigma_m / self.spacing_m  # in positions
-        pad = int(math.ceil(3 * s))
-        h, w = p.shape
-        blurred = _gauss_matrix(h, pad, s) @ p @ _gauss_matrix(w, pad, s).T  # separable, no wrap-around
         floor = uniform_weight / max(1, int(np.isfinite(self.log_p).sum()))
-        return TrackPrior((1 - uniform_weight) * blurred, floor, self.corner_e_m - pad * self.spacing_m + shift_e_m,
-                          self.corner_n_m + pad * self.spacing_m + shift_n_m, self.spacing_m)
-
-
-def _gauss_matrix(n: int, pad: int, sigma: float) -> np.ndarray:
-    """(n + 2 pad, n) matrix that blurs a length-n signal into the padded output, mass preserved."""
-    out = np.arange(n + 2 * pad)[:, None] - pad
-    k = np.exp(-0.5 * ((out - np.arange(n)[None, :]) / sigma) ** 2)
-    return k / k.sum(axis=0, keepdims=True)
+        return TrackPrior((1 - uniform_weight) * p, floor, self.corner_e_m + shift_e_m, self.corner_n_m + shift_n_m,
+                          self.spacing_m, float(sigma_m))
 
 
 @dataclass(frozen=True)
 class TrackPrior:
-    """A predicted Belief as a prior on positions (probability per grid position, plus a floor)."""
+    """A predicted Belief as a prior on positions: each grid position's mass moved by the shift and spread
+    by a Gaussian of sigma_m, a mixture evaluated wherever it is asked (smooth between the grid's
+    positions: interpolating it from them would put kinks at them that hold the pose there while the
+    platform moves on), plus a floor. Probabilities per grid position: the Gaussian sampled on the grid
+    sums to one."""
 
-    p: np.ndarray  # (H, W) probability of each grid position
+    weights: np.ndarray  # (H, W) the belief's mass at its grid positions, times (1 - uniform_weight)
     floor: float  # probability of a position without track mass (the uniform part)
-    corner_e_m: float
-    corner_n_m: float
+    corner_e_m: float  # easting of weights[0, 0], the shift applied
+    corner_n_m: float  # northing of weights[0, 0], the shift applied
     spacing_m: float
+    sigma_m: float
+
+    def _kernel(self, at: np.ndarray, first: float, step: float) -> np.ndarray:
+        """(len(at), n) the Gaussian from each of the n grid lines first + k step to each coordinate in `at`."""
+        n = self.weights.shape[0] if step < 0 else self.weights.shape[1]
+        d = (np.asarray(at, np.float64).reshape(-1)[:, None] - (first + step * np.arange(n))[None, :]) / self.sigma_m
+        return np.exp(-0.5 * d * d)
 
     def log_density(self, east: np.ndarray, north: np.ndarray) -> np.ndarray:
-        """ln(p + floor) at the given positions, p bilinearly interpolated (0 off the grid)."""
-        fi = (self.corner_n_m - np.asarray(north, np.float64)) / self.spacing_m
-        fj = (np.asarray(east, np.float64) - self.corner_e_m) / self.spacing_m
-        fi, fj = np.broadcast_arrays(fi, fj)
-        i0, j0 = np.floor(fi).astype(np.int64), np.floor(fj).astype(np.int64)
-        ai, aj = fi - i0, fj - j0
-        h, w = self.p.shape
-        out = np.zeros(fi.shape, np.float64)
-        for di, wi in ((0, 1 - ai), (1, ai)):
-            for dj, wj in ((0, 1 - aj), (1, aj)):
-                ii, jj = i0 + di, j0 + dj
-                ok = (ii >= 0) & (ii < h) & (jj >= 0) & (jj < w)
-                out[ok] += (wi * wj)[ok] * self.p[ii[ok], jj[ok]]
-        return np.log(out + self.floor)
+        """ln(p + floor) at the given positions. A lattice (east varying along the last axis only, north along
+        the first only, as _Grid asks) takes two matrix products; any other shape a sum per position."""
+        east, north = np.asarray(east, np.float64), np.asarray(north, np.float64)
+        half = int(math.ceil(6 * self.sigma_m / self.spacing_m))
+        norm = float(np.sum(np.exp(-0.5 * (np.arange(-half, half + 1) * self.spacing_m / self.sigma_m) ** 2))) ** 2
+        if east.ndim == 2 and north.ndim == 2 and east.shape[0] == 1 and north.shape[1] == 1:
+            rows = self._kernel(north, self.corner_n_m, -self.spacing_m)
+            p = rows @ self.weights @ self._kernel(east, self.corner_e_m, self.spacing_m).T
+        else:
+            east, north = np.broadcast_arrays(east, north)
+            rows = self._kernel(north, self.corner_n_m, -self.spacing_m)
+            cols = self._kernel(east, self.corner_e_m, self.spacing_m)
+            p = np.sum((rows @ self.weights) * cols, axis=1).reshape(east.shape)
+        return np.log(np.maximum(p / norm, 0.0) + self.floor)
 
 
 @dataclass
