@@ -1087,3 +1087,35 @@ def test_calibration_refits_its_scale_on_what_the_fitted_model_publishes(small_d
           for d in [np.array(geo.offset_enu_m(fr.truth.lat_deg, fr.truth.lon_deg, e.lat_deg, e.lon_deg))]]
     assert len(d2) == fit["refit_published"]  # these gates do not depend on the covariance
     assert np.mean(np.array(d2) <= CHI2_2DOF_95) == pytest.approx(fit["share_d2_below_chi2"], abs=1.5 / len(d2))
+
+
+def test_motion_check_against_a_reference_carried_by_odometry():
+    """MotionCheck by hand: odometry (a stand-in that moves everything 10 m east, variance 0.5 m^2 per axis)
+    carries the reference; the estimate lies (3, 4) m from it, both covariances the identity, so
+    d^2 = 25 / 2.5 = 10: refused at 5.99, passed at 10.5. The reference is the newest published estimate
+    3 to 6 s old: none at 2.9 s or 6.1 s after it; a later publication forgets those over 6 s old."""
+    from crossview_ros.motion_check import MotionCheck
+
+    class Odometry:
+        def carry(self, east_m, north_m, t0_s, t1_s):
+            return east_m + 10.0, north_m, 0.5
+
+    eye = np.eye(2)
+    check = MotionCheck(3.0, 5.99)
+    check.published(10.0, 100.0, 200.0, eye)
+    message = check.refusal(Odometry(), 13.0, 113.0, 204.0, eye)
+    assert message is not None and "5.0 m from where odometry carries the one published 3.0 s earlier" in message
+    assert "squared Mahalanobis distance 10.0 > max_motion_mahalanobis 5.99" in message
+    loose = MotionCheck(3.0, 10.5)
+    loose.published(10.0, 100.0, 200.0, eye)
+    assert loose.refusal(Odometry(), 13.0, 113.0, 204.0, eye) is None
+    assert check.refusal(Odometry(), 12.9, 113.0, 204.0, eye) is None  # too young to compare with
+    assert check.refusal(Odometry(), 16.1, 113.0, 204.0, eye) is None  # too old
+    assert check.refusal(None, 13.0, 113.0, 204.0, eye) is None  # no odometry
+    assert MotionCheck(0.0, 5.99).refusal(Odometry(), 13.0, 113.0, 204.0, eye) is None  # off
+    check.published(14.0, 0.0, 0.0, eye)
+    check.published(16.5, 0.0, 0.0, eye)  # 10 s is now 6.5 s old: forgotten, 14 s too young at 16.6 s
+    assert check.refusal(Odometry(), 16.6, 1e6, 1e6, eye) is None
+    assert check.refusal(Odometry(), 17.0, 1e6, 1e6, eye) is not None  # 14 s is 3 s old
+    check.clear()
+    assert check.refusal(Odometry(), 17.0, 1e6, 1e6, eye) is None
