@@ -88,7 +88,7 @@ class TrackPrior:
         """ln(p + floor) at the given positions. A lattice (east varying along the last axis only, north along
         the first only, as _Grid asks) takes two matrix products; any other shape a sum per position."""
         east, north = np.asarray(east, np.float64), np.asarray(north, np.float64)
-        half = int(math.ceil(6 * self.sigma_m / self.spacing_m))
+        half = int(math.ceil(10 * self.sigma_m / self.spacing_m))  # the tails beyond are under 1e-22
         norm = float(np.sum(np.exp(-0.5 * (np.arange(-half, half + 1) * self.spacing_m / self.sigma_m) ** 2))) ** 2
         if east.ndim == 2 and north.ndim == 2 and east.shape[0] == 1 and north.shape[1] == 1:
             rows = self._kernel(north, self.corner_n_m, -self.spacing_m)
