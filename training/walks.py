@@ -1,7 +1,7 @@
 """crossview-walks: one exported model evaluated over many walks in held-out cities, in one pooled table.
 
     crossview-walks --model MODEL_DIR [--work walks] [--city-seeds 200,201] [--walks 4] [--modes walk,drive]
-                    [--gnss urban,uniform] [--duration-s 90] [--calibration-walks 2] [--fault-m 250]
+                    [--gnss urban,uniform] [--duration-s 90] [--calibration-walks 4] [--fault-m 250]
                     [--json OUT.json] [--set KEY=VALUE ...]
 
 What it does (the issue's procedure, so that no single lucky walk stands for the model):
@@ -113,7 +113,7 @@ class WalksConfig:
     city_m: float = 600.0
     gsd_m: float = 0.15
     walks: int = 4  # test walks per city and receiver
-    calibration_walks: int = 2  # per city and receiver
+    calibration_walks: int = 4  # per city and receiver: 8 walks per calibration with the two default cities
     modes: tuple[str, ...] = MODES
     receivers: tuple[str, ...] = RECEIVERS
     duration_s: float = 90.0
