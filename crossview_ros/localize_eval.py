@@ -35,8 +35,7 @@ from crossview_ros.imagery_floor import fit_imagery_floor
 from crossview_ros.localize_frames import Frame, LocalizeInputError, bag_frames, read_panorama
 from crossview_ros.localize_summary import print_calibration, print_fix_sigma_scale, print_summary, summarize
 from crossview_ros.localizer import Localizer
-from crossview_ros.localizer_config import engine_options
-from crossview_ros.localizer_config import LocalizerConfig
+from crossview_ros.localizer_config import LocalizerConfig, engine_options
 
 log = logging.getLogger(__name__)
 

@@ -84,21 +84,23 @@ class TrackPrior:
         d = (np.asarray(at, np.float64).reshape(-1)[:, None] - (first + step * np.arange(n))[None, :]) / self.sigma_m
         return np.exp(-0.5 * d * d)
 
+    @cached_property
+    def _norm(self) -> float:
+        """The Gaussian sampled on the grid, summed: what makes the mixture a probability per grid position."""
+        half = int(math.ceil(10 * self.sigma_m / self.spacing_m))  # the tails beyond are under 1e-22
+        return float(np.sum(np.exp(-0.5 * (np.arange(-half, half + 1) * self.spacing_m / self.sigma_m) ** 2))) ** 2
+
     def log_density(self, east: np.ndarray, north: np.ndarray) -> np.ndarray:
         """ln(p + floor) at the given positions. A lattice (east varying along the last axis only, north along
         the first only, as _Grid asks) takes two matrix products; any other shape a sum per position."""
         east, north = np.asarray(east, np.float64), np.asarray(north, np.float64)
-        half = int(math.ceil(10 * self.sigma_m / self.spacing_m))  # the tails beyond are under 1e-22
-        norm = float(np.sum(np.exp(-0.5 * (np.arange(-half, half + 1) * self.spacing_m / self.sigma_m) ** 2))) ** 2
-        if east.ndim == 2 and north.ndim == 2 and east.shape[0] == 1 and north.shape[1] == 1:
-            rows = self._kernel(north, self.corner_n_m, -self.spacing_m)
-            p = rows @ self.weights @ self._kernel(east, self.corner_e_m, self.spacing_m).T
-        else:
+        lattice = east.ndim == 2 and north.ndim == 2 and east.shape[0] == 1 and north.shape[1] == 1
+        if not lattice:
             east, north = np.broadcast_arrays(east, north)
-            rows = self._kernel(north, self.corner_n_m, -self.spacing_m)
-            cols = self._kernel(east, self.corner_e_m, self.spacing_m)
-            p = np.sum((rows @ self.weights) * cols, axis=1).reshape(east.shape)
-        return np.log(np.maximum(p / norm, 0.0) + self.floor)
+        rows = self._kernel(north, self.corner_n_m, -self.spacing_m)
+        cols = self._kernel(east, self.corner_e_m, self.spacing_m)
+        p = rows @ self.weights @ cols.T if lattice else np.sum((rows @ self.weights) * cols, axis=1).reshape(east.shape)
+        return np.log(p / self._norm + self.floor)
 
 
 @dataclass
