@@ -59,8 +59,9 @@ CHI2_1DOF_95 = 3.841458820694124  # chi-square quantile, 1 dof, 95 %
 # with the track's covariance where it is the sharper (Estimate.track_covariance_enu_m2). 8: such an estimate's
 # imagery covariance kept (Estimate.imagery_covariance_enu_m2), its far mass with it. 9: the refit's published frames
 # under the MOTION gate (motion_check_s). 10: the bev track's moved belief a smooth mixture (bev_grid.TrackPrior),
-# not interpolated from its grid.
-CALIBRATION_VERSION = 10
+# not interpolated from its grid. 11: the refit's published frames with odometry vouching up to imagery_track_s 60 s
+# (was 30 s).
+CALIBRATION_VERSION = 11
 IMAGERY_BEST_SCORE, IMAGERY_OVER_SCOPE_MEDIAN = 0.0, 1.0
 IMAGERY_STATISTICS = {IMAGERY_BEST_SCORE: "the view's score at its pose",  # older calibrations; retrieval models
                       IMAGERY_OVER_SCOPE_MEDIAN: "the view's score at its pose over its median score in the scope"}

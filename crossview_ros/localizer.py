@@ -133,7 +133,7 @@ class Localizer:
             raise
         self.counts: Counter[Reason] = Counter()  # frames per reason since construction (diagnostics)
         self.yaw_withheld = 0  # accepted frames published without yaw: a flipped bearing held real mass
-        self.odometry = GridOdometry(config.odom_max_age_s) if config.odometry else None
+        self.odometry = GridOdometry(config.odom_max_age_s, config.odometry_look_back_s) if config.odometry else None
         self._course_fix_stamp_s: float | None = None
         self.imagery = ImageryGate(config, self.covariance, self.imagery_statistic)  # MISMATCH
         self.motion = MotionCheck(config.motion_check_s, config.max_motion_mahalanobis)  # MOTION

@@ -170,7 +170,7 @@ class LocalizerConfig:
                                          "spares windows where at least this share of the views point at their "
                                          "estimate by themselves (more fixes, but a track locked on a look-alike "
                                          "is spared too); 1 = every window is judged", lo=0.0, hi=1.0, lo_open=True)
-    imagery_track_s: float = param(30.0, "s", "gating", "with odometry aligned to the grid: a view the MISMATCH or "
+    imagery_track_s: float = param(60.0, "s", "gating", "with odometry aligned to the grid: a view the MISMATCH or "
                                    "AMBIGUOUS gate refuses is still published, no sharper than the anchor, when it "
                                    "lies within imagery_track_radius_m of the anchor (an estimate that passed the gates "
                                    "unaided, the sharper of the carried one and each new pass) carried by odometry, at "
@@ -261,6 +261,12 @@ class LocalizerConfig:
         if self.scope_max_m < self.scope_min_m:
             raise ValueError(f"localizer config scope_max_m = {self.scope_max_m!r}: must be >= scope_min_m "
                              f"({self.scope_min_m!r})")
+
+    @property
+    def odometry_look_back_s(self) -> float:
+        """The longest a check carries an estimate by odometry: imagery_track_s, fix_overrule_s, or the MOTION
+        window (twice motion_check_s); the odometry buffer keeps at least this much."""
+        return max(self.imagery_track_s, self.fix_overrule_s, 2.0 * self.motion_check_s)
 
     def to_dict(self) -> dict[str, Any]:
         out = {}

@@ -37,6 +37,7 @@ from crossview_ros.geo import wrap_angle_rad
 ODOM_SCALE_SIGMA = 0.05  # relative 1-sigma on the distance travelled that the reported covariance leaves out
 ODOM_FLOOR_SIGMA_M = 0.05  # absolute 1-sigma per axis of any displacement
 ODOM_BUFFER_S = 60.0  # odometry older than the newest message by more than this is forgotten
+ODOM_LEAD_S = 5.0  # how far odometry may run ahead of the frames whose look-back the buffer must still cover
 COURSE_MIN_M = 20.0  # a GNSS course vote needs this much travel by odometry between its two fixes
 COURSE_MAX_SIGMA_RAD = math.radians(25.0)  # courses less certain than this do not vote (VIGOR's +-100 m fixes)
 VISION_VOTE_SIGMA_RAD = math.radians(15.0)  # what one frame's bearing vote is taken to be worth
@@ -232,8 +233,10 @@ class OdomAlignment:
 class GridOdometry:
     """Odometry for the track on the tile grid: the buffer, the alignment, and the motion between frames."""
 
-    def __init__(self, max_age_s: float) -> None:
-        self.buffer = OdometryBuffer(max_age_s)
+    def __init__(self, max_age_s: float, look_back_s: float = 0.0) -> None:
+        """look_back_s: how far back a caller carries estimates (the buffer keeps that, a margin for odometry
+        running ahead of the frames, and never less than ODOM_BUFFER_S)."""
+        self.buffer = OdometryBuffer(max_age_s, max(ODOM_BUFFER_S, look_back_s + ODOM_LEAD_S))
         self.alignment = OdomAlignment()
         # per source ("gnss", "estimate"): the last anchor position: stamp, E, N, sigma, odom pose
         self._anchors: dict[str, tuple[float, float, float, float, OdomPose]] = {}

@@ -898,8 +898,8 @@ def test_a_first_fix_must_agree_with_the_fixes_over_the_recent_views(bev_export,
     d^2 about 25 / 2 = 12.5, under max_mahalanobis 13.8 frame by frame. With nothing published in the
     last imagery_track_s, the recent views' mean d^2 must be at most first_fix_mahalanobis_share (0.3) x
     max_mahalanobis = 4.14. Two frames 5 m off start no stream (MAHALANOBIS, "first fix"); one on the
-    place starts it, and the 5 m fixes after it are published (the track carries the stream); after 31 s
-    without a published fix the recent views' mean is 9.4 and the next 5 m frame is refused again. A
+    place starts it, and the 5 m fixes after it are published (the track carries the stream); after 64 s
+    (imagery_track_s 60 s) without a published fix the recent views' mean is 9.4 and the next 5 m frame is refused again. A
     mean under the limit (fixes 1.5 m off, d^2 1.1) publishes at once. A share of 0 turns the gate off,
     and so does a max_mahalanobis loosened past the views' mean (1000: a limit of 300)."""
     from crossview_ros import geo
@@ -934,7 +934,7 @@ def test_a_first_fix_must_agree_with_the_fixes_over_the_recent_views(bev_export,
     assert all(9.0 < e.mahalanobis_d2 < 13.8 for e in refused)  # each under max_mahalanobis by itself
     assert "first fix" in refused[0].message and "> 4.1 (first_fix_mahalanobis_share 0.3" in refused[0].message
 
-    started = run([0.0, 5.0, 5.0, 5.0], [10.0, 10.5, 11.0, 45.0])
+    started = run([0.0, 5.0, 5.0, 5.0], [10.0, 10.5, 11.0, 75.0])
     assert [e.reason for e in started] == [Reason.OK] * 3 + [Reason.MAHALANOBIS]
     assert started[0].mahalanobis_d2 < 0.5 and "first fix" in started[3].message
     assert [e.reason for e in run([1.5, 1.5], [10.0, 10.5])] == [Reason.OK] * 2
@@ -961,9 +961,15 @@ def _standing_still(bev_export, world: tuple, monkeypatch, plan: list[dict], sta
                     min_imagery_score=0.0, imagery_window=1, min_prior_inside=0.0, odometry=odometry,
                     covariance_file="none", cov_sigma0_m=1.0, cov_margin_coef=0.0)
     loc = Localizer(LocalizerConfig(**{**settings, **overrides}))
-    for k in range(401):  # 8 s to 48 s
-        t = 8.0 + 0.1 * k
-        loc.add_odometry(t, moved_m * min(max((t - 10.0) / 0.5, 0.0), 1.0), 0.0, 0.0)
+    odometry_s = iter(8.0 + 0.1 * k for k in range(int(10 * (max(stamps) - 7.0))))  # 8 s to a second past the last
+
+    def drive_until(stamp_s: float) -> None:  # odometry arrives as the platform moves, not all ahead of it
+        for t in odometry_s:
+            loc.add_odometry(t, moved_m * min(max((t - 10.0) / 0.5, 0.0), 1.0), 0.0, 0.0)
+            if t > stamp_s + 0.5:
+                return
+
+    drive_until(stamps[0])
     for k in range(20 if odometry else 0):  # enough that the frames' own bearings cannot unalign it
         loc.odometry.vote_bearing(8.0 + 0.1 * k, 0.0)
     real = loc.matcher.refine_pose
@@ -987,6 +993,7 @@ def _standing_still(bev_export, world: tuple, monkeypatch, plan: list[dict], sta
         monkeypatch.setattr(loc.odometry, "vote_course", recorded)
     out = []
     for k, t in enumerate(stamps):
+        drive_until(t)
         out.append(loc.localize(pano, Fix(float(lat), float(lon), t, sigma_m=3.0), t, encoding="rgb8", now_s=t))
         if k == reset_after:
             loc.reset()
@@ -1050,15 +1057,15 @@ def test_motion_gate_refuses_an_estimate_held_while_odometry_drives_on(bev_expor
     assert [e.reason for e in run(follow=False, odometry=False)] == [OK] * len(stamps)
 
 
-VOUCH_STAMPS = [10.0, 12.0, 20.0, 35.0, 45.0]
+VOUCH_STAMPS = [10.0, 12.0, 20.0, 65.0, 75.0]  # the last two 53 s and 63 s after the 12 s pass (imagery_track_s 60 s)
 CARRIED_M2 = np.eye(2) * (1.0 + 0.05 ** 2)  # a 1 m anchor and odometry's floor variance, standing still
 
 
 def test_odometry_vouches_for_a_view_below_the_imagery_floor_where_the_track_is(bev_export, tmp_path, monkeypatch):
     """The same view scores above the imagery floor (0.3, a window of one view) at 10 s and 12 s, then below
     it. Standing still, odometry carries the anchor onto each later estimate: the MISMATCH gate's refusal
-    is overruled (imagery_vouched) up to imagery_track_s (30 s) after the anchor, which vouched frames do
-    not renew (the 45 s frame is refused although the 35 s one was vouched). The anchor is the sharper of
+    is overruled (imagery_vouched) up to imagery_track_s (60 s) after the anchor, which vouched frames do
+    not renew (the 75 s frame is refused although the 65 s one was vouched). The anchor is the sharper of
     the carried one and a new unaided pass: the 12 s pass, planned 4 m wide (a far mode of 10 % of the
     posterior, 16 m^2), does not
     replace the 10 s one (1 m^2 plus odometry's floor, 0.05^2 m^2); planned the other way round, it does. A
@@ -1108,7 +1115,7 @@ def test_odometry_vouches_for_a_view_below_the_imagery_floor_where_the_track_is(
 
 def test_a_vouched_estimate_is_published_with_the_tracks_covariance_where_it_is_the_sharper(bev_export, tmp_path,
                                                                                             monkeypatch):
-    """The vouched frames (20 s and 35 s, below the imagery floor) planned with a far mode of 10 % of the
+    """The vouched frames (20 s and 65 s, below the imagery floor) planned with a far mode of 10 % of the
     posterior, 16 m^2 per axis: the imagery's covariance is 1 + 16 m^2 per axis. The track judges the
     estimate by the carried anchor (CARRIED_M2: the 12 s pass) and the estimate's offset from it squared
     (computed here from their latitudes and longitudes), whatever the imagery shows: standing still,

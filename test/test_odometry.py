@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 from crossview_ros.matchers.bev_grid import Belief
+from crossview_ros.localizer_config import LocalizerConfig
 from crossview_ros.odometry import (
-    ODOM_FLOOR_SIGMA_M, ODOM_SCALE_SIGMA, CarriedEstimate, GridOdometry, OdomAlignment, OdometryBuffer,
+    ODOM_BUFFER_S, ODOM_FLOOR_SIGMA_M, ODOM_LEAD_S, ODOM_SCALE_SIGMA, CarriedEstimate, GridOdometry, OdomAlignment, OdometryBuffer,
     pose_variance_m2,
 )
 
@@ -123,6 +124,24 @@ def test_a_carried_estimate_adds_the_displacement_and_its_variance_within_its_ag
     assert published.at(odo, 1.0, 30.0) == pytest.approx((500.0, 902.0, 0.25 + moved.variance_m2))
     assert published.at(odo, 1.0, 0.5) is None  # older than max_age_s
     assert published.at(odo, 0.0, 30.0) is None  # not later
+
+
+def test_the_buffer_keeps_what_the_checks_look_back_over():
+    """An estimate carried 90 s at 1 m/s east (odometry ODOM_LEAD_S past it, as it may run ahead of the frames):
+    the default buffer (ODOM_BUFFER_S, 60 s) has forgotten where it started; one built for a 90 s look-back
+    (imagery_track_s 90, LocalizerConfig.odometry_look_back_s) carries it 90 m."""
+    def carried(look_back_s: float):
+        odo = GridOdometry(max_age_s=1.0, look_back_s=look_back_s)
+        for t in range(96):
+            odo.add(float(t), float(t), 0.0, 0.0, cov36(0.0))
+        for _ in range(6):
+            odo.vote_bearing(50.0, 0.0)
+        return CarriedEstimate(0.0, 500.0, 900.0, 0.25).at(odo, 90.0, 120.0)
+
+    assert ODOM_BUFFER_S == 60.0 and ODOM_LEAD_S == 5.0
+    assert carried(0.0) is None
+    assert carried(LocalizerConfig(imagery_track_s=90.0).odometry_look_back_s)[:2] == pytest.approx((590.0, 900.0))
+    assert LocalizerConfig().odometry_look_back_s == 60.0  # imagery_track_s; fix_overrule_s 30; MOTION 2 x 3 s
 
 
 def test_prediction_moves_the_belief_by_the_odometry_shift():
