@@ -73,6 +73,8 @@ def test_pooled_figures_match_the_hand_computed_ones():
     assert on["error_m"]["p95"] == pytest.approx(4.0 + 0.8 * (30.0 - 4.0), abs=1e-5) == pytest.approx(
         np.percentile(errors, 95))
     assert on["error_m"]["over_25m_percent"] == pytest.approx(20.0)
+    # every positioned frame, the gated 50 m one too: 30 and 50 m of 6 are beyond 25 m
+    assert on["error_all_positioned_over_25m_percent"] == pytest.approx(100 * 2 / 6)
     # d2: walk a 1, 4, 2.25 (all < 5.99); walk b 2.25, 16 -> pooled 4 of 5, worst walk 1 of 2
     assert on["covariance_share_d2_under_5.99_percent"] == pytest.approx(80.0)
     assert on["d2_share_min_over_walks_percent"] == pytest.approx(50.0)
@@ -90,6 +92,7 @@ def test_pooled_figures_match_the_hand_computed_ones():
 
     off = tables["urban"]["no_odometry"]
     assert off["walks"] == 1 and off["frames"] == 2 and off["error_m"]["median"] == pytest.approx(1.5, abs=1e-6)
+    assert off["error_all_positioned_over_25m_percent"] == 0.0
     mm = tables["urban"]["mismatch"]
     assert mm["walks"] == 1 and mm["published"] == 2 and mm["published_sigma_under_10m"] == 1
     # the fault walk (its own tiles, odometry on, fixes moved) is in no table but its own
@@ -106,7 +109,7 @@ def test_printed_tables_carry_the_pooled_figures(capsys):
     print_walks([{**w.ids(), "summary": w.summary, "fused": w.fused} for w in hand_built_walks()])
     lines = capsys.readouterr().out.splitlines()
     on = next(line.split() for line in lines if line.split()[:2] == ["urban", "on"])
-    assert on == ["urban", "on", "2", "6", "83.3", "3.00", "24.80", "-", "-", "-", "-", "20.0", "80.0", "50.0",
+    assert on == ["urban", "on", "2", "6", "83.3", "3.00", "24.80", "-", "-", "-", "-", "20.0", "33.3", "80.0", "50.0",
                   "50.0", "50.0", "50.00", "1"]  # no fused track on these walks: '-' four times
     assert any("urban odometry on: AMBIGUOUS 1, OK 5" in line for line in lines)
     mismatch = next(line.split() for line in lines if line.split()[:2] == ["urban", "1"])

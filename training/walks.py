@@ -33,7 +33,9 @@ What it does (the issue's procedure, so that no single lucky walk stands for the
 then three tables: pooled per receiver and odometry setting (walks, frames, published %, median
 and p95 error of published fixes; the fused track's p95 on the frames we published, like for like
 with ours, and on how many walks it is not above ours; the same over all frames, where the gaps
-between our fixes are dead-reckoned on wheel odometry; > 25 m %, share of d^2 < 5.99 pooled and on the worst walk,
+between our fixes are dead-reckoned on wheel odometry; > 25 m % of published fixes, and of every positioned
+frame, gated ones too (what odometry does to the track itself, which the gates hide); share of d^2 < 5.99
+pooled and on the worst walk,
 heading flips > 90 deg and yaw d^2 < 3.84 among published headings, share of published fixes whose
 error exceeds their protection level and the count published without one, and the reasons
 counted), the mismatch and GNSS fault checks, and one line per walk. --json writes all of it (every walk's

@@ -221,7 +221,7 @@ def pooled_row(receiver: str, odometry: str, s: dict[str, Any]) -> list[str]:
             num(e.get("median"), ".2f"), num(e.get("p95"), ".2f"), num(fz and fz.get("p95_published_m"), ".2f"),
             f"{fz['walks_not_above_ours']}/{fz['walks_compared']}" if fz else "-", num(fz and fz["p95_m"], ".2f"),
             f"{fz['walks_not_above_ours_all_frames']}/{fz['walks_compared']}" if fz else "-",
-            num(e.get("over_25m_percent")),
+            num(e.get("over_25m_percent")), num(s.get("error_all_positioned_over_25m_percent")),
             num(s[D2_KEY]), num(s["d2_share_min_over_walks_percent"]), num(h.get("flip_over_90deg_percent")),
             num(h.get("share_under_3.84_percent")), num(pl.get("exceeded_percent"), ".2f"),
             str(pl.get("without_level", "-"))]
@@ -229,7 +229,7 @@ def pooled_row(receiver: str, odometry: str, s: dict[str, Any]) -> list[str]:
 
 POOLED_HEADERS = ["receiver", "odometry", "walks", "frames", "publ %", "median m", "p95 m", "fused p95 m",
                   "fused<=ours walks", "fused p95 all m", "all<=ours walks", "> 25 m %",
-                  "d2<5.99 %", "worst walk d2 %", "flips>90 %", "yaw d2<3.84 %", "> PL %", "no PL"]
+                  "> 25 m gated too %", "d2<5.99 %", "worst walk d2 %", "flips>90 %", "yaw d2<3.84 %", "> PL %", "no PL"]
 
 
 def print_pooled(tables: dict[str, Any], file: TextIO | None = None) -> None:
