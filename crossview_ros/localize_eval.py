@@ -355,10 +355,12 @@ def print_report(evaluation: Evaluation, file: TextIO | None = None) -> None:
         print_calibration(evaluation.calibration, file)
 
 
-def run_calibration(model: Path, tiles: Path, bag: Path, *, report: TextIO | None = None, heading: bool = True,
-                    settings: Mapping[str, Any] | None = None, topics: TopicMap | None = None) -> Path:
-    """Calibrate the model's covariance on a drive bag in `tiles` (`crossview-localize --model M --tiles T
-    --bag B --calibrate [--heading] [--set K=V ...]`); returns the covariance.json written beside the model.
+def run_calibration(model: Path, tiles: Path, bags: Sequence[Path], *, report: TextIO | None = None,
+                    heading: bool = True, settings: Mapping[str, Any] | None = None,
+                    topics: TopicMap | None = None) -> Path:
+    """Calibrate the model's covariance on drive bags pooled, each a stream in `tiles` (`crossview-localize
+    --model M --tiles T --bag B1 --bag B2 ... --calibrate [--heading] [--set K=V ...]`); returns the covariance.json
+    written beside the model.
 
     settings: more LocalizerConfig keys (the --set values); report: where the text report goes (None: nowhere);
     topics: the bag's topic mapping (--topics, --truth-topic ...; default the simulator's topics).
@@ -366,7 +368,7 @@ def run_calibration(model: Path, tiles: Path, bag: Path, *, report: TextIO | Non
     values = {**(settings or {}), "tile_set": str(tiles), "model": str(model)}
     if heading:
         values["heading"] = True
-    evaluation = evaluate_bags([bag], [make_config(values)], calibrate=True, topics=topics)
+    evaluation = evaluate_bags(list(bags), [make_config(values)] * len(bags), calibrate=True, topics=topics)
     if report is not None:
         print_report(evaluation, report)
     return Path(evaluation.calibration["path"])

@@ -28,7 +28,7 @@ pytest.importorskip("matplotlib")
 TINY = ["--preset", "cpu-small", "--cities", "2", "--city-m", "300", "--gsd-m", "0.5", "--panoramas", "16", "--pano-height-px", "64",
         "--sat-px", "128", "--train-minutes", "0.2", "--train-set", "ground_size=[64,128]", "aerial_size=[64,64]",
         "batch_size=8", "epochs=2", "val_panoramas=4", "--test-city-m", "300", "--drive-s", "10",
-        "--replay-rate", "4", "--no-progress"]
+        "--replay-rate", "4", "--calibration-walks", "2", "--no-progress"]
 
 
 def run_demo(work: Path, *extra: str) -> tuple[subprocess.CompletedProcess, float]:
@@ -112,7 +112,11 @@ def test_first_run_builds_every_stage_and_summarises_the_replay(runs):
     calibration = json.loads((work / "cpu-small" / "model" / "covariance.json").read_text())
     assert calibration["params"]["calibrated"] and calibration["fit"]["samples"] > 21
     assert "covariance calibrated on" in (work / "cpu-small" / "calibration" / "calibration.txt").read_text()
-    assert (work / "cpu-small" / "calibration" / "validation_drive" / "metadata.yaml").is_file()
+    # on the validation walks pooled, seeds 1 and 2 (--calibration-walks 2): 2 x 30 s at 2 Hz
+    for seed in (1, 2):
+        assert (work / "cpu-small" / "calibration" / "validation_drives" / f"seed{seed}" / "metadata.yaml").is_file()
+    assert calibration["fit"]["samples"] <= 2 * 61
+    assert "frames 122, published" in (work / "cpu-small" / "calibration" / "calibration.txt").read_text()
     city = json.loads((work / "city" / "city.json").read_text())
     assert city["city"]["config"]["seed"] == 100 and 100 not in (1, 2)  # held out: training cities are seeds 1, 2
 
@@ -220,6 +224,7 @@ def test_stages_never_delete_outside_the_work_folder(tmp_path):
     (["--train-set", "no_such_key=1"], "--train-set"),
     (["--train-set", "epochs=0"], "--train-set"),
     (["--params-file", "/nonexistent/localize.yaml"], "--params-file /nonexistent/localize.yaml not found"),
+    (["--calibration-walks", "0"], "--calibration-walks must be 1..20, got 0"),
     (["--mode", "fly"], None),  # argparse's own message
     (["--drive-s", "abc"], None),
 ])

@@ -12,8 +12,9 @@ chains them, with typed settings, no argv):
   5 tiles    crossview-tiles build   that orthophoto cut like the training tiles   WORK/PRESET/tiles
   6 encode   crossview-tiles encode  the tiles' descriptors with the export        (in place)
   7 drive    crossview-sim drive     a 2 Hz walk with --gnss GNSS, as a bag        WORK/drive
-  8 calibrate crossview-localize      --calibrate on a validation walk (next seed)  WORK/PRESET/calibration
-                                     in the held-out city: the receiver's sigma    (+ model/covariance.json)
+  8 calibrate crossview-localize      --calibrate on --calibration-walks validation WORK/PRESET/calibration
+                                     walks pooled (the next seeds: other routes in (+ model/covariance.json)
+                                     the held-out city): the receiver's sigma
                                      scale, the position and yaw covariance
   9 replay   crossview-replay        the bag through the real localize_node        WORK/PRESET/replay
 
@@ -101,6 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--drive-rate-hz", type=float, default=d.drive_rate_hz,
                    help=f"panorama rate of the drive, Hz (default {d.drive_rate_hz:g})")
     g.add_argument("--mode", choices=("walk", "drive"), default=d.mode, help=f"walk or drive (default {d.mode})")
+    g.add_argument("--calibration-walks", type=int, default=d.calibration_walks,
+                   help="validation walks the covariance calibration pools, in the held-out city on other routes "
+                        f"(seeds --seed + 1, + 2, ...; the drive's mode and receiver; default {d.calibration_walks})")
     g.add_argument("--gnss", choices=GNSS_RECEIVERS, default=d.gnss,
                    help=f"GNSS receiver of the drive and the calibration walk: urban (bias growing in street "
                         f"canyons) or uniform (VIGOR's +-100 m) (default {d.gnss})")
@@ -126,7 +130,7 @@ def config_from_args(args: argparse.Namespace) -> DemoConfig:
         cities=args.cities, city_m=args.city_m, panoramas=args.panoramas, pano_height_px=args.pano_height_px,
         sat_px=args.sat_px, tile_size_m=args.tile_size_m, gsd_m=args.gsd_m, test_city_m=args.test_city_m,
         test_seed=args.test_seed, drive_s=args.drive_s, drive_rate_hz=args.drive_rate_hz, mode=args.mode,
-        gnss=args.gnss,
+        gnss=args.gnss, calibration_walks=args.calibration_walks,
         replay_rate=args.replay_rate, heading=not args.no_heading, params_file=args.params_file,
         node_args=tuple(args.node_arg), seed=args.seed, overwrite=args.overwrite, progress=not args.no_progress)
 

@@ -10,7 +10,7 @@ from crossview_ros.sim.vigor import default_cities
 
 PROG = "crossview-demo"
 DRIVE_TRACK_SPEED_MPS = 12.0  # the drive preset's fastest cruise speed, m/s (sim.drive MOTION_PRESETS)
-MIN_VALIDATION_S = 30.0  # the calibration walk is as long as the drive, and at least this
+MIN_VALIDATION_S = 30.0  # each calibration walk is as long as the drive, and at least this
 SAME_AREA_TRAIN_FRACTION = 0.9  # share of each city's panoramas in same_area_balanced_train (the demo trains on it)
 TEST_CITY_LAT_DEG, TEST_CITY_LON_DEG = 40.7580, -73.9855  # held-out city centre (crossview-sim city's default)
 GNSS_RECEIVERS = ("urban", "uniform")  # crossview-sim drive --gnss: street-canyon bias, or VIGOR's uniform +-100 m
@@ -40,7 +40,8 @@ class DemoConfig:
     drive_s: float = 180.0  # length of the drive, seconds
     drive_rate_hz: float = 2.0  # panorama rate of the drive, Hz
     mode: str = "walk"  # walk on sidewalks or drive in a lane
-    gnss: str = "urban"  # receiver of the drive and the calibration walk: urban (street-canyon bias) or uniform (+-100 m)
+    gnss: str = "urban"  # receiver of the drive and the calibration walks: urban (street-canyon bias) or uniform (+-100 m)
+    calibration_walks: int = 4  # validation walks the calibration pools (seeds seed + 1, + 2, ...: other routes)
     replay_rate: float = 4.0  # replay speed, x real time (2 Hz x 4 = 8 panoramas/s to the node)
     heading: bool = True  # the node estimates and publishes the heading too
     params_file: Path | None = None  # node parameters YAML (default: the node's defaults = config/localize.yaml)
@@ -64,6 +65,8 @@ class DemoConfig:
             need(isinstance(value, (int, float)) and math.isfinite(value) and value >= lo,
                  f"--{name.replace('_', '-')} must be a number >= {lo:g}, got {value!r}")
 
+        need(isinstance(self.calibration_walks, int) and 1 <= self.calibration_walks <= 20,
+             f"--calibration-walks must be 1..20, got {self.calibration_walks!r}")
         need(2 <= self.cities <= 4, f"--cities must be 2..4 (VIGOR's four city centres), got {self.cities}")
         finite("city_m", self.city_m, 150.0)
         finite("test_city_m", self.test_city_m, 150.0)

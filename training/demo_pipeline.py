@@ -26,7 +26,7 @@ from crossview_training.demo_config import (
 from crossview_training.demo_stages import StageResult, Stages, canonical
 from crossview_training.demo_steps import (
     calibrate_model, check_dataset, ekf_config_sha256, export_model, make_city, make_dataset, make_drive,
-    make_tiles, node_args, train_config, train_model, vigor_config,
+    make_tiles, node_args, train_config, train_model, validation_seeds, vigor_config,
 )
 from crossview_training.demo_summary import summarize
 from crossview_training.train_config import TrainConfig
@@ -129,7 +129,7 @@ def calibrate_stage(stages: Stages, cfg: DemoConfig, paths: DemoPaths, city: Sta
     calib_dir = paths.calibration
     params = {"city": city.fingerprint, "tiles": encode.fingerprint, "model_hash": export.info["model_hash"],
               "mode": cfg.mode, "duration_s": max(cfg.drive_s, MIN_VALIDATION_S), "rate_hz": cfg.drive_rate_hz,
-              "pano_height_px": cfg.pano_height_px, "seed": cfg.seed + 1, "gnss": cfg.gnss,
+              "pano_height_px": cfg.pano_height_px, "seeds": validation_seeds(cfg), "gnss": cfg.gnss,
               "calibration_version": CALIBRATION_VERSION}
 
     def build() -> dict[str, Any]:

@@ -111,15 +111,22 @@ def make_drive(city: Path, out: Path, cfg: DemoConfig, *, duration_s: float | No
                      progress=cfg.progress)
 
 
+def validation_seeds(cfg: DemoConfig) -> list[int]:
+    """The calibration walks' seeds: the ones after the drive's, one per --calibration-walks."""
+    return [cfg.seed + 1 + k for k in range(cfg.calibration_walks)]
+
+
 def calibrate_model(model: Path, tiles: Path, city: Path, out: Path, cfg: DemoConfig) -> Path:
-    """A validation walk (seed + 1: another route and GNSS history in the held-out city; same-city,
-    so it is the optimistic case of calibration) under out/, then crossview-localize --calibrate on
-    it: covariance.json beside the model (returned); its report in out/calibration.txt."""
-    bag = make_drive(city, out / "validation_drive", cfg, duration_s=max(cfg.drive_s, MIN_VALIDATION_S),
-                     seed=cfg.seed + 1)
+    """The validation walks (validation_seeds: other routes and GNSS histories in the held-out city;
+    same-city, so the optimistic case of calibration) under out/validation_drives/, then
+    crossview-localize --calibrate on them pooled: one walk's covariance does not carry to the next,
+    several walks' does better (crossview-walks measures it). covariance.json beside the model
+    (returned); the report in out/calibration.txt."""
+    bags = [make_drive(city, out / "validation_drives" / f"seed{seed}", cfg,
+                       duration_s=max(cfg.drive_s, MIN_VALIDATION_S), seed=seed) for seed in validation_seeds(cfg)]
     with open(out / "calibration.txt", "w") as report:
         # with the heading always: the yaw variance is calibrated too, whatever the replay then runs
-        return run_calibration(model, tiles, bag, report=report, heading=True, settings=track_settings(cfg))
+        return run_calibration(model, tiles, bags, report=report, heading=True, settings=track_settings(cfg))
 
 
 def ekf_config_sha256() -> str | None:
