@@ -899,8 +899,8 @@ def test_a_first_fix_must_agree_with_the_fixes_over_the_recent_views(bev_export,
     last imagery_track_s, the recent views' mean d^2 must be at most first_fix_mahalanobis_share (0.3) x
     max_mahalanobis = 4.14. Two frames 5 m off start no stream (MAHALANOBIS, "first fix"); one on the
     place starts it, and the 5 m fixes after it are published (the track carries the stream); after 64 s
-    (imagery_track_s 60 s) without a published fix the recent views' mean is 9.4 and the next 5 m frame is refused again. A
-    mean under the limit (fixes 1.5 m off, d^2 1.1) publishes at once. A share of 0 turns the gate off,
+    (imagery_track_s 60 s) without a published fix the recent views' mean is 9.4 and the next 5 m frame is
+    refused again. A mean under the limit (fixes 1.5 m off, d^2 1.1) publishes at once. A share of 0 turns the gate off,
     and so does a max_mahalanobis loosened past the views' mean (1000: a limit of 300)."""
     from crossview_ros import geo
     from crossview_ros.estimate import Fix, Reason

@@ -8,11 +8,11 @@ import math
 import numpy as np
 import pytest
 
-from crossview_ros.matchers.bev_grid import Belief
 from crossview_ros.localizer_config import LocalizerConfig
+from crossview_ros.matchers.bev_grid import Belief
 from crossview_ros.odometry import (
-    ODOM_BUFFER_S, ODOM_FLOOR_SIGMA_M, ODOM_LEAD_S, ODOM_SCALE_SIGMA, CarriedEstimate, GridOdometry, OdomAlignment, OdometryBuffer,
-    pose_variance_m2,
+    ODOM_BUFFER_S, ODOM_FLOOR_SIGMA_M, ODOM_LEAD_S, ODOM_SCALE_SIGMA, CarriedEstimate, GridOdometry, OdomAlignment,
+    OdometryBuffer, pose_variance_m2,
 )
 
 

@@ -106,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="validation walks the covariance calibration pools, in the held-out city on other routes "
                         f"(seeds --seed + 1, + 2, ...; the drive's mode and receiver; default {d.calibration_walks})")
     g.add_argument("--gnss", choices=GNSS_RECEIVERS, default=d.gnss,
-                   help=f"GNSS receiver of the drive and the calibration walk: urban (bias growing in street "
+                   help=f"GNSS receiver of the drive and the calibration walks: urban (bias growing in street "
                         f"canyons) or uniform (VIGOR's +-100 m) (default {d.gnss})")
     g = p.add_argument_group("replay")
     g.add_argument("--replay-rate", type=float, default=d.replay_rate,
