@@ -60,8 +60,10 @@ CHI2_1DOF_95 = 3.841458820694124  # chi-square quantile, 1 dof, 95 %
 # imagery covariance kept (Estimate.imagery_covariance_enu_m2), its far mass with it. 9: the refit's published frames
 # under the MOTION gate (motion_check_s). 10: the bev track's moved belief a smooth mixture (bev_grid.TrackPrior),
 # not interpolated from its grid. 11: the refit's published frames with odometry vouching up to imagery_track_s 60 s
-# (was 30 s).
-CALIBRATION_VERSION = 11
+# (was 30 s). 12: the refit repeated until the share of d^2 under 5.99 as the node publishes lies near the quantile.
+# 13: each calibration stream localized with its own config (localize_eval.make_localizers had given every stream of
+# a tile set the first one's: a city's drives calibrated with its walks' camera height and track speed).
+CALIBRATION_VERSION = 13
 IMAGERY_BEST_SCORE, IMAGERY_OVER_SCOPE_MEDIAN = 0.0, 1.0
 IMAGERY_STATISTICS = {IMAGERY_BEST_SCORE: "the view's score at its pose",  # older calibrations; retrieval models
                       IMAGERY_OVER_SCOPE_MEDIAN: "the view's score at its pose over its median score in the scope"}

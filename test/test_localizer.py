@@ -1052,10 +1052,31 @@ def test_calibration_takes_a_vouched_estimates_track_covariance_where_the_node_p
     assert share_inside(far_lost) > 0.953  # the far mass lost: frames the track published seen as the imagery's
 
 
+def test_streams_of_one_tile_set_with_other_settings_get_their_own_localizer(small_drive):
+    """make_localizers: a walk and a drive in one city (one tile set; another camera height and track speed)
+    are each localized with their own config, and streams with the same config share one localizer (its
+    tile set loaded once); all share one engine. Calibration pools such streams (crossview-walks)."""
+    from crossview_ros.localize_eval import make_localizers
+
+    base = dict(tile_set=str(small_drive["tiles"]), model=str(small_drive["model"]), engine="onnxruntime",
+                engine_threads=1)
+    walk = LocalizerConfig(**base, camera_height_m=1.7)
+    drive = LocalizerConfig(**base, camera_height_m=2.0, track_speed_mps=12.0)
+    locs = make_localizers({"0": walk, "1": drive, "2": LocalizerConfig(**base, camera_height_m=1.7)})
+    try:
+        assert locs["0"] is locs["2"] and locs["0"] is not locs["1"]
+        assert (locs["0"].config.camera_height_m, locs["0"].config.track_speed_mps) == (1.7, 2.0)
+        assert (locs["1"].config.camera_height_m, locs["1"].config.track_speed_mps) == (2.0, 12.0)
+        assert locs["0"].engine is locs["1"].engine
+    finally:
+        locs["0"].engine.close()
+
+
 def test_calibration_refits_its_scale_on_what_the_fitted_model_publishes(small_drive, tmp_path):
     """refit_on_published: the drive localized again under a first fit that is five times too cautious;
     the scale is fitted again on the frames that pass publishes (95 % of their d^2 under 5.99, where the
-    first fit covered nearly all), the shape kept, and the record says what the first fit covered."""
+    first fit covered nearly all), the shape kept, and the record says what the first fit covered and what
+    the kept fit covers as published (measured by a second pass, which ends the refit)."""
     import dataclasses
 
     from crossview_ros.covariance import CHI2_2DOF_95, load_covariance, save_covariance
@@ -1087,6 +1108,11 @@ def test_calibration_refits_its_scale_on_what_the_fitted_model_publishes(small_d
           for d in [np.array(geo.offset_enu_m(fr.truth.lat_deg, fr.truth.lon_deg, e.lat_deg, e.lon_deg))]]
     assert len(d2) == fit["refit_published"]  # these gates do not depend on the covariance
     assert np.mean(np.array(d2) <= CHI2_2DOF_95) == pytest.approx(fit["share_d2_below_chi2"], abs=1.5 / len(d2))
+    # the refit's own pass measured it as published (within one frame's share of 95 %: no third pass), and
+    # the rerun publishes exactly that share
+    assert fit["refit_passes"] == 2
+    assert abs(fit["published_share_d2_below_chi2"] - 0.95) <= max(0.01, 1.0 / fit["refit_published"])
+    assert np.mean(np.array(d2) <= CHI2_2DOF_95) == pytest.approx(fit["published_share_d2_below_chi2"], abs=1e-9)
 
 
 def test_motion_check_against_a_reference_carried_by_odometry():
