@@ -242,7 +242,8 @@ def refit_on_published(localizers: Mapping[Any, Localizer], frames: Sequence[Fra
     with (the anchor's variance plus its offset squared) does not scale with it, so the refit repeats, each
     pass on the frames the last fit publishes, until the share of their d^2 under 5.99, as published, lies
     within REFIT_TOLERANCE (or one frame's share) of the fit's quantile, for at most REFIT_PASSES passes; the
-    fit whose published share came closest is kept. Kept as it was when a pass publishes fewer than MIN_REFIT_SAMPLES."""
+    fit whose published share came closest is kept. The first fit is kept when its pass publishes fewer than
+    MIN_REFIT_SAMPLES."""
     first = load_covariance(calibration["path"])
     target = float(first.fit.get("quantile", 0.95))
     any_loc = next(iter(localizers.values()))
@@ -266,7 +267,7 @@ def refit_on_published(localizers: Mapping[Any, Localizer], frames: Sequence[Fra
             raise LocalizeInputError(f"--calibrate: {exc}") from None
         refit.fit.update({key: v for key, v in first.fit.items() if key.startswith("imagery_")})
         current, path = refit, _saved(refit, any_loc)["path"]
-    gap, passes, kept, share, count = min(measured, key=lambda m: (m[0], -m[1]))
+    _, passes, kept, share, count = min(measured, key=lambda m: (m[0], -m[1]))
     log.info("calibration: %d of its streams' frames published under the kept fit (pass %d of %d), %.1f %% of their "
              "d^2 < 5.99 as published (the first fit: %.1f %%)", count, passes + 1, len(measured), 100.0 * share,
              100.0 * measured[0][3])
