@@ -251,7 +251,7 @@ def refit_on_published(localizers: Mapping[Any, Localizer], frames: Sequence[Fra
     for k in range(REFIT_PASSES):
         estimates, config = _localize_under(localizers, frames, fixes, path)
         published = [e.accepted for e in estimates]
-        share = first_fit_share(estimates, frames)
+        share = published_d2_share(estimates, frames)
         usable = math.isfinite(share) and (k == 0 or sum(published) >= MIN_REFIT_SAMPLES)
         measured.append((abs(share - target) if usable else math.inf, k, current, share, sum(published)))
         near = abs(share - target) <= max(REFIT_TOLERANCE, 1.0 / max(sum(published), 1))  # a share resolves 1 / n
@@ -289,7 +289,7 @@ def _localize_under(localizers: Mapping[Any, Localizer], frames: Sequence[Frame]
         any_loc.engine.close()
 
 
-def first_fit_share(estimates: Sequence[Estimate], frames: Sequence[Frame]) -> float:
+def published_d2_share(estimates: Sequence[Estimate], frames: Sequence[Frame]) -> float:
     """The share of published estimates whose d^2 to the truth, under their published covariance, lies under
     the chi-square 2-dof 95 % quantile."""
     d2 = []

@@ -17,13 +17,13 @@ a posterior split between distinct places (AMBIGUOUS), the margin (LOW_MARGIN), 
 (MAHALANOBIS, which also resets the track) and odometry over seconds (MOTION: motion_check). The
 published covariance adds to the calibrated sigma the posterior's mass beyond its mode and the
 chance that the imagery is not this place's (imagery_mismatch_prior); the protection level is the
-radius the error exceeds on at most protection_risk of fixes. Odometry (add_odometry, thread-safe)
-moves the matcher's track between frames (crossview_ros.odometry), carries a fix through a GNSS dropout (fix_max_age_odometry_s),
-carries the last published estimate so that a fix running off the tiles near their edge is not taken
-for a platform beyond them, and carries the last estimate the fix agreed with so that a fix in a
-multipath excursion does not refuse, or reset, a track that odometry vouches for (fix_overrule_s), and an
-anchor that passed the MISMATCH gate unaided, so that a view that does not stand out from its scope is
-still published where the track says the platform is (imagery_track_s; imagery_window.ImageryGate).
+radius the error exceeds on at most protection_risk of fixes. Odometry (add_odometry, thread-safe) moves the matcher's
+track between frames (crossview_ros.odometry), carries a fix through a GNSS dropout (fix_max_age_odometry_s), carries
+the last published estimate so that a fix running off the tiles near their edge is not taken for a platform beyond
+them, and carries the last estimate the fix agreed with so that a fix in a multipath excursion does not refuse, or
+reset, a track that odometry vouches for (fix_overrule_s), and an anchor that passed the MISMATCH gate unaided, so
+that a view that does not stand out from its scope is still published where the track says the platform is
+(imagery_track_s; imagery_window.ImageryGate).
 Artefact problems (missing or corrupt engine, descriptors of another model, an unusable calibration
 file) raise at construction, never at the first frame.
 
