@@ -4,7 +4,8 @@ Covariance model (position, ENU, m^2; isotropic):
 
     sigma_m = max(sigma_min_m, sigma0_m * exp(margin_coef * margin + score_coef * score
                                              + spread_coef * ln(1 + spread_m) + offset_coef * offset_m
-                                             + mode_coef * (1 - mode_mass) + view_coef * ln(1 + view_m)))
+                                             + mode_coef * (1 - mode_mass) + view_coef * ln(1 + view_m)
+                                             + motion_coef * ln(1 + motion_m)))
     covariance = sigma_m^2 * I2
 
 margin: the retrieval margin (cosine, see margin_mode); score: the top-1 cosine; spread_m: the
@@ -12,8 +13,10 @@ score-weighted RMS distance between the positions predicted from the candidates 
 the top-1 (overlapping tiles regress the same point: their disagreement is the offset head's
 spread); offset_m: the distance of the estimate from the chosen tile's centre (near a tile's edge
 another tile should have won); mode_mass: the posterior's share near the estimate, and view_m: how
-far from the estimate the view alone would have put it (bev models; 1 and 0 otherwise): the
-frame's own difficulty, so that a calibration carries to walks it did not see. Log-linear, so calibrate() is a convex maximum-likelihood fit of a
+far from the estimate the view alone would have put it (bev models; 1 and 0 otherwise), motion_m:
+how far the stream's estimates over the last motion_check_s strayed from odometry's motion
+(MotionCheck.gap_m; motion_typical_m, the calibration's median, where it is not measured): the
+frame's and the stream's own difficulty, so that a calibration carries to walks it did not see. Log-linear, so calibrate() is a convex maximum-likelihood fit of a
 2-D Gaussian, followed by one scale that puts the target quantile of the squared Mahalanobis
 errors on the chi-square (2 dof) quantile: 95 % of d^2 below 5.99. Yaw variance =
 max(yaw_variance_min_rad2, yaw_variance_scale * raw^yaw_variance_power), raw being the heading
@@ -62,8 +65,9 @@ CHI2_1DOF_95 = 3.841458820694124  # chi-square quantile, 1 dof, 95 %
 # not interpolated from its grid. 11: the refit's published frames with odometry vouching up to imagery_track_s 60 s
 # (was 30 s). 12: the refit repeated until the share of d^2 under 5.99 as the node publishes lies near the quantile.
 # 13: each calibration stream localized with its own config (localize_eval.make_localizers had given every stream of
-# a tile set the first one's: a city's drives calibrated with its walks' camera height and track speed).
-CALIBRATION_VERSION = 13
+# a tile set the first one's: a city's drives calibrated with its walks' camera height and track speed). 14: the motion
+# gap (MotionCheck.gap_m) a covariance feature.
+CALIBRATION_VERSION = 14
 IMAGERY_BEST_SCORE, IMAGERY_OVER_SCOPE_MEDIAN = 0.0, 1.0
 IMAGERY_STATISTICS = {IMAGERY_BEST_SCORE: "the view's score at its pose",  # older calibrations; retrieval models
                       IMAGERY_OVER_SCOPE_MEDIAN: "the view's score at its pose over its median score in the scope"}
@@ -88,6 +92,8 @@ class CovarianceModel:
     fix_sigma_scale: float = 1.0  # the GNSS receiver's honesty: its reported sigma times this is its real one
     mode_coef: float = 0.0  # d ln(sigma) / d (1 - mode_mass)
     view_coef: float = 0.0  # d ln(sigma) / d ln(1 + view_distance_m)
+    motion_coef: float = 0.0  # d ln(sigma) / d ln(1 + motion_gap_m)
+    motion_typical_m: float = 0.0  # the motion gap taken where none is measured (the calibration's median)
     yaw_variance_power: float = 1.0  # yaw variance = scale x raw^power
     protection_scale: float = 0.0  # protection level = this x the published sigma (0: not fitted, the Gaussian's)
     protection_risk: float = 0.01  # the share of fixes beyond the protection level that protection_scale was fitted for
@@ -110,10 +116,11 @@ class CovarianceModel:
     PARAMS = ("sigma0_m", "margin_coef", "score_coef", "spread_coef", "offset_coef", "sigma_min_m",
               "yaw_variance_scale", "yaw_variance_min_rad2", "fix_sigma_scale", "yaw_variance_power",
               "protection_scale", "protection_risk", "mode_coef", "view_coef", "imagery_score_floor",
-              "imagery_statistic") + IMAGERY_LIKELIHOODS
+              "imagery_statistic", "motion_coef", "motion_typical_m") + IMAGERY_LIKELIHOODS
     OPTIONAL = {"fix_sigma_scale": 1.0, "yaw_variance_power": 1.0,  # absent from older calibration files
                 "protection_scale": 0.0, "protection_risk": 0.01, "mode_coef": 0.0, "view_coef": 0.0,
-                "imagery_score_floor": 0.0, "imagery_statistic": IMAGERY_BEST_SCORE,
+                "imagery_score_floor": 0.0, "imagery_statistic": IMAGERY_BEST_SCORE, "motion_coef": 0.0,
+                "motion_typical_m": 0.0,
                 **dict.fromkeys(IMAGERY_LIKELIHOODS, 0.0)}
 
     @classmethod
@@ -122,27 +129,33 @@ class CovarianceModel:
                    config.cov_offset_coef, config.cov_sigma_min_m, config.yaw_variance_scale,
                    config.yaw_variance_min_rad2, fix_sigma_scale=config.cov_fix_sigma_scale,
                    yaw_variance_power=config.yaw_variance_power, mode_coef=config.cov_mode_coef,
-                   view_coef=config.cov_view_coef, calibrated=False)
+                   view_coef=config.cov_view_coef, motion_coef=config.cov_motion_coef, calibrated=False)
 
     @staticmethod
     def features(margin: Any, score: Any, spread_m: Any, offset_m: Any, mode_mass: Any = 1.0,
-                 view_m: Any = 0.0) -> np.ndarray:
-        """(..., 6) regressors: margin, score, ln(1 + spread_m), offset_m, 1 - mode_mass, ln(1 + view_m)."""
+                 view_m: Any = 0.0, motion_m: Any = 0.0) -> np.ndarray:
+        """(..., 7) regressors: margin, score, ln(1 + spread_m), offset_m, 1 - mode_mass, ln(1 + view_m),
+        ln(1 + motion_m)."""
+        def log1p(x: Any) -> np.ndarray:
+            return np.log1p(np.maximum(np.asarray(x, np.float64), 0.0))
         return np.stack(np.broadcast_arrays(
-            np.asarray(margin, np.float64), np.asarray(score, np.float64),
-            np.log1p(np.maximum(np.asarray(spread_m, np.float64), 0.0)), np.asarray(offset_m, np.float64),
-            1.0 - np.asarray(mode_mass, np.float64), np.log1p(np.maximum(np.asarray(view_m, np.float64), 0.0))),
-            axis=-1)
+            np.asarray(margin, np.float64), np.asarray(score, np.float64), log1p(spread_m),
+            np.asarray(offset_m, np.float64), 1.0 - np.asarray(mode_mass, np.float64), log1p(view_m),
+            log1p(motion_m)), axis=-1)
 
     @property
     def coefs(self) -> np.ndarray:
         return np.array([self.margin_coef, self.score_coef, self.spread_coef, self.offset_coef, self.mode_coef,
-                         self.view_coef])
+                         self.view_coef, self.motion_coef])
+
+    def motion_m(self, gap_m: float | None) -> float:
+        """The motion feature's value for a measured gap (MotionCheck.gap_m), or the typical one for none."""
+        return self.motion_typical_m if gap_m is None else float(gap_m)
 
     def sigma_m(self, margin: Any, score: Any, spread_m: Any, offset_m: Any, mode_mass: Any = 1.0,
-                view_m: Any = 0.0) -> Any:
+                view_m: Any = 0.0, motion_m: Any = 0.0) -> Any:
         """Horizontal 1-sigma per axis, m (scalars in, float out; arrays broadcast)."""
-        z = self.features(margin, score, spread_m, offset_m, mode_mass, view_m) @ self.coefs
+        z = self.features(margin, score, spread_m, offset_m, mode_mass, view_m, motion_m) @ self.coefs
         sigma = np.maximum(self.sigma_min_m, self.sigma0_m * np.exp(np.clip(z, -50.0, 50.0)))
         return float(sigma) if sigma.ndim == 0 else sigma
 
@@ -247,7 +260,7 @@ def _solve_monotone(fn: Callable[[float], float], target: float, lo: float = -30
 # Physical scale of each regressor (margin, score, ln(1 + spread_m), offset_m): the ridge penalty
 # of the fit is on the change of ln(sigma) over one such step, so a regressor that barely varies
 # in the validation set cannot buy a large coefficient.
-_FEATURE_SCALES = np.array([0.1, 0.5, 1.0, 10.0, 0.2, 1.0])
+_FEATURE_SCALES = np.array([0.1, 0.5, 1.0, 10.0, 0.2, 1.0, 1.0])
 _RIDGE = 2.0
 
 
@@ -377,6 +390,8 @@ def calibrate(estimates: Sequence[Estimate], truths: Sequence[Any], *, start: Co
     likelihoods = {g: float(getattr(start, g)) for g in IMAGERY_LIKELIHOODS}
     likelihoods.update({g: float(v) for g, v in (imagery_likelihoods or {}).items() if g in likelihoods})
     wanted = {str(r) for r in reasons}
+    gaps = [e.motion_gap_m for e in estimates if e.has_position and str(e.reason) in wanted and e.motion_gap_m is not None]
+    typical = float(np.median(gaps)) if gaps else start.motion_typical_m  # the motion gap where none is measured
     feats, r2, err, yaw_err2, yaw_raw, added, shares, tracks, pub, yaw_pub = [], [], [], [], [], [], [], [], [], []
     flags = [True] * len(estimates) if published is None else [bool(p) for p in published]
     if len(flags) != len(estimates):
@@ -391,10 +406,12 @@ def calibrate(estimates: Sequence[Estimate], truths: Sequence[Any], *, start: Co
         err.append((de, dn))
         feats.append([est.margin, est.score, est.spread_m or 0.0, math.hypot(*(est.offset_m or (0.0, 0.0))),
                       1.0 if est.mode_mass is None else est.mode_mass,
-                      0.0 if est.view_distance_m is None else est.view_distance_m])
+                      0.0 if est.view_distance_m is None else est.view_distance_m,
+                      typical if est.motion_gap_m is None else est.motion_gap_m])
         shares.append((est.imagery_mismatch or 0.0) * _mismatch_covariance_m2(est))
         tracks.append(_track_covariance_m2(est))
-        added.append(_added_covariance_m2(est, start, feats[-1], shares[-1]))
+        # what the localizer took for the motion gap (start's typical one where none was measured)
+        added.append(_added_covariance_m2(est, start, feats[-1][:-1] + [start.motion_m(est.motion_gap_m)], shares[-1]))
         if est.yaw_enu_rad is not None and est.yaw_variance_raw_rad2 is not None and t.yaw_enu_rad is not None:
             yaw_err2.append(float(geo.wrap_angle_rad(est.yaw_enu_rad - t.yaw_enu_rad)) ** 2)
             yaw_raw.append(est.yaw_variance_raw_rad2)
@@ -453,7 +470,8 @@ def calibrate(estimates: Sequence[Estimate], truths: Sequence[Any], *, start: Co
     return CovarianceModel(
         sigma0_m=float(math.exp(log_sigma0 + log_scale)), margin_coef=float(coefs[0]), score_coef=float(coefs[1]),
         spread_coef=float(coefs[2]), offset_coef=float(coefs[3]), mode_coef=float(coefs[4]),
-        view_coef=float(coefs[5]), sigma_min_m=start.sigma_min_m,
+        view_coef=float(coefs[5]), motion_coef=float(coefs[6]), motion_typical_m=typical,
+        sigma_min_m=start.sigma_min_m,
         yaw_variance_scale=float(yaw_scale), yaw_variance_min_rad2=start.yaw_variance_min_rad2,
         fix_sigma_scale=start.fix_sigma_scale, yaw_variance_power=float(yaw_power), protection_scale=protection,
         protection_risk=protection_risk, calibrated=True, fit=fit, **likelihoods,

@@ -266,7 +266,8 @@ class Localizer:
         offset_m = self.matcher.tile_offset_m(pose)
         lat, lon = geo.utm_to_latlon(pose.easting_m, pose.northing_m, self.tiles.zone)
         support = self.imagery.record(pose)
-        base, far, d2, from_fix_m, mismatch = self._covariance_and_d2(prior, lat, lon, pose, offset_m)
+        context["motion_gap_m"] = gap = self.motion.gap_m(self.odometry, stamp, pose.easting_m, pose.northing_m)
+        base, far, d2, from_fix_m, mismatch = self._covariance_and_d2(prior, lat, lon, pose, offset_m, gap)
         self.imagery.window.add_fix_d2(d2)
         share = mismatch["imagery_mismatch"] * mismatch["mismatch_covariance_enu_m2"]
         cov = base + share
@@ -483,7 +484,7 @@ class Localizer:
                 "yaw_variance_rad2": float(self.covariance.yaw_variance_rad2(h.variance_raw_rad2))}
 
     def _covariance_and_d2(self, prior: _GnssPrior, lat: float, lon: float, pose: PoseMatch,
-                           offset_m: tuple[float, float]
+                           offset_m: tuple[float, float], motion_gap_m: float | None
                            ) -> tuple[np.ndarray, np.ndarray, float, float, dict[str, Any]]:
         """The 2x2 ENU covariance without the mismatch share, the far mass's part of it (_far_enu), d^2 to
         the GNSS prior, the distance from its centre (m), the mismatch fields.
@@ -495,7 +496,8 @@ class Localizer:
         out: it asks whether the views contradict the fix."""
         sigma = self.covariance.sigma_m(pose.margin, pose.score, pose.spread_m, math.hypot(*offset_m),
                                         1.0 if pose.mode_mass is None else pose.mode_mass,
-                                        0.0 if pose.view_distance_m is None else pose.view_distance_m)
+                                        0.0 if pose.view_distance_m is None else pose.view_distance_m,
+                                        self.covariance.motion_m(motion_gap_m))
         far = self._far_enu(pose, lat, lon)
         cov = np.eye(2) * sigma * sigma + far
         de, dn = geo.offset_enu_m(prior.lat_deg, prior.lon_deg, lat, lon)

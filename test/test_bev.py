@@ -1052,9 +1052,24 @@ def test_motion_gate_refuses_an_estimate_held_while_odometry_drives_on(bev_expor
     assert all(e.has_position for e in held)  # a refused frame keeps what it computed
     assert "15.0 m from where odometry carries the one published 3.0 s earlier" in held[6].message
     assert "max_motion_mahalanobis 5.99" in held[6].message
-    assert [e.reason for e in run(follow=True)] == [OK] * len(stamps)
+    followed = run(follow=True)
+    assert [e.reason for e in followed] == [OK] * len(stamps)
     assert [e.reason for e in run(follow=False, motion_check_s=0.0)] == [OK] * len(stamps)
     assert [e.reason for e in run(follow=False, odometry=False)] == [OK] * len(stamps)
+    # the motion gap: the held estimate is 5 m/s x the age of the oldest estimate of the last 3 s from where
+    # odometry carries it; the followed one is where odometry carries every one
+    assert held[0].motion_gap_m is None and followed[0].motion_gap_m is None
+    assert [e.motion_gap_m for e in held[1:]] == pytest.approx([5.0 * min(t - 10.0, 3.0) for t in stamps[1:]])
+    # (where odometry can carry: the planned views' own bearings, voted into its alignment, leave it unsure at times)
+    measured = [e.motion_gap_m for e in followed[1:] if e.motion_gap_m is not None]
+    assert len(measured) >= 15 and measured == pytest.approx([0.0] * len(measured), abs=1e-6)
+    # ... and with cov_motion_coef 1 each covariance is (1 + gap)^2 times the one without (none measured: the
+    # uncalibrated typical gap, 0)
+    widened = run(follow=False, cov_motion_coef=1.0)
+    assert sum((e.motion_gap_m or 0.0) >= 5.0 for e in widened) >= 10
+    for a, b in zip(widened, held):
+        assert np.asarray(a.covariance_enu_m2) == pytest.approx(np.asarray(b.covariance_enu_m2) * (
+            1.0 + (a.motion_gap_m or 0.0)) ** 2, rel=1e-6)
 
 
 VOUCH_STAMPS = [10.0, 12.0, 20.0, 65.0, 75.0]  # the last two 53 s and 63 s after the 12 s pass (imagery_track_s 60 s)

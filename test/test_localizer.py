@@ -590,6 +590,47 @@ def test_calibrate_fits_the_power_of_the_yaw_variance():
     assert CovarianceModel.from_dict(old).yaw_variance_power == CovarianceModel.from_dict(old).fix_sigma_scale == 1.0
 
 
+def test_calibrate_fits_the_motion_gap():
+    """Errors whose sigma is the default model's x (1 + motion gap)^1.5, a fifth of them with no gap measured
+    (drawn at the median gap, 2 m): the fit finds the power 1.5 and takes the measured gaps' median for the
+    unmeasured; on fresh samples ~95 % of d^2 fall below 5.99, on the low-gap and the high-gap half alike."""
+
+    def drive(seed: int) -> tuple[list[Estimate], list[Truth]]:
+        estimates, truths = synthetic_validation(3000, 1.0, seed=seed)
+        rng = np.random.default_rng(seed + 200)
+        out = []
+        for e, t in zip(estimates, truths):
+            gap = float(rng.uniform(0.0, 4.0))
+            measured = rng.uniform() > 0.2
+            factor = (1.0 + (gap if measured else 2.0)) ** 1.5  # the error scaled about the estimate's truth
+            de, dn = geo.offset_enu_m(t.lat_deg, t.lon_deg, e.lat_deg, e.lon_deg)
+            lat, lon, _ = geo.LocalENU(t.lat_deg, t.lon_deg).inverse(factor * de, factor * dn)
+            out.append(dataclasses.replace(e, lat_deg=lat, lon_deg=lon, motion_gap_m=gap if measured else None))
+        return out, truths
+
+    estimates, truths = drive(30)
+    fitted = calibrate(estimates, truths)
+    assert fitted.motion_coef == pytest.approx(1.5, abs=0.1)
+    assert fitted.motion_typical_m == pytest.approx(
+        float(np.median([e.motion_gap_m for e in estimates if e.motion_gap_m is not None])), abs=1e-12)
+    assert fitted.motion_m(None) == fitted.motion_typical_m and fitted.motion_m(0.7) == 0.7
+    fresh, fresh_truths = drive(31)
+    d2, gaps = [], []
+    for e, t in zip(fresh, fresh_truths):
+        de, dn = geo.offset_enu_m(t.lat_deg, t.lon_deg, e.lat_deg, e.lon_deg)
+        s = fitted.sigma_m(e.margin, e.score, e.spread_m, math.hypot(*e.offset_m), 1.0, 0.0,
+                           fitted.motion_m(e.motion_gap_m))
+        d2.append((de * de + dn * dn) / s ** 2)
+        gaps.append(fitted.motion_m(e.motion_gap_m))
+    d2, gaps = np.array(d2), np.array(gaps)
+    for half in (gaps < 2.0, gaps >= 2.0):
+        assert np.mean(d2[half] < CHI2_2DOF_95) == pytest.approx(0.95, abs=0.02)
+    assert CovarianceModel.from_dict(fitted.to_dict()) == fitted
+    # a calibration file from before the motion gap reads as no effect
+    old = {k: v for k, v in fitted.to_dict().items() if k not in ("motion_coef", "motion_typical_m")}
+    assert CovarianceModel.from_dict(old).motion_coef == 0.0
+
+
 def test_calibrate_refuses_too_few_samples():
     estimates, truths = synthetic_validation(10, 1.0, seed=2)
     with pytest.raises(ValueError, match="at least 20"):
@@ -1113,6 +1154,34 @@ def test_calibration_refits_its_scale_on_what_the_fitted_model_publishes(small_d
     assert fit["refit_passes"] == 2
     assert abs(fit["published_share_d2_below_chi2"] - 0.95) <= max(0.01, 1.0 / fit["refit_published"])
     assert np.mean(np.array(d2) <= CHI2_2DOF_95) == pytest.approx(fit["published_share_d2_below_chi2"], abs=1e-9)
+
+
+def test_motion_gap_by_hand():
+    """MotionCheck.gap_m: odometry (a stand-in that moves everything 10 m east) carries each estimate of the
+    last 3 s; the gap is the farthest of them from the new one. Estimates at 10 s (100, 200) and 11 s
+    (105, 200), a new one at 12 s (120, 203): carried to (110, 200) and (115, 200), 10.44 m and 5.83 m off."""
+    from crossview_ros.motion_check import MotionCheck
+
+    class Odometry:
+        aligned = True
+
+        def carry(self, east_m, north_m, t0_s, t1_s):
+            return (east_m + 10.0, north_m, 0.5) if self.aligned else None
+
+    odo = Odometry()
+    check = MotionCheck(3.0, 5.99)
+    assert check.gap_m(odo, 10.0, 100.0, 200.0) is None  # nothing earlier
+    assert check.gap_m(odo, 11.0, 105.0, 200.0) == pytest.approx(5.0)  # 100 + 10 is 5 m past 105
+    assert check.gap_m(odo, 12.0, 120.0, 203.0) == pytest.approx(math.hypot(10.0, 3.0))
+    # at 13.5 s the 10 s estimate is over 3 s old (it would be 15 m off); the 11 s and 12 s ones are carried
+    # to (115, 200) and (130, 203): 10 m and 5.83 m from (125, 200)
+    assert check.gap_m(odo, 13.5, 125.0, 200.0) == pytest.approx(10.0)
+    odo.aligned = False  # odometry that cannot carry (not aligned with the grid) measures nothing
+    assert check.gap_m(odo, 14.0, 0.0, 0.0) is None
+    assert check.gap_m(None, 14.5, 0.0, 0.0) is None and MotionCheck(0.0, 5.99).gap_m(odo, 1.0, 0.0, 0.0) is None
+    check.clear()
+    odo.aligned = True
+    assert check.gap_m(odo, 15.0, 0.0, 0.0) is None
 
 
 def test_motion_check_against_a_reference_carried_by_odometry():
