@@ -2,10 +2,9 @@
 
 Covariance model (position, ENU, m^2; isotropic):
 
-    sigma_m = max(sigma_min_m, sigma0_m * exp(margin_coef * margin + score_coef * score
-                                             + spread_coef * ln(1 + spread_m) + offset_coef * offset_m
-                                             + mode_coef * (1 - mode_mass) + view_coef * ln(1 + view_m)
-                                             + motion_coef * ln(1 + motion_m)))
+    frame_m = sigma0_m * exp(margin_coef * margin + score_coef * score + spread_coef * ln(1 + spread_m)
+                             + offset_coef * offset_m + mode_coef * (1 - mode_mass) + view_coef * ln(1 + view_m))
+    sigma_m = max(sigma_min_m, sqrt(frame_m^2 + (motion_coef * motion_m)^2))
     covariance = sigma_m^2 * I2
 
 margin: the retrieval margin (cosine, see margin_mode); score: the top-1 cosine; spread_m: the
@@ -13,12 +12,16 @@ score-weighted RMS distance between the positions predicted from the candidates 
 the top-1 (overlapping tiles regress the same point: their disagreement is the offset head's
 spread); offset_m: the distance of the estimate from the chosen tile's centre (near a tile's edge
 another tile should have won); mode_mass: the posterior's share near the estimate, and view_m: how
-far from the estimate the view alone would have put it (bev models; 1 and 0 otherwise), motion_m:
-how far the stream's estimates over the last motion_check_s strayed from odometry's motion
-(MotionCheck.gap_m; motion_typical_m, the calibration's median, where it is not measured): the
-frame's and the stream's own difficulty, so that a calibration carries to walks it did not see. Log-linear, so calibrate() is a convex maximum-likelihood fit of a
-2-D Gaussian, followed by one scale that puts the target quantile of the squared Mahalanobis
-errors on the chi-square (2 dof) quantile: 95 % of d^2 below 5.99. Yaw variance =
+far from the estimate the view alone would have put it (bev models; 1 and 0 otherwise): the
+frame's own difficulty, so that a calibration carries to walks it did not see. motion_m: how far
+the stream's estimates over the last motion_check_s strayed from odometry's motion
+(MotionCheck.gap_m; motion_typical_m, the calibration's median, where none is measured), the
+stream's difficulty that no single frame shows: views that hold the estimate on one spot while
+the platform walks on look sure frame by frame; an error of the size of that stray is then added
+to the frame's, not multiplied into it, so that it counts at the floor too. calibrate() fits the
+shape and motion_coef by maximum likelihood of a 2-D Gaussian (covariance_ml), then one scale on
+both that puts the target quantile of the squared Mahalanobis errors on the chi-square (2 dof)
+quantile: 95 % of d^2 below 5.99. Yaw variance =
 max(yaw_variance_min_rad2, yaw_variance_scale * raw^yaw_variance_power), raw being the heading
 estimator's variance, scaled so 95 % of the squared yaw errors over variance lie below 3.84
 (chi-square, 1 dof). fix_sigma_scale says how much the GNSS receiver understates its sigma
@@ -34,7 +37,7 @@ import datetime
 import json
 import math
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,6 +46,7 @@ import numpy as np
 
 from crossview_ros import geo
 from crossview_ros.atomic import write_json_atomic
+from crossview_ros.covariance_ml import fit_log_sigma_and_motion, fit_yaw_power, solve_monotone
 from crossview_ros.estimate import (
     NAVSAT_STATUS_NO_FIX, Estimate, Fix, LocalizerError, Reason, fix_covariance_enu_m2, truth_of,
 )
@@ -66,7 +70,7 @@ CHI2_1DOF_95 = 3.841458820694124  # chi-square quantile, 1 dof, 95 %
 # (was 30 s). 12: the refit repeated until the share of d^2 under 5.99 as the node publishes lies near the quantile.
 # 13: each calibration stream localized with its own config (localize_eval.make_localizers had given every stream of
 # a tile set the first one's: a city's drives calibrated with its walks' camera height and track speed). 14: the motion
-# gap (MotionCheck.gap_m) a covariance feature.
+# gap (MotionCheck.gap_m) in the covariance (added in quadrature) and the protection level (added).
 CALIBRATION_VERSION = 14
 IMAGERY_BEST_SCORE, IMAGERY_OVER_SCOPE_MEDIAN = 0.0, 1.0
 IMAGERY_STATISTICS = {IMAGERY_BEST_SCORE: "the view's score at its pose",  # older calibrations; retrieval models
@@ -92,7 +96,7 @@ class CovarianceModel:
     fix_sigma_scale: float = 1.0  # the GNSS receiver's honesty: its reported sigma times this is its real one
     mode_coef: float = 0.0  # d ln(sigma) / d (1 - mode_mass)
     view_coef: float = 0.0  # d ln(sigma) / d ln(1 + view_distance_m)
-    motion_coef: float = 0.0  # d ln(sigma) / d ln(1 + motion_gap_m)
+    motion_coef: float = 0.0  # 1-sigma per axis, m, per metre of motion gap (MotionCheck.gap_m), added in quadrature
     motion_typical_m: float = 0.0  # the motion gap taken where none is measured (the calibration's median)
     yaw_variance_power: float = 1.0  # yaw variance = scale x raw^power
     protection_scale: float = 0.0  # protection level = this x the published sigma (0: not fitted, the Gaussian's)
@@ -133,30 +137,29 @@ class CovarianceModel:
 
     @staticmethod
     def features(margin: Any, score: Any, spread_m: Any, offset_m: Any, mode_mass: Any = 1.0,
-                 view_m: Any = 0.0, motion_m: Any = 0.0) -> np.ndarray:
-        """(..., 7) regressors: margin, score, ln(1 + spread_m), offset_m, 1 - mode_mass, ln(1 + view_m),
-        ln(1 + motion_m)."""
-        def log1p(x: Any) -> np.ndarray:
-            return np.log1p(np.maximum(np.asarray(x, np.float64), 0.0))
+                 view_m: Any = 0.0) -> np.ndarray:
+        """(..., 6) regressors: margin, score, ln(1 + spread_m), offset_m, 1 - mode_mass, ln(1 + view_m)."""
         return np.stack(np.broadcast_arrays(
-            np.asarray(margin, np.float64), np.asarray(score, np.float64), log1p(spread_m),
-            np.asarray(offset_m, np.float64), 1.0 - np.asarray(mode_mass, np.float64), log1p(view_m),
-            log1p(motion_m)), axis=-1)
+            np.asarray(margin, np.float64), np.asarray(score, np.float64),
+            np.log1p(np.maximum(np.asarray(spread_m, np.float64), 0.0)), np.asarray(offset_m, np.float64),
+            1.0 - np.asarray(mode_mass, np.float64), np.log1p(np.maximum(np.asarray(view_m, np.float64), 0.0))),
+            axis=-1)
 
     @property
     def coefs(self) -> np.ndarray:
         return np.array([self.margin_coef, self.score_coef, self.spread_coef, self.offset_coef, self.mode_coef,
-                         self.view_coef, self.motion_coef])
+                         self.view_coef])
 
     def motion_m(self, gap_m: float | None) -> float:
-        """The motion feature's value for a measured gap (MotionCheck.gap_m), or the typical one for none."""
+        """The motion gap the model takes for a measured one (MotionCheck.gap_m), or the typical one for none."""
         return self.motion_typical_m if gap_m is None else float(gap_m)
 
     def sigma_m(self, margin: Any, score: Any, spread_m: Any, offset_m: Any, mode_mass: Any = 1.0,
                 view_m: Any = 0.0, motion_m: Any = 0.0) -> Any:
         """Horizontal 1-sigma per axis, m (scalars in, float out; arrays broadcast)."""
-        z = self.features(margin, score, spread_m, offset_m, mode_mass, view_m, motion_m) @ self.coefs
-        sigma = np.maximum(self.sigma_min_m, self.sigma0_m * np.exp(np.clip(z, -50.0, 50.0)))
+        z = self.features(margin, score, spread_m, offset_m, mode_mass, view_m) @ self.coefs
+        frame = self.sigma0_m * np.exp(np.clip(z, -50.0, 50.0))
+        sigma = np.maximum(self.sigma_min_m, np.hypot(frame, self.motion_coef * np.asarray(motion_m, np.float64)))
         return float(sigma) if sigma.ndim == 0 else sigma
 
     def yaw_variance_rad2(self, raw_variance_rad2: Any) -> Any:
@@ -164,16 +167,20 @@ class CovarianceModel:
         v = np.maximum(self.yaw_variance_min_rad2, self.yaw_variance_scale * raw ** self.yaw_variance_power)
         return float(v) if v.ndim == 0 else v
 
-    def protection_level_m(self, covariance_enu_m2: np.ndarray, risk: float) -> float:
+    def protection_level_m(self, covariance_enu_m2: np.ndarray, risk: float, motion_gap_m: float | None = None) -> float:
         """Horizontal protection level: a radius the true error exceeds on at most `risk` of published fixes.
 
-        protection_scale x the covariance's largest sigma, the scale fitted on validation drives for this
-        risk (calibrate: the (1 - risk) quantile of error / sigma, which holds the heavy tail a
-        Gaussian misses); before calibration, or for another risk, the Gaussian's sqrt(-2 ln risk).
+        protection_scale x the covariance's largest sigma, plus the motion gap (motion_m: the typical one where
+        none was measured). The scale is fitted on validation drives for this risk (calibrate: the (1 - risk)
+        quantile of (error - gap) / sigma, which holds the heavy tail a Gaussian misses); before calibration, or
+        for another risk, the Gaussian's sqrt(-2 ln risk). The gap is a bias, not a noise: where the estimate
+        strays that far from where odometry carries the stream's recent ones, it may be off by as much
+        (as a RAIM protection level adds the bias its fault test could miss), and the sigma does not say so.
         """
         sigma = math.sqrt(max(float(np.linalg.eigvalsh(np.asarray(covariance_enu_m2, np.float64)).max()), 0.0))
         fitted = self.protection_scale > 0 and abs(self.protection_risk - risk) <= 1e-9
-        return float(sigma * (self.protection_scale if fitted else gaussian_protection_scale(risk)))
+        scale = self.protection_scale if fitted else gaussian_protection_scale(risk)
+        return float(sigma * scale + self.motion_m(motion_gap_m))
 
     def imagery_mismatch_llr(self, window_score: float | None, support: float | None = None) -> float | None:
         """ln p(window | another place's imagery) / p(window | this place's): its mean statistic under the
@@ -240,78 +247,6 @@ def gaussian_protection_scale(risk: float) -> float:
     return math.sqrt(-2.0 * math.log(risk))
 
 
-def _solve_monotone(fn: Callable[[float], float], target: float, lo: float = -30.0, hi: float = 30.0) -> float:
-    """x in [lo, hi] with fn(x) = target for a non-increasing fn (bisection; clamps at the ends)."""
-    if fn(lo) <= target:
-        return lo
-    if fn(hi) >= target:
-        return hi
-    for _ in range(200):
-        mid = 0.5 * (lo + hi)
-        if fn(mid) > target:
-            lo = mid
-        else:
-            hi = mid
-        if hi - lo < 1e-12:
-            break
-    return 0.5 * (lo + hi)
-
-
-# Physical scale of each regressor (margin, score, ln(1 + spread_m), offset_m): the ridge penalty
-# of the fit is on the change of ln(sigma) over one such step, so a regressor that barely varies
-# in the validation set cannot buy a large coefficient.
-_FEATURE_SCALES = np.array([0.1, 0.5, 1.0, 10.0, 0.2, 1.0, 1.0])
-_RIDGE = 2.0
-
-
-def _fit_log_sigma(features: np.ndarray, r2: np.ndarray) -> tuple[float, np.ndarray]:
-    """Maximum likelihood of isotropic 2-D Gaussian errors with ln sigma = a0 + features @ a.
-
-    Negative log-likelihood per sample (constants dropped): 2 z + r^2 / 2 exp(-2 z), z = ln sigma:
-    convex in (a0, a); plus a ridge penalty on the slopes in _FEATURE_SCALES units (a Gaussian
-    prior of sd 1/sqrt(2 _RIDGE) on the change of ln sigma per physical step).
-    """
-    from scipy.optimize import minimize
-
-    mu = features.mean(axis=0)
-    design = np.column_stack([np.ones(len(r2)), (features - mu) / _FEATURE_SCALES])
-    a_start = np.zeros(design.shape[1])
-    a_start[0] = 0.5 * math.log(max(float(np.mean(r2)) / 2.0, 1e-12))
-
-    def nll(a: np.ndarray) -> tuple[float, np.ndarray]:
-        z = np.clip(design @ a, -50.0, 50.0)
-        w = r2 * np.exp(-2.0 * z)
-        value = float(np.sum(2.0 * z + 0.5 * w) + _RIDGE * np.sum(a[1:] ** 2))
-        grad = design.T @ (2.0 - w)
-        grad[1:] += 2.0 * _RIDGE * a[1:]
-        return value, grad
-
-    a = minimize(nll, a_start, jac=True, method="L-BFGS-B").x
-    slopes = a[1:] / _FEATURE_SCALES
-    return float(a[0] - np.sum(slopes * mu)), slopes
-
-
-def _fit_yaw_power(e2: np.ndarray, raw: np.ndarray) -> float:
-    """p of ln var = c + p ln raw by maximum likelihood of 1-D Gaussian yaw errors, with a ridge
-    pulling p towards 1 (raw variance taken at its word). A heading estimator's raw variance
-    ranks frames better than it scales them: broad for the good ones, a flip's not broad enough."""
-    from scipy.optimize import minimize
-
-    x = np.log(raw)
-    x = x - x.mean()
-
-    def nll(a: np.ndarray) -> tuple[float, np.ndarray]:
-        z = np.clip(a[0] + a[1] * x, -50.0, 50.0)  # ln variance
-        w = e2 * np.exp(-z)
-        value = float(np.sum(z + w) + _RIDGE * (a[1] - 1.0) ** 2)
-        g = 1.0 - w
-        return value, np.array([np.sum(g), np.sum(g * x) + 2.0 * _RIDGE * (a[1] - 1.0)])
-
-    a = minimize(nll, np.array([math.log(max(float(np.mean(e2)), 1e-12)), 1.0]), jac=True, method="L-BFGS-B",
-                 bounds=[(None, None), (0.05, 4.0)]).x
-    return float(a[1])
-
-
 def fit_fix_sigma_scale(fixes: Sequence[Fix], truths: Sequence[Any], *, quantile: float = 0.95,
                         default_sigma_m: float = LocalizerConfig.default_fix_sigma_m, min_samples: int = 20) -> float:
     """The factor on the fixes' reported sigma that makes them honest on a validation drive.
@@ -363,7 +298,7 @@ def calibrate(estimates: Sequence[Estimate], truths: Sequence[Any], *, start: Co
     added beyond its mode and the imagery mismatch's share (kept from each estimate); scaled on
     sigma^2 I alone, the published covariances held more than the quantile.
     Yaw (where estimates and truths have it): with fit_shape, yaw_variance_power by maximum
-    likelihood (_fit_yaw_power), then yaw_variance_scale so that the same quantile of e^2 / var
+    likelihood (covariance_ml.fit_yaw_power), then yaw_variance_scale so that the same quantile of e^2 / var
     equals the 1-dof quantile (3.84 at 95 %). sigma_min_m, yaw_variance_min_rad2 and
     fix_sigma_scale (fit_fix_sigma_scale, before the drive is localized: it shapes the estimates)
     are kept from `start` (default: the uncalibrated defaults). Protection level: protection_scale is
@@ -390,8 +325,10 @@ def calibrate(estimates: Sequence[Estimate], truths: Sequence[Any], *, start: Co
     likelihoods = {g: float(getattr(start, g)) for g in IMAGERY_LIKELIHOODS}
     likelihoods.update({g: float(v) for g, v in (imagery_likelihoods or {}).items() if g in likelihoods})
     wanted = {str(r) for r in reasons}
-    gaps = [e.motion_gap_m for e in estimates if e.has_position and str(e.reason) in wanted and e.motion_gap_m is not None]
-    typical = float(np.median(gaps)) if gaps else start.motion_typical_m  # the motion gap where none is measured
+    measured = [e.motion_gap_m for e in estimates
+                if e.has_position and str(e.reason) in wanted and e.motion_gap_m is not None]
+    typical = float(np.median(measured)) if measured else start.motion_typical_m  # the gap where none is measured
+    gaps: list[float] = []
     feats, r2, err, yaw_err2, yaw_raw, added, shares, tracks, pub, yaw_pub = [], [], [], [], [], [], [], [], [], []
     flags = [True] * len(estimates) if published is None else [bool(p) for p in published]
     if len(flags) != len(estimates):
@@ -406,12 +343,12 @@ def calibrate(estimates: Sequence[Estimate], truths: Sequence[Any], *, start: Co
         err.append((de, dn))
         feats.append([est.margin, est.score, est.spread_m or 0.0, math.hypot(*(est.offset_m or (0.0, 0.0))),
                       1.0 if est.mode_mass is None else est.mode_mass,
-                      0.0 if est.view_distance_m is None else est.view_distance_m,
-                      typical if est.motion_gap_m is None else est.motion_gap_m])
+                      0.0 if est.view_distance_m is None else est.view_distance_m])
+        gaps.append(typical if est.motion_gap_m is None else est.motion_gap_m)
         shares.append((est.imagery_mismatch or 0.0) * _mismatch_covariance_m2(est))
         tracks.append(_track_covariance_m2(est))
-        # what the localizer took for the motion gap (start's typical one where none was measured)
-        added.append(_added_covariance_m2(est, start, feats[-1][:-1] + [start.motion_m(est.motion_gap_m)], shares[-1]))
+        # with the motion gap the localizer took (start's typical one where none was measured)
+        added.append(_added_covariance_m2(est, start, feats[-1] + [start.motion_m(est.motion_gap_m)], shares[-1]))
         if est.yaw_enu_rad is not None and est.yaw_variance_raw_rad2 is not None and t.yaw_enu_rad is not None:
             yaw_err2.append(float(geo.wrap_angle_rad(est.yaw_enu_rad - t.yaw_enu_rad)) ** 2)
             yaw_raw.append(est.yaw_variance_raw_rad2)
@@ -423,16 +360,18 @@ def calibrate(estimates: Sequence[Estimate], truths: Sequence[Any], *, start: Co
     r2a = np.asarray(r2, np.float64)
     if fit_shape is None:
         fit_shape = len(r2) >= MIN_SHAPE_SAMPLES
+    gap_a = np.asarray(gaps, np.float64)
     if fit_shape:
-        log_sigma0, coefs = _fit_log_sigma(f, r2a)
+        log_sigma0, coefs, motion = fit_log_sigma_and_motion(f, gap_a, r2a)
     else:
         shape = f @ start.coefs
         log_sigma0 = 0.5 * math.log(max(float(np.mean(r2a * np.exp(-2.0 * shape))) / 2.0, 1e-12))
-        coefs = start.coefs
-    # the scale and everything after it on the published estimates (when there are enough)
+        coefs, motion = start.coefs, start.motion_coef
+    # the scale (of the frame's sigma and the motion term alike) and everything after it on the published
+    # estimates (when there are enough)
     keep = np.asarray(pub, bool) if sum(pub) >= min_samples else np.ones(len(r2), bool)
-    base = np.exp(np.clip(log_sigma0 + f[keep] @ coefs, -50.0, 50.0))
-    r2a, err_k = r2a[keep], np.asarray(err, np.float64).reshape(-1, 2)[keep]
+    base = np.hypot(np.exp(np.clip(log_sigma0 + f[keep] @ coefs, -50.0, 50.0)), motion * gap_a[keep])
+    r2a, err_k, gap_k = r2a[keep], np.asarray(err, np.float64).reshape(-1, 2)[keep], gap_a[keep]
     added = np.asarray(added, np.float64).reshape(-1, 2, 2)[keep]
     published_added = added + np.asarray(shares, np.float64).reshape(-1, 2, 2)[keep]
     tracks = np.asarray(tracks, np.float64).reshape(-1, 2, 2)[keep]
@@ -446,7 +385,7 @@ def calibrate(estimates: Sequence[Estimate], truths: Sequence[Any], *, start: Co
         return float(np.quantile(_published_d2(err_k, _published_covariances(sigma, published_added, tracks)[0]),
                                  quantile))
 
-    log_scale = _solve_monotone(q_pos, q2)
+    log_scale = solve_monotone(q_pos, q2)
     sigma = np.maximum(start.sigma_min_m, math.exp(log_scale) * base)
     published_cov, from_track = _published_covariances(sigma, published_added, tracks)
     d2 = _published_d2(err_k, published_cov)
@@ -457,11 +396,11 @@ def calibrate(estimates: Sequence[Estimate], truths: Sequence[Any], *, start: Co
         "median_error_m": float(np.median(np.sqrt(r2a))), "median_sigma_m": float(np.median(sigma)),
     }
     published_sigma = np.sqrt(np.where(from_track, np.linalg.eigvalsh(tracks)[:, -1], sigma ** 2 + np.linalg.eigvalsh(added)[:, -1]))
-    ratio = np.sqrt(r2a) / published_sigma
+    ratio = (np.sqrt(r2a) - gap_k) / published_sigma  # the protection level adds the gap (protection_level_m)
     protection = max(float(np.quantile(ratio, 1.0 - protection_risk, method="higher")),
                      gaussian_protection_scale(protection_risk))
     fit.update({"protection_risk": protection_risk, "protection_scale": protection,
-                "share_beyond_protection": float(np.mean(ratio > protection))})
+                "share_beyond_protection": float(np.mean(ratio > protection)), "motion_typical_m": typical})
     yaw_scale, yaw_power = start.yaw_variance_scale, start.yaw_variance_power
     fit["yaw_samples"] = len(yaw_err2)
     if len(yaw_err2) >= min_samples:
@@ -470,7 +409,7 @@ def calibrate(estimates: Sequence[Estimate], truths: Sequence[Any], *, start: Co
     return CovarianceModel(
         sigma0_m=float(math.exp(log_sigma0 + log_scale)), margin_coef=float(coefs[0]), score_coef=float(coefs[1]),
         spread_coef=float(coefs[2]), offset_coef=float(coefs[3]), mode_coef=float(coefs[4]),
-        view_coef=float(coefs[5]), motion_coef=float(coefs[6]), motion_typical_m=typical,
+        view_coef=float(coefs[5]), motion_coef=float(motion * math.exp(log_scale)), motion_typical_m=typical,
         sigma_min_m=start.sigma_min_m,
         yaw_variance_scale=float(yaw_scale), yaw_variance_min_rad2=start.yaw_variance_min_rad2,
         fix_sigma_scale=start.fix_sigma_scale, yaw_variance_power=float(yaw_power), protection_scale=protection,
@@ -532,13 +471,13 @@ def _calibrate_yaw(e2: np.ndarray, raw: np.ndarray, start: CovarianceModel, fit_
 
     q1 = float(chi2.ppf(quantile, 1))
     raw = np.maximum(raw, 1e-12)
-    yaw_power = _fit_yaw_power(e2, raw) if fit_shape else start.yaw_variance_power
+    yaw_power = fit_yaw_power(e2, raw) if fit_shape else start.yaw_variance_power
     shaped = raw ** yaw_power
 
     def q_yaw(log_c: float) -> float:
         return float(np.quantile(e2 / np.maximum(start.yaw_variance_min_rad2, math.exp(log_c) * shaped), quantile))
 
-    yaw_scale = math.exp(_solve_monotone(q_yaw, q1))
+    yaw_scale = math.exp(solve_monotone(q_yaw, q1))
     var = np.maximum(start.yaw_variance_min_rad2, yaw_scale * shaped)
     fit.update({"chi2_1dof_quantile": q1, "yaw_share_below_chi2": float(np.mean(e2 / var <= q1))})
     return yaw_scale, yaw_power

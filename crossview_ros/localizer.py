@@ -276,7 +276,7 @@ class Localizer:
                        easting_m=pose.easting_m, northing_m=pose.northing_m, covariance_enu_m2=cov,
                        score=pose.score, margin=pose.margin, tile_id=pose.tile_id, offset_m=offset_m,
                        spread_m=pose.spread_m, mahalanobis_d2=d2, **mismatch)
-        context.update(protection_level_m=self.covariance.protection_level_m(cov, cfg.protection_risk),
+        context.update(protection_level_m=self.covariance.protection_level_m(cov, cfg.protection_risk, gap),
                        mode_mass=pose.mode_mass, view_distance_m=pose.view_distance_m,
                        imagery_support=support, imagery_score=self.imagery.window.score())
 
@@ -338,14 +338,13 @@ class Localizer:
         anchor, plus the mismatch share), or the track's (ImageryGate.track_covariance) where its largest
         variance is the smaller: both bound the same error, and the track's holds whether or not the tiles
         show this place. Both go in context, with the protection level on the one published."""
-        if Reason.AMBIGUOUS in vouched:
-            base = base - far
-        imagery = self.imagery.no_sharper_than(base, track[2]) + share
+        imagery = self.imagery.no_sharper_than(base - far if Reason.AMBIGUOUS in vouched else base, track[2]) + share
         by_track = geo.utm_cov_to_enu(self.imagery.track_covariance(track, pose.easting_m, pose.northing_m),
                                       lat, lon, self.tiles.zone)
         cov = by_track if np.linalg.eigvalsh(by_track).max() < np.linalg.eigvalsh(imagery).max() else imagery
         context.update(covariance_enu_m2=cov, track_covariance_enu_m2=by_track, imagery_covariance_enu_m2=imagery,
-                       protection_level_m=self.covariance.protection_level_m(cov, self.config.protection_risk))
+                       protection_level_m=self.covariance.protection_level_m(cov, self.config.protection_risk,
+                                                                             context["motion_gap_m"]))
         return cov
 
     def _on_tiles_by_odometry(self, stamp: float) -> bool:

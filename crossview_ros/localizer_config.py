@@ -224,8 +224,8 @@ class LocalizerConfig:
     cov_mode_coef: float = param(0.0, "1", "covariance", "d ln(sigma) / d (1 - mode_mass) (uncalibrated default)")
     cov_view_coef: float = param(0.0, "1", "covariance", "d ln(sigma) / d ln(1 + the view's own distance from the "
                                  "estimate, m) (uncalibrated default)")
-    cov_motion_coef: float = param(0.0, "1", "covariance", "d ln(sigma) / d ln(1 + how far the estimates over the last "
-                                   "motion_check_s strayed from odometry's motion, m) (uncalibrated default)")
+    cov_motion_coef: float = param(0.0, "1", "covariance", "1-sigma added in quadrature per metre the estimates over "
+                                   "the last motion_check_s strayed from odometry's motion (uncalibrated default)")
     cov_sigma_min_m: float = param(0.3, "m", "covariance", "1-sigma floor of the position covariance (calibration "
                                    "fits above it; at 1 m it held a bev model's 0.4 m fixes too cautious)",
                                    lo=0.0, hi=1.0e5, lo_open=True)

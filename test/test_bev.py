@@ -1063,13 +1063,15 @@ def test_motion_gate_refuses_an_estimate_held_while_odometry_drives_on(bev_expor
     # (where odometry can carry: the planned views' own bearings, voted into its alignment, leave it unsure at times)
     measured = [e.motion_gap_m for e in followed[1:] if e.motion_gap_m is not None]
     assert len(measured) >= 15 and measured == pytest.approx([0.0] * len(measured), abs=1e-6)
-    # ... and with cov_motion_coef 1 each covariance is (1 + gap)^2 times the one without (none measured: the
-    # uncalibrated typical gap, 0)
+    # ... and with cov_motion_coef 1 each covariance is the one without plus the gap squared (none measured: the
+    # uncalibrated typical gap, 0), and so is the protection level plus the gap
     widened = run(follow=False, cov_motion_coef=1.0)
     assert sum((e.motion_gap_m or 0.0) >= 5.0 for e in widened) >= 10
     for a, b in zip(widened, held):
-        assert np.asarray(a.covariance_enu_m2) == pytest.approx(np.asarray(b.covariance_enu_m2) * (
-            1.0 + (a.motion_gap_m or 0.0)) ** 2, rel=1e-6)
+        gap = a.motion_gap_m or 0.0
+        assert np.asarray(a.covariance_enu_m2) == pytest.approx(np.asarray(b.covariance_enu_m2) + np.eye(2) * gap ** 2,
+                                                               rel=1e-6)
+        assert a.protection_level_m == pytest.approx(math.sqrt(1.0 + gap ** 2) * math.sqrt(-2.0 * math.log(0.01)) + gap)
 
 
 VOUCH_STAMPS = [10.0, 12.0, 20.0, 65.0, 75.0]  # the last two 53 s and 63 s after the 12 s pass (imagery_track_s 60 s)
@@ -1113,7 +1115,9 @@ def test_odometry_vouches_for_a_view_below_the_imagery_floor_where_the_track_is(
         np.testing.assert_allclose(out[wide_at].covariance_enu_m2, np.eye(2) * 17.0, atol=1e-9)
         for vouched in out[2:4]:  # 1 m by itself, raised to the carried anchor's
             np.testing.assert_allclose(vouched.covariance_enu_m2, CARRIED_M2, atol=1e-9)
-            assert vouched.protection_level_m > out[1 - wide_at].protection_level_m  # recomputed on it
+            def sigma_part(e):  # the protection level less the motion gap it adds
+                return e.protection_level_m - (e.motion_gap_m or 0.0)
+            assert sigma_part(vouched) > sigma_part(out[1 - wide_at])  # recomputed on it
     assert "below the imagery floor 0.300" in out[4].message and loc.odometry.alignment.offset() is not None
     frames = [Frame(Path("pano.png"), None)] * len(out)
     summary = summarize(out, frames, [None] * len(out), heading=False)

@@ -591,44 +591,58 @@ def test_calibrate_fits_the_power_of_the_yaw_variance():
 
 
 def test_calibrate_fits_the_motion_gap():
-    """Errors whose sigma is the default model's x (1 + motion gap)^1.5, a fifth of them with no gap measured
-    (drawn at the median gap, 2 m): the fit finds the power 1.5 and takes the measured gaps' median for the
-    unmeasured; on fresh samples ~95 % of d^2 fall below 5.99, on the low-gap and the high-gap half alike."""
+    """Errors whose variance is the default model's sigma^2 plus (5 x motion gap)^2, a fifth of them with no gap
+    measured (drawn at the median gap, 2 m): the fit finds motion_coef 5 and takes the measured gaps' median
+    for the unmeasured; on fresh samples ~95 % of d^2 fall below 5.99 on the low-gap and the high-gap half
+    alike, and the protection level (protection_scale x sigma + the gap) is exceeded by about 1 %."""
 
     def drive(seed: int) -> tuple[list[Estimate], list[Truth]]:
         estimates, truths = synthetic_validation(3000, 1.0, seed=seed)
+        default = CovarianceModel.from_config(LocalizerConfig())
         rng = np.random.default_rng(seed + 200)
         out = []
         for e, t in zip(estimates, truths):
             gap = float(rng.uniform(0.0, 4.0))
             measured = rng.uniform() > 0.2
-            factor = (1.0 + (gap if measured else 2.0)) ** 1.5  # the error scaled about the estimate's truth
-            de, dn = geo.offset_enu_m(t.lat_deg, t.lon_deg, e.lat_deg, e.lon_deg)
-            lat, lon, _ = geo.LocalENU(t.lat_deg, t.lon_deg).inverse(factor * de, factor * dn)
+            frame = default.sigma_m(e.margin, e.score, e.spread_m, math.hypot(*e.offset_m))
+            sigma = math.hypot(frame, 5.0 * (gap if measured else 2.0))
+            lat, lon, _ = geo.LocalENU(t.lat_deg, t.lon_deg).inverse(*rng.normal(0.0, sigma, 2))
             out.append(dataclasses.replace(e, lat_deg=lat, lon_deg=lon, motion_gap_m=gap if measured else None))
         return out, truths
 
     estimates, truths = drive(30)
     fitted = calibrate(estimates, truths)
-    assert fitted.motion_coef == pytest.approx(1.5, abs=0.1)
+    assert fitted.motion_coef == pytest.approx(5.0, rel=0.1)
+    assert fitted.margin_coef == pytest.approx(-10.0, abs=1.5)
     assert fitted.motion_typical_m == pytest.approx(
         float(np.median([e.motion_gap_m for e in estimates if e.motion_gap_m is not None])), abs=1e-12)
     assert fitted.motion_m(None) == fitted.motion_typical_m and fitted.motion_m(0.7) == 0.7
     fresh, fresh_truths = drive(31)
-    d2, gaps = [], []
+    d2, gaps, beyond = [], [], []
     for e, t in zip(fresh, fresh_truths):
         de, dn = geo.offset_enu_m(t.lat_deg, t.lon_deg, e.lat_deg, e.lon_deg)
         s = fitted.sigma_m(e.margin, e.score, e.spread_m, math.hypot(*e.offset_m), 1.0, 0.0,
                            fitted.motion_m(e.motion_gap_m))
         d2.append((de * de + dn * dn) / s ** 2)
         gaps.append(fitted.motion_m(e.motion_gap_m))
+        beyond.append(math.hypot(de, dn) > fitted.protection_level_m(np.eye(2) * s * s, 0.01, e.motion_gap_m))
     d2, gaps = np.array(d2), np.array(gaps)
     for half in (gaps < 2.0, gaps >= 2.0):
         assert np.mean(d2[half] < CHI2_2DOF_95) == pytest.approx(0.95, abs=0.02)
+    assert np.mean(beyond) == pytest.approx(0.01, abs=0.006)
+    # the protection level adds the gap (the typical one where none was measured) to protection_scale x sigma
+    assert fitted.protection_level_m(np.eye(2) * 4.0, 0.01, 1.5) == pytest.approx(2.0 * fitted.protection_scale + 1.5)
+    assert fitted.protection_level_m(np.eye(2) * 4.0, 0.01) == pytest.approx(
+        2.0 * fitted.protection_scale + fitted.motion_typical_m)
     assert CovarianceModel.from_dict(fitted.to_dict()) == fitted
     # a calibration file from before the motion gap reads as no effect
     old = {k: v for k, v in fitted.to_dict().items() if k not in ("motion_coef", "motion_typical_m")}
-    assert CovarianceModel.from_dict(old).motion_coef == 0.0
+    assert CovarianceModel.from_dict(old).motion_coef == CovarianceModel.from_dict(old).motion_typical_m == 0.0
+    # errors the gap does not explain leave motion_coef 0
+    plain, plain_truths = synthetic_validation(2000, 1.0, seed=32)
+    rng = np.random.default_rng(33)
+    plain = [dataclasses.replace(e, motion_gap_m=float(rng.uniform(0.0, 4.0))) for e in plain]
+    assert calibrate(plain, plain_truths).motion_coef < 1.0
 
 
 def test_calibrate_refuses_too_few_samples():
