@@ -70,8 +70,9 @@ CHI2_1DOF_95 = 3.841458820694124  # chi-square quantile, 1 dof, 95 %
 # (was 30 s). 12: the refit repeated until the share of d^2 under 5.99 as the node publishes lies near the quantile.
 # 13: each calibration stream localized with its own config (localize_eval.make_localizers had given every stream of
 # a tile set the first one's: a city's drives calibrated with its walks' camera height and track speed). 14: the motion
-# gap (MotionCheck.gap_m) in the covariance (added in quadrature) and the protection level (added).
-CALIBRATION_VERSION = 14
+# gap (MotionCheck.gap_m) a covariance feature (ln(1 + gap) in the log-linear sigma). 15: the gap in the covariance
+# added in quadrature instead, and in the protection level (added).
+CALIBRATION_VERSION = 15
 IMAGERY_BEST_SCORE, IMAGERY_OVER_SCOPE_MEDIAN = 0.0, 1.0
 IMAGERY_STATISTICS = {IMAGERY_BEST_SCORE: "the view's score at its pose",  # older calibrations; retrieval models
                       IMAGERY_OVER_SCOPE_MEDIAN: "the view's score at its pose over its median score in the scope"}

@@ -1115,9 +1115,9 @@ def test_odometry_vouches_for_a_view_below_the_imagery_floor_where_the_track_is(
         np.testing.assert_allclose(out[wide_at].covariance_enu_m2, np.eye(2) * 17.0, atol=1e-9)
         for vouched in out[2:4]:  # 1 m by itself, raised to the carried anchor's
             np.testing.assert_allclose(vouched.covariance_enu_m2, CARRIED_M2, atol=1e-9)
-            def sigma_part(e):  # the protection level less the motion gap it adds
-                return e.protection_level_m - (e.motion_gap_m or 0.0)
-            assert sigma_part(vouched) > sigma_part(out[1 - wide_at])  # recomputed on it
+            # recomputed on it (the protection level less the motion gap it adds)
+            assert (vouched.protection_level_m - (vouched.motion_gap_m or 0.0)
+                    > out[1 - wide_at].protection_level_m - (out[1 - wide_at].motion_gap_m or 0.0))
     assert "below the imagery floor 0.300" in out[4].message and loc.odometry.alignment.offset() is not None
     frames = [Frame(Path("pano.png"), None)] * len(out)
     summary = summarize(out, frames, [None] * len(out), heading=False)
