@@ -71,8 +71,10 @@ CHI2_1DOF_95 = 3.841458820694124  # chi-square quantile, 1 dof, 95 %
 # 13: each calibration stream localized with its own config (localize_eval.make_localizers had given every stream of
 # a tile set the first one's: a city's drives calibrated with its walks' camera height and track speed). 14: the motion
 # gap (MotionCheck.gap_m) a covariance feature (ln(1 + gap) in the log-linear sigma). 15: the gap in the covariance
-# added in quadrature instead, and in the protection level (added).
-CALIBRATION_VERSION = 15
+# added in quadrature instead, and in the protection level (added). 16: the track's covariance scaled on its own
+# frames (track_scale).
+CALIBRATION_VERSION = 16
+TRACK_SCALE_PASSES = 3  # calibrate(): fits of the track's scale and the imagery's in turn
 IMAGERY_BEST_SCORE, IMAGERY_OVER_SCOPE_MEDIAN = 0.0, 1.0
 IMAGERY_STATISTICS = {IMAGERY_BEST_SCORE: "the view's score at its pose",  # older calibrations; retrieval models
                       IMAGERY_OVER_SCOPE_MEDIAN: "the view's score at its pose over its median score in the scope"}
@@ -99,6 +101,7 @@ class CovarianceModel:
     view_coef: float = 0.0  # d ln(sigma) / d ln(1 + view_distance_m)
     motion_coef: float = 0.0  # 1-sigma per axis, m, per metre of motion gap (MotionCheck.gap_m), added in quadrature
     motion_typical_m: float = 0.0  # the motion gap taken where none is measured (the calibration's median)
+    track_scale: float = 1.0  # a vouched estimate's covariance as the track judges it (imagery_window) times this
     yaw_variance_power: float = 1.0  # yaw variance = scale x raw^power
     protection_scale: float = 0.0  # protection level = this x the published sigma (0: not fitted, the Gaussian's)
     protection_risk: float = 0.01  # the share of fixes beyond the protection level that protection_scale was fitted for
@@ -121,11 +124,11 @@ class CovarianceModel:
     PARAMS = ("sigma0_m", "margin_coef", "score_coef", "spread_coef", "offset_coef", "sigma_min_m",
               "yaw_variance_scale", "yaw_variance_min_rad2", "fix_sigma_scale", "yaw_variance_power",
               "protection_scale", "protection_risk", "mode_coef", "view_coef", "imagery_score_floor",
-              "imagery_statistic", "motion_coef", "motion_typical_m") + IMAGERY_LIKELIHOODS
+              "imagery_statistic", "motion_coef", "motion_typical_m", "track_scale") + IMAGERY_LIKELIHOODS
     OPTIONAL = {"fix_sigma_scale": 1.0, "yaw_variance_power": 1.0,  # absent from older calibration files
                 "protection_scale": 0.0, "protection_risk": 0.01, "mode_coef": 0.0, "view_coef": 0.0,
                 "imagery_score_floor": 0.0, "imagery_statistic": IMAGERY_BEST_SCORE, "motion_coef": 0.0,
-                "motion_typical_m": 0.0,
+                "motion_typical_m": 0.0, "track_scale": 1.0,
                 **dict.fromkeys(IMAGERY_LIKELIHOODS, 0.0)}
 
     @classmethod
@@ -218,13 +221,14 @@ class CovarianceModel:
         vals = {p: float(values.get(p, cls.OPTIONAL.get(p))) for p in cls.PARAMS}
         if not all(math.isfinite(v) for v in vals.values()) or min(
                 vals["sigma0_m"], vals["sigma_min_m"], vals["yaw_variance_scale"], vals["yaw_variance_min_rad2"],
-                vals["fix_sigma_scale"], vals["yaw_variance_power"]) <= 0 or vals["protection_scale"] < 0 or not (
+                vals["fix_sigma_scale"], vals["yaw_variance_power"], vals["track_scale"]) <= 0 or min(
+                vals["protection_scale"], vals["motion_coef"], vals["motion_typical_m"]) < 0 or not (
                 0 < vals["protection_risk"] < 1) or vals["imagery_score_floor"] < 0 or (
                 vals["imagery_statistic"] not in IMAGERY_STATISTICS) or min(
                 vals["imagery_background_std"], vals["imagery_own_std"]) < 0 or not all(
                 0 <= vals[p] < 1 for p in ("imagery_background_supported", "imagery_own_supported")):
-            raise ValueError(f"covariance parameters must be finite, sigmas and yaw terms > 0, protection_scale "
-                             f"and the imagery stds >= 0, the supported shares in [0, 1), protection_risk in (0, 1) "
+            raise ValueError(f"covariance parameters must be finite, sigmas, yaw terms and track_scale > 0, "
+                             f"protection_scale, the motion terms and the imagery stds >= 0, the supported shares in [0, 1), protection_risk in (0, 1) "
                              f"and imagery_statistic one of "
                              f"{sorted(IMAGERY_STATISTICS)}: {vals}")
         return cls(**vals, calibrated=bool(values.get("calibrated", False)), fit=dict(fit or {}))
@@ -297,7 +301,11 @@ def calibrate(estimates: Sequence[Estimate], truths: Sequence[Any], *, start: Co
     at 95 %), which keeps the share right when the errors are heavier-tailed than a Gaussian. d^2 is
     taken under the covariance the node publishes: the model's sigma^2 I plus what the posterior
     added beyond its mode and the imagery mismatch's share (kept from each estimate); scaled on
-    sigma^2 I alone, the published covariances held more than the quantile.
+    sigma^2 I alone, the published covariances held more than the quantile. A vouched estimate
+    published with the track's covariance (the carried anchor's variance plus its offset squared,
+    Localizer._vouched_covariance) does not move with that scale: track_scale puts the quantile of those
+    frames' d^2 on the chi-square's by itself (TRACK_SCALE_PASSES fits of both in turn, when at least
+    min_samples are published that way; else start's).
     Yaw (where estimates and truths have it): with fit_shape, yaw_variance_power by maximum
     likelihood (covariance_ml.fit_yaw_power), then yaw_variance_scale so that the same quantile of e^2 / var
     equals the 1-dof quantile (3.84 at 95 %). sigma_min_m, yaw_variance_min_rad2 and
@@ -375,7 +383,7 @@ def calibrate(estimates: Sequence[Estimate], truths: Sequence[Any], *, start: Co
     r2a, err_k, gap_k = r2a[keep], np.asarray(err, np.float64).reshape(-1, 2)[keep], gap_a[keep]
     added = np.asarray(added, np.float64).reshape(-1, 2, 2)[keep]
     published_added = added + np.asarray(shares, np.float64).reshape(-1, 2, 2)[keep]
-    tracks = np.asarray(tracks, np.float64).reshape(-1, 2, 2)[keep]
+    raw_tracks = np.asarray(tracks, np.float64).reshape(-1, 2, 2)[keep] / start.track_scale  # as the track judges
     yaw_keep = np.asarray(yaw_pub, bool) if sum(yaw_pub) >= min_samples else np.ones(len(yaw_pub), bool)
     yaw_err2 = list(np.asarray(yaw_err2)[yaw_keep]) if yaw_err2 else []
     yaw_raw = list(np.asarray(yaw_raw)[yaw_keep]) if yaw_raw else []
@@ -386,6 +394,18 @@ def calibrate(estimates: Sequence[Estimate], truths: Sequence[Any], *, start: Co
         return float(np.quantile(_published_d2(err_k, _published_covariances(sigma, published_added, tracks)[0]),
                                  quantile))
 
+    # the scale of the track's covariance on the frames published with it, the imagery's on all: each
+    # puts its frames' quantile on the chi-square's (which frames take the track's moves with both, hence passes)
+    track_scale, tracks = start.track_scale, raw_tracks * start.track_scale
+    for _ in range(TRACK_SCALE_PASSES):
+        log_scale = solve_monotone(q_pos, q2)
+        sigma = np.maximum(start.sigma_min_m, math.exp(log_scale) * base)
+        by_track = _published_covariances(sigma, published_added, tracks)[1]
+        if by_track.sum() < min_samples:
+            break
+        track_scale = float(np.clip(np.quantile(_published_d2(err_k[by_track], raw_tracks[by_track]), quantile) / q2,
+                                    1e-3, 1e3))
+        tracks = raw_tracks * track_scale
     log_scale = solve_monotone(q_pos, q2)
     sigma = np.maximum(start.sigma_min_m, math.exp(log_scale) * base)
     published_cov, from_track = _published_covariances(sigma, published_added, tracks)
@@ -401,7 +421,8 @@ def calibrate(estimates: Sequence[Estimate], truths: Sequence[Any], *, start: Co
     protection = max(float(np.quantile(ratio, 1.0 - protection_risk, method="higher")),
                      gaussian_protection_scale(protection_risk))
     fit.update({"protection_risk": protection_risk, "protection_scale": protection,
-                "share_beyond_protection": float(np.mean(ratio > protection)), "motion_typical_m": typical})
+                "share_beyond_protection": float(np.mean(ratio > protection)), "motion_typical_m": typical,
+                "track_published": int(from_track.sum()), "track_scale": track_scale})
     yaw_scale, yaw_power = start.yaw_variance_scale, start.yaw_variance_power
     fit["yaw_samples"] = len(yaw_err2)
     if len(yaw_err2) >= min_samples:
@@ -411,6 +432,7 @@ def calibrate(estimates: Sequence[Estimate], truths: Sequence[Any], *, start: Co
         sigma0_m=float(math.exp(log_sigma0 + log_scale)), margin_coef=float(coefs[0]), score_coef=float(coefs[1]),
         spread_coef=float(coefs[2]), offset_coef=float(coefs[3]), mode_coef=float(coefs[4]),
         view_coef=float(coefs[5]), motion_coef=float(motion * math.exp(log_scale)), motion_typical_m=typical,
+        track_scale=track_scale,
         sigma_min_m=start.sigma_min_m,
         yaw_variance_scale=float(yaw_scale), yaw_variance_min_rad2=start.yaw_variance_min_rad2,
         fix_sigma_scale=start.fix_sigma_scale, yaw_variance_power=float(yaw_power), protection_scale=protection,

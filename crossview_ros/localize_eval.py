@@ -239,7 +239,7 @@ def refit_on_published(localizers: Mapping[Any, Localizer], frames: Sequence[Fra
     the shape kept. The first fit could only guess which frames the node publishes (the uncalibrated pass,
     less the imagery floor): the fitted sigma moves the MAHALANOBIS gate and its resets, and odometry vouches
     for views the floor refuses. A refit moves them again, and the covariance a vouched frame is published
-    with (the anchor's variance plus its offset squared) does not scale with it, so the refit repeats, each
+    with (the anchor's variance plus its offset squared) has its own scale (track_scale), so the refit repeats, each
     pass on the frames the last fit publishes, until the share of their d^2 under 5.99, as published, lies
     within REFIT_TOLERANCE (or one frame's share) of the fit's quantile, for at most REFIT_PASSES passes; the
     fit whose published share came closest is kept. The first fit is kept when its pass publishes fewer than

@@ -335,12 +335,13 @@ class Localizer:
                             context: dict[str, Any]) -> np.ndarray:
         """The covariance of an estimate odometry vouched for: the imagery's (the posterior's, the others'
         mass out when the track said which place of an AMBIGUOUS posterior, no sharper than the carried
-        anchor, plus the mismatch share), or the track's (ImageryGate.track_covariance) where its largest
+        anchor, plus the mismatch share), or the track's (ImageryGate.track_covariance, times the calibrated
+        track_scale) where its largest
         variance is the smaller: both bound the same error, and the track's holds whether or not the tiles
         show this place. Both go in context, with the protection level on the one published."""
         imagery = self.imagery.no_sharper_than(base - far if Reason.AMBIGUOUS in vouched else base, track[2]) + share
-        by_track = geo.utm_cov_to_enu(self.imagery.track_covariance(track, pose.easting_m, pose.northing_m),
-                                      lat, lon, self.tiles.zone)
+        by_track = self.covariance.track_scale * geo.utm_cov_to_enu(
+            self.imagery.track_covariance(track, pose.easting_m, pose.northing_m), lat, lon, self.tiles.zone)
         cov = by_track if np.linalg.eigvalsh(by_track).max() < np.linalg.eigvalsh(imagery).max() else imagery
         context.update(covariance_enu_m2=cov, track_covariance_enu_m2=by_track, imagery_covariance_enu_m2=imagery,
                        protection_level_m=self.covariance.protection_level_m(cov, self.config.protection_risk,

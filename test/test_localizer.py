@@ -1080,8 +1080,9 @@ def test_calibration_takes_a_vouched_estimates_track_covariance_where_the_node_p
         out = []
         for e, share, track in zip(vouched, shares, tracks):
             imagery = np.eye(2) * model.sigma_m(e.margin, e.score, e.spread_m, math.hypot(*e.offset_m)) ** 2 + share
-            sharper = track is not None and track.max() < np.linalg.eigvalsh(imagery).max()
-            out.append(track if sharper else imagery)
+            scaled = None if track is None else track * model.track_scale
+            sharper = scaled is not None and scaled.max() < np.linalg.eigvalsh(imagery).max()
+            out.append(scaled if sharper else imagery)
         return out
 
     def share_inside(model: CovarianceModel) -> float:
@@ -1091,8 +1092,13 @@ def test_calibration_takes_a_vouched_estimates_track_covariance_where_the_node_p
     fitted = calibrate(vouched, truths, fit_shape=False)
     assert share_inside(fitted) == pytest.approx(0.95, abs=0.002)
     assert fitted.fit["share_d2_below_chi2"] == pytest.approx(share_inside(fitted), abs=1e-9)
-    chosen = [c is t for c, t in zip(published_by(fitted), tracks)]
+    chosen = [t is not None and np.allclose(c, t * fitted.track_scale) for c, t in zip(published_by(fitted), tracks)]
     assert 300 < sum(chosen) < 1000  # the track's covariance published for some vouched frames, not all
+    # ... scaled so that those frames hold the quantile by themselves: published where it is the sharper of
+    # the two, the track's 0.3-3 x the error's variance covers less than 95 % unscaled, and the scale widens it
+    assert fitted.fit["track_published"] == sum(chosen) and fitted.track_scale > 1.0
+    by_track = [float(err @ np.linalg.solve(c, err)) for err, c, k in zip(errors, published_by(fitted), chosen) if k]
+    assert np.mean(np.array(by_track) <= chi2.ppf(0.95, 2)) == pytest.approx(0.95, abs=1.5 / len(by_track))
     sigma = np.array([math.sqrt(np.linalg.eigvalsh(c).max()) if k else
                       math.sqrt(fitted.sigma_m(e.margin, e.score, e.spread_m, math.hypot(*e.offset_m)) ** 2 + f)
                       for c, k, e, f in zip(published_by(fitted), chosen, vouched, fars)])
