@@ -72,8 +72,8 @@ CHI2_1DOF_95 = 3.841458820694124  # chi-square quantile, 1 dof, 95 %
 # a tile set the first one's: a city's drives calibrated with its walks' camera height and track speed). 14: the motion
 # gap (MotionCheck.gap_m) a covariance feature (ln(1 + gap) in the log-linear sigma). 15: the gap in the covariance
 # added in quadrature instead, and in the protection level (added). 16: the track's covariance scaled on its own
-# frames (track_scale).
-CALIBRATION_VERSION = 16
+# frames (track_scale). 17: the motion gap measured against published estimates only.
+CALIBRATION_VERSION = 17
 TRACK_SCALE_PASSES = 3  # calibrate(): fits of the track's scale and the imagery's in turn
 IMAGERY_BEST_SCORE, IMAGERY_OVER_SCOPE_MEDIAN = 0.0, 1.0
 IMAGERY_STATISTICS = {IMAGERY_BEST_SCORE: "the view's score at its pose",  # older calibrations; retrieval models

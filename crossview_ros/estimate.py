@@ -130,7 +130,7 @@ class Estimate:
     protection_level_m: float | None = None  # horizontal radius the true error exceeds on at most protection_risk of fixes
     mode_mass: float | None = None  # posterior mass within mode_radius_m of the estimate (1: one clear place)
     view_distance_m: float | None = None  # from the estimate to the place the view alone prefers, m
-    motion_gap_m: float | None = None  # how far the stream's estimates strayed from odometry's motion, m (MotionCheck.gap_m)
+    motion_gap_m: float | None = None  # how far from where odometry carries the recent fixes, m (MotionCheck.gap_m)
     imagery_support: float | None = None  # share of the last imagery_window views that point at their estimate
     imagery_score: float | None = None  # mean imagery statistic of the last imagery_window matched views (MISMATCH
     # floor): their score, over their median score in the scope for bev models

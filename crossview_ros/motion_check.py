@@ -10,11 +10,13 @@ published covariances and odometry's variance over the gap. The reference is the
 published at least motion_check_s and at most twice that before, so a wrong reference refuses
 good frames for at most motion_check_s before none is left to compare with.
 
-The same comparison, made softly with every positioned estimate of the last motion_check_s
-(published or not), is a covariance feature (gap_m): how far the estimates' own motion strays from
-odometry's. A stream whose views hold the estimate on one spot while the platform walks on, then
-jump (a street the views hardly tell apart along its length), strays by metres on every frame,
-and its fixes deserve more than the confident ones' sigma even where each frame looks sure.
+The same comparison, made softly with every estimate published over the last motion_check_s, is
+the motion gap (gap_m) that the covariance and the protection level take in: how far the estimate
+strays from where odometry carries the stream's recent fixes. A stream whose views hold the
+estimate on one spot while the platform walks on, then jump (a street the views hardly tell apart
+along its length), strays by metres on every frame, and its fixes deserve more than the confident
+ones' sigma even where each frame looks sure. Refused estimates are left out: one wild estimate
+the gates caught would otherwise mark the good frames after it.
 """
 
 from __future__ import annotations
@@ -42,26 +44,22 @@ class MotionCheck:
     def __init__(self, check_s: float, max_d2: float) -> None:
         self.check_s, self.max_d2 = float(check_s), float(max_d2)
         self._history: deque[_Published] = deque()
-        self._positioned: deque[tuple[float, float, float]] = deque()  # (stamp_s, east_m, north_m), gap_m's
 
     def clear(self) -> None:
         self._history.clear()
-        self._positioned.clear()
 
     def gap_m(self, odometry: GridOdometry | None, stamp_s: float, east_m: float, north_m: float) -> float | None:
         """The largest distance between the estimate at stamp_s (grid) and where odometry carries each estimate
-        positioned over the last check_s; then remember this one. None: the check is off, there is no
-        odometry, no earlier estimate, or odometry cannot carry any (not yet aligned with the grid)."""
+        published over the last check_s. None: the check is off, there is no odometry, none published then,
+        or odometry cannot carry any (not yet aligned with the grid)."""
         if odometry is None or not self.check_s > 0:
             return None
-        while self._positioned and stamp_s - self._positioned[0][0] > self.check_s:
-            self._positioned.popleft()
         gaps = []
-        for t, e, n in self._positioned:
-            moved = odometry.carry(e, n, t, stamp_s) if t < stamp_s else None
+        for p in self._history:
+            moved = odometry.carry(p.east_m, p.north_m, p.stamp_s, stamp_s) if 0 < stamp_s - p.stamp_s <= self.check_s \
+                else None
             if moved is not None:
                 gaps.append(math.hypot(east_m - moved[0], north_m - moved[1]))
-        self._positioned.append((float(stamp_s), float(east_m), float(north_m)))
         return max(gaps) if gaps else None
 
     def published(self, stamp_s: float, east_m: float, north_m: float, covariance_m2: np.ndarray) -> None:

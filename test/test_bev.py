@@ -1056,10 +1056,20 @@ def test_motion_gate_refuses_an_estimate_held_while_odometry_drives_on(bev_expor
     assert [e.reason for e in followed] == [OK] * len(stamps)
     assert [e.reason for e in run(follow=False, motion_check_s=0.0)] == [OK] * len(stamps)
     assert [e.reason for e in run(follow=False, odometry=False)] == [OK] * len(stamps)
-    # the motion gap: the held estimate is 5 m/s x the age of the oldest estimate of the last 3 s from where
-    # odometry carries it; the followed one is where odometry carries every one
+    # the motion gap: the held estimate is 5 m/s x the age of the oldest estimate published in the last 3 s
+    # from where odometry carries it (none published then: none); the followed one is where odometry carries
+    # every one
+    published = [t for t, e in zip(stamps, held) if e.reason is OK]
+
+    def held_gap(t: float) -> float | None:
+        ages = [t - p for p in published if 0 < t - p <= 3.0]
+        return 5.0 * max(ages) if ages else None
+
     assert held[0].motion_gap_m is None and followed[0].motion_gap_m is None
-    assert [e.motion_gap_m for e in held[1:]] == pytest.approx([5.0 * min(t - 10.0, 3.0) for t in stamps[1:]])
+    want = [held_gap(t) for t in stamps]
+    assert [e.motion_gap_m is None for e in held] == [w is None for w in want]
+    assert [e.motion_gap_m for e in held if e.motion_gap_m is not None] == pytest.approx([w for w in want if w])
+    assert max(w for w in want if w) == pytest.approx(15.0) and sum(w is None for w in want) >= 5
     # (where odometry can carry: the planned views' own bearings, voted into its alignment, leave it unsure at times)
     measured = [e.motion_gap_m for e in followed[1:] if e.motion_gap_m is not None]
     assert len(measured) >= 15 and measured == pytest.approx([0.0] * len(measured), abs=1e-6)

@@ -1177,9 +1177,10 @@ def test_calibration_refits_its_scale_on_what_the_fitted_model_publishes(small_d
 
 
 def test_motion_gap_by_hand():
-    """MotionCheck.gap_m: odometry (a stand-in that moves everything 10 m east) carries each estimate of the
-    last 3 s; the gap is the farthest of them from the new one. Estimates at 10 s (100, 200) and 11 s
-    (105, 200), a new one at 12 s (120, 203): carried to (110, 200) and (115, 200), 10.44 m and 5.83 m off."""
+    """MotionCheck.gap_m: odometry (a stand-in that moves everything 10 m east) carries each estimate published
+    over the last 3 s; the gap is the farthest of them from the new one. Published at 10 s (100, 200) and 11 s
+    (105, 200), a new one at 12 s (120, 203): carried to (110, 200) and (115, 200), 10.44 m and 5.83 m off.
+    An estimate not published (refused) is no reference."""
     from crossview_ros.motion_check import MotionCheck
 
     class Odometry:
@@ -1188,20 +1189,22 @@ def test_motion_gap_by_hand():
         def carry(self, east_m, north_m, t0_s, t1_s):
             return (east_m + 10.0, north_m, 0.5) if self.aligned else None
 
-    odo = Odometry()
+    odo, eye = Odometry(), np.eye(2)
     check = MotionCheck(3.0, 5.99)
-    assert check.gap_m(odo, 10.0, 100.0, 200.0) is None  # nothing earlier
+    assert check.gap_m(odo, 10.0, 100.0, 200.0) is None  # nothing published before
+    check.published(10.0, 100.0, 200.0, eye)
+    assert check.gap_m(odo, 10.0, 100.0, 200.0) is None  # nor at the same stamp
     assert check.gap_m(odo, 11.0, 105.0, 200.0) == pytest.approx(5.0)  # 100 + 10 is 5 m past 105
-    assert check.gap_m(odo, 12.0, 120.0, 203.0) == pytest.approx(math.hypot(10.0, 3.0))
-    # at 13.5 s the 10 s estimate is over 3 s old (it would be 15 m off); the 11 s and 12 s ones are carried
-    # to (115, 200) and (130, 203): 10 m and 5.83 m from (125, 200)
+    check.published(11.0, 105.0, 200.0, eye)
+    assert check.gap_m(odo, 12.0, 120.0, 203.0) == pytest.approx(math.hypot(10.0, 3.0))  # 12 s is not published
+    # at 13.5 s the 10 s estimate is over 3 s old (it would be 15 m off): the 11 s one is carried to (115, 200)
     assert check.gap_m(odo, 13.5, 125.0, 200.0) == pytest.approx(10.0)
     odo.aligned = False  # odometry that cannot carry (not aligned with the grid) measures nothing
-    assert check.gap_m(odo, 14.0, 0.0, 0.0) is None
-    assert check.gap_m(None, 14.5, 0.0, 0.0) is None and MotionCheck(0.0, 5.99).gap_m(odo, 1.0, 0.0, 0.0) is None
+    assert check.gap_m(odo, 13.5, 0.0, 0.0) is None
+    assert check.gap_m(None, 13.5, 0.0, 0.0) is None and MotionCheck(0.0, 5.99).gap_m(odo, 1.0, 0.0, 0.0) is None
     check.clear()
     odo.aligned = True
-    assert check.gap_m(odo, 15.0, 0.0, 0.0) is None
+    assert check.gap_m(odo, 13.5, 0.0, 0.0) is None
 
 
 def test_motion_check_against_a_reference_carried_by_odometry():
