@@ -41,14 +41,17 @@ def percent(mask: np.ndarray) -> float:
 
 def protection_summary(published: Sequence[Estimate], error_m: np.ndarray) -> dict[str, Any] | None:
     """How often the true error of a published fix exceeds its protection level (integrity: at most
-    protection_risk of them should); fixes published without a level are counted apart."""
+    protection_risk of them should), and how wide the levels are (a level wide enough is never exceeded,
+    so the share alone proves nothing); fixes published without a level are counted apart."""
     if not published:
         return None
     has = np.array([e.protection_level_m is not None for e in published])
     level_m = np.array([e.protection_level_m for e in published if e.protection_level_m is not None], dtype=float)
     exceeded = error_m[has] > level_m
     return {"with_level": int(has.sum()), "without_level": int((~has).sum()), "exceeded": int(exceeded.sum()),
-            "exceeded_percent": percent(exceeded) if exceeded.size else None}
+            "exceeded_percent": percent(exceeded) if exceeded.size else None,
+            "median_level_m": float(np.median(level_m)) if level_m.size else None,
+            "p95_level_m": float(np.percentile(level_m, 95)) if level_m.size else None}
 
 
 def _streams(estimates: Sequence[Estimate], frames: Sequence[Frame], fixes: Sequence[Fix]) -> list[truth_free.Stream]:
@@ -198,7 +201,7 @@ def print_summary(s: dict[str, Any], file: TextIO | None = None) -> None:
     pl = s.get("protection_level")
     if pl and pl["exceeded_percent"] is not None:
         print(f"protection level: exceeded by {pl['exceeded']} of {pl['with_level']} published fixes "
-              f"({pl['exceeded_percent']:.1f} %)" + (f"; {pl['without_level']} published without one"
+              f"({pl['exceeded_percent']:.1f} %), median level {pl['median_level_m']:.2f} m" + (f"; {pl['without_level']} published without one"
                                                     if pl["without_level"] else ""), file=file)
     h = s.get("heading")
     if "heading" in s and h is None and s.get("truth", True):

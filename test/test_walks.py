@@ -86,7 +86,8 @@ def test_pooled_figures_match_the_hand_computed_ones():
     assert h["share_under_3.84_percent"] == pytest.approx(50.0)
     # protection levels 5 (err 1), 1.5 (err 2: exceeded), 10 (err 3), 3 (err 4: exceeded); one fix without
     assert on["protection_level"] == {"with_level": 4, "without_level": 1, "exceeded": 2,
-                                      "exceeded_percent": pytest.approx(50.0)}
+                                      "exceeded_percent": pytest.approx(50.0),
+                                      "median_level_m": pytest.approx(4.0), "p95_level_m": pytest.approx(9.25)}
     assert on["reasons"] == {"AMBIGUOUS": 1, "OK": 5}
     assert on["published_sigma_under_10m"] == 4  # the 30 m fix had sigma 20 m
 
@@ -110,7 +111,7 @@ def test_printed_tables_carry_the_pooled_figures(capsys):
     lines = capsys.readouterr().out.splitlines()
     on = next(line.split() for line in lines if line.split()[:2] == ["urban", "on"])
     assert on == ["urban", "on", "2", "6", "83.3", "3.00", "24.80", "-", "-", "-", "-", "20.0", "33.3", "80.0", "50.0",
-                  "50.0", "50.0", "50.00", "1"]  # no fused track on these walks: '-' four times
+                  "50.0", "50.0", "50.00", "4.00", "1"]  # no fused track on these walks: '-' four times; PL median 4 m
     assert any("urban odometry on: AMBIGUOUS 1, OK 5" in line for line in lines)
     mismatch = next(line.split() for line in lines if line.split()[:2] == ["urban", "1"])
     assert mismatch[:5] == ["urban", "1", "2", "2", "1"]

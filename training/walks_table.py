@@ -224,12 +224,13 @@ def pooled_row(receiver: str, odometry: str, s: dict[str, Any]) -> list[str]:
             num(e.get("over_25m_percent")), num(s.get("error_all_positioned_over_25m_percent")),
             num(s[D2_KEY]), num(s["d2_share_min_over_walks_percent"]), num(h.get("flip_over_90deg_percent")),
             num(h.get("share_under_3.84_percent")), num(pl.get("exceeded_percent"), ".2f"),
-            str(pl.get("without_level", "-"))]
+            num(pl.get("median_level_m"), ".2f"), str(pl.get("without_level", "-"))]
 
 
 POOLED_HEADERS = ["receiver", "odometry", "walks", "frames", "publ %", "median m", "p95 m", "fused p95 m",
                   "fused<=ours walks", "fused p95 all m", "all<=ours walks", "> 25 m %",
-                  "> 25 m gated too %", "d2<5.99 %", "worst walk d2 %", "flips>90 %", "yaw d2<3.84 %", "> PL %", "no PL"]
+                  "> 25 m gated too %", "d2<5.99 %", "worst walk d2 %", "flips>90 %", "yaw d2<3.84 %", "> PL %", "PL median m",
+                  "no PL"]
 
 
 def print_pooled(tables: dict[str, Any], file: TextIO | None = None) -> None:
