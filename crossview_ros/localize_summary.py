@@ -200,9 +200,9 @@ def print_summary(s: dict[str, Any], file: TextIO | None = None) -> None:
               "(honest: 90..98 %)", file=file)
     pl = s.get("protection_level")
     if pl and pl["exceeded_percent"] is not None:
+        without = f"; {pl['without_level']} published without one" if pl["without_level"] else ""
         print(f"protection level: exceeded by {pl['exceeded']} of {pl['with_level']} published fixes "
-              f"({pl['exceeded_percent']:.1f} %), median level {pl['median_level_m']:.2f} m" + (f"; {pl['without_level']} published without one"
-                                                    if pl["without_level"] else ""), file=file)
+              f"({pl['exceeded_percent']:.1f} %), median level {pl['median_level_m']:.2f} m{without}", file=file)
     h = s.get("heading")
     if "heading" in s and h is None and s.get("truth", True):
         print("heading: no published frame has both a yaw and a true yaw (an RTK fix as truth gives none; map a "
