@@ -34,6 +34,13 @@ _FEATURE_SCALES = np.array([0.1, 0.5, 1.0, 10.0, 0.2, 1.0])
 _RIDGE = 2.0
 
 
+def _design(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The features' means and the fits' design matrix: a constant, then each feature centred and in
+    _FEATURE_SCALES units (where the ridge applies)."""
+    mu = features.mean(axis=0)
+    return mu, np.column_stack([np.ones(len(features)), (features - mu) / _FEATURE_SCALES])
+
+
 def _fit_log_sigma(features: np.ndarray, r2: np.ndarray) -> tuple[float, np.ndarray]:
     """Maximum likelihood of isotropic 2-D Gaussian errors with ln sigma = a0 + features @ a.
 
@@ -43,8 +50,7 @@ def _fit_log_sigma(features: np.ndarray, r2: np.ndarray) -> tuple[float, np.ndar
     """
     from scipy.optimize import minimize
 
-    mu = features.mean(axis=0)
-    design = np.column_stack([np.ones(len(r2)), (features - mu) / _FEATURE_SCALES])
+    mu, design = _design(features)
     a_start = np.zeros(design.shape[1])
     a_start[0] = 0.5 * math.log(max(float(np.mean(r2)) / 2.0, 1e-12))
 
@@ -72,8 +78,7 @@ def fit_log_sigma_and_motion(features: np.ndarray, gaps_m: np.ndarray,
     g2 = np.asarray(gaps_m, np.float64) ** 2
     if not np.any(g2 > 0):
         return log_sigma0, slopes, 0.0
-    mu = features.mean(axis=0)
-    design = np.column_stack([np.ones(len(r2)), (features - mu) / _FEATURE_SCALES])
+    mu, design = _design(features)
     start = np.concatenate([[log_sigma0 + float(np.sum(slopes * mu))], slopes * _FEATURE_SCALES])
 
     def nll(x: np.ndarray) -> tuple[float, np.ndarray]:

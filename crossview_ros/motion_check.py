@@ -54,12 +54,9 @@ class MotionCheck:
         or odometry cannot carry any (not yet aligned with the grid)."""
         if odometry is None or not self.check_s > 0:
             return None
-        gaps = []
-        for p in self._history:
-            moved = odometry.carry(p.east_m, p.north_m, p.stamp_s, stamp_s) if 0 < stamp_s - p.stamp_s <= self.check_s \
-                else None
-            if moved is not None:
-                gaps.append(math.hypot(east_m - moved[0], north_m - moved[1]))
+        carried = (_off_carried(odometry, p, stamp_s, east_m, north_m) for p in self._history
+                   if 0 < stamp_s - p.stamp_s <= self.check_s)
+        gaps = [math.hypot(*c[0]) for c in carried if c is not None]
         return max(gaps) if gaps else None
 
     def published(self, stamp_s: float, east_m: float, north_m: float, covariance_m2: np.ndarray) -> None:
@@ -80,14 +77,24 @@ class MotionCheck:
                    None)
         if ref is None:
             return None
-        moved = odometry.carry(ref.east_m, ref.north_m, ref.stamp_s, stamp_s)
-        if moved is None:
+        carried = _off_carried(odometry, ref, stamp_s, east_m, north_m)
+        if carried is None:
             return None
-        gap = np.array([east_m - moved[0], north_m - moved[1]])
-        s = ref.covariance_m2 + np.asarray(covariance_m2, np.float64) + np.eye(2) * moved[2]
+        gap, odometry_var_m2 = carried
+        s = ref.covariance_m2 + np.asarray(covariance_m2, np.float64) + np.eye(2) * odometry_var_m2
         d2 = float(gap @ np.linalg.solve(s, gap))
         if d2 <= self.max_d2:
             return None
         return (f"estimate is {float(np.hypot(*gap)):.1f} m from where odometry carries the one published "
                 f"{stamp_s - ref.stamp_s:.1f} s earlier: squared Mahalanobis distance {d2:.1f} > "
                 f"max_motion_mahalanobis {self.max_d2:g}")
+
+
+def _off_carried(odometry: GridOdometry, ref: _Published, stamp_s: float, east_m: float,
+                 north_m: float) -> tuple[np.ndarray, float] | None:
+    """The estimate at stamp_s (grid) minus where odometry carries a published one, and odometry's variance
+    over the carry (m^2); None where odometry cannot carry it."""
+    moved = odometry.carry(ref.east_m, ref.north_m, ref.stamp_s, stamp_s)
+    if moved is None:
+        return None
+    return np.array([east_m - moved[0], north_m - moved[1]]), float(moved[2])
