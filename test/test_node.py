@@ -126,6 +126,18 @@ def test_newest_slot_keeps_only_the_newest_item():
     assert got == [None]
 
 
+def test_exit_deadline_leaves_a_hung_teardown_with_its_code():
+    """A teardown that blocks (a middleware hang) ends the process with the code after the deadline;
+    one that finishes cancels it."""
+    head = "import time\nfrom crossview_ros.nodes.plumbing import exit_deadline\n"
+    hung = subprocess.run([sys.executable, "-c", head + "with exit_deadline(0.5, 2):\n    time.sleep(120)\n"],
+                          capture_output=True, text=True, timeout=60)
+    assert hung.returncode == 2 and "teardown still running after 0.5 s: exiting with code 2" in hung.stderr
+    done = subprocess.run([sys.executable, "-c", head + "with exit_deadline(0.5, 2):\n    pass\n"
+                           "time.sleep(1.5)\nprint('done')\n"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout == "done\n" and done.stderr == ""
+
+
 def test_image_rows_with_padding_and_bad_sizes():
     rgb = np.arange(4 * 8 * 3, dtype=np.uint8).reshape(4, 8, 3)
     padded = np.zeros((4, 8 * 3 + 5), np.uint8)
@@ -1032,6 +1044,15 @@ class TestUtmGatingNode:
         assert delta[f"rejected_{reason}"] == 1 and delta["estimates_published"] == 0, delta
         node_b.probe.assert_nothing_published(stamp)
 
+    def test_sigusr1_prints_every_thread_stack(self, node_b):
+        """`kill -USR1` on a running node: every thread's Python stack on stderr, and the node runs on."""
+        mark = len(node_b.proc.text())
+        node_b.proc.proc.send_signal(signal.SIGUSR1)
+        wait_until(lambda: "in main" in node_b.proc.text()[mark:], 10.0, "the node's stacks")
+        dump = node_b.proc.text()[mark:]
+        assert "in _work" in dump and "in spin" in dump, dump  # the worker thread and the executor's
+        assert node_b.proc.proc.poll() is None
+
     def test_sigterm_exits_cleanly(self, node_b):
         assert node_b.proc.stop(signal.SIGTERM) == 0
         assert "Traceback" not in node_b.proc.text()
@@ -1063,6 +1084,19 @@ def test_startup_failures_exit_2_with_one_error_line(world, tmp_path):
     assert_startup_failures(cases)
 
 
+def communicate_or_stacks(proc: subprocess.Popen, timeout_s: float) -> tuple[str, str]:
+    """The node's stdout and stderr once it exits; a node still running after timeout_s is asked for
+    its threads' stacks (SIGUSR1, faulthandler) and killed, and the test fails with them."""
+    try:
+        return proc.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGUSR1)
+        time.sleep(2.0)
+        proc.kill()
+        out, err = proc.communicate()
+        pytest.fail(f"localize_node {proc.args[2:]} still running after {timeout_s:g} s; its stacks:\n{err}\n{out}")
+
+
 def assert_startup_failures(cases: dict[str, tuple[list[str], str]]) -> None:
     """Each case's ROS arguments start the node into exit code 2 with one ERROR line holding its text."""
     env = {**os.environ, **ROS_ENV}
@@ -1070,7 +1104,7 @@ def assert_startup_failures(cases: dict[str, tuple[list[str], str]]) -> None:
                                     stderr=subprocess.PIPE, text=True)
              for name, (args, _) in cases.items()}
     for name, proc in procs.items():
-        out, err = proc.communicate(timeout=60)
+        out, err = communicate_or_stacks(proc, 60.0)
         assert proc.returncode == 2, (name, out, err)
         errors = [line for line in err.splitlines() if "[ERROR]" in line]
         assert len(errors) == 1 and cases[name][1] in errors[0], (name, err)

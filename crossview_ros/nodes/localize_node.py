@@ -27,8 +27,10 @@ saying what to fix.
 from __future__ import annotations
 
 import copy
+import faulthandler
 import logging
 import math
+import signal
 import sys
 import threading
 import time
@@ -60,13 +62,14 @@ from crossview_ros.localizer import Localizer
 from crossview_ros.localizer_config import LocalizerConfig
 from crossview_ros.log_throttle import Throttle
 from crossview_ros.nodes import cameras, convert
-from crossview_ros.nodes.plumbing import NewestSlot, RosLogHandler
+from crossview_ros.nodes.plumbing import NewestSlot, RosLogHandler, exit_deadline
 from crossview_ros.nodes.parameters import (
     BY_NAME, DYNAMIC_KEYS, NODE_NAME, PARAMETERS, NodeSettings, ParamSpec, check_frame_id, is_ros_own, parse_datum,
     localizer_config, node_settings,
 )
 
 EXIT_OK, EXIT_FAILURE, EXIT_STARTUP = 0, 1, 2
+TEARDOWN_S = 10.0  # [s] destroying the node and shutting rclpy down past this exits anyway (plumbing.exit_deadline)
 DIAGNOSTIC_NAME = f"{NODE_NAME}: localization"  # in the root namespace; prefixed by a namespace otherwise
 HARDWARE_ID = "crossview_ros"
 REJECT_KEYS = tuple(f"rejected_{r}" for r in Reason if r is not Reason.OK)
@@ -82,7 +85,10 @@ _TYPES = {"bool": Parameter.Type.BOOL, "integer": Parameter.Type.INTEGER, "doubl
 
 
 class StartupError(Exception):
-    """The node cannot start; the message says what is wrong and how to fix it."""
+    """The node cannot start; the message says what is wrong and how to fix it. Raised by the
+    constructor, it carries the half-built node (`node`) for main() to log through and destroy."""
+
+    node: Node | None = None
 
 
 def descriptor(spec: ParamSpec) -> ParameterDescriptor:
@@ -148,10 +154,10 @@ class LocalizeNode(Node):
                 self.settings: NodeSettings = node_settings(values)
             except (TypeError, ValueError) as exc:
                 raise StartupError(f"invalid parameter: {exc}") from None
-        except StartupError:
-            # main() never gets this half-built node to destroy: left to the garbage collector after
-            # rclpy's shutdown, its handles crashed the process (SIGSEGV instead of exit code 2)
-            self.destroy_node()
+        except StartupError as exc:
+            # main() must destroy this half-built node before rclpy's shutdown: left to the garbage
+            # collector after it, its handles crashed the process (SIGSEGV instead of exit code 2)
+            exc.node = self
             raise
         self.localizer: Localizer | None = None
         self.cameras: cameras.CameraInputs | None = None  # start() sets it when `cameras` names some
@@ -511,6 +517,8 @@ with unit and default, is listed in config/localize.yaml. Exit codes: 0 shutdown
 def main(argv: Sequence[str] | None = None) -> int:
     """Console script `localize_node`; argv: the arguments after the program name (default sys.argv)."""
     args = list(sys.argv) if argv is None else ["localize_node", *argv]
+    if hasattr(signal, "SIGUSR1"):  # `kill -USR1 <pid>`: every thread's Python stack on stderr (a hung node says where)
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
     logger = get_logger(NODE_NAME)
     try:
         plain = remove_ros_args(args)[1:]
@@ -529,6 +537,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         logger.error(f"cannot start: bad ROS arguments: {exc}")
         return EXIT_STARTUP
     node: LocalizeNode | None = None
+    half_built: Node | None = None  # the constructor refused its parameters (StartupError.node)
     code = EXIT_OK
     try:
         node = LocalizeNode()
@@ -537,7 +546,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         executor.add_node(node)
         executor.spin()
     except StartupError as exc:
-        (node.get_logger() if node is not None else logger).error(str(exc))
+        half_built = exc.node
+        owner = node if node is not None else half_built
+        (owner.get_logger() if owner is not None else logger).error(str(exc))
         code = EXIT_STARTUP
     except (KeyboardInterrupt, ExternalShutdownException):
         code = EXIT_OK
@@ -550,8 +561,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         if node is not None:
             node.stop()
-            node.destroy_node()
-        rclpy.try_shutdown()
+        with exit_deadline(TEARDOWN_S, code):
+            for built in (node, half_built):
+                if built is not None:
+                    built.destroy_node()
+            rclpy.try_shutdown()
     return code
 
 

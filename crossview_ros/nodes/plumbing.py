@@ -1,9 +1,14 @@
-"""The node's plumbing: its log handler, throttle and the newest-wins mailbox between its threads."""
+"""The node's plumbing: its log handler, the newest-wins mailbox between its threads, and the deadline
+on its exit."""
 
 from __future__ import annotations
 
 import logging
+import os
+import sys
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
@@ -70,3 +75,28 @@ class NewestSlot(Generic[T]):
         with self._cond:
             self._closed = True
             self._cond.notify_all()
+
+
+# --------------------------------------------------------------------------- exit
+
+
+@contextmanager
+def exit_deadline(seconds: float, code: int) -> Iterator[None]:
+    """Leave the process with `code` if the block has not finished within `seconds`.
+
+    The middleware's teardown (destroying the node's DDS participant, shutting the context down) can
+    block on another process's stale shared memory; a node that failed to start, or was told to stop,
+    must still exit, or launch and systemd never see it go. The one line on stderr says so."""
+    def expire() -> None:
+        sys.stderr.write(f"[crossview] teardown still running after {seconds:g} s: exiting with code {code} "
+                         "without it\n")
+        sys.stderr.flush()
+        os._exit(code)
+
+    timer = threading.Timer(seconds, expire)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
