@@ -128,6 +128,27 @@ def test_training_resumes_to_the_same_weights(tmp_path, vigor_root):
         assert torch.equal(a[key], b[key]), key
 
 
+def test_max_steps_ends_the_run_and_its_schedule_there(tmp_path, vigor_root):
+    """max_steps: the run ends at that step, in the middle of an epoch, its cosine planned to end
+    there; two runs of the same config give the same weights (a reference model any machine rebuilds)."""
+    from crossview_training.train import build_config, train
+    from crossview_training.train_config import lr_at
+
+    torch.set_num_threads(1)
+    config = build_config("cpu-bev", None, [f"data={vigor_root}", "batch_size=4", "epochs=3", "threads=1",
+                                             "time_budget_min=0", "max_steps=5", "warmup_steps=1",
+                                             "model_overrides={pano_size: [32, 64], tile_px: 32, kernel_cells: 4, "
+                                             "channels: 8, feature_dim: 4}"])
+    first = torch.load(train(config, tmp_path / "a", progress=False), weights_only=False)
+    assert first["global_step"] == 5 and first["total_steps"] == 5 and first["epoch"] == 2  # 4 steps an epoch
+    last_lr = first["optimizer"]["param_groups"][0]["lr"]  # the lr of step 5 (index 4)
+    assert last_lr == pytest.approx(lr_at(4, 5, config.lr, 1, 0.05))  # the cosine planned over 5 steps,
+    assert not last_lr == pytest.approx(lr_at(4, 12, config.lr, 1, 0.05))  # not over the 3 epochs' 12
+    again = torch.load(train(config, tmp_path / "b", progress=False), weights_only=False)
+    for key, value in first["state_dict"].items():
+        assert torch.equal(value, again["state_dict"][key]), key
+
+
 @pytest.fixture(scope="module")
 def bev_export(tmp_path_factory):
     from crossview_training.export import export_onnx

@@ -81,7 +81,10 @@ class _Run:
                  rank: int) -> None:
         self.config, self.recipe, self.optimizer, self.out, self.rank = config, recipe, optimizer, out, rank
         self.epoch, self.step_in_epoch, self.global_step, self.best = 0, 0, 0, -1.0
-        self.total = recipe.steps_per_epoch * config.epochs
+        self.cap = recipe.steps_per_epoch * config.epochs  # the most steps this run may take
+        if config.max_steps > 0:
+            self.cap = min(self.cap, config.max_steps)
+        self.total = self.cap
         self.losses: list[float] = []  # this epoch's step losses so far (a resumed epoch logs the same mean)
         self.figures: list[dict[str, float]] = []  # this epoch's per-step figures of the recipe
         self.first_step, self.planned = 0, False  # where this process started; schedule fitted to the budget yet
@@ -119,7 +122,7 @@ class _Run:
         fit = int(self.global_step + (budget_s - elapsed_s) / (elapsed_s / done_here))
         if not self.planned or abs(fit - self.total) > 0.02 * self.total:
             log.info("time budget %.1f min: planning %d steps (was %d)", self.config.time_budget_min, fit, self.total)
-            self.total = max(self.global_step + 1, min(fit, self.recipe.steps_per_epoch * self.config.epochs))
+            self.total = max(self.global_step + 1, min(fit, self.cap))
         self.planned = True
 
     def lr(self) -> float:
@@ -236,7 +239,7 @@ def train(config: TrainConfig, out: str | os.PathLike, *, progress: bool = True,
                             config.time_budget_min, run.epoch, run.step_in_epoch)
                 stopped = True
                 break
-            if recipe.fit_schedule_to_budget and run.global_step >= run.total:
+            if (recipe.fit_schedule_to_budget or config.max_steps > 0) and run.global_step >= run.total:
                 finished = True  # the planned schedule has ended
                 break
             if run.global_step % config.checkpoint_every == 0:

@@ -66,6 +66,8 @@ class TrainConfig:
     workers: int = _f(0, "DataLoader worker processes (descriptor models)")
     seed: int = _f(0, "data order, augmentation, init")
     time_budget_min: float = _f(0.0, "stop cleanly (checkpoint written) after this many minutes; 0 = none")
+    max_steps: int = _f(0, "end after this many optimiser steps, the lr schedule planned to end there (the same "
+                           "model on any machine, unlike a time budget); 0 = epochs x steps per epoch")
     checkpoint_every: int = _f(200, "steps between checkpoints of last.pt (besides every epoch's end)")
     val_panoramas: int = _f(200, "training-city panoramas held out and evaluated per epoch (picks best.pt)")
     threads: int = _f(0, "torch CPU threads; 0 = torch's default")
@@ -97,8 +99,8 @@ class TrainConfig:
             raise ValueError(f"device must be one of {DEVICES}, got {self.device!r}")
         if self.batch_size < 2 or self.epochs < 1 or not self.lr > 0:
             raise ValueError("batch_size >= 2, epochs >= 1 and lr > 0 are required")
-        if self.workers < 0 or self.checkpoint_every < 1:
-            raise ValueError("workers >= 0 and checkpoint_every >= 1 are required")
+        if self.workers < 0 or self.checkpoint_every < 1 or self.max_steps < 0:
+            raise ValueError("workers >= 0, checkpoint_every >= 1 and max_steps >= 0 are required")
         check_family_fields(self)
 
     @classmethod
