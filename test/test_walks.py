@@ -102,6 +102,28 @@ def test_pooled_figures_match_the_hand_computed_ones():
     assert fault["published_sigma_under_10m"] == 2 and fault["error_m"]["median"] == pytest.approx(235.0, abs=1e-6)
 
 
+def test_odometry_on_and_off_are_compared_on_the_frames_both_positioned(capsys):
+    """Odometry carries a stale fix, so its run positions frames the other has no estimate for: the paired
+    share counts only the frames both positioned (gated ones too), walk by walk."""
+    ids = {"mode": "walk", "receiver": "urban", "tiles_city_seed": 200, "city_seed": 200}
+    on = [frame_and_estimate(0, 1.0, 1.0), frame_and_estimate(1, 30.0, 1.0, accepted=False),
+          frame_and_estimate(2, 2.0, 1.0), frame_and_estimate(3, 60.0, 1.0, accepted=False)]
+    off = [frame_and_estimate(0, 40.0, 1.0, accepted=False), frame_and_estimate(1, 35.0, 1.0, accepted=False),
+           frame_and_estimate(2, 3.0, 1.0)]
+    fr, fx, _ = frame_and_estimate(3, 0.0, 1.0)
+    off.append((fr, fx, Estimate(stamp_s=3.0, accepted=False, reason=Reason.STALE_STAMP)))  # no estimate at all
+    other = [frame_and_estimate(9, 50.0, 1.0)]  # a walk run only with odometry: no pair
+    results = [walk(on, walk_seed=0, odometry=True, **ids), walk(off, walk_seed=0, odometry=False, **ids),
+               walk(other, walk_seed=1, odometry=True, **ids)]
+    paired = pooled_tables(results, ["urban"], heading=False)["urban"]["paired"]
+    # frames 0, 1, 2 positioned by both: with odometry 30 m (1 of 3) beyond 25 m, without 40 and 35 m (2 of 3)
+    assert paired == {"walks": 1, "frames": 3, "odometry_over_25m_percent": pytest.approx(100 / 3),
+                      "no_odometry_over_25m_percent": pytest.approx(200 / 3)}
+    print_pooled(pooled_tables(results, ["urban"], heading=False))
+    assert "  urban: 3 frames of 1 walks, 33.33 % with odometry, 66.67 % without" in capsys.readouterr().out
+    assert pooled_tables(results[:1], ["urban"], heading=False)["urban"]["paired"] is None
+
+
 def test_printed_tables_carry_the_pooled_figures(capsys):
     tables = pooled_tables(hand_built_walks(), ["urban"], heading=True)
     print_pooled(tables)

@@ -193,9 +193,44 @@ def pool_fused(results: Sequence[WalkResult]) -> dict[str, Any] | None:
             "walks_compared": compared, "walks_not_above_ours": same, "walks_not_above_ours_all_frames": all_frames}
 
 
+def _positioned_errors_m(result: WalkResult) -> dict[float, float]:
+    """{frame stamp: the estimate's error (m)} over the frames the walk positioned, published or not."""
+    out = {}
+    for fr, e in zip(result.frames, result.estimates):
+        if e.has_position and fr.truth is not None and fr.stamp_s is not None:
+            out[fr.stamp_s] = float(geo.distance_m(fr.truth.lat_deg, fr.truth.lon_deg, e.lat_deg, e.lon_deg))
+    return out
+
+
+def paired_over_25(results: Sequence[WalkResult]) -> dict[str, Any] | None:
+    """Odometry on against off on the same frames: over the frames both runs of a walk positioned (published
+    or withheld), the share of each run's estimates beyond 25 m. With odometry a fix gone stale is carried
+    and its frames positioned, where without they have no estimate: the shares of each run's own positioned
+    frames compare different frames, these compare the same ones. None when no walk has both runs."""
+    def key(r: WalkResult) -> tuple[int, int, str]:
+        return r.city_seed, r.walk_seed, r.mode
+
+    on = {key(r): r for r in results if r.own and r.odometry}
+    off = {key(r): r for r in results if r.own and not r.odometry}
+    walks, frames, over_on, over_off = 0, 0, 0, 0
+    for k in sorted(on.keys() & off.keys()):
+        a, b = _positioned_errors_m(on[k]), _positioned_errors_m(off[k])
+        both = a.keys() & b.keys()
+        walks += 1
+        frames += len(both)
+        over_on += sum(a[t] > 25.0 for t in both)
+        over_off += sum(b[t] > 25.0 for t in both)
+    if not walks:
+        return None
+    return {"walks": walks, "frames": frames,
+            "odometry_over_25m_percent": 100.0 * over_on / frames if frames else None,
+            "no_odometry_over_25m_percent": 100.0 * over_off / frames if frames else None}
+
+
 def pooled_tables(results: Sequence[WalkResult], receivers: Sequence[str], heading: bool) -> dict[str, Any]:
-    """{receiver: {"odometry": pooled, "no_odometry": pooled, "mismatch": pooled, "fault": pooled}} over the
-    results: the walks as recorded with and without odometry, in another city's tiles, with their fixes moved."""
+    """{receiver: {"odometry": pooled, "no_odometry": pooled, "mismatch": pooled, "fault": pooled, "paired":
+    paired_over_25}} over the results: the walks as recorded with and without odometry (and the two on the
+    frames both positioned), in another city's tiles, with their fixes moved."""
     out: dict[str, Any] = {}
     for receiver in receivers:
         mine = [r for r in results if r.receiver == receiver]
@@ -204,6 +239,7 @@ def pooled_tables(results: Sequence[WalkResult], receivers: Sequence[str], headi
             "no_odometry": pool([r for r in mine if not r.odometry and r.own], heading),
             "mismatch": pool([r for r in mine if r.mismatched], heading),
             "fault": pool([r for r in mine if r.faulted and not r.mismatched], heading),
+            "paired": paired_over_25(mine),
         }
     return out
 
@@ -243,6 +279,13 @@ def print_pooled(tables: dict[str, Any], file: TextIO | None = None) -> None:
                 reasons.append(f"  {receiver} odometry {label}: {reasons_text(t[key])}")
     print(format_table(POOLED_HEADERS, rows), file=file or sys.stdout)
     print("reasons (frames):", *reasons, sep="\n", file=file or sys.stdout)
+    paired = [f"  {receiver}: {p['frames']} frames of {p['walks']} walks, "
+              f"{num(p['odometry_over_25m_percent'], '.2f')} % with odometry, "
+              f"{num(p['no_odometry_over_25m_percent'], '.2f')} % without"
+              for receiver, t in tables.items() if (p := t.get("paired")) is not None]
+    if paired:
+        print("> 25 m on the same frames (positioned with and without odometry, gated ones too):", *paired,
+              sep="\n", file=file or sys.stdout)
 
 
 CHECK_SKIPPED = {"mismatch": "mismatch check: skipped (it needs two or more --city-seeds)",
