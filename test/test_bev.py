@@ -149,6 +149,23 @@ def test_max_steps_ends_the_run_and_its_schedule_there(tmp_path, vigor_root):
         assert torch.equal(value, again["state_dict"][key]), key
 
 
+def test_bf16_precision_trains_fp32_weights_under_autocast(tmp_path, vigor_root):
+    """precision=bf16: the steps run under bfloat16 autocast (other numbers than fp32's), the weights and
+    the optimiser stay fp32 and finite; an unknown precision is refused before anything loads."""
+    from crossview_training.train import build_config, train
+
+    torch.set_num_threads(1)
+    base = [f"data={vigor_root}", "batch_size=4", "epochs=1", "threads=1", "time_budget_min=0", "max_steps=2",
+            "model_overrides={pano_size: [32, 64], tile_px: 32, kernel_cells: 4, channels: 8, feature_dim: 4}"]
+    runs = {p: torch.load(train(build_config("cpu-bev", None, [*base, f"precision={p}"]), tmp_path / p,
+                                progress=False), weights_only=False)["state_dict"] for p in ("fp32", "bf16")}
+    assert all(v.dtype == torch.float32 and bool(torch.isfinite(v).all()) for v in runs["bf16"].values()
+               if v.is_floating_point())
+    assert any(not torch.equal(runs["bf16"][k], runs["fp32"][k]) for k in runs["fp32"])
+    with pytest.raises(ValueError, match="precision must be one of"):
+        build_config("cpu-bev", None, [*base, "precision=fp16"])
+
+
 @pytest.fixture(scope="module")
 def bev_export(tmp_path_factory):
     from crossview_training.export import export_onnx

@@ -207,7 +207,9 @@ def train(config: TrainConfig, out: str | os.PathLike, *, progress: bool = True,
         while run.step_in_epoch < n_steps:
             for group in optimizer.param_groups:
                 group["lr"] = run.lr()
-            loss, figures = recipe.step(run.epoch, run.step_in_epoch)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16"):
+                loss, figures = recipe.step(run.epoch, run.step_in_epoch)
+            loss = loss.float()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if world > 1:
