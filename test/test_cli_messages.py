@@ -175,6 +175,20 @@ def test_a_fix_far_off_says_how_far_and_no_swap_hint(localizer):
     assert "swapped" not in far and "outside the tile set" in far
 
 
+def test_a_fix_just_off_the_edge_is_outside_not_in_a_gap(localizer):
+    """A fix a few metres beyond the coverage, within the search radius of its edge, is told how far
+    outside it lies; 'a gap' is for a fix inside the box with no tile near (coverage with holes)."""
+    from geographiclib.geodesic import Geodesic
+
+    from crossview_ros.tiles.coverage import CoverageBox
+
+    box = CoverageBox.of(localizer.tiles)
+    south = Geodesic.WGS84.Direct(box.lat_min_deg, CENTRE[1], 180.0, 9.0)["lat2"]
+    message = box.outside_message(south, CENTRE[1], 50.0)
+    assert re.search(r"is 9 m outside the tile set", message) and "gap" not in message, message
+    assert "gap" in box.outside_message(box.lat_min_deg + 0.5 * (box.lat_max_deg - box.lat_min_deg), CENTRE[1], 50.0)
+
+
 def test_cli_prints_the_swap_hint(tile_dir, tiny_export, tmp_path, capsys):
     pano = tmp_path / "pano.jpg"
     pano.write_bytes(jpeg(1))

@@ -11,6 +11,8 @@ import numpy as np
 from crossview_ros import geo
 from crossview_ros.tiles.tile_set import TileSet
 
+INSIDE_M = 0.5  # a fix this close to the coverage box is inside it: without a tile near, it lies in a gap
+
 
 @dataclass(frozen=True)
 class CoverageBox:
@@ -43,7 +45,7 @@ class CoverageBox:
         off_m = self.distance_m(lat_deg, lon_deg)
         where = (f"covering latitudes {self.lat_min_deg:.5f}..{self.lat_max_deg:.5f} and longitudes "
                  f"{self.lon_min_deg:.5f}..{self.lon_max_deg:.5f}")
-        if off_m <= radius_m:
+        if off_m < INSIDE_M:
             text = (f"no tile within {radius_m:.0f} m of the fix ({lat_deg:.7f}, {lon_deg:.7f}), which lies in a gap "
                     f"of the tile set {where}")
         else:
