@@ -562,9 +562,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if node is not None:
             node.stop()
         with exit_deadline(TEARDOWN_S, code):
-            for built in (node, half_built):
-                if built is not None:
-                    built.destroy_node()
+            if node is not None:
+                node.destroy_node()
+            if half_built is not None:
+                half_built.destroy_node()
+            node = half_built = None  # nothing of rclpy may outlive its shutdown: freed after it, a handle can crash
             rclpy.try_shutdown()
     return code
 
