@@ -547,8 +547,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         executor.spin()
     except StartupError as exc:
         half_built = exc.node
-        owner = node if node is not None else half_built
-        (owner.get_logger() if owner is not None else logger).error(str(exc))
+        if node is None and half_built is None:
+            logger.error(str(exc))
+        else:  # no local name for it: nothing of rclpy may outlive the shutdown below
+            (node if node is not None else half_built).get_logger().error(str(exc))
         code = EXIT_STARTUP
     except (KeyboardInterrupt, ExternalShutdownException):
         code = EXIT_OK
