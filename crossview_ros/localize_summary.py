@@ -121,16 +121,17 @@ def summarize(estimates: Sequence[Estimate], frames: Sequence[Frame], fixes: Seq
     return {**base, **out, "latency_ms": latency}
 
 
+def position_errors_m(frames: Sequence[Frame], estimates: Sequence[Estimate], idx: Sequence[int]) -> np.ndarray:
+    """(len(idx),) metres from each listed frame's truth to its estimate (both must be there)."""
+    return np.array([float(geo.distance_m(frames[i].truth.lat_deg, frames[i].truth.lon_deg,
+                                          estimates[i].lat_deg, estimates[i].lon_deg)) for i in idx])
+
+
 def _summarize_truth(estimates: Sequence[Estimate], frames: Sequence[Frame], fixes: Sequence[Fix], heading: bool,
                      published: list[int]) -> dict[str, Any]:
     """The figures against the truth (summarize)."""
     positioned = [i for i, e in enumerate(estimates) if e.has_position]
-
-    def errors(idx: list[int]) -> np.ndarray:
-        return np.array([float(geo.distance_m(frames[i].truth.lat_deg, frames[i].truth.lon_deg,
-                                              estimates[i].lat_deg, estimates[i].lon_deg)) for i in idx])
-
-    err, everywhere = errors(published), errors(positioned)
+    err, everywhere = position_errors_m(frames, estimates, published), position_errors_m(frames, estimates, positioned)
     gnss = np.array([float(geo.distance_m(fr.truth.lat_deg, fr.truth.lon_deg, fx.lat_deg, fx.lon_deg))
                      for fr, fx in zip(frames, fixes)])
     d2 = []

@@ -24,7 +24,7 @@ from crossview_ros import fusion, geo
 from crossview_ros.bag.drive import read_bag
 from crossview_ros.estimate import Estimate, Fix
 from crossview_ros.localize_frames import Frame
-from crossview_ros.localize_summary import reasons_text, summarize
+from crossview_ros.localize_summary import position_errors_m, reasons_text, summarize
 from crossview_ros.pose_output import planar_pose, pose_covariance
 from crossview_ros.replay_evaluation import odometry_measurements
 from crossview_training.demo_summary import format_table
@@ -195,11 +195,10 @@ def pool_fused(results: Sequence[WalkResult]) -> dict[str, Any] | None:
 
 def _positioned_errors_m(result: WalkResult) -> dict[float, float]:
     """{frame stamp: the estimate's error (m)} over the frames the walk positioned, published or not."""
-    out = {}
-    for fr, e in zip(result.frames, result.estimates):
-        if e.has_position and fr.truth is not None and fr.stamp_s is not None:
-            out[fr.stamp_s] = float(geo.distance_m(fr.truth.lat_deg, fr.truth.lon_deg, e.lat_deg, e.lon_deg))
-    return out
+    idx = [i for i, (fr, e) in enumerate(zip(result.frames, result.estimates))
+           if e.has_position and fr.truth is not None and fr.stamp_s is not None]
+    errors = position_errors_m(result.frames, result.estimates, idx)
+    return {result.frames[i].stamp_s: float(err) for i, err in zip(idx, errors)}
 
 
 def paired_over_25(results: Sequence[WalkResult]) -> dict[str, Any] | None:
