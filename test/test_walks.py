@@ -450,28 +450,37 @@ def test_a_survey_under_another_sun_is_another_city_folder_with_the_same_walks(t
 
 
 def test_compare_two_runs_pools_the_shared_walks_and_resamples_walks(tmp_path, capsys):
-    """--compare: the pooled > 25 m share of each report over the walks both hold (odometry on, own tiles),
-    against hand-computed counts; the interval of B - A comes from resampling walks, so it holds the
-    difference, and a walk that only one report has (or a foreign-tile run) is left out."""
+    """--compare: the pooled share of frames published and of published fixes > 25 m off, each report over
+    the walks both hold (odometry on, own tiles), against hand-computed counts; the interval of B - A comes
+    from resampling walks, so it holds the difference, and a walk that only one report has (or a
+    foreign-tile run) is left out."""
     from crossview_training.walks_table import compare_runs
 
-    def walk(seed, published, over_pct, odometry=True, tiles=200):
+    def walk(seed, frames, published, over_pct, odometry=True, tiles=200):
         return {"city_seed": 200, "walk_seed": seed, "mode": "walk", "receiver": "urban", "odometry": odometry,
-                "tiles_city_seed": tiles, "summary": {"published": published,
+                "tiles_city_seed": tiles, "summary": {"frames": frames, "published": published,
                                                       "error_m": {"over_25m_percent": over_pct}}}
 
-    a = {"walks": [walk(0, 100, 0.0), walk(1, 50, 10.0), walk(2, 100, 0.0, odometry=False), walk(3, 80, 50.0)]}
-    b = {"walks": [walk(0, 100, 2.0), walk(1, 50, 0.0), walk(0, 100, 90.0, tiles=201), walk(4, 10, 100.0)]}
-    (row,) = compare_runs(a, b, resamples=2000)
-    assert row["walks"] == 2  # seeds 0 and 1
-    assert row["a_over_25m_percent"] == pytest.approx(100 * 5 / 150)
-    assert row["b_over_25m_percent"] == pytest.approx(100 * 2 / 150)
-    lo, hi = row["interval_95_points"]
-    assert lo <= row["difference_points"] <= hi and lo < 0
+    a = {"walks": [walk(0, 200, 100, 0.0), walk(1, 100, 50, 10.0), walk(2, 100, 100, 0.0, odometry=False),
+                   walk(3, 80, 80, 50.0)]}
+    b = {"walks": [walk(0, 200, 150, 2.0), walk(1, 100, 50, 0.0), walk(0, 200, 100, 90.0, tiles=201),
+                   walk(4, 10, 10, 100.0)]}
+    published, over = compare_runs(a, b, resamples=2000)
+    assert published["figure"] == "published" and over["figure"] == "over_25m"
+    assert published["walks"] == over["walks"] == 2  # seeds 0 and 1
+    assert published["a_percent"] == pytest.approx(100 * 150 / 300)
+    assert published["b_percent"] == pytest.approx(100 * 200 / 300)
+    assert over["a_percent"] == pytest.approx(100 * 5 / 150)
+    assert over["b_percent"] == pytest.approx(100 * 3 / 200)  # 2 % of 150 rounds to 3 fixes
+    lo, hi = over["interval_95_points"]
+    assert lo <= over["difference_points"] <= hi and lo < 0
+    lo, hi = published["interval_95_points"]  # walk 0 gains 50 fixes, walk 1 none: every draw gains or ties
+    assert 0 <= lo <= published["difference_points"] <= hi <= 100 * 50 / 200
     paths = []
     for name, report in (("a", a), ("b", b)):
         paths.append(tmp_path / f"{name}.json")
         paths[-1].write_text(json.dumps(report))
     assert walks.main(["--compare", str(paths[0]), str(paths[1])]) == 0
-    assert "B - A points" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "B - A points" in out and "published" in out and "> 25 m" in out
     assert walks.main(["--compare", str(paths[0]), str(tmp_path / "missing.json")]) == 2

@@ -355,8 +355,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", type=Path, help="exported model folder (crossview-export); only read; required "
                                                 "unless --compare")
     p.add_argument("--compare", type=Path, nargs=2, metavar=("A.json", "B.json"),
-                   help="instead of running: compare two runs' --json reports (> 25 m share per receiver, B - A, "
-                        "with a 95 %% interval from resampling the walks both hold)")
+                   help="instead of running: compare two runs' --json reports (published and > 25 m shares per "
+                        "receiver, B - A, with a 95 %% interval from resampling the walks both hold)")
     p.add_argument("--work", type=Path, default=d.work, help=f"folder for cities, tiles, bags, calibrations "
                                                              f"(default ./{d.work}); reused by later runs")
     g = p.add_argument_group("cities")
@@ -417,7 +417,7 @@ def config_from_args(args: argparse.Namespace) -> WalksConfig:
 
 
 def compare_reports(a: Path, b: Path) -> int:
-    """--compare: the > 25 m shares of two reports and their difference's interval; 2 when unreadable."""
+    """--compare: the published and > 25 m shares of two reports and their differences' intervals; 2 when unreadable."""
     try:
         reports = [json.loads(Path(path).read_text()) for path in (a, b)]
         rows = compare_runs(*reports)

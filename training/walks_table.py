@@ -340,24 +340,35 @@ def print_walks(walks: Sequence[dict[str, Any]], file: TextIO | None = None) -> 
           file=file or sys.stdout)
 
 
-def _over_25(walk: dict[str, Any]) -> tuple[int, int]:
-    """(published fixes, of them > 25 m off) of one walk's summary."""
+def _counts(walk: dict[str, Any]) -> tuple[int, int, int]:
+    """(frames, published fixes, of them > 25 m off) of one walk's summary."""
     s = walk["summary"]
     published = int(s["published"])
-    return published, int(round(published * s["error_m"]["over_25m_percent"] / 100.0)) if published else 0
+    over = int(round(published * s["error_m"]["over_25m_percent"] / 100.0)) if published else 0
+    return int(s["frames"]), published, over
 
 
-def _test_walks(report: dict[str, Any], receiver: str) -> dict[tuple[int, int, str], tuple[int, int]]:
-    """A report's test walks of one receiver (odometry on, own tiles, own fixes) by (city, seed, mode): _over_25."""
-    return {(w["city_seed"], w["walk_seed"], w["mode"]): _over_25(w) for w in report["walks"]
+def _test_walks(report: dict[str, Any], receiver: str) -> dict[tuple[int, int, str], tuple[int, int, int]]:
+    """A report's test walks of one receiver (odometry on, own tiles, own fixes) by (city, seed, mode): _counts."""
+    return {(w["city_seed"], w["walk_seed"], w["mode"]): _counts(w) for w in report["walks"]
             if w["receiver"] == receiver and w["odometry"] and as_recorded(w)}
 
 
+def _pooled_share(x: np.ndarray, num_col: int, den_col: int) -> np.ndarray:
+    """(..., walks, 3) _counts -> the pooled share in percent over the walks axis."""
+    return 100.0 * x[..., num_col].sum(-1) / np.maximum(x[..., den_col].sum(-1), 1.0)
+
+
+# What --compare sets side by side: (name, numerator column, denominator column) of _counts.
+COMPARED = (("published", 1, 0), ("over_25m", 2, 1))
+
+
 def compare_runs(a: dict[str, Any], b: dict[str, Any], *, resamples: int = 5000, seed: int = 0) -> list[dict[str, Any]]:
-    """Pooled > 25 m share of two crossview-walks reports (--json) per receiver, over the test walks both hold
-    (odometry on, their own tiles), and a 95 % interval of the difference b - a by resampling those walks
-    with replacement, paired: the walks, not the frames, are the independent draws (a look-alike lock
-    takes a run of frames of one walk)."""
+    """Pooled shares of two crossview-walks reports (--json) per receiver, over the test walks both hold
+    (odometry on, their own tiles): frames published, and published fixes > 25 m off; each with a 95 %
+    interval of the difference b - a by resampling those walks with replacement, paired: the walks, not
+    the frames, are the independent draws (a look-alike lock takes a run of frames of one walk, and a walk
+    the model cannot read withholds most of its frames)."""
     rng = np.random.default_rng(seed)
     rows = []
     for receiver in sorted({w["receiver"] for w in a["walks"]} & {w["receiver"] for w in b["walks"]}):
@@ -366,23 +377,23 @@ def compare_runs(a: dict[str, Any], b: dict[str, Any], *, resamples: int = 5000,
         if not keys:
             continue
         xa, xb = np.array([wa[k] for k in keys], float), np.array([wb[k] for k in keys], float)
-
-        def share(x: np.ndarray) -> float:
-            return 100.0 * float(x[:, 1].sum()) / max(float(x[:, 0].sum()), 1.0)
-
         draws = rng.integers(0, len(keys), (resamples, len(keys)))
-        diffs = np.array([share(xb[i]) - share(xa[i]) for i in draws])
-        lo, hi = np.percentile(diffs, [2.5, 97.5])
-        rows.append({"receiver": receiver, "walks": len(keys), "a_over_25m_percent": share(xa),
-                     "b_over_25m_percent": share(xb), "difference_points": share(xb) - share(xa),
-                     "interval_95_points": [float(lo), float(hi)]})
+        for figure, num_col, den_col in COMPARED:
+            pa, pb = _pooled_share(xa, num_col, den_col), _pooled_share(xb, num_col, den_col)
+            diffs = _pooled_share(xb[draws], num_col, den_col) - _pooled_share(xa[draws], num_col, den_col)
+            lo, hi = np.percentile(diffs, [2.5, 97.5])
+            rows.append({"receiver": receiver, "figure": figure, "walks": len(keys), "a_percent": float(pa),
+                         "b_percent": float(pb), "difference_points": float(pb - pa),
+                         "interval_95_points": [float(lo), float(hi)]})
     return rows
 
 
 def print_comparison(rows: Sequence[dict[str, Any]], names: tuple[str, str], file: TextIO | None = None) -> None:
-    print(f"> 25 m share of published fixes, A = {names[0]}, B = {names[1]} (odometry on, own tiles; 95 % interval "
-          "of B - A by resampling walks)", file=file)
-    table = [[r["receiver"], str(r["walks"]), num(r["a_over_25m_percent"], ".2f"), num(r["b_over_25m_percent"], ".2f"),
+    print(f"Pooled shares, A = {names[0]}, B = {names[1]} (odometry on, own tiles; 95 % interval of B - A by "
+          "resampling walks): published = of frames, > 25 m = of published fixes", file=file)
+    label = {"published": "published", "over_25m": "> 25 m"}
+    table = [[r["receiver"], label[r["figure"]], str(r["walks"]), num(r["a_percent"], ".2f"), num(r["b_percent"], ".2f"),
               f"{r['difference_points']:+.2f}",
               f"[{r['interval_95_points'][0]:+.2f}, {r['interval_95_points'][1]:+.2f}]"] for r in rows]
-    print(format_table(["receiver", "walks", "A %", "B %", "B - A points", "95 % interval"], table), file=file)
+    print(format_table(["receiver", "figure", "walks", "A %", "B %", "B - A points", "95 % interval"], table),
+          file=file)
