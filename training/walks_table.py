@@ -359,8 +359,8 @@ def _pooled_share(x: np.ndarray, num_col: int, den_col: int) -> np.ndarray:
     return 100.0 * x[..., num_col].sum(-1) / np.maximum(x[..., den_col].sum(-1), 1.0)
 
 
-# What --compare sets side by side: (name, numerator column, denominator column) of _counts.
-COMPARED = (("published", 1, 0), ("over_25m", 2, 1))
+# What --compare sets side by side: (name, printed label, numerator column, denominator column) of _counts.
+COMPARED = (("published", "published", 1, 0), ("over_25m", "> 25 m", 2, 1))
 
 
 def compare_runs(a: dict[str, Any], b: dict[str, Any], *, resamples: int = 5000, seed: int = 0) -> list[dict[str, Any]]:
@@ -378,7 +378,7 @@ def compare_runs(a: dict[str, Any], b: dict[str, Any], *, resamples: int = 5000,
             continue
         xa, xb = np.array([wa[k] for k in keys], float), np.array([wb[k] for k in keys], float)
         draws = rng.integers(0, len(keys), (resamples, len(keys)))
-        for figure, num_col, den_col in COMPARED:
+        for figure, _, num_col, den_col in COMPARED:
             pa, pb = _pooled_share(xa, num_col, den_col), _pooled_share(xb, num_col, den_col)
             diffs = _pooled_share(xb[draws], num_col, den_col) - _pooled_share(xa[draws], num_col, den_col)
             lo, hi = np.percentile(diffs, [2.5, 97.5])
@@ -391,7 +391,7 @@ def compare_runs(a: dict[str, Any], b: dict[str, Any], *, resamples: int = 5000,
 def print_comparison(rows: Sequence[dict[str, Any]], names: tuple[str, str], file: TextIO | None = None) -> None:
     print(f"Pooled shares, A = {names[0]}, B = {names[1]} (odometry on, own tiles; 95 % interval of B - A by "
           "resampling walks): published = of frames, > 25 m = of published fixes", file=file)
-    label = {"published": "published", "over_25m": "> 25 m"}
+    label = {figure: text for figure, text, *_ in COMPARED}
     table = [[r["receiver"], label[r["figure"]], str(r["walks"]), num(r["a_percent"], ".2f"), num(r["b_percent"], ".2f"),
               f"{r['difference_points']:+.2f}",
               f"[{r['interval_95_points'][0]:+.2f}, {r['interval_95_points'][1]:+.2f}]"] for r in rows]
