@@ -15,6 +15,7 @@ torch = pytest.importorskip("torch")
 import torch.nn.functional as F  # noqa: E402
 
 from crossview_training import bev as B  # noqa: E402
+from crossview_training.bev import model as bev_model  # noqa: E402
 
 TINY = dict(pano_size=(32, 64), tile_px=32, tile_size_m=16.0, kernel_cells=4, channels=8, feature_dim=4)
 
@@ -455,7 +456,9 @@ def test_localizer_with_a_bev_model(bev_export, tmp_path):
         Localizer(LocalizerConfig(tile_set=str(wrong), model=str(bev_export), engine="onnxruntime"))
 
 
-def test_correlation_by_fft_equals_direct_convolution():
+@pytest.mark.parametrize("direct_max_kernel", [0, bev_model.DIRECT_MAX_KERNEL])  # by FFT, by direct convolution
+def test_correlation_equals_direct_convolution_both_ways(direct_max_kernel, monkeypatch):
+    monkeypatch.setattr(bev_model, "DIRECT_MAX_KERNEL", direct_max_kernel)
     model = tiny_model()
     k, c = model.config.kernel_cells, model.config.feature_dim
     gen = torch.Generator().manual_seed(2)
@@ -465,6 +468,28 @@ def test_correlation_by_fft_equals_direct_convolution():
     got = model.correlate(ground, aerial)
     assert got.shape == direct.shape == (2, 3, 11 - k + 1, 9 - k + 1)
     assert torch.allclose(got, direct, atol=1e-5)
+
+
+def test_direct_correlation_runs_in_float32_under_autocast_with_the_fft_gradients(monkeypatch):
+    """Training autocasts to bfloat16 and the aerial CNN hands over a channels-last map: the direct way
+    still correlates in float32, with the FFT's numbers and gradients."""
+    model = tiny_model()
+    k, c = model.config.kernel_cells, model.config.feature_dim
+    gen = torch.Generator().manual_seed(5)
+    ground = (torch.randn(4, c, k, k, generator=gen) * model.mask).requires_grad_()
+    aerial = torch.randn(1, c, 23, 23, generator=gen).contiguous(memory_format=torch.channels_last).requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = model.correlate(ground, aerial)
+    assert got.dtype == torch.float32
+    weights = torch.randn(got.shape, generator=gen)
+    (got * weights).sum().backward()
+    grads = ground.grad.clone(), aerial.grad.clone()
+    ground.grad = aerial.grad = None
+    monkeypatch.setattr(bev_model, "DIRECT_MAX_KERNEL", 0)
+    by_fft = model.correlate(ground, aerial)
+    (by_fft * weights).sum().backward()
+    assert torch.allclose(got, by_fft, atol=1e-5)
+    assert torch.allclose(grads[0], ground.grad, atol=1e-4) and torch.allclose(grads[1], aerial.grad, atol=1e-4)
 
 
 @pytest.mark.parametrize("shift", [0, 8, -21, 64])

@@ -19,6 +19,10 @@ from crossview_ros.matchers.bev_view import ground_plane_pixels
 from crossview_ros.tiles import VIGOR_TILE_SIZE_M
 
 STRIDE = 4  # input pixels per feature cell side (aerial and BEV)
+# correlate: kernels up to this many cells a side go by direct convolution, larger ones by FFT.
+# On one CPU core the direct way is 2.4x faster at 16 cells and 1.3x at 20, the FFT 1.7x faster at 32
+# (benchmarks/bench_bev_correlate.py).
+DIRECT_MAX_KERNEL = 24
 VIGOR_BEARING_DEG = 180.0  # forward bearing of a VIGOR panorama (north in its middle column)
 
 @dataclass
@@ -154,11 +158,16 @@ class BevModel(nn.Module):
     def correlate(self, ground_north: Tensor, aerial: Tensor) -> Tensor:
         """(Q, C, K, K) x (T, C, h, w) -> (T, Q, h-K+1, w-K+1) mean cosine over the circle's cells.
 
-        By FFT: the same numbers as conv2d(aerial, ground_north), but its cost hardly depends on
-        K, so large views and scope-sized maps train and evaluate on a CPU. Positions where the
-        kernel fits inside the map do not wrap around.
+        conv2d(aerial, ground_north) in float32 whatever the autocast (the runtime's match graph is
+        that convolution); by FFT, the same numbers, for kernels over DIRECT_MAX_KERNEL cells, whose
+        cost then hardly depends on K. Positions where the kernel fits inside the map do not wrap.
         """
         k = ground_north.shape[-1]
+        if k <= DIRECT_MAX_KERNEL:
+            with torch.autocast(aerial.device.type, enabled=False):
+                # contiguous: a channels-last map from the CNN sends the weight gradient down a slow path
+                out = F.conv2d(aerial.float().contiguous(), ground_north.float().contiguous())
+            return out / self.mask.sum()
         h, w = aerial.shape[-2:]
         fa = torch.fft.rfft2(aerial, s=(h, w))
         fg = torch.fft.rfft2(ground_north, s=(h, w))
