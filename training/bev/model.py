@@ -20,9 +20,9 @@ from crossview_ros.tiles import VIGOR_TILE_SIZE_M
 
 STRIDE = 4  # input pixels per feature cell side (aerial and BEV)
 # correlate: kernels up to this many cells a side go by direct convolution, larger ones by FFT.
-# On one CPU core the direct way is 2.4x faster at 16 cells and 1.3x at 20, the FFT 1.7x faster at 32
-# (benchmarks/bench_bev_correlate.py).
-DIRECT_MAX_KERNEL = 24
+# Forward and backward on one CPU core, the recipe's shapes: the direct way is 2.3x faster at 16 cells
+# and 1.2x at 20; the FFT 1.2x faster at 24 and 1.9x at 32 (benchmarks/bench_bev_correlate.py).
+DIRECT_MAX_KERNEL = 20
 VIGOR_BEARING_DEG = 180.0  # forward bearing of a VIGOR panorama (north in its middle column)
 
 @dataclass
