@@ -18,6 +18,7 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from unittest import mock
 
 from benchmarks._common import describe_machine, latency_stats_ms, machine_info, print_table
 from crossview_ros.atomic import write_json_atomic
@@ -42,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError:
         print("this benchmark needs the [train] extra (torch)", file=sys.stderr)
         return 2
+    from crossview_training.bev import model as bev_model
     from crossview_training.bev.model import DIRECT_MAX_KERNEL, BevConfig, BevModel
 
     torch.set_num_threads(args.threads)
@@ -52,19 +54,20 @@ def main(argv: list[str] | None = None) -> int:
     for k in kernels:
         model = BevModel(BevConfig(kernel_cells=k))
         gen = torch.Generator().manual_seed(k)
-        ground = torch.randn(args.queries, 16, k, k, generator=gen)
-        aerial = torch.randn(1, 16, args.cells, args.cells, generator=gen)
+        channels = model.config.feature_dim
+        ground = torch.randn(args.queries, channels, k, k, generator=gen)
+        aerial = torch.randn(1, channels, args.cells, args.cells, generator=gen)
         times, outs = {}, {}
-        for way, limit in (("direct", 10 ** 6), ("fft", 0)):
+        for way, limit in (("direct", k), ("fft", 0)):
             samples = []
-            for i in range(repeats + 1):
-                g, a = ground.clone().requires_grad_(), aerial.clone().requires_grad_()
-                start = time.perf_counter_ns()
-                with _direct_max(limit):
+            with mock.patch.object(bev_model, "DIRECT_MAX_KERNEL", limit):  # each way through the model's correlate
+                for i in range(repeats + 1):
+                    g, a = ground.clone().requires_grad_(), aerial.clone().requires_grad_()
+                    start = time.perf_counter_ns()
                     out = model.correlate(g, a)
-                out.square().sum().backward()
-                if i:  # the first pass warms the allocator
-                    samples.append(time.perf_counter_ns() - start)
+                    out.square().sum().backward()
+                    if i:  # the first pass warms the allocator
+                        samples.append(time.perf_counter_ns() - start)
             times[way], outs[way] = latency_stats_ms(samples), out.detach()
         scale = float(outs["fft"].abs().max())
         rows.append({"kernel_cells": k, "direct_p50_ms": times["direct"]["p50_ms"],
@@ -74,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
                      "max_rel_diff": float((outs["direct"] - outs["fft"]).abs().max()) / max(scale, 1e-12),
                      "used": "direct" if k <= DIRECT_MAX_KERNEL else "fft"})
     print(describe_machine(info))
-    print(f"correlate forward + backward: {args.queries} kernels x 16 channels on a {args.cells} x {args.cells} map, "
+    print(f"correlate forward + backward: {args.queries} kernels x {channels} channels on a {args.cells} x {args.cells} map, "
           f"{args.threads} thread(s), {repeats} passes")
     print_table(rows, [("kernel_cells", "K", "d"), ("direct_p50_ms", "direct p50 ms", ".1f"),
                        ("direct_p99_ms", "p99", ".1f"), ("fft_p50_ms", "fft p50 ms", ".1f"),
@@ -85,22 +88,6 @@ def main(argv: list[str] | None = None) -> int:
                                       "threads": args.threads, "repeats": repeats, "rows": rows})
         print(f"wrote {args.json}")
     return 0
-
-
-class _direct_max:
-    """Set crossview_training.bev.model.DIRECT_MAX_KERNEL for a block: each way measured through the
-    model's own correlate."""
-
-    def __init__(self, value: int) -> None:
-        self.value = value
-
-    def __enter__(self) -> None:
-        from crossview_training.bev import model
-        self.saved, model.DIRECT_MAX_KERNEL = model.DIRECT_MAX_KERNEL, self.value
-
-    def __exit__(self, *exc: object) -> None:
-        from crossview_training.bev import model
-        model.DIRECT_MAX_KERNEL = self.saved
 
 
 if __name__ == "__main__":
